@@ -1,0 +1,1 @@
+//! Mintgate's typed Rust client.

@@ -1,0 +1,1 @@
+//! Mintgate's schema migrations (sea-orm-migration), append-only.

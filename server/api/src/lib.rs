@@ -1,0 +1,1 @@
+//! Mintgate's tonic services and the one mapping of domain errors to gRPC Status.

@@ -1,0 +1,124 @@
+//! The closed set of error classes at the domain edge, and the domain error that carries a
+//! stable reason code. The api crate maps [`ErrorClass`] to a gRPC code in exactly one place.
+
+/// What kind of fault an error is. User faults are the caller's to fix; system faults are ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    InvalidArgument,
+    PermissionDenied,
+    FailedPrecondition,
+    AlreadyExists,
+    NotFound,
+    ResourceExhausted,
+    /// A system fault that may go away if retried.
+    Unavailable,
+    /// A system fault that is a bug.
+    Internal,
+}
+
+impl ErrorClass {
+    pub fn is_user_fault(self) -> bool {
+        !matches!(self, Self::Unavailable | Self::Internal)
+    }
+}
+
+/// A boxed cause from an adapter (database, signer), kept for logs and never sent to clients.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Every way a domain operation can fail. [`Error::class`] and [`Error::reason`] are what
+/// clients see; the `Display` text is a safe, user-facing message; causes are for logs only.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Csr(#[from] crate::csr::CsrError),
+    #[error(transparent)]
+    SpiffeId(#[from] crate::spiffe::SpiffeIdError),
+    #[error(transparent)]
+    Input(#[from] crate::types::InputError),
+    #[error(transparent)]
+    Denied(#[from] crate::policy::Denied),
+    #[error(transparent)]
+    Transition(#[from] crate::lifecycle::TransitionError),
+    #[error(transparent)]
+    Attestation(#[from] AttestationError),
+    #[error("request_id was already used with a different payload")]
+    IdempotencyKeyReused,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("the request is still being processed; retry")]
+    InProgress,
+    #[error("storage is unavailable; retry")]
+    Unavailable(#[source] Cause),
+    #[error("internal error")]
+    Internal(#[source] Cause),
+}
+
+impl Error {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Csr(_) | Self::SpiffeId(_) | Self::Input(_) | Self::IdempotencyKeyReused => {
+                ErrorClass::InvalidArgument
+            }
+            Self::Denied(_) => ErrorClass::PermissionDenied,
+            Self::Attestation(e) => e.class(),
+            Self::Transition(_) => ErrorClass::FailedPrecondition,
+            Self::NotFound(_) => ErrorClass::NotFound,
+            Self::InProgress | Self::Unavailable(_) => ErrorClass::Unavailable,
+            Self::Internal(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// The stable UPPER_SNAKE reason code sent in `google.rpc.ErrorInfo`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Csr(e) => e.reason(),
+            Self::SpiffeId(e) => e.reason(),
+            Self::Input(e) => e.reason(),
+            Self::Denied(e) => e.reason(),
+            Self::Transition(e) => e.reason(),
+            Self::Attestation(e) => e.reason(),
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::InProgress => "REQUEST_IN_PROGRESS",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+/// Identity verification failed: the evidence does not prove what the caller claims.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttestationError {
+    #[error("join token is not valid")]
+    JoinTokenInvalid,
+    #[error("join token has already been used")]
+    JoinTokenUsed,
+    #[error("join token has expired")]
+    JoinTokenExpired,
+    #[error("join token is bound to a different SPIFFE ID")]
+    JoinTokenWrongIdentity,
+    #[error("this caller cannot use the {0} attestation")]
+    WrongCallerKind(&'static str),
+    #[error("workloads may only renew their own identity")]
+    IdentityMismatch,
+    #[error("caller lacks the operator role {0}")]
+    RoleMissing(&'static str),
+}
+
+impl AttestationError {
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::PermissionDenied
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::JoinTokenInvalid => "JOIN_TOKEN_INVALID",
+            Self::JoinTokenUsed => "JOIN_TOKEN_USED",
+            Self::JoinTokenExpired => "JOIN_TOKEN_EXPIRED",
+            Self::JoinTokenWrongIdentity => "JOIN_TOKEN_WRONG_IDENTITY",
+            Self::WrongCallerKind(_) => "CALLER_KIND_NOT_ALLOWED",
+            Self::IdentityMismatch => "IDENTITY_MISMATCH",
+            Self::RoleMissing(_) => "OPERATOR_ROLE_MISSING",
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Mintgate's domain: who may ask for which certificate, what that certificate looks like, and
+//! the lifecycle it goes through.
+//!
+//! This crate does no I/O. It must not depend on tokio, tonic, sea-orm, protobuf or sockets: time
+//! comes from the [`ports::Clock`] port, storage and signing from the other ports.
+
+pub mod audit;
+pub mod csr;
+pub mod error;
+pub mod lifecycle;
+pub mod policy;
+pub mod spiffe;
+pub mod types;
+
+pub use error::{Error, ErrorClass};
+pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use types::{InputError, KeyType, RequestId, Serial, Ttl};

@@ -1,0 +1,1 @@
+//! The mintgate binary and the application wiring.

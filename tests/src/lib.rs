@@ -1,0 +1,1 @@
+//! Mintgate end-to-end tests.
