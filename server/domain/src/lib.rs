@@ -1,4 +1,5 @@
 //! Mintgate's domain: who may ask for which certificate, what that certificate looks like, and
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 //! the lifecycle it goes through.
 //!
 //! This crate does no I/O. It must not depend on tokio, tonic, sea-orm, protobuf or sockets: time
@@ -9,6 +10,7 @@ pub mod csr;
 pub mod error;
 pub mod lifecycle;
 pub mod policy;
+pub mod ports;
 pub mod spiffe;
 pub mod types;
 

@@ -1,0 +1,70 @@
+//! The ports the domain needs from the outside world. Adapters live in other crates:
+//! the signer in `mintgate-ca`, storage in `mintgate-store`, the clock in the server.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::{KeyType, Serial, SpiffeId};
+
+/// Where "now" comes from. Tests inject a clock they move by hand.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// Everything the signer needs to build a certificate. The profile (extensions, key usages) is
+/// the signer's job; only these values vary per certificate.
+#[derive(Debug, Clone)]
+pub struct IssueSpec<'a> {
+    /// DER SubjectPublicKeyInfo from the validated CSR.
+    pub spki_der: &'a [u8],
+    pub key_type: KeyType,
+    pub spiffe_id: &'a SpiffeId,
+    pub dns_names: &'a [String],
+    pub serial: &'a Serial,
+    pub not_before: OffsetDateTime,
+    /// Requested end of validity; the signer clamps it to its own certificate's notAfter.
+    pub not_after: OffsetDateTime,
+    /// Add the serverAuth EKU (only where policy grants it).
+    pub server_auth: bool,
+}
+
+/// A signed certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCertificate {
+    pub der: Vec<u8>,
+    /// The leaf then the issuing CA, PEM.
+    pub chain_pem: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// Why signing failed. Always a system fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("the signing key is unavailable")]
+    Unavailable(#[source] crate::error::Cause),
+    #[error("the certificate could not be built")]
+    Build(#[source] crate::error::Cause),
+}
+
+/// Signs certificates with the issuing CA's key.
+pub trait Signer: Send + Sync + 'static {
+    fn sign(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, SignerError>;
+    /// PEM of the CA certificate(s) that verify what this signer issues.
+    fn trust_bundle_pem(&self) -> &str;
+    /// How far certificates are backdated to absorb clock skew.
+    fn backdate(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
