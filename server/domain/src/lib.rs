@@ -1,9 +1,10 @@
 //! Mintgate's domain: who may ask for which certificate, what that certificate looks like, and
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 //! the lifecycle it goes through.
 //!
 //! This crate does no I/O. It must not depend on tokio, tonic, sea-orm, protobuf or sockets: time
 //! comes from the [`ports::Clock`] port, storage and signing from the other ports.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod audit;
 pub mod csr;
