@@ -1,1 +1,17 @@
-//! Mintgate's schema migrations (sea-orm-migration), append-only.
+//! Mintgate's schema, one migration per change, append-only: never edit a migration that has
+//! shipped; add a new one. Written as SQL per backend so that types, constraints and the audit
+//! triggers say exactly what the database enforces.
+
+use sea_orm_migration::MigrationTrait;
+pub use sea_orm_migration::MigratorTrait;
+
+mod m20261125_000001_initial;
+
+/// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_initial::Migration)]
+    }
+}

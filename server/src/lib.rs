@@ -1,1 +1,12 @@
-//! The mintgate binary and the application wiring.
+//! The Mintgate application: configuration, wiring of the domain to its adapters, and the
+//! listeners. The `mintgate` binary (`main.rs`) only parses arguments and calls in here.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+mod http;
+
+pub use app::{Application, BuildError};
+pub use config::{ConfigError, Settings};

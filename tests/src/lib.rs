@@ -1,1 +1,221 @@
-//! Mintgate end-to-end tests.
+//! The end-to-end test harness: [`TestServer::spawn`] starts a real Mintgate on port 0 with a
+//! fresh database (SQLite in a temp dir, or its own PostgreSQL database), an ephemeral PKI, and
+//! an injected clock; it hands out ready mTLS clients for each kind of caller.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod clock;
+pub mod csr;
+pub mod db;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mintgate_ca::DevPki;
+use mintgate_domain::TrustDomain;
+use mintgate_domain::policy::{PolicyDocument, dev_policy};
+use mintgate_sdk::{Client, TlsMaterial};
+use mintgate_server::{Application, Settings};
+use mintgate_store::SqlStore;
+
+pub use crate::clock::ManualClock;
+pub use crate::db::Backend;
+
+pub const TRUST_DOMAIN: &str = "dev.mintgate.local";
+pub const NODE_ID: &str = "spiffe://dev.mintgate.local/node/dev-node-1";
+pub const ADMIN_ID: &str = "spiffe://dev.mintgate.local/operator/admin";
+
+/// The `mintgate` binary of this build (built by `cargo test --workspace` for the server
+/// package's own CLI tests, next to this test executable's `deps/` directory).
+pub fn mintgate_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = dir.join("mintgate");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p mintgate-server` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether an outside tool is on PATH. CI sets `MINTGATE_REQUIRE_TOOLS=1`, where a missing
+/// tool fails the test instead of skipping it.
+pub fn tool_available(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let required = std::env::var("MINTGATE_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "MINTGATE_REQUIRE_TOOLS=1 but {name} is not installed"
+        );
+        eprintln!("note: {name} not installed; skipping");
+    }
+    found
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestServer {
+    pub grpc_addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
+    pub pki: DevPki,
+    pub clock: Arc<ManualClock>,
+    pub database_url: String,
+    pub backend: Backend,
+    store: SqlStore,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    db: db::TestDatabase,
+}
+
+/// Knobs for [`TestServer::spawn_with`].
+pub struct Options {
+    pub backend: Backend,
+    pub policy: Option<PolicyDocument>,
+    /// Reuse this database and PKI (a restart).
+    pub reuse: Option<(db::TestDatabase, DevPki, Arc<ManualClock>)>,
+}
+
+impl TestServer {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(Options {
+            backend,
+            policy: None,
+            reuse: None,
+        })
+        .await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
+        let (db, pki, clock) = match options.reuse {
+            Some(r) => r,
+            None => {
+                let clock = Arc::new(ManualClock::new());
+                let pki = mintgate_ca::generate_pki(&td, clock.now_odt()).unwrap();
+                (db::TestDatabase::create(options.backend).await, pki, clock)
+            }
+        };
+        let mut operator_roles = HashMap::new();
+        operator_roles.insert(ADMIN_ID.to_owned(), vec!["admin".to_owned()]);
+        let secret: [u8; 32] = hex::decode(pki.join_token_key_hex.trim())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let settings = Settings {
+            trust_domain: td.clone(),
+            database_url: db.url.clone(),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ca_cert_pem: pki.ca.cert_pem.clone(),
+            ca_key_pem: pki.ca.key_pem.clone(),
+            server_cert_pem: pki.server.cert_pem.clone(),
+            server_key_pem: pki.server.key_pem.clone(),
+            bootstrap_cas_pem: vec![pki.bootstrap_ca.cert_pem.clone()],
+            operator_cas_pem: vec![pki.operator_ca.cert_pem.clone()],
+            operator_roles,
+            policy: options.policy.unwrap_or_else(|| dev_policy(&td)),
+            join_token_secret: secret,
+            crl_url: None,
+            dev: true,
+        };
+        let app = Application::build(settings, clock.clone()).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let grpc_addr = app.grpc_addr();
+        let http_addr = app.http_addr();
+        let store = app.store().clone();
+        let task = tokio::spawn(async move {
+            app.run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            grpc_addr,
+            http_addr,
+            clock,
+            database_url: db.url.clone(),
+            backend: options.backend,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+            db,
+            pki,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database, PKI and clock.
+    pub async fn restart(mut self) -> Self {
+        self.stop_server().await;
+        let backend = self.backend;
+        let db = std::mem::replace(&mut self.db, db::TestDatabase::placeholder());
+        let pki = self.pki.clone();
+        let clock = self.clock.clone();
+        Self::spawn_with(Options {
+            backend,
+            policy: None,
+            reuse: Some((db, pki, clock)),
+        })
+        .await
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn shutdown(mut self) {
+        self.stop_server().await;
+        let db = std::mem::replace(&mut self.db, db::TestDatabase::placeholder());
+        db.drop_database().await;
+    }
+
+    pub fn store(&self) -> &SqlStore {
+        &self.store
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// TLS material for a caller holding `cert_pem`/`key_pem`.
+    pub fn material(&self, cert_pem: &str, key_pem: &str) -> TlsMaterial {
+        TlsMaterial {
+            ca_pem: self.pki.ca.cert_pem.clone(),
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+        }
+    }
+
+    pub async fn client_with(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Client, mintgate_sdk::Error> {
+        Client::connect(&self.url(), "localhost", &self.material(cert_pem, key_pem)).await
+    }
+
+    /// A client holding the node (bootstrap) certificate.
+    pub async fn node(&self) -> Client {
+        self.client_with(&self.pki.node.cert_pem, &self.pki.node.key_pem)
+            .await
+            .unwrap()
+    }
+
+    /// A client holding the operator (admin) certificate.
+    pub async fn admin(&self) -> Client {
+        self.client_with(&self.pki.admin.cert_pem, &self.pki.admin.key_pem)
+            .await
+            .unwrap()
+    }
+}

@@ -1,1 +1,18 @@
-//! Mintgate's tonic services and the one mapping of domain errors to gRPC Status.
+//! Mintgate's gRPC edge: the mTLS listener, the caller's identity from its client certificate,
+//! one tonic service per file, and the single mapping of domain errors to gRPC `Status`.
+//!
+//! Handlers are thin: read the caller, convert the request, call the domain, convert the answer.
+//! This crate must not reach into storage or signing directly.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod admin;
+mod convert;
+pub mod peer;
+mod provisioning;
+mod server;
+mod status;
+pub mod tls;
+
+pub use server::{GrpcServer, serve};
+pub use status::to_status;

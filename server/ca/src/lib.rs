@@ -1,1 +1,23 @@
 //! Mintgate's signer: builds certificates from policy and signs them with a key behind one trait.
+//!
+//! - [`CertificateAuthority`] implements the domain's [`Signer`](mintgate_domain::ports::Signer)
+//!   port with the certificate profile of DESIGN §4; its key is any [`KeyBackend`] (a PKCS#8
+//!   [`FileKey`] today).
+//! - [`generate_pki`] / [`write_dev_pki`] make the insecure dev PKI, and [`is_dev_material`]
+//!   recognises it so the server can refuse it outside `--dev`.
+//!
+//! This crate depends on the domain only; it must not depend on tokio, tonic, sea-orm or protobuf.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod dev_pki;
+mod error;
+mod signer;
+#[cfg(test)]
+mod tests;
+
+pub use dev_pki::{
+    CertAndKey, DEV_ORGANIZATION, DevPki, DevPkiPaths, generate_pki, is_dev_material, write_dev_pki,
+};
+pub use error::CaError;
+pub use signer::{CertificateAuthority, FileKey, KeyBackend};

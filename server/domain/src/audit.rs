@@ -82,7 +82,9 @@ pub struct BrokenLink {
 pub enum LinkProblem {
     #[error("expected seq {expected} (an event was deleted or reordered)")]
     SeqGap { expected: i64 },
-    #[error("prev_hash does not match the previous event's hash (an event was deleted, inserted or reordered)")]
+    #[error(
+        "prev_hash does not match the previous event's hash (an event was deleted, inserted or reordered)"
+    )]
     PrevHashMismatch,
     #[error("hash does not match the event's contents (the event was edited)")]
     HashMismatch,
@@ -91,9 +93,8 @@ pub enum LinkProblem {
 /// Checks events in storage order; returns how many were verified.
 pub fn verify_chain(events: impl IntoIterator<Item = ChainedEvent>) -> Result<u64, BrokenLink> {
     let mut prev = GENESIS;
-    let mut expected_seq = 1;
     let mut count = 0;
-    for e in events {
+    for (expected_seq, e) in (1..).zip(events) {
         let seq = e.event.seq;
         let broken = |problem| BrokenLink { seq, problem };
         if seq != expected_seq {
@@ -108,7 +109,6 @@ pub fn verify_chain(events: impl IntoIterator<Item = ChainedEvent>) -> Result<u6
             return Err(broken(LinkProblem::HashMismatch));
         }
         prev = e.hash;
-        expected_seq += 1;
         count += 1;
     }
     Ok(count)

@@ -47,6 +47,10 @@ pub enum Error {
     NotFound(&'static str),
     #[error("the request is still being processed; retry")]
     InProgress,
+    #[error("the certificate changed state while it was being renewed")]
+    CertificateChanged,
+    #[error("the request is {0} and cannot be issued")]
+    RequestClosed(&'static str),
     #[error("storage is unavailable; retry")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -61,7 +65,9 @@ impl Error {
             }
             Self::Denied(_) => ErrorClass::PermissionDenied,
             Self::Attestation(e) => e.class(),
-            Self::Transition(_) => ErrorClass::FailedPrecondition,
+            Self::Transition(_) | Self::CertificateChanged | Self::RequestClosed(_) => {
+                ErrorClass::FailedPrecondition
+            }
             Self::NotFound(_) => ErrorClass::NotFound,
             Self::InProgress | Self::Unavailable(_) => ErrorClass::Unavailable,
             Self::Internal(_) => ErrorClass::Internal,
@@ -80,6 +86,8 @@ impl Error {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::NotFound(_) => "NOT_FOUND",
             Self::InProgress => "REQUEST_IN_PROGRESS",
+            Self::CertificateChanged => "CERTIFICATE_CHANGED",
+            Self::RequestClosed(_) => "REQUEST_CLOSED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }

@@ -10,9 +10,12 @@ pub mod audit;
 pub mod csr;
 pub mod error;
 pub mod lifecycle;
+pub mod model;
 pub mod policy;
 pub mod ports;
+pub mod service;
 pub mod spiffe;
+pub mod store;
 pub mod types;
 
 pub use error::{Error, ErrorClass};

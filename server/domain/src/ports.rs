@@ -1,6 +1,8 @@
 //! The ports the domain needs from the outside world. Adapters live in other crates:
 //! the signer in `mintgate-ca`, storage in `mintgate-store`, the clock in the server.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -10,16 +12,13 @@ use crate::{KeyType, Serial, SpiffeId};
 /// Where "now" comes from. Tests inject a clock they move by hand.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
+    /// Waits (used only to poll for a concurrent duplicate request to finish).
+    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-/// The real clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
+/// A source of unpredictable bytes (serials, token ids).
+pub trait Random: Send + Sync + 'static {
+    fn fill(&self, buf: &mut [u8]);
 }
 
 /// Everything the signer needs to build a certificate. The profile (extensions, key usages) is

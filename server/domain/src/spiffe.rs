@@ -23,7 +23,9 @@ pub enum SpiffeIdError {
     WrongScheme,
     #[error("trust domain is empty")]
     EmptyTrustDomain,
-    #[error("trust domain has a character outside [a-z0-9.-_] (upper case, userinfo, port, query and fragment are not allowed)")]
+    #[error(
+        "trust domain has a character outside [a-z0-9.-_] (upper case, userinfo, port, query and fragment are not allowed)"
+    )]
     BadTrustDomainChar,
     #[error("trust domain is longer than {MAX_TRUST_DOMAIN_LEN} bytes")]
     TrustDomainTooLong,
@@ -33,7 +35,9 @@ pub enum SpiffeIdError {
     EmptySegment,
     #[error("SPIFFE ID path has a \".\" or \"..\" segment")]
     DotSegment,
-    #[error("SPIFFE ID path has a character outside [A-Za-z0-9._-] (percent-escapes, wildcards and queries are not allowed)")]
+    #[error(
+        "SPIFFE ID path has a character outside [A-Za-z0-9._-] (percent-escapes, wildcards and queries are not allowed)"
+    )]
     BadPathChar,
     #[error("SPIFFE ID belongs to trust domain {found}, expected {expected}")]
     ForeignTrustDomain { found: String, expected: String },
@@ -66,9 +70,9 @@ impl TrustDomain {
         if s.len() > MAX_TRUST_DOMAIN_LEN {
             return Err(SpiffeIdError::TrustDomainTooLong);
         }
-        let ok = s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        let ok = s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
         if !ok {
             return Err(SpiffeIdError::BadTrustDomainChar);
         }
@@ -228,7 +232,10 @@ mod tests {
                 "{input:?}"
             );
         }
-        assert_eq!(SpiffeId::parse("spiffe:///a").unwrap_err(), SpiffeIdError::EmptyTrustDomain);
+        assert_eq!(
+            SpiffeId::parse("spiffe:///a").unwrap_err(),
+            SpiffeIdError::EmptyTrustDomain
+        );
     }
 
     #[test]
@@ -236,7 +243,10 @@ mod tests {
         let long = format!("spiffe://td/{}", "a".repeat(MAX_SPIFFE_ID_LEN));
         assert_eq!(SpiffeId::parse(&long).unwrap_err(), SpiffeIdError::TooLong);
         let exact = format!("spiffe://td/{}", "a".repeat(MAX_SPIFFE_ID_LEN - 12));
-        assert_eq!(SpiffeId::parse(&exact).unwrap().as_str().len(), MAX_SPIFFE_ID_LEN);
+        assert_eq!(
+            SpiffeId::parse(&exact).unwrap().as_str().len(),
+            MAX_SPIFFE_ID_LEN
+        );
     }
 
     #[test]

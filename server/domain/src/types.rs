@@ -45,8 +45,7 @@ impl RequestId {
             return Err(InputError::RequestIdMissing);
         }
         let ok = s.len() <= Self::MAX_LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if !ok {
             return Err(InputError::RequestIdInvalid);
@@ -210,19 +209,40 @@ mod tests {
     #[test]
     fn ttl_refuses_zero_negative_overlong_and_overflowing() {
         assert_eq!(Ttl::from_parts(0, 0, HOUR), Err(InputError::TtlNotPositive));
-        assert_eq!(Ttl::from_parts(-5, 0, HOUR), Err(InputError::TtlNotPositive));
-        assert_eq!(Ttl::from_parts(5, -1, HOUR), Err(InputError::TtlNotPositive));
-        assert!(matches!(Ttl::from_parts(3601, 0, HOUR), Err(InputError::TtlTooLong { .. })));
-        assert!(matches!(Ttl::from_parts(i64::MAX, 999_999_999, HOUR), Err(InputError::TtlTooLong { .. })));
-        assert_eq!(Ttl::from_parts(1, 2_000_000_000, HOUR), Err(InputError::TtlOutOfRange));
-        assert_eq!(Ttl::from_parts(600, 0, HOUR).unwrap().as_duration(), Duration::from_secs(600));
+        assert_eq!(
+            Ttl::from_parts(-5, 0, HOUR),
+            Err(InputError::TtlNotPositive)
+        );
+        assert_eq!(
+            Ttl::from_parts(5, -1, HOUR),
+            Err(InputError::TtlNotPositive)
+        );
+        assert!(matches!(
+            Ttl::from_parts(3601, 0, HOUR),
+            Err(InputError::TtlTooLong { .. })
+        ));
+        assert!(matches!(
+            Ttl::from_parts(i64::MAX, 999_999_999, HOUR),
+            Err(InputError::TtlTooLong { .. })
+        ));
+        assert_eq!(
+            Ttl::from_parts(1, 2_000_000_000, HOUR),
+            Err(InputError::TtlOutOfRange)
+        );
+        assert_eq!(
+            Ttl::from_parts(600, 0, HOUR).unwrap().as_duration(),
+            Duration::from_secs(600)
+        );
     }
 
     #[test]
     fn request_id_rules() {
         assert!(RequestId::parse("enroll-7f3a:2026.11_25").is_ok());
         assert_eq!(RequestId::parse(""), Err(InputError::RequestIdMissing));
-        assert_eq!(RequestId::parse(&"a".repeat(129)), Err(InputError::RequestIdInvalid));
+        assert_eq!(
+            RequestId::parse(&"a".repeat(129)),
+            Err(InputError::RequestIdInvalid)
+        );
         assert_eq!(RequestId::parse("a b"), Err(InputError::RequestIdInvalid));
     }
 

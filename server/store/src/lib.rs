@@ -1,1 +1,148 @@
-//! Mintgate's storage adapter: sea-orm entities (private) implementing the domain's store ports.
+//! Mintgate's storage adapter: sea-orm over SQLite (embedded default, WAL) or PostgreSQL.
+//!
+//! Implements the domain's [`CertificateStore`] port. Entities are private and become domain
+//! types at this crate's edge. Every write is one transaction holding the writer lock (an
+//! in-process mutex, plus a PostgreSQL advisory lock so replicas sharing a database serialise
+//! too): it applies its conditional updates, appends its audit events to the hash chain, and
+//! commits — or leaves nothing behind.
+
+mod convert;
+mod entity;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mintgate_domain::Serial;
+use mintgate_domain::audit::ChainedEvent;
+use mintgate_domain::model::{CertificateRecord, JoinTokenRecord, RequestRecord};
+use mintgate_domain::store::StoreError;
+use mintgate_migrations::{Migrator, MigratorTrait};
+use sea_orm::{
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder,
+};
+
+use crate::entity::{audit_event, certificate, join_token, request};
+
+/// A database-backed store. Cheap to clone; clones share the pool and the writer lock.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.db.get_database_backend())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn unavailable(e: DbErr) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+impl SqlStore {
+    /// Opens `sqlite://path?mode=rwc` or `postgres://…`. SQLite runs in WAL mode with
+    /// `synchronous = FULL`: a commit is durable before it is acknowledged.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new(url);
+        options
+            .sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        if url.starts_with("sqlite:") {
+            options.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        }
+        let db = Database::connect(options).await.map_err(unavailable)?;
+        Ok(Self {
+            db,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await.map_err(unavailable)
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => "sqlite",
+            DbBackend::Postgres => "postgres",
+            _ => "other",
+        }
+    }
+
+    /// Runs raw SQL outside the store's rules. For tests that tamper with the database.
+    pub async fn execute_raw(&self, sql: &str) -> Result<(), StoreError> {
+        self.db
+            .execute_unprepared(sql)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+
+    async fn find_request_row(
+        &self,
+        caller: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        request::Entity::find()
+            .filter(request::Column::Caller.eq(caller))
+            .filter(request::Column::RequestId.eq(request_id))
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::request)
+            .transpose()
+    }
+
+    async fn certificate_row(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<CertificateRecord>, StoreError> {
+        certificate::Entity::find_by_id(serial.to_hex())
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::certificate)
+            .transpose()
+    }
+
+    async fn join_token_row(&self, token_id: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        join_token::Entity::find_by_id(token_id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::join_token)
+            .transpose()
+    }
+
+    async fn audit_rows(&self) -> Result<Vec<ChainedEvent>, StoreError> {
+        audit_event::Entity::find()
+            .order_by_asc(audit_event::Column::Seq)
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(convert::chained_event)
+            .collect()
+    }
+}

@@ -1,0 +1,59 @@
+//! Who is calling: the caller kind is decided by which configured CA signed the client
+//! certificate (DESIGN §3); operator roles come from config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mintgate_domain::Serial;
+use mintgate_domain::model::{Caller, CallerKind};
+use rustls::pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::tls::spiffe_id_of;
+
+/// Maps a verified client certificate to a [`Caller`].
+#[derive(Debug, Clone)]
+pub struct PeerClassifier {
+    cas: Vec<(CallerKind, Vec<u8>)>,
+    operator_roles: HashMap<String, Vec<String>>,
+}
+
+impl PeerClassifier {
+    /// `cas` pairs each trusted CA certificate (DER) with the caller kind it vouches for.
+    pub fn new(
+        cas: Vec<(CallerKind, CertificateDer<'static>)>,
+        operator_roles: HashMap<String, Vec<String>>,
+    ) -> Self {
+        Self {
+            cas: cas.into_iter().map(|(k, c)| (k, c.to_vec())).collect(),
+            operator_roles,
+        }
+    }
+
+    /// The caller behind a leaf certificate that the TLS layer already verified.
+    pub fn classify(&self, leaf_der: &[u8]) -> Option<Arc<Caller>> {
+        let (_, leaf) = X509Certificate::from_der(leaf_der).ok()?;
+        let id = spiffe_id_of(&leaf)?;
+        let serial = Serial::from_der_bytes(leaf.raw_serial()).ok()?;
+        let kind = self.cas.iter().find_map(|(kind, ca_der)| {
+            let (_, ca) = X509Certificate::from_der(ca_der).ok()?;
+            let issued_by = leaf.issuer().as_raw() == ca.subject().as_raw()
+                && leaf.verify_signature(Some(ca.public_key())).is_ok();
+            issued_by.then_some(*kind)
+        })?;
+        let roles = match kind {
+            CallerKind::Operator => self
+                .operator_roles
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_default(),
+            CallerKind::Workload | CallerKind::Node => Vec::new(),
+        };
+        Some(Arc::new(Caller {
+            id,
+            kind,
+            serial,
+            roles,
+        }))
+    }
+}

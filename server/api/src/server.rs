@@ -1,0 +1,206 @@
+//! The mTLS listener and the tonic router. tonic's own TLS never re-checks a peer after the
+//! handshake, so we run our own rustls acceptor and hand tonic already-authenticated
+//! connections (`serve_with_incoming`), each carrying the [`Caller`] it proved to be.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mintgate_domain::model::Caller;
+use mintgate_domain::service::Mintgate;
+use mintgate_domain::store::CertificateStore;
+use mintgate_proto::v1::admin_server::AdminServer;
+use mintgate_proto::v1::provisioning_server::ProvisioningServer;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
+
+use crate::admin::AdminService;
+use crate::peer::PeerClassifier;
+use crate::provisioning::ProvisioningService;
+use crate::status::unauthenticated;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the gRPC server is made of.
+pub struct GrpcServer<S> {
+    pub app: Arc<Mintgate<S>>,
+    pub tls: Arc<ServerConfig>,
+    pub classifier: Arc<PeerClassifier>,
+}
+
+/// The authenticated peer of a connection, available to every handler on it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub caller: Arc<Caller>,
+}
+
+/// The caller of a request, as proved by its connection's client certificate.
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.caller.clone())
+        .ok_or_else(unauthenticated)
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves.
+pub async fn serve<S, F>(
+    listener: TcpListener,
+    server: GrpcServer<S>,
+    shutdown: F,
+) -> Result<(), tonic::transport::Error>
+where
+    S: CertificateStore,
+    F: std::future::Future<Output = ()> + Send,
+{
+    let (tx, rx) = mpsc::channel::<Result<AuthedConn, io::Error>>(256);
+    let acceptor = TlsAcceptor::from(server.tls.clone());
+    let classifier = server.classifier.clone();
+    let accept_loop = tokio::spawn(accept_loop(listener, acceptor, classifier, tx));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ProvisioningServer<ProvisioningService<S>>>()
+        .await;
+    health.set_serving::<AdminServer<AdminService<S>>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(mintgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1();
+    let reflection_v1alpha = reflection().build_v1alpha();
+    let (reflection_v1, reflection_v1alpha) = match (reflection_v1, reflection_v1alpha) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            // The descriptor sets are compiled into the binary; failing here is a build bug.
+            tracing::error!(error = %e, "reflection descriptors do not load");
+            accept_loop.abort();
+            return Ok(());
+        }
+    };
+
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ProvisioningServer::new(ProvisioningService {
+            app: server.app.clone(),
+        }))
+        .add_service(AdminServer::new(AdminService { app: server.app }))
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await;
+    accept_loop.abort();
+    result
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    classifier: Arc<PeerClassifier>,
+    tx: mpsc::Sender<Result<AuthedConn, io::Error>>,
+) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let classifier = classifier.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let Some(caller) = leaf.and_then(|leaf| classifier.classify(leaf)) else {
+                tracing::warn!(%remote, "verified client certificate matches no configured CA");
+                return;
+            };
+            tracing::debug!(%remote, caller = %caller.id, kind = caller.kind.as_str(), "connected");
+            let conn = AuthedConn {
+                io: tls,
+                info: PeerInfo { caller },
+            };
+            let _ = tx.send(Ok(conn)).await;
+        });
+    }
+}
+
+/// A TLS connection whose client certificate was verified and classified.
+struct AuthedConn {
+    io: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for AuthedConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for AuthedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AuthedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

@@ -1,0 +1,54 @@
+//! The one mapping from domain errors to gRPC `Status`: a code from the error class, a safe
+//! message, and `google.rpc.ErrorInfo { reason, domain: "mintgate" }`. System faults are logged
+//! here with the request id and their cause; the client sees only a generic message.
+
+use std::collections::HashMap;
+
+use mintgate_domain::{Error, ErrorClass};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Mintgate error.
+pub const ERROR_DOMAIN: &str = "mintgate";
+
+/// Converts a domain error for the wire.
+pub fn to_status(error: &Error, rpc: &str, request_id: &str) -> Status {
+    let class = error.class();
+    let code = match class {
+        ErrorClass::InvalidArgument => Code::InvalidArgument,
+        ErrorClass::PermissionDenied => Code::PermissionDenied,
+        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+        ErrorClass::AlreadyExists => Code::AlreadyExists,
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+        ErrorClass::Unavailable => Code::Unavailable,
+        ErrorClass::Internal => Code::Internal,
+    };
+    if class.is_user_fault() {
+        tracing::info!(rpc, request_id, reason = error.reason(), "refused: {error}");
+    } else {
+        tracing::error!(rpc, request_id, reason = error.reason(), error = ?error, "failed");
+    }
+    let mut metadata = HashMap::new();
+    metadata.insert(
+        "fault".to_owned(),
+        if class.is_user_fault() {
+            "user"
+        } else {
+            "system"
+        }
+        .to_owned(),
+    );
+    let details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, error.to_string(), details)
+}
+
+/// A request that never reached the domain because the peer could not be identified.
+pub(crate) fn unauthenticated() -> Status {
+    let details = ErrorDetails::with_error_info("PEER_UNKNOWN", ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::Unauthenticated,
+        "the client certificate does not identify a known caller",
+        details,
+    )
+}

@@ -1,0 +1,150 @@
+//! The server's rustls configuration: a client certificate is mandatory, must chain to one of
+//! the configured CAs (Mintgate's issuing CA, the bootstrap CA, the operator CA), must be valid at
+//! the injected clock's "now", and must carry exactly one SPIFFE ID in our trust domain.
+//! Anything else fails the handshake; no handler ever runs for it.
+
+use std::sync::Arc;
+
+use mintgate_domain::ports::Clock;
+use mintgate_domain::{SpiffeId, TrustDomain};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("a trusted CA certificate could not be added to the root store")]
+    BadRoot(#[source] rustls::Error),
+    #[error("the client certificate verifier could not be built")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("the server certificate or key was refused")]
+    ServerCert(#[source] rustls::Error),
+}
+
+/// Builds the server config. `client_cas` are every CA whose certificates may connect.
+pub fn server_config(
+    client_cas: &[CertificateDer<'static>],
+    trust_domain: TrustDomain,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
+    clock: Arc<dyn Clock>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in client_cas {
+        roots.add(ca.clone()).map_err(TlsError::BadRoot)?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    let verifier = Arc::new(SpiffeClientVerifier {
+        inner,
+        trust_domain,
+    });
+    let mut config = ServerConfig::builder_with_details(provider, Arc::new(ClockTime(clock)))
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(TlsError::ServerCert)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(server_chain, server_key)
+        .map_err(TlsError::ServerCert)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The one SPIFFE ID in a certificate's URI SANs, if there is exactly one and it parses.
+pub fn spiffe_id_of(cert: &X509Certificate<'_>) -> Option<SpiffeId> {
+    let mut uris = cert
+        .extensions()
+        .iter()
+        .filter_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => Some(san),
+            _ => None,
+        });
+    let san = uris.next()?;
+    let mut ids = san.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let id = ids.next()?;
+    if ids.next().is_some() || uris.next().is_some() {
+        return None;
+    }
+    SpiffeId::parse(id).ok()
+}
+
+struct ClockTime(Arc<dyn Clock>);
+
+impl std::fmt::Debug for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        let secs = u64::try_from(self.0.now().unix_timestamp()).ok()?;
+        Some(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            secs,
+        )))
+    }
+}
+
+/// webpki's verification plus the SPIFFE rules.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: TrustDomain,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let refuse =
+            || rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
+        let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| refuse())?;
+        let id = spiffe_id_of(&cert).ok_or_else(refuse)?;
+        if id.trust_domain_str() != self.trust_domain.as_str() {
+            return Err(refuse());
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,602 @@
+//! The dev PKI behind `mintgate dev-certs` and `mintgate serve --dev`: three P-256 CAs (Mintgate's
+//! issuing CA, a bootstrap/node CA and an operator CA), the server, node and admin certificates
+//! they issue, and the join-token HMAC secret.
+//!
+//! [`generate_pki`] makes it in memory (tests use it for an ephemeral PKI); [`write_dev_pki`]
+//! writes it to a directory, only where nothing is there yet. Every dev CA carries
+//! O = [`DEV_ORGANIZATION`], which [`is_dev_material`] recognises so the server can refuse dev
+//! material outside `--dev`.
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use mintgate_domain::{Serial, TrustDomain};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    SerialNumber,
+};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use time::{Duration, OffsetDateTime};
+use x509_parser::x509::X509Name;
+
+use crate::CaError;
+use crate::signer::{FileKey, LeafProfile, parse_certificate};
+
+/// The organization (O) in the subject of every dev CA. Certificates carrying it are dev material.
+pub const DEV_ORGANIZATION: &str = "Mintgate Dev PKI (insecure)";
+
+/// How long the dev CAs and the certificates they issue are valid.
+const DEV_VALIDITY: Duration = Duration::days(365);
+/// How far dev certificates are backdated to absorb clock skew.
+const DEV_BACKDATE: Duration = Duration::seconds(60);
+
+/// A certificate and its private key, both PEM. `Debug` omits the key.
+#[derive(Clone)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The whole dev PKI in memory. `Debug` omits keys and the join-token secret.
+#[derive(Clone)]
+pub struct DevPki {
+    /// Mintgate's issuing CA: issues workload certificates and the server certificate.
+    pub ca: CertAndKey,
+    /// serverAuth for `localhost`, `127.0.0.1`, `::1` and `spiffe://<td>/mintgate/server`.
+    pub server: CertAndKey,
+    /// The node/bootstrap CA (the platform's node identity).
+    pub bootstrap_ca: CertAndKey,
+    /// clientAuth `spiffe://<td>/node/dev-node-1`, issued by the bootstrap CA.
+    pub node: CertAndKey,
+    /// The operator CA.
+    pub operator_ca: CertAndKey,
+    /// clientAuth `spiffe://<td>/operator/admin`, issued by the operator CA.
+    pub admin: CertAndKey,
+    /// 32 random bytes, lower-case hex: the HMAC secret for join tokens.
+    pub join_token_key_hex: String,
+}
+
+impl fmt::Debug for DevPki {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevPki")
+            .field("ca", &self.ca)
+            .field("server", &self.server)
+            .field("bootstrap_ca", &self.bootstrap_ca)
+            .field("node", &self.node)
+            .field("operator_ca", &self.operator_ca)
+            .field("admin", &self.admin)
+            .field("join_token_key_hex", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Where the dev PKI lives in its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevPkiPaths {
+    pub dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub bootstrap_ca_cert: PathBuf,
+    pub bootstrap_ca_key: PathBuf,
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
+    pub operator_ca_cert: PathBuf,
+    pub operator_ca_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+    pub join_token_key: PathBuf,
+    /// Whether [`write_dev_pki`] generated the files (`false`: they were already there).
+    pub created: bool,
+}
+
+impl DevPkiPaths {
+    /// The file names of the dev PKI inside `dir`; touches nothing.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            bootstrap_ca_cert: dir.join("bootstrap-ca.pem"),
+            bootstrap_ca_key: dir.join("bootstrap-ca.key"),
+            node_cert: dir.join("node.pem"),
+            node_key: dir.join("node.key"),
+            operator_ca_cert: dir.join("operator-ca.pem"),
+            operator_ca_key: dir.join("operator-ca.key"),
+            admin_cert: dir.join("admin.pem"),
+            admin_key: dir.join("admin.key"),
+            join_token_key: dir.join("join-token.key"),
+            created: false,
+        }
+    }
+
+    /// Every file and whether it holds a secret, in the order of [`DevPki::file_contents`].
+    fn entries(&self) -> [(&Path, Secrecy); 13] {
+        use Secrecy::{Public, Secret};
+        [
+            (&self.ca_cert, Public),
+            (&self.ca_key, Secret),
+            (&self.server_cert, Public),
+            (&self.server_key, Secret),
+            (&self.bootstrap_ca_cert, Public),
+            (&self.bootstrap_ca_key, Secret),
+            (&self.node_cert, Public),
+            (&self.node_key, Secret),
+            (&self.operator_ca_cert, Public),
+            (&self.operator_ca_key, Secret),
+            (&self.admin_cert, Public),
+            (&self.admin_key, Secret),
+            (&self.join_token_key, Secret),
+        ]
+    }
+}
+
+impl DevPki {
+    /// What goes in each file, in the order of [`DevPkiPaths::entries`].
+    fn file_contents(&self) -> [&str; 13] {
+        [
+            &self.ca.cert_pem,
+            &self.ca.key_pem,
+            &self.server.cert_pem,
+            &self.server.key_pem,
+            &self.bootstrap_ca.cert_pem,
+            &self.bootstrap_ca.key_pem,
+            &self.node.cert_pem,
+            &self.node.key_pem,
+            &self.operator_ca.cert_pem,
+            &self.operator_ca.key_pem,
+            &self.admin.cert_pem,
+            &self.admin.key_pem,
+            &self.join_token_key_hex,
+        ]
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Secrecy {
+    Public,
+    Secret,
+}
+
+/// Generates the whole dev PKI in memory, valid from `now` (backdated a minute) for a year.
+pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<DevPki, CaError> {
+    let rng = SystemRandom::new();
+    let not_before = now - DEV_BACKDATE;
+    let not_after = now + DEV_VALIDITY;
+    let id = |path: &str| format!("spiffe://{trust_domain}{path}");
+    let leaf = |spiffe_id: &str, server: bool| LeafTemplate {
+        spiffe_id: spiffe_id.to_owned(),
+        server,
+        not_before,
+        not_after,
+    };
+
+    let ca = DevCa::generate("Mintgate Dev Issuing CA", not_before, not_after, &rng)?;
+    let server = ca.issue(&leaf(&id("/mintgate/server"), true), &rng)?;
+    let bootstrap_ca = DevCa::generate("Mintgate Dev Bootstrap CA", not_before, not_after, &rng)?;
+    let node = bootstrap_ca.issue(&leaf(&id("/node/dev-node-1"), false), &rng)?;
+    let operator_ca = DevCa::generate("Mintgate Dev Operator CA", not_before, not_after, &rng)?;
+    let admin = operator_ca.issue(&leaf(&id("/operator/admin"), false), &rng)?;
+
+    let mut secret = [0u8; 32];
+    rng.fill(&mut secret).map_err(CaError::Random)?;
+
+    Ok(DevPki {
+        ca: ca.into_cert_and_key(),
+        server,
+        bootstrap_ca: bootstrap_ca.into_cert_and_key(),
+        node,
+        operator_ca: operator_ca.into_cert_and_key(),
+        admin,
+        join_token_key_hex: format!("{}\n", hex::encode(secret)),
+    })
+}
+
+/// Writes a fresh dev PKI into `dir` (created if missing) unless one is already there.
+///
+/// Existing files are never overwritten: if every file exists they are kept as they are
+/// (`created: false`); if only some exist, this refuses with [`CaError::PartialDevPki`]. Private
+/// keys get mode 0600, certificates 0644; each file is written to a temporary file in `dir` and
+/// then moved into place.
+pub fn write_dev_pki(dir: &Path, trust_domain: &TrustDomain) -> Result<DevPkiPaths, CaError> {
+    let mut paths = DevPkiPaths::in_dir(dir);
+    let entries = paths.entries();
+    let mut missing = Vec::new();
+    for (path, _) in entries {
+        if !path.try_exists().map_err(|e| CaError::io(path, e))? {
+            missing.push(path.to_path_buf());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(paths);
+    }
+    if missing.len() != entries.len() {
+        return Err(CaError::PartialDevPki {
+            dir: dir.to_path_buf(),
+            missing,
+        });
+    }
+
+    std::fs::create_dir_all(dir).map_err(|e| CaError::io(dir, e))?;
+    let pki = generate_pki(trust_domain, OffsetDateTime::now_utc())?;
+    for ((path, secrecy), contents) in paths.entries().into_iter().zip(pki.file_contents()) {
+        write_new_file(dir, path, contents, secrecy)?;
+    }
+    paths.created = true;
+    Ok(paths)
+}
+
+/// Whether a certificate belongs to the dev PKI: its subject or issuer has O = [`DEV_ORGANIZATION`].
+/// Anything that does not parse is not dev material (and will be refused elsewhere).
+pub fn is_dev_material(cert_der: &[u8]) -> bool {
+    let Ok(cert) = parse_certificate(cert_der) else {
+        return false;
+    };
+    has_dev_organization(cert.subject()) || has_dev_organization(cert.issuer())
+}
+
+fn has_dev_organization(name: &X509Name<'_>) -> bool {
+    name.iter_organization()
+        .any(|o| o.as_str().is_ok_and(|o| o == DEV_ORGANIZATION))
+}
+
+/// One dev CA while the PKI is being built.
+struct DevCa {
+    params: CertificateParams,
+    key: FileKey,
+    cert_pem: String,
+}
+
+/// What differs between the dev end-entity certificates.
+struct LeafTemplate {
+    spiffe_id: String,
+    server: bool,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl DevCa {
+    /// A self-signed P-256 root: pathLen 0, keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
+    fn generate(
+        common_name: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        rng: &SystemRandom,
+    ) -> Result<Self, CaError> {
+        let key = FileKey::generate_p256()?;
+        let mut params = CertificateParams::default();
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, DEV_ORGANIZATION);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).map_err(CaError::Build)?;
+        Ok(Self {
+            params,
+            key,
+            cert_pem: cert.pem(),
+        })
+    }
+
+    /// An end-entity certificate with the Mintgate profile and a fresh P-256 key. A server
+    /// certificate gets serverAuth and the loopback names; any other gets clientAuth.
+    fn issue(&self, leaf: &LeafTemplate, rng: &SystemRandom) -> Result<CertAndKey, CaError> {
+        let key = FileKey::generate_p256()?;
+        let serial = random_serial(rng)?;
+        let (dns_names, ip_addresses): (Vec<String>, Vec<IpAddr>) = if leaf.server {
+            (
+                vec!["localhost".to_owned()],
+                vec![
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ],
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let profile = LeafProfile {
+            spiffe_id: &leaf.spiffe_id,
+            dns_names: &dns_names,
+            ip_addresses: &ip_addresses,
+            serial: serial.as_bytes(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after.min(self.params.not_after),
+            rsa_key: false,
+            client_auth: !leaf.server,
+            server_auth: leaf.server,
+            crl_url: None,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = profile
+            .params()?
+            .signed_by(&key, &issuer)
+            .map_err(CaError::Build)?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.to_pkcs8_pem(),
+        })
+    }
+
+    fn into_cert_and_key(self) -> CertAndKey {
+        CertAndKey {
+            key_pem: self.key.to_pkcs8_pem(),
+            cert_pem: self.cert_pem,
+        }
+    }
+}
+
+/// A positive serial with 128 CSPRNG bits.
+fn random_serial(rng: &SystemRandom) -> Result<Serial, CaError> {
+    let mut bytes = [0u8; 17];
+    rng.fill(&mut bytes).map_err(CaError::Random)?;
+    Ok(Serial::from_random(bytes))
+}
+
+/// Writes `contents` to a temporary file in `dir`, sets its mode, and moves it to `path` only if
+/// nothing is there (never replacing an existing file).
+fn write_new_file(
+    dir: &Path,
+    path: &Path,
+    contents: &str,
+    secrecy: Secrecy,
+) -> Result<(), CaError> {
+    let io = |e| CaError::io(path, e);
+    // tempfile creates the file with mode 0600 on Unix, so a key is never readable by others.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".mintgate-dev-")
+        .tempfile_in(dir)
+        .map_err(|e| CaError::io(dir, e))?;
+    tmp.write_all(contents.as_bytes()).map_err(io)?;
+    set_mode(tmp.as_file(), secrecy).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist_noclobber(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(file: &std::fs::File, secrecy: Secrecy) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = match secrecy {
+        Secrecy::Public => 0o644,
+        Secrecy::Secret => 0o600,
+    };
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_file: &std::fs::File, _secrecy: Secrecy) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use rustls_pki_types::{IpAddr as PkiIpAddr, ServerName};
+
+    use super::*;
+    use crate::tests::{der_of, trust_domain, webpki_verify};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn uris(pem: &str) -> Vec<String> {
+        let der = der_of(pem);
+        let cert = parse_certificate(&der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_every_file_with_private_keys_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs-dev");
+        let paths = write_dev_pki(&certs, &trust_domain()).unwrap();
+        assert!(paths.created);
+        for (path, secrecy) in paths.entries() {
+            let want = match secrecy {
+                Secrecy::Public => 0o644,
+                Secrecy::Secret => 0o600,
+            };
+            assert_eq!(mode(path), want, "{}", path.display());
+        }
+        let names: Vec<_> = std::fs::read_dir(&certs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 13, "no temporary files left behind: {names:?}");
+
+        let token = std::fs::read_to_string(&paths.join_token_key).unwrap();
+        let hex_part = token.strip_suffix('\n').unwrap();
+        assert_eq!(hex::decode(hex_part).unwrap().len(), 32);
+        assert_eq!(token.lines().count(), 1);
+
+        for key in [
+            &paths.ca_key,
+            &paths.server_key,
+            &paths.node_key,
+            &paths.admin_key,
+        ] {
+            let pem = std::fs::read_to_string(key).unwrap();
+            assert!(
+                pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+                "{}",
+                key.display()
+            );
+            FileKey::from_pem(&pem).unwrap();
+        }
+        let ca = crate::CertificateAuthority::from_pem(
+            &std::fs::read_to_string(&paths.ca_cert).unwrap(),
+            &std::fs::read_to_string(&paths.ca_key).unwrap(),
+            None,
+        );
+        assert!(ca.is_ok(), "the written CA loads as the issuing CA: {ca:?}");
+    }
+
+    #[test]
+    fn never_overwrites_and_refuses_a_partial_pki() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_dev_pki(dir.path(), &trust_domain()).unwrap();
+        let before: Vec<_> = first
+            .entries()
+            .iter()
+            .map(|(p, _)| std::fs::read(p).unwrap())
+            .collect();
+
+        let second = write_dev_pki(dir.path(), &trust_domain()).unwrap();
+        assert!(!second.created);
+        let after: Vec<_> = second
+            .entries()
+            .iter()
+            .map(|(p, _)| std::fs::read(p).unwrap())
+            .collect();
+        assert_eq!(before, after, "an existing dev PKI is kept as it is");
+
+        std::fs::remove_file(&first.server_key).unwrap();
+        let err = write_dev_pki(dir.path(), &trust_domain()).unwrap_err();
+        match &err {
+            CaError::PartialDevPki { missing, .. } => {
+                assert_eq!(missing, std::slice::from_ref(&first.server_key))
+            }
+            other => panic!("expected PartialDevPki, got {other:?}"),
+        }
+        assert!(err.to_string().contains("server.key"), "{err}");
+        assert!(!first.server_key.exists(), "nothing is written on refusal");
+        assert_eq!(std::fs::read(&first.ca_key).unwrap(), before[1]);
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DevPkiPaths::in_dir(dir.path());
+        std::fs::write(&paths.admin_cert, "mine").unwrap();
+        let err = write_dev_pki(dir.path(), &trust_domain()).unwrap_err();
+        assert!(matches!(err, CaError::PartialDevPki { .. }), "{err:?}");
+        assert_eq!(std::fs::read_to_string(&paths.admin_cert).unwrap(), "mine");
+        assert!(write_new_file(dir.path(), &paths.admin_cert, "x", Secrecy::Public).is_err());
+        assert_eq!(std::fs::read_to_string(&paths.admin_cert).unwrap(), "mine");
+    }
+
+    #[test]
+    fn certificates_verify_under_their_own_ca_only() {
+        let pki = generate_pki(&trust_domain(), OffsetDateTime::now_utc()).unwrap();
+        let ca = der_of(&pki.ca.cert_pem);
+        let bootstrap_ca = der_of(&pki.bootstrap_ca.cert_pem);
+        let operator_ca = der_of(&pki.operator_ca.cert_pem);
+
+        let server = der_of(&pki.server.cert_pem);
+        webpki_verify(&server, &ca, webpki::KeyUsage::server_auth()).unwrap();
+        let ee = webpki::EndEntityCert::try_from(&server).unwrap();
+        for name in [
+            ServerName::try_from("localhost").unwrap(),
+            ServerName::IpAddress(PkiIpAddr::from(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+            ServerName::IpAddress(PkiIpAddr::from(IpAddr::V6(Ipv6Addr::LOCALHOST))),
+        ] {
+            ee.verify_is_valid_for_subject_name(&name).unwrap();
+        }
+        assert!(
+            ee.verify_is_valid_for_subject_name(&ServerName::try_from("example.com").unwrap())
+                .is_err()
+        );
+        assert!(webpki_verify(&server, &ca, webpki::KeyUsage::client_auth()).is_err());
+
+        let node = der_of(&pki.node.cert_pem);
+        webpki_verify(&node, &bootstrap_ca, webpki::KeyUsage::client_auth()).unwrap();
+        assert!(webpki_verify(&node, &ca, webpki::KeyUsage::client_auth()).is_err());
+        assert!(webpki_verify(&node, &operator_ca, webpki::KeyUsage::client_auth()).is_err());
+
+        let admin = der_of(&pki.admin.cert_pem);
+        webpki_verify(&admin, &operator_ca, webpki::KeyUsage::client_auth()).unwrap();
+        assert!(webpki_verify(&admin, &bootstrap_ca, webpki::KeyUsage::client_auth()).is_err());
+
+        let td = "spiffe://dev.mintgate.local";
+        assert_eq!(
+            uris(&pki.server.cert_pem),
+            [format!("{td}/mintgate/server")]
+        );
+        assert_eq!(uris(&pki.node.cert_pem), [format!("{td}/node/dev-node-1")]);
+        assert_eq!(uris(&pki.admin.cert_pem), [format!("{td}/operator/admin")]);
+    }
+
+    #[test]
+    fn dev_cas_are_pathlen_zero_cert_signers_valid_for_a_year() {
+        let now = OffsetDateTime::now_utc();
+        let pki = generate_pki(&trust_domain(), now).unwrap();
+        for pem in [
+            &pki.ca.cert_pem,
+            &pki.bootstrap_ca.cert_pem,
+            &pki.operator_ca.cert_pem,
+        ] {
+            let der = der_of(pem);
+            let cert = parse_certificate(&der).unwrap();
+            let bc = cert.basic_constraints().unwrap().unwrap();
+            assert!(bc.critical && bc.value.ca);
+            assert_eq!(bc.value.path_len_constraint, Some(0));
+            let ku = cert.key_usage().unwrap().unwrap().value;
+            assert!(ku.key_cert_sign() && ku.crl_sign());
+            let validity = cert.validity();
+            assert!(validity.not_before.to_datetime() <= now);
+            let days = (validity.not_after.to_datetime() - now).whole_days();
+            assert!((364..=365).contains(&days), "{days}");
+            assert_eq!(
+                cert.public_key().algorithm.algorithm,
+                x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+            );
+        }
+    }
+
+    #[test]
+    fn recognises_dev_material_and_nothing_else() {
+        let pki = generate_pki(&trust_domain(), OffsetDateTime::now_utc()).unwrap();
+        for pem in [
+            &pki.ca.cert_pem,
+            &pki.server.cert_pem,
+            &pki.bootstrap_ca.cert_pem,
+            &pki.node.cert_pem,
+            &pki.operator_ca.cert_pem,
+            &pki.admin.cert_pem,
+        ] {
+            assert!(is_dev_material(&der_of(pem)));
+        }
+
+        let key = FileKey::generate_p256().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Example Corp");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let prod = params.self_signed(&key).unwrap();
+        assert!(!is_dev_material(prod.der()));
+        assert!(!is_dev_material(b"not a certificate"));
+    }
+}

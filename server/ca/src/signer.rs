@@ -1,0 +1,399 @@
+//! The issuing CA: [`CertificateAuthority`] implements the domain's [`Signer`] port.
+//!
+//! It builds every certificate from the profile in DESIGN §4 ([`LeafProfile`]) and signs the
+//! CSR's public key with it; nothing but the public key is taken from a CSR. The private key sits
+//! behind rcgen's one-method [`SigningKey`] trait ([`KeyBackend`]), so a PKCS#11 or KMS key can
+//! replace the [`FileKey`] later. This module does no file or network I/O.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use mintgate_domain::ports::{IssueSpec, SignedCertificate, Signer, SignerError};
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm, SigningKey, SubjectPublicKeyInfo,
+};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+
+use crate::CaError;
+
+/// Longest common name X.509 allows (RFC 5280 `ub-common-name`).
+const MAX_COMMON_NAME_LEN: usize = 64;
+
+/// Where the issuing key lives. Any rcgen [`SigningKey`] that can be shared across threads is a
+/// backend: [`FileKey`] today, a PKCS#11 or KMS key later. A backend's `Debug` must not print
+/// secret material, and a failing remote key should return [`rcgen::Error::RemoteKeyError`] so
+/// the failure is reported as "unavailable" rather than as a build error.
+pub trait KeyBackend: SigningKey + Send + Sync + 'static {}
+
+impl<T: SigningKey + Send + Sync + 'static> KeyBackend for T {}
+
+/// A private key loaded from a PKCS#8 PEM file. Its `Debug` names the algorithm only.
+pub struct FileKey(KeyPair);
+
+impl FileKey {
+    /// Parses a PKCS#8 PEM private key (P-256, P-384, Ed25519 or RSA).
+    pub fn from_pem(pem: &str) -> Result<Self, CaError> {
+        KeyPair::from_pem(pem).map(Self).map_err(CaError::KeyPem)
+    }
+
+    /// Generates a fresh P-256 key.
+    pub fn generate_p256() -> Result<Self, CaError> {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map(Self)
+            .map_err(CaError::KeyGeneration)
+    }
+
+    /// The key as PKCS#8 PEM, for writing it to a file.
+    pub(crate) fn to_pkcs8_pem(&self) -> String {
+        self.0.serialize_pem()
+    }
+}
+
+impl fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileKey")
+            .field("algorithm", self.0.algorithm())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublicKeyData for FileKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+impl SigningKey for FileKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.sign(msg)
+    }
+}
+
+/// The issuing CA: its certificate, its key and the CRL location it stamps into what it issues.
+pub struct CertificateAuthority<K = FileKey> {
+    issuer: Issuer<'static, K>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    subject: String,
+    not_after: OffsetDateTime,
+    crl_url: Option<String>,
+}
+
+impl CertificateAuthority<FileKey> {
+    /// Loads the CA from its certificate PEM (exactly one certificate) and PKCS#8 key PEM.
+    ///
+    /// Refuses a certificate that is not a CA, a key that does not match it, and a CA whose
+    /// name or CRL URL would make the certificates it signs unusable.
+    pub fn from_pem(
+        ca_cert_pem: &str,
+        ca_key_pem: &str,
+        crl_url: Option<String>,
+    ) -> Result<Self, CaError> {
+        let certs = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CaError::CertificatePem)?;
+        let [cert] = <[_; 1]>::try_from(certs)
+            .map_err(|certs| CaError::CertificateCount { found: certs.len() })?;
+        Self::new(cert, FileKey::from_pem(ca_key_pem)?, crl_url)
+    }
+}
+
+impl<K: KeyBackend> CertificateAuthority<K> {
+    /// Builds the CA from its certificate and any key backend, checking that they belong together
+    /// by signing one probe certificate and verifying it against the CA certificate.
+    pub fn new(
+        cert_der: CertificateDer<'static>,
+        key: K,
+        crl_url: Option<String>,
+    ) -> Result<Self, CaError> {
+        let (not_after, subject) = {
+            let cert = parse_certificate(&cert_der)?;
+            check_is_ca(&cert)?;
+            if key.subject_public_key_info() != cert.public_key().raw {
+                return Err(CaError::KeyMismatch);
+            }
+            (
+                cert.validity().not_after.to_datetime(),
+                cert.subject().to_string(),
+            )
+        };
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(CaError::IssuerName)?;
+        let cert_pem = pem_encode(&cert_der);
+        let ca = Self {
+            issuer,
+            cert_der,
+            cert_pem,
+            subject,
+            not_after,
+            crl_url,
+        };
+        ca.self_check()?;
+        Ok(ca)
+    }
+
+    /// Builds and signs a certificate from `spec` and the profile of DESIGN §4.
+    ///
+    /// Same as [`Signer::sign`], with the detailed error.
+    pub fn issue(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, CaError> {
+        let public_key = subject_public_key(spec.spki_der)?;
+        let spki_is_rsa = *public_key.algorithm() == rcgen::PKCS_RSA_SHA256;
+        if spki_is_rsa != spec.key_type.is_rsa() {
+            return Err(CaError::KeyTypeMismatch {
+                declared: spec.key_type,
+            });
+        }
+        let profile = LeafProfile {
+            spiffe_id: spec.spiffe_id.as_str(),
+            dns_names: spec.dns_names,
+            ip_addresses: &[],
+            serial: spec.serial.as_bytes(),
+            not_before: spec.not_before,
+            not_after: spec.not_after.min(self.not_after),
+            rsa_key: spki_is_rsa,
+            client_auth: true,
+            server_auth: spec.server_auth,
+            crl_url: self.crl_url.as_deref(),
+        };
+        let params = profile.params()?;
+        let cert = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(classify_signing_error)?;
+        let der = cert.der().to_vec();
+        let chain_pem = format!("{}{}", cert.pem(), self.cert_pem);
+        Ok(SignedCertificate {
+            der,
+            chain_pem,
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The end of the CA certificate's validity; nothing it issues outlives it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// The CRL distribution point stamped into issued certificates, if any.
+    pub fn crl_url(&self) -> Option<&str> {
+        self.crl_url.as_deref()
+    }
+
+    /// Signs a probe certificate for the CA's own public key and checks that it names the CA as
+    /// issuer byte for byte and that the CA's public key verifies its signature. This catches a
+    /// subject rcgen cannot reproduce (multi-valued or repeated attributes), a key that signs with
+    /// another key than the certificate's, and a CRL URL that is not a valid IA5 string.
+    fn self_check(&self) -> Result<(), CaError> {
+        let ca = parse_certificate(&self.cert_der)?;
+        let public_key = subject_public_key(ca.public_key().raw)?;
+        let now = OffsetDateTime::now_utc();
+        let profile = LeafProfile {
+            spiffe_id: "spiffe://mintgate.invalid/self-check",
+            dns_names: &[],
+            ip_addresses: &[],
+            serial: &[1],
+            not_before: now,
+            not_after: now + time::Duration::minutes(1),
+            rsa_key: false,
+            client_auth: true,
+            server_auth: false,
+            crl_url: self.crl_url.as_deref(),
+        };
+        let probe = profile
+            .params()?
+            .signed_by(&public_key, &self.issuer)
+            .map_err(classify_signing_error)?;
+        let probe = parse_certificate(probe.der())?;
+        if probe.issuer().as_raw() != ca.subject().as_raw() {
+            return Err(CaError::SelfCheck {
+                reason: "the issuer name differs from the CA certificate's subject",
+            });
+        }
+        if probe.verify_signature(Some(ca.public_key())).is_err() {
+            return Err(CaError::SelfCheck {
+                reason: "the CA certificate's public key does not verify the signature",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<K: KeyBackend> Signer for CertificateAuthority<K> {
+    fn sign(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, SignerError> {
+        self.issue(spec).map_err(|e| match e {
+            CaError::KeyUnavailable(_) => SignerError::Unavailable(Box::new(e)),
+            _ => SignerError::Build(Box::new(e)),
+        })
+    }
+
+    fn trust_bundle_pem(&self) -> &str {
+        &self.cert_pem
+    }
+}
+
+impl<K> fmt::Debug for CertificateAuthority<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("subject", &self.subject)
+            .field("not_after", &self.not_after)
+            .field("crl_url", &self.crl_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificate profile of DESIGN §4 for an end-entity certificate. Every field is decided by
+/// Mintgate; nothing is copied from a CSR.
+pub(crate) struct LeafProfile<'a> {
+    pub(crate) spiffe_id: &'a str,
+    pub(crate) dns_names: &'a [String],
+    pub(crate) ip_addresses: &'a [IpAddr],
+    pub(crate) serial: &'a [u8],
+    pub(crate) not_before: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
+    /// Adds keyEncipherment (RSA key transport).
+    pub(crate) rsa_key: bool,
+    pub(crate) client_auth: bool,
+    pub(crate) server_auth: bool,
+    pub(crate) crl_url: Option<&'a str>,
+}
+
+impl LeafProfile<'_> {
+    /// The rcgen parameters: one URI SAN, the DNS and IP SANs, CA:FALSE (critical), KeyUsage
+    /// (critical), EKU, the serial, SKI/AKI, the CRL distribution point, and the validity
+    /// truncated to whole seconds as X.509 stores it.
+    pub(crate) fn params(&self) -> Result<CertificateParams, CaError> {
+        let not_before = self.not_before.truncate_to_second();
+        let not_after = self.not_after.truncate_to_second();
+        if not_before >= not_after {
+            return Err(CaError::EmptyValidity {
+                not_before,
+                not_after,
+            });
+        }
+        let mut params = CertificateParams::default();
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(SerialNumber::from_slice(self.serial));
+        params.distinguished_name = DistinguishedName::new();
+        if self.spiffe_id.len() <= MAX_COMMON_NAME_LEN {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, self.spiffe_id);
+        }
+        params.subject_alt_names = self.subject_alt_names()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if self.rsa_key {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        if self.client_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        if self.server_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        params.use_authority_key_identifier_extension = true;
+        if let Some(url) = self.crl_url {
+            params.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![url.to_owned()],
+            }];
+        }
+        Ok(params)
+    }
+
+    fn subject_alt_names(&self) -> Result<Vec<SanType>, CaError> {
+        let uri = self
+            .spiffe_id
+            .to_owned()
+            .try_into()
+            .map_err(CaError::InvalidName)?;
+        let mut sans = vec![SanType::URI(uri)];
+        for name in self.dns_names {
+            let name = name.clone().try_into().map_err(CaError::InvalidName)?;
+            sans.push(SanType::DnsName(name));
+        }
+        sans.extend(self.ip_addresses.iter().copied().map(SanType::IpAddress));
+        Ok(sans)
+    }
+}
+
+/// Turns DER SubjectPublicKeyInfo into rcgen's public key, refusing anything rcgen would not
+/// write back byte for byte (so the certificate certifies exactly the key the CSR proved).
+pub(crate) fn subject_public_key(spki_der: &[u8]) -> Result<SubjectPublicKeyInfo, CaError> {
+    let key = SubjectPublicKeyInfo::from_der(spki_der).map_err(CaError::SubjectPublicKey)?;
+    if key.subject_public_key_info() != spki_der {
+        return Err(CaError::SubjectPublicKeyNotCanonical);
+    }
+    Ok(key)
+}
+
+/// PEM of one certificate, with a trailing newline.
+pub(crate) fn pem_encode(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    let mut rest = b64.as_str();
+    while !rest.is_empty() {
+        // base64 is ASCII, so any byte index is a char boundary.
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        out.push_str(line);
+        out.push('\n');
+        rest = tail;
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| CaError::CertificateParse(e.into()))?;
+    Ok(cert)
+}
+
+fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), CaError> {
+    let basic = cert
+        .basic_constraints()
+        .map_err(CaError::CertificateParse)?
+        .map(|ext| ext.value);
+    if !basic.is_some_and(|bc| bc.ca) {
+        return Err(CaError::NotACa {
+            reason: "basicConstraints CA:TRUE is missing",
+        });
+    }
+    let usage = cert
+        .key_usage()
+        .map_err(CaError::CertificateParse)?
+        .map(|ext| ext.value);
+    if usage.is_some_and(|ku| !ku.key_cert_sign()) {
+        return Err(CaError::NotACa {
+            reason: "keyUsage lacks keyCertSign",
+        });
+    }
+    Ok(())
+}
+
+/// A failure of the key itself is "unavailable" (retry); anything else is a build error.
+fn classify_signing_error(e: rcgen::Error) -> CaError {
+    match e {
+        rcgen::Error::RemoteKeyError | rcgen::Error::RingUnspecified => CaError::KeyUnavailable(e),
+        _ => CaError::Build(e),
+    }
+}

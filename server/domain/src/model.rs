@@ -1,0 +1,135 @@
+//! Who is calling, and the records the store keeps about requests, certificates and join tokens.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+
+use crate::lifecycle::{CertState, RequestState};
+use crate::{Serial, SpiffeId};
+
+/// The kind of caller, decided by the CA that issued its client certificate (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallerKind {
+    /// Holds a certificate Mintgate issued.
+    Workload,
+    /// Holds a certificate from the bootstrap (node) CA.
+    Node,
+    /// Holds a certificate from the operator CA.
+    Operator,
+}
+
+impl CallerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workload => "workload",
+            Self::Node => "node",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+/// An authenticated peer: the SPIFFE ID and serial of its client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub id: SpiffeId,
+    pub kind: CallerKind,
+    pub serial: Serial,
+    /// Operator roles bound to this identity in config; empty for other kinds.
+    pub roles: Vec<String>,
+}
+
+impl Caller {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.kind == CallerKind::Operator && self.roles.iter().any(|r| r == role || r == "admin")
+    }
+}
+
+/// Which RPC created a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Enroll,
+    Renew,
+    JoinToken,
+}
+
+impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enroll => "ENROLL",
+            Self::Renew => "RENEW",
+            Self::JoinToken => "JOIN_TOKEN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Enroll, Self::Renew, Self::JoinToken]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A recorded request, keyed by (caller, request_id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub pk: i64,
+    pub caller: String,
+    pub request_id: String,
+    pub kind: RequestKind,
+    /// Hex SHA-256 of the canonical payload; a retry must match it.
+    pub payload_hash: String,
+    pub state: RequestState,
+    pub spiffe_id: String,
+    /// The serial reserved for (or given to) the certificate.
+    pub serial: Option<Serial>,
+    /// The join token created by a JOIN_TOKEN request.
+    pub token_id: Option<String>,
+    pub token_expires_at: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A new request row, written with its decision in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub caller: String,
+    pub request_id: String,
+    pub kind: RequestKind,
+    pub payload_hash: String,
+    pub state: RequestState,
+    pub spiffe_id: String,
+    pub serial: Option<Serial>,
+    pub token_id: Option<String>,
+    pub token_expires_at: Option<OffsetDateTime>,
+    pub now: OffsetDateTime,
+}
+
+/// An issued certificate as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    pub serial: Serial,
+    pub spiffe_id: String,
+    pub state: CertState,
+    pub key_type: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub der: Vec<u8>,
+    pub chain_pem: String,
+    pub request_pk: i64,
+}
+
+/// A join token as stored: only its hash, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    pub token_id: String,
+    pub token_hash: String,
+    pub spiffe_id: String,
+    pub created_by: String,
+    pub expires_at: OffsetDateTime,
+    pub used_at: Option<OffsetDateTime>,
+}

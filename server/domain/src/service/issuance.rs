@@ -1,0 +1,514 @@
+//! Enroll and Renew: verify the caller, check the CSR and policy, record the intent with its
+//! serial, sign, then record the certificate. Idempotent on (caller, request_id).
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{APPROVAL_LEASE, Mintgate, payload_hash};
+use crate::csr::{ValidatedCsr, validate_csr};
+use crate::error::AttestationError;
+use crate::lifecycle::{
+    CertEvent, RequestEvent, RequestState, transition_cert, transition_request,
+};
+use crate::model::{Caller, CallerKind, NewRequest, RequestKind, RequestRecord};
+use crate::policy::{DecisionInput, Grant, Requester};
+use crate::ports::IssueSpec;
+use crate::store::{CertificateStore, Inserted, NewCertificate, StoreError, TokenUse};
+use crate::{Error, RequestId, Serial, Ttl};
+
+/// How long a duplicate waits for the request it duplicates to finish, and how often it looks.
+const DUPLICATE_WAIT: Duration = Duration::from_secs(10);
+const DUPLICATE_POLL: Duration = Duration::from_millis(10);
+
+/// Enroll or Renew as the api hands it over (not yet validated).
+#[derive(Debug, Clone)]
+pub struct IssueInput {
+    pub request_id: String,
+    pub csr: Vec<u8>,
+    /// Requested lifetime as protobuf Duration parts (seconds, nanos).
+    pub ttl: Option<(i64, i32)>,
+    /// Enroll only.
+    pub join_token: Option<String>,
+}
+
+/// An issued certificate as returned to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub chain_pem: String,
+    pub serial: Serial,
+    pub spiffe_id: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub renew_after: OffsetDateTime,
+    pub trust_bundle_pem: String,
+}
+
+/// Everything decided before the intent is recorded.
+struct Approval {
+    csr: ValidatedCsr,
+    grant: Grant,
+    ttl: Ttl,
+    token: Option<String>,
+    supersedes: Option<Serial>,
+}
+
+impl<S: CertificateStore> Mintgate<S> {
+    /// Provisioning/Enroll: a first certificate for a node-attested workload.
+    pub async fn enroll(&self, caller: &Caller, input: IssueInput) -> Result<Issued, Error> {
+        self.issue(caller, RequestKind::Enroll, input).await
+    }
+
+    /// Provisioning/Renew: a new certificate for the caller's own identity.
+    pub async fn renew(&self, caller: &Caller, input: IssueInput) -> Result<Issued, Error> {
+        self.issue(caller, RequestKind::Renew, input).await
+    }
+
+    /// Provisioning/GetRequest: one of the caller's own requests.
+    pub async fn get_request(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+    ) -> Result<RequestRecord, Error> {
+        let request_id = RequestId::parse(request_id)?;
+        self.store
+            .find_request(caller.id.as_str(), request_id.as_str())
+            .await?
+            .ok_or(Error::NotFound("request"))
+    }
+
+    async fn issue(
+        &self,
+        caller: &Caller,
+        kind: RequestKind,
+        input: IssueInput,
+    ) -> Result<Issued, Error> {
+        let request_id = RequestId::parse(&input.request_id)?;
+        let ttl_text = input
+            .ttl
+            .map(|(s, n)| format!("{s}.{n}"))
+            .unwrap_or_default();
+        let hash = payload_hash(&[
+            kind.as_str().as_bytes(),
+            &input.csr,
+            ttl_text.as_bytes(),
+            input.join_token.as_deref().unwrap_or_default().as_bytes(),
+        ]);
+        if let Some(existing) = self
+            .store
+            .find_request(caller.id.as_str(), request_id.as_str())
+            .await?
+        {
+            return self.replay(caller, kind, &input, existing, &hash).await;
+        }
+        let now = self.clock.now();
+        let approval = match self.decide(caller, kind, &input, now, None).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.record_denial(caller, &request_id, kind, &e, now).await;
+                return Err(e);
+            }
+        };
+        let serial = self.new_serial();
+        let request = NewRequest {
+            caller: caller.id.to_string(),
+            request_id: request_id.to_string(),
+            kind,
+            payload_hash: hash.clone(),
+            state: RequestState::Approved,
+            spiffe_id: approval.csr.spiffe_id.to_string(),
+            serial: Some(serial.clone()),
+            token_id: approval.token.clone(),
+            token_expires_at: None,
+            now,
+        };
+        let token = approval.token.as_ref().map(|token_id| TokenUse {
+            token_id: token_id.clone(),
+            used_by: caller.id.to_string(),
+            now,
+        });
+        let events = self.approval_events(caller, &request_id, kind, &approval, &serial, now);
+        match self.store.insert_request(request, token, events).await {
+            Ok(Inserted::New(pk)) => {
+                self.sign_and_record(caller, pk, &request_id, serial, &approval)
+                    .await
+            }
+            Ok(Inserted::Duplicate(existing)) => {
+                self.replay(caller, kind, &input, existing, &hash).await
+            }
+            Err(StoreError::Conflict(_)) => Err(AttestationError::JoinTokenUsed.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Attestation, CSR profile and policy: everything that can refuse a request.
+    async fn decide(
+        &self,
+        caller: &Caller,
+        kind: RequestKind,
+        input: &IssueInput,
+        now: OffsetDateTime,
+        consumed_by_this_request: Option<&str>,
+    ) -> Result<Approval, Error> {
+        let csr = validate_csr(&input.csr, &self.trust_domain)?;
+        let mut token = None;
+        let mut supersedes = None;
+        let requester = match (kind, caller.kind) {
+            (RequestKind::Enroll, CallerKind::Node) => {
+                let bound = match input.join_token.as_deref().filter(|t| !t.is_empty()) {
+                    Some(t) => {
+                        let record = self
+                            .check_join_token(t, &csr.spiffe_id, now, consumed_by_this_request)
+                            .await?;
+                        token = Some(record.token_id);
+                        Some(&csr.spiffe_id)
+                    }
+                    None => None,
+                };
+                Requester::Node {
+                    id: &caller.id,
+                    join_token_for: bound,
+                }
+            }
+            (RequestKind::Renew, CallerKind::Workload) => {
+                if csr.spiffe_id != caller.id {
+                    return Err(AttestationError::IdentityMismatch.into());
+                }
+                let current = self
+                    .store
+                    .certificate(&caller.serial)
+                    .await?
+                    .ok_or(Error::NotFound("certificate"))?;
+                transition_cert(current.state, CertEvent::Supersede, current.not_after, now)?;
+                supersedes = Some(current.serial);
+                Requester::Workload { id: &caller.id }
+            }
+            (RequestKind::Enroll, CallerKind::Workload) if csr.spiffe_id != caller.id => {
+                return Err(AttestationError::IdentityMismatch.into());
+            }
+            (_, other) => return Err(AttestationError::WrongCallerKind(other.as_str()).into()),
+        };
+        let grant = self.policy.decide(&DecisionInput {
+            requester,
+            spiffe_id: &csr.spiffe_id,
+            dns_names: &csr.dns_names,
+            key_type: csr.key_type,
+        })?;
+        let ttl = match input.ttl {
+            Some((s, n)) => Ttl::from_parts(s, n, grant.max_ttl)?,
+            None => Ttl::from_policy(grant.max_ttl),
+        };
+        Ok(Approval {
+            csr,
+            grant,
+            ttl,
+            token,
+            supersedes,
+        })
+    }
+
+    async fn sign_and_record(
+        &self,
+        caller: &Caller,
+        pk: i64,
+        request_id: &RequestId,
+        serial: Serial,
+        approval: &Approval,
+    ) -> Result<Issued, Error> {
+        let now = self.clock.now();
+        let backdate = self.signer.backdate();
+        let spec = IssueSpec {
+            spki_der: &approval.csr.spki_der,
+            key_type: approval.csr.key_type,
+            spiffe_id: &approval.csr.spiffe_id,
+            dns_names: &approval.csr.dns_names,
+            serial: &serial,
+            not_before: now - backdate,
+            not_after: now + approval.ttl.as_duration(),
+            server_auth: approval.grant.server_auth,
+        };
+        let signed = match self.signer.sign(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(caller, pk, request_id, &serial, "SIGNER_FAILED")
+                    .await;
+                return Err(Error::Internal(e.into()));
+            }
+        };
+        transition_request(RequestState::Approved, RequestEvent::Sign)?;
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "certificate.issued",
+            format!("serial:{serial}"),
+        );
+        event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
+        event.dns_names = approval.csr.dns_names.clone();
+        event.key_type = Some(approval.csr.key_type.to_string());
+        event.not_before = Some(signed.not_before.unix_timestamp());
+        event.not_after = Some(signed.not_after.unix_timestamp());
+        event.policy_rule = Some(approval.grant.rule.clone());
+        event.request_id = Some(request_id.to_string());
+        event.detail = Some("APPROVED->ISSUED".into());
+        let mut events = vec![event];
+        if let Some(old) = &approval.supersedes {
+            let mut e = self.audit(
+                now,
+                caller.id.as_str(),
+                "certificate.superseded",
+                format!("serial:{old}"),
+            );
+            e.spiffe_id = Some(approval.csr.spiffe_id.to_string());
+            e.request_id = Some(request_id.to_string());
+            e.detail = Some(format!("ACTIVE->SUPERSEDED by {serial}"));
+            events.push(e);
+        }
+        let certificate = NewCertificate {
+            serial: serial.clone(),
+            spiffe_id: approval.csr.spiffe_id.to_string(),
+            key_type: approval.csr.key_type.to_string(),
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+            der: signed.der,
+            chain_pem: signed.chain_pem.clone(),
+            issued_at: now,
+        };
+        match self
+            .store
+            .complete_issuance(pk, certificate, approval.supersedes.clone(), events)
+            .await
+        {
+            Ok(()) => Ok(self.issued(
+                serial,
+                approval.csr.spiffe_id.to_string(),
+                signed.chain_pem,
+                signed.not_before,
+                signed.not_after,
+            )),
+            Err(StoreError::Conflict(_)) => {
+                // The certificate being renewed was revoked or renewed meanwhile.
+                self.fail(caller, pk, request_id, &serial, "CERTIFICATE_CHANGED")
+                    .await;
+                Err(Error::CertificateChanged)
+            }
+            Err(e) => {
+                self.fail(caller, pk, request_id, &serial, "STORE_FAILED")
+                    .await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A retry with a request id we have seen: the same answer, or a takeover of a request whose
+    /// attempt failed or whose process died after recording it.
+    async fn replay(
+        &self,
+        caller: &Caller,
+        kind: RequestKind,
+        input: &IssueInput,
+        mut existing: RequestRecord,
+        hash: &str,
+    ) -> Result<Issued, Error> {
+        if existing.payload_hash != hash || existing.kind != kind {
+            return Err(Error::IdempotencyKeyReused);
+        }
+        let deadline = self.clock.now() + DUPLICATE_WAIT;
+        loop {
+            let now = self.clock.now();
+            match existing.state {
+                RequestState::Issued => return self.stored_answer(&existing).await,
+                RequestState::Failed => return self.retake(caller, kind, input, existing).await,
+                RequestState::Approved if now - existing.updated_at > APPROVAL_LEASE => {
+                    return self.retake(caller, kind, input, existing).await;
+                }
+                RequestState::Approved => {}
+                other => return Err(Error::RequestClosed(other.as_str())),
+            }
+            if now >= deadline {
+                return Err(Error::InProgress);
+            }
+            self.clock.sleep(DUPLICATE_POLL).await;
+            existing = self
+                .store
+                .find_request(&existing.caller, &existing.request_id)
+                .await?
+                .ok_or(Error::Internal("request vanished".into()))?;
+        }
+    }
+
+    async fn stored_answer(&self, request: &RequestRecord) -> Result<Issued, Error> {
+        let serial = request
+            .serial
+            .clone()
+            .ok_or(Error::Internal("issued request without serial".into()))?;
+        let cert = self
+            .store
+            .certificate(&serial)
+            .await?
+            .ok_or(Error::Internal("issued request without certificate".into()))?;
+        Ok(self.issued(
+            serial,
+            cert.spiffe_id,
+            cert.chain_pem,
+            cert.not_before,
+            cert.not_after,
+        ))
+    }
+
+    /// Decides again and reserves a fresh serial; the abandoned one stays in the audit trail
+    /// (it may have been signed by a process that died, so it is never reused).
+    async fn retake(
+        &self,
+        caller: &Caller,
+        kind: RequestKind,
+        input: &IssueInput,
+        existing: RequestRecord,
+    ) -> Result<Issued, Error> {
+        let now = self.clock.now();
+        let request_id = RequestId::parse(&existing.request_id)?;
+        let approval = self
+            .decide(caller, kind, input, now, existing.token_id.as_deref())
+            .await?;
+        if existing.state == RequestState::Approved {
+            transition_request(existing.state, RequestEvent::Fail)?;
+        }
+        transition_request(RequestState::Failed, RequestEvent::Retry)?;
+        let serial = self.new_serial();
+        let abandoned = existing
+            .serial
+            .as_ref()
+            .map(Serial::to_hex)
+            .unwrap_or_default();
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "request.retried",
+            request_subject(caller, &request_id),
+        );
+        event.request_id = Some(request_id.to_string());
+        event.detail = Some(format!(
+            "{}->APPROVED serial {serial}, abandoned serial {abandoned}",
+            existing.state.as_str()
+        ));
+        let moved = self
+            .store
+            .move_request(
+                existing.pk,
+                (existing.state, existing.serial.clone()),
+                (RequestState::Approved, Some(serial.clone())),
+                now,
+                vec![event],
+            )
+            .await?;
+        if !moved {
+            return Err(Error::InProgress);
+        }
+        self.sign_and_record(caller, existing.pk, &request_id, serial, &approval)
+            .await
+    }
+
+    /// Best effort APPROVED → FAILED; if it does not stick, the approval lease expires instead.
+    async fn fail(
+        &self,
+        caller: &Caller,
+        pk: i64,
+        request_id: &RequestId,
+        serial: &Serial,
+        reason: &str,
+    ) {
+        let now = self.clock.now();
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "request.failed",
+            request_subject(caller, request_id),
+        );
+        event.request_id = Some(request_id.to_string());
+        event.detail = Some(format!("APPROVED->FAILED {reason}"));
+        let from = (RequestState::Approved, Some(serial.clone()));
+        let to = (RequestState::Failed, Some(serial.clone()));
+        let _ = self
+            .store
+            .move_request(pk, from, to, now, vec![event])
+            .await;
+    }
+
+    /// A refusal by attestation or policy is audited (who asked for what, and why not).
+    async fn record_denial(
+        &self,
+        caller: &Caller,
+        request_id: &RequestId,
+        kind: RequestKind,
+        error: &Error,
+        now: OffsetDateTime,
+    ) {
+        if error.class() != crate::ErrorClass::PermissionDenied
+            && !matches!(error, Error::Transition(_))
+        {
+            return;
+        }
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "request.denied",
+            request_subject(caller, request_id),
+        );
+        event.request_id = Some(request_id.to_string());
+        event.detail = Some(format!("{kind} {}", error.reason()));
+        let _ = self.store.append_audit(vec![event]).await;
+    }
+
+    fn approval_events(
+        &self,
+        caller: &Caller,
+        request_id: &RequestId,
+        kind: RequestKind,
+        approval: &Approval,
+        serial: &Serial,
+        now: OffsetDateTime,
+    ) -> Vec<crate::audit::AuditEvent> {
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "request.approved",
+            request_subject(caller, request_id),
+        );
+        event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
+        event.dns_names = approval.csr.dns_names.clone();
+        event.key_type = Some(approval.csr.key_type.to_string());
+        event.not_after = Some((now + approval.ttl.as_duration()).unix_timestamp());
+        event.policy_rule = Some(approval.grant.rule.clone());
+        event.request_id = Some(request_id.to_string());
+        let via = match &approval.token {
+            Some(t) => format!("{}+join_token:{t}", caller.kind.as_str()),
+            None => caller.kind.as_str().to_owned(),
+        };
+        event.detail = Some(format!(
+            "{kind} RECEIVED->VERIFIED->APPROVED via {via}, serial {serial}"
+        ));
+        vec![event]
+    }
+
+    fn issued(
+        &self,
+        serial: Serial,
+        spiffe_id: String,
+        chain_pem: String,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Issued {
+        Issued {
+            chain_pem,
+            serial,
+            spiffe_id,
+            not_before,
+            not_after,
+            renew_after: not_before + (not_after - not_before) / 2,
+            trust_bundle_pem: self.signer.trust_bundle_pem().to_owned(),
+        }
+    }
+}
+
+fn request_subject(caller: &Caller, request_id: &RequestId) -> String {
+    format!("request:{}#{}", caller.id, request_id)
+}

@@ -1,0 +1,141 @@
+//! The storage port. Every method that changes state is one transaction that applies a
+//! conditional update and appends its audit events, or does nothing at all.
+
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+use crate::Serial;
+use crate::audit::{AuditEvent, ChainedEvent};
+use crate::error::Cause;
+use crate::lifecycle::RequestState;
+use crate::model::{CertificateRecord, JoinTokenRecord, NewRequest, RequestRecord};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the transaction failed; retrying may help.
+    #[error("database unavailable")]
+    Unavailable(#[source] Cause),
+    /// A conditional update found the row in another state: someone else moved it first.
+    #[error("{0} was changed concurrently")]
+    Conflict(&'static str),
+    /// Stored data does not decode; a bug or tampering.
+    #[error("stored data is corrupt")]
+    Corrupt(#[source] Cause),
+}
+
+impl From<StoreError> for crate::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(c) => Self::Unavailable(c),
+            StoreError::Conflict(_) => Self::InProgress,
+            StoreError::Corrupt(c) => Self::Internal(c),
+        }
+    }
+}
+
+/// The outcome of inserting a request keyed by (caller, request_id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New(i64),
+    /// Another request with the same key was there first.
+    Duplicate(RequestRecord),
+}
+
+/// A join token to mark used in the same transaction as the request it admits.
+#[derive(Debug, Clone)]
+pub struct TokenUse {
+    pub token_id: String,
+    pub used_by: String,
+    pub now: OffsetDateTime,
+}
+
+/// A certificate to record when a request moves APPROVED → ISSUED.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    pub serial: Serial,
+    pub spiffe_id: String,
+    pub key_type: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub der: Vec<u8>,
+    pub chain_pem: String,
+    pub issued_at: OffsetDateTime,
+}
+
+/// A new join token (its hash) to store with the request that created it.
+#[derive(Debug, Clone)]
+pub struct NewJoinToken {
+    pub token_id: String,
+    pub token_hash: String,
+    pub spiffe_id: String,
+    pub created_by: String,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Persistent storage for requests, certificates, join tokens and the audit trail.
+pub trait CertificateStore: Send + Sync + 'static {
+    fn find_request(
+        &self,
+        caller: &str,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Option<RequestRecord>, StoreError>> + Send;
+
+    /// Inserts a request with its decision. With `token`, the join token must be unused and
+    /// unexpired, or nothing is written and `Conflict("join token")` is returned.
+    fn insert_request(
+        &self,
+        request: NewRequest,
+        token: Option<TokenUse>,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// APPROVED → ISSUED for request `pk` with `serial`, records the certificate and, for a
+    /// renewal, moves `supersedes` ACTIVE → SUPERSEDED. `Conflict` if any condition fails.
+    fn complete_issuance(
+        &self,
+        pk: i64,
+        certificate: NewCertificate,
+        supersedes: Option<Serial>,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves request `pk` from `from` (with serial `old_serial`) to `to`, optionally reserving a
+    /// new serial. Returns false if the request was not in that state.
+    fn move_request(
+        &self,
+        pk: i64,
+        from: (RequestState, Option<Serial>),
+        to: (RequestState, Option<Serial>),
+        now: OffsetDateTime,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn certificate(
+        &self,
+        serial: &Serial,
+    ) -> impl Future<Output = Result<Option<CertificateRecord>, StoreError>> + Send;
+
+    fn join_token(
+        &self,
+        token_id: &str,
+    ) -> impl Future<Output = Result<Option<JoinTokenRecord>, StoreError>> + Send;
+
+    /// Inserts a JOIN_TOKEN request together with the token it creates.
+    fn insert_join_token(
+        &self,
+        request: NewRequest,
+        token: NewJoinToken,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// Appends events on their own (e.g. a denial), in one transaction.
+    fn append_audit(
+        &self,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The audit trail in seq order, as stored.
+    fn audit_chain(&self) -> impl Future<Output = Result<Vec<ChainedEvent>, StoreError>> + Send;
+}

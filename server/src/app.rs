@@ -1,0 +1,248 @@
+//! `Application::build` wires the domain to its adapters and binds both listeners before it
+//! returns, so callers (and tests, with port 0) know the addresses; `run` serves until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mintgate_api::GrpcServer;
+use mintgate_api::peer::PeerClassifier;
+use mintgate_api::tls;
+use mintgate_ca::CertificateAuthority;
+use mintgate_domain::model::CallerKind;
+use mintgate_domain::policy::Policy;
+use mintgate_domain::ports::{Clock, Signer};
+use mintgate_domain::service::{JoinTokenSecret, Mintgate, Parts};
+use mintgate_domain::store::StoreError;
+use mintgate_store::SqlStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+use crate::clock::OsRandom;
+use crate::config::{Settings, redact_url};
+
+/// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("policy: {0}")]
+    Policy(#[source] Box<mintgate_domain::policy::PolicyError>),
+    #[error("{0} is dev material (made by `mintgate dev-certs`); it is accepted only with --dev")]
+    DevMaterial(&'static str),
+    #[error("{field}: no usable PEM {what} found")]
+    Pem {
+        field: &'static str,
+        what: &'static str,
+    },
+    #[error("ca: {0}")]
+    Ca(#[source] mintgate_ca::CaError),
+    #[error("tls: {0}")]
+    Tls(#[source] tls::TlsError),
+    #[error("database {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl BuildError {
+    /// A fault in what the operator configured (as opposed to the environment).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Policy(_) | Self::DevMaterial(_) | Self::Pem { .. } | Self::Ca(_) | Self::Tls(_)
+        )
+    }
+}
+
+/// A built, bound, not yet serving Mintgate.
+pub struct Application {
+    grpc: TcpListener,
+    http: TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    server: GrpcServer<SqlStore>,
+    store: SqlStore,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, BuildError> {
+        let ca_chain = certs(&settings.ca_cert_pem, "ca.cert")?;
+        let server_chain = certs(&settings.server_cert_pem, "tls.server_cert")?;
+        let bootstrap = settings
+            .bootstrap_cas_pem
+            .iter()
+            .map(|p| certs(p, "trust.bootstrap_cas"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let operators = settings
+            .operator_cas_pem
+            .iter()
+            .map(|p| certs(p, "trust.operator_cas"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !settings.dev {
+            let named = [("ca.cert", &ca_chain), ("tls.server_cert", &server_chain)];
+            for (field, chain) in named
+                .into_iter()
+                .chain(bootstrap.iter().map(|c| ("trust.bootstrap_cas", c)))
+                .chain(operators.iter().map(|c| ("trust.operator_cas", c)))
+            {
+                if chain.iter().any(|c| mintgate_ca::is_dev_material(c)) {
+                    return Err(BuildError::DevMaterial(field));
+                }
+            }
+        }
+        let policy = Policy::from_document(settings.policy.clone(), &settings.trust_domain)
+            .map_err(|e| BuildError::Policy(Box::new(e)))?;
+        let ca = CertificateAuthority::from_pem(
+            &settings.ca_cert_pem,
+            &settings.ca_key_pem,
+            settings.crl_url.clone(),
+        )
+        .map_err(BuildError::Ca)?;
+        let server_key = PrivateKeyDer::from_pem_slice(settings.server_key_pem.as_bytes())
+            .map_err(|_| BuildError::Pem {
+                field: "tls.server_key",
+                what: "private key",
+            })?;
+
+        let store = SqlStore::connect(&settings.database_url)
+            .await
+            .map_err(|source| BuildError::Store {
+                url: redact_url(&settings.database_url),
+                source,
+            })?;
+        store.migrate().await.map_err(|source| BuildError::Store {
+            url: redact_url(&settings.database_url),
+            source,
+        })?;
+
+        let mut classified: Vec<(CallerKind, CertificateDer<'static>)> = Vec::new();
+        classified.extend(
+            ca_chain
+                .iter()
+                .take(1)
+                .cloned()
+                .map(|c| (CallerKind::Workload, c)),
+        );
+        classified.extend(
+            bootstrap
+                .iter()
+                .flatten()
+                .cloned()
+                .map(|c| (CallerKind::Node, c)),
+        );
+        classified.extend(
+            operators
+                .iter()
+                .flatten()
+                .cloned()
+                .map(|c| (CallerKind::Operator, c)),
+        );
+        let client_cas: Vec<_> = classified.iter().map(|(_, c)| c.clone()).collect();
+        let tls_config = tls::server_config(
+            &client_cas,
+            settings.trust_domain.clone(),
+            server_chain,
+            server_key,
+            clock.clone(),
+        )
+        .map_err(BuildError::Tls)?;
+        let classifier = PeerClassifier::new(classified, settings.operator_roles.clone());
+
+        let signer: Arc<dyn Signer> = Arc::new(ca);
+        let app = Mintgate::new(Parts {
+            store: store.clone(),
+            signer,
+            clock,
+            random: Arc::new(OsRandom),
+            policy: Arc::new(policy),
+            trust_domain: settings.trust_domain.clone(),
+            token_secret: JoinTokenSecret::new(settings.join_token_secret),
+        });
+
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BuildError::Bind { addr, source })
+        };
+        let grpc = bind(settings.grpc_addr).await?;
+        let http = bind(settings.http_addr).await?;
+        let local = |l: &TcpListener, addr| {
+            l.local_addr()
+                .map_err(|source| BuildError::Bind { addr, source })
+        };
+        let grpc_addr = local(&grpc, settings.grpc_addr)?;
+        let http_addr = local(&http, settings.http_addr)?;
+        Ok(Self {
+            grpc,
+            http,
+            grpc_addr,
+            http_addr,
+            server: GrpcServer {
+                app: Arc::new(app),
+                tls: Arc::new(tls_config),
+                classifier: Arc::new(classifier),
+            },
+            store,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn store(&self) -> &SqlStore {
+        &self.store
+    }
+
+    /// Serves both ports until `shutdown` resolves, then drains and closes the database.
+    pub async fn run<F>(self, shutdown: F) -> Result<(), std::io::Error>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let http = axum::serve(self.http, crate::http::router(self.store.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            });
+        let http = tokio::spawn(async move { http.await });
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut grpc_stop = stop_rx;
+        let grpc = mintgate_api::serve(self.grpc, self.server, async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        })
+        .await;
+        if let Err(e) = grpc {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+        let _ = http.await;
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+fn certs(pem: &str, field: &'static str) -> Result<Vec<CertificateDer<'static>>, BuildError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| BuildError::Pem {
+            field,
+            what: "certificate",
+        })?;
+    if certs.is_empty() {
+        return Err(BuildError::Pem {
+            field,
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}

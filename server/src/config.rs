@@ -1,0 +1,325 @@
+//! Configuration: `mintgate.toml`, overridden by `MINTGATE_*` environment variables and flags
+//! (clap reads both), resolved into [`Settings`] — every file read and checked. Unknown keys are
+//! refused, and every error names the field it is about.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use mintgate_domain::TrustDomain;
+use mintgate_domain::policy::{PolicyDocument, dev_policy};
+use serde::{Deserialize, Serialize};
+
+/// The dev trust domain used by `--dev`.
+pub const DEV_TRUST_DOMAIN: &str = "dev.mintgate.local";
+/// Where `--dev` keeps its PKI.
+pub const DEV_CERTS_DIR: &str = "certs-dev";
+/// The database `--dev` uses.
+pub const DEV_DATABASE_URL: &str = "sqlite://mintgate.db?mode=rwc";
+
+/// A configuration problem. The process exits 64 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("config: {field}: cannot read {path}: {source}")]
+    Read {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {field}: {problem}")]
+    Invalid { field: String, problem: String },
+    #[error("policy {path}: {source}")]
+    Policy {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The file format of `mintgate.toml`. See `mintgate.example.toml` for every key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub trust_domain: Option<String>,
+    pub database_url: Option<String>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub policy_file: Option<PathBuf>,
+    pub join_token_secret_file: Option<PathBuf>,
+    pub crl_url: Option<String>,
+    #[serde(default)]
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub ca: CaFiles,
+    #[serde(default)]
+    pub trust: TrustFiles,
+    /// Operator SPIFFE ID → roles (`admin` holds every role).
+    #[serde(default)]
+    pub operators: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub server_cert: Option<PathBuf>,
+    pub server_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFiles {
+    #[serde(default)]
+    pub bootstrap_cas: Vec<PathBuf>,
+    #[serde(default)]
+    pub operator_cas: Vec<PathBuf>,
+}
+
+/// Overrides from flags and `MINTGATE_*` variables (clap fills these).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+}
+
+/// Everything the application needs, read and checked.
+#[derive(Clone)]
+pub struct Settings {
+    pub trust_domain: TrustDomain,
+    pub database_url: String,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub bootstrap_cas_pem: Vec<String>,
+    pub operator_cas_pem: Vec<String>,
+    pub operator_roles: HashMap<String, Vec<String>>,
+    pub policy: PolicyDocument,
+    pub join_token_secret: [u8; 32],
+    pub crl_url: Option<String>,
+    /// Dev material is accepted only when this is set (`--dev`).
+    pub dev: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("trust_domain", &self.trust_domain)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("policy_version", &self.policy.version)
+            .field("dev", &self.dev)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Loads `path` (if given) and applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Read {
+                    field: "--config",
+                    path: p.to_owned(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            figment = figment.merge(Toml::file(p));
+        }
+        let file: FileConfig = figment
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        Self::from_file_config(file)
+    }
+
+    fn from_file_config(c: FileConfig) -> Result<Self, ConfigError> {
+        let td = required(c.trust_domain, "trust_domain")?;
+        let trust_domain = TrustDomain::parse(&td).map_err(|e| invalid("trust_domain", e))?;
+        let policy_path = required(c.policy_file, "policy_file")?;
+        let policy = load_policy(&policy_path)?;
+        let secret_path = required(c.join_token_secret_file, "join_token_secret_file")?;
+        let join_token_secret = parse_secret(&read(&secret_path, "join_token_secret_file")?)
+            .ok_or_else(|| {
+                invalid(
+                    "join_token_secret_file",
+                    "must hold 32 bytes as 64 hex digits",
+                )
+            })?;
+        let read_all = |paths: &[PathBuf], field| -> Result<Vec<String>, ConfigError> {
+            paths.iter().map(|p| read(p, field)).collect()
+        };
+        Ok(Self {
+            trust_domain,
+            database_url: required(c.database_url, "database_url")?,
+            grpc_addr: required(c.grpc_addr, "grpc_addr")?,
+            http_addr: required(c.http_addr, "http_addr")?,
+            ca_cert_pem: read(&required(c.ca.cert, "ca.cert")?, "ca.cert")?,
+            ca_key_pem: read(&required(c.ca.key, "ca.key")?, "ca.key")?,
+            server_cert_pem: read(
+                &required(c.tls.server_cert, "tls.server_cert")?,
+                "tls.server_cert",
+            )?,
+            server_key_pem: read(
+                &required(c.tls.server_key, "tls.server_key")?,
+                "tls.server_key",
+            )?,
+            bootstrap_cas_pem: read_all(&c.trust.bootstrap_cas, "trust.bootstrap_cas")?,
+            operator_cas_pem: read_all(&c.trust.operator_cas, "trust.operator_cas")?,
+            operator_roles: c.operators,
+            policy,
+            join_token_secret,
+            crl_url: c.crl_url,
+            dev: false,
+        })
+    }
+
+    /// The `--dev` settings: the dev PKI in `dir`, SQLite in the working directory, the dev
+    /// policy, and the default ports unless overridden.
+    pub fn dev(dir: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let trust_domain =
+            TrustDomain::parse(DEV_TRUST_DOMAIN).map_err(|e| invalid("trust_domain", e))?;
+        let file = |name: &str| dir.join(name);
+        let policy = match &overrides.policy_file {
+            Some(p) => load_policy(p)?,
+            None => dev_policy(&trust_domain),
+        };
+        let join_token_secret =
+            parse_secret(&read(&file("join-token.key"), "join_token_secret_file")?).ok_or_else(
+                || {
+                    invalid(
+                        "join_token_secret_file",
+                        "must hold 32 bytes as 64 hex digits",
+                    )
+                },
+            )?;
+        let mut operator_roles = HashMap::new();
+        operator_roles.insert(
+            format!("spiffe://{DEV_TRUST_DOMAIN}/operator/admin"),
+            vec!["admin".to_owned()],
+        );
+        Ok(Self {
+            database_url: overrides
+                .database_url
+                .clone()
+                .unwrap_or_else(|| DEV_DATABASE_URL.to_owned()),
+            grpc_addr: overrides
+                .grpc_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            http_addr: overrides
+                .http_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            ca_cert_pem: read(&file("ca.pem"), "ca.cert")?,
+            ca_key_pem: read(&file("ca.key"), "ca.key")?,
+            server_cert_pem: read(&file("server.pem"), "tls.server_cert")?,
+            server_key_pem: read(&file("server.key"), "tls.server_key")?,
+            bootstrap_cas_pem: vec![read(&file("bootstrap-ca.pem"), "trust.bootstrap_cas")?],
+            operator_cas_pem: vec![read(&file("operator-ca.pem"), "trust.operator_cas")?],
+            operator_roles,
+            policy,
+            join_token_secret,
+            crl_url: None,
+            trust_domain,
+            dev: true,
+        })
+    }
+}
+
+/// Reads and parses a policy file (TOML).
+pub fn load_policy(path: &Path) -> Result<PolicyDocument, ConfigError> {
+    let text = read(path, "policy_file")?;
+    toml::from_str(&text).map_err(|e| ConfigError::Policy {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+fn parse_secret(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text.trim()).ok()?.try_into().ok()
+}
+
+fn read(path: &Path, field: &'static str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        field,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, ConfigError> {
+    v.ok_or_else(|| invalid(field, "is required"))
+}
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses_and_unknown_keys_are_refused() {
+        let sample = include_str!("../../mintgate.example.toml");
+        let parsed: FileConfig = Figment::new()
+            .merge(Toml::string(sample))
+            .extract()
+            .unwrap();
+        assert_eq!(parsed.trust_domain.as_deref(), Some("prod.example"));
+        assert!(!parsed.trust.bootstrap_cas.is_empty());
+
+        let bad = format!("{sample}\ntypo_key = 1\n");
+        let err = Figment::new()
+            .merge(Toml::string(&bad))
+            .extract::<FileConfig>()
+            .unwrap_err();
+        assert!(err.to_string().contains("typo_key"), "{err}");
+    }
+
+    #[test]
+    fn the_sample_policy_parses() {
+        let doc: PolicyDocument =
+            toml::from_str(include_str!("../../policy.example.toml")).unwrap();
+        let td = TrustDomain::parse("prod.example").unwrap();
+        mintgate_domain::policy::Policy::from_document(doc, &td).unwrap();
+    }
+
+    #[test]
+    fn urls_lose_their_password_in_logs() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://mintgate.db"), "sqlite://mintgate.db");
+    }
+}

@@ -1,0 +1,284 @@
+//! `mintgate`: parse arguments, load config, start tracing, build the application, wait for a
+//! signal. Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mintgate_domain::TrustDomain;
+use mintgate_domain::audit::verify_chain;
+use mintgate_domain::store::CertificateStore;
+use mintgate_server::config::{DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides};
+use mintgate_server::{Application, Settings, clock::SystemClock};
+use mintgate_store::SqlStore;
+
+/// Exit code for bad configuration or usage (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "mintgate",
+    version,
+    about = "Short-lived X.509 client certificates for a service mesh, over mutual-TLS gRPC."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (gRPC with mutual TLS, plus HTTP health endpoints).
+    Serve(ServeArgs),
+    /// Write a development PKI (CAs, server, node and operator certificates) if missing.
+    DevCerts {
+        /// Where to write it.
+        #[arg(long, default_value = DEV_CERTS_DIR)]
+        dir: PathBuf,
+    },
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Inspect the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// First-run mode: dev PKI in certs-dev/ (created if missing), SQLite ./mintgate.db, dev policy.
+    #[arg(long)]
+    dev: bool,
+    /// Configuration file (mintgate.toml). Required without --dev.
+    #[arg(long, env = "MINTGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "MINTGATE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// gRPC listen address (default with --dev: 127.0.0.1:8443).
+    #[arg(long, env = "MINTGATE_GRPC_ADDR")]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// HTTP listen address for /healthz and /readyz (default with --dev: 127.0.0.1:8080).
+    #[arg(long, env = "MINTGATE_HTTP_ADDR")]
+    http_addr: Option<std::net::SocketAddr>,
+    /// Policy file (TOML); with --dev, replaces the dev policy.
+    #[arg(long, env = "MINTGATE_POLICY_FILE")]
+    policy_file: Option<PathBuf>,
+    #[arg(long, env = "MINTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Use the --dev database (./mintgate.db).
+    #[arg(long)]
+    dev: bool,
+    #[arg(long, env = "MINTGATE_DATABASE_URL", required_unless_present = "dev")]
+    database_url: Option<String>,
+}
+
+impl DbArgs {
+    fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| DEV_DATABASE_URL.to_owned())
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; exits 1 naming the first broken link.
+    Verify(DbArgs),
+    /// Write the audit trail as JSON lines (with hashes, so it can be re-verified).
+    Export {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mintgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mintgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::DevCerts { dir } => {
+            write_dev_pki(&dir)?;
+            println!("dev PKI in {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(db) => {
+            let store = SqlStore::connect(&db.url()).await.context("database")?;
+            store.migrate().await.context("migrate")?;
+            println!("migrated");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify(db)) => {
+            let store = SqlStore::connect(&db.url()).await.context("database")?;
+            let chain = store
+                .audit_chain()
+                .await
+                .context("reading the audit trail")?;
+            match verify_chain(chain) {
+                Ok(n) => {
+                    println!("audit chain intact: {n} events");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(broken) => {
+                    println!("{broken}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Export { db, output }) => {
+            let store = SqlStore::connect(&db.url()).await.context("database")?;
+            let chain = store
+                .audit_chain()
+                .await
+                .context("reading the audit trail")?;
+            let mut out = String::new();
+            for event in &chain {
+                out.push_str(&serde_json::to_string(event)?);
+                out.push('\n');
+            }
+            match output {
+                Some(path) => std::fs::write(&path, out)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{out}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    let overrides = Overrides {
+        database_url: args.database_url,
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        policy_file: args.policy_file,
+    };
+    let settings = if args.dev {
+        let dir = Path::new(DEV_CERTS_DIR);
+        write_dev_pki(dir)?;
+        Settings::dev(dir, &overrides)
+    } else {
+        match args.config {
+            Some(path) => Settings::load(Some(&path), &overrides),
+            None => {
+                eprintln!(
+                    "mintgate: serve needs --config mintgate.toml (or --dev for a first run)"
+                );
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        }
+    };
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mintgate: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let dev = settings.dev;
+    let app = match Application::build(settings, Arc::new(SystemClock)).await {
+        Ok(app) => app,
+        Err(e) if e.is_config() => {
+            eprintln!("mintgate: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(grpc = %app.grpc_addr(), http = %app.http_addr(), "mintgate serving");
+    if dev {
+        print_dev_tour(app.grpc_addr(), app.http_addr());
+    }
+    app.run(shutdown_signal()).await?;
+    tracing::info!("mintgate stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_dev_pki(dir: &Path) -> anyhow::Result<()> {
+    let td = TrustDomain::parse(DEV_TRUST_DOMAIN)?;
+    if dir.join("ca.pem").exists() {
+        return Ok(());
+    }
+    mintgate_ca::write_dev_pki(dir, &td)
+        .with_context(|| format!("writing the dev PKI to {}", dir.display()))?;
+    Ok(())
+}
+
+fn print_dev_tour(grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
+    let tls = "-cacert certs-dev/ca.pem -cert certs-dev/admin.pem -key certs-dev/admin.key";
+    println!(
+        "\nMintgate is running in --dev mode (trust domain {DEV_TRUST_DOMAIN}).\n\
+         Try next, in another terminal:\n\n  \
+         curl http://{http}/readyz\n  \
+         grpcurl {tls} {grpc} list\n  \
+         grpcurl {tls} {grpc} describe mintgate.v1.Provisioning\n  \
+         grpcurl {tls} -d '{{\"request_id\":\"tok-1\",\"spiffe_id\":\"spiffe://{DEV_TRUST_DOMAIN}/joined/demo\"}}' {grpc} mintgate.v1.Admin/CreateJoinToken\n\n\
+         The README's tour continues with an openssl CSR and Provisioning/Enroll.\n"
+    );
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

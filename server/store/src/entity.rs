@@ -1,0 +1,109 @@
+//! sea-orm entities. Private to this crate: they become domain types at its edge (`convert.rs`).
+
+pub mod request {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "requests")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub pk: i64,
+        pub caller: String,
+        pub request_id: String,
+        pub kind: String,
+        pub payload_hash: String,
+        pub state: String,
+        pub spiffe_id: String,
+        pub serial: Option<String>,
+        pub token_id: Option<String>,
+        pub token_expires_at: Option<i64>,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod certificate {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "certificates")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub serial: String,
+        pub spiffe_id: String,
+        pub state: String,
+        pub key_type: String,
+        pub not_before: i64,
+        pub not_after: i64,
+        pub der: Vec<u8>,
+        pub chain_pem: String,
+        pub request_pk: i64,
+        pub issued_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod join_token {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "join_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_id: String,
+        pub token_hash: String,
+        pub spiffe_id: String,
+        pub created_by: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub used_at: Option<i64>,
+        pub used_by: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod audit_event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub at: i64,
+        pub actor: String,
+        pub action: String,
+        pub subject: String,
+        pub spiffe_id: Option<String>,
+        /// JSON array of strings.
+        pub dns_names: String,
+        pub key_type: Option<String>,
+        pub not_before: Option<i64>,
+        pub not_after: Option<i64>,
+        pub policy_version: Option<String>,
+        pub policy_rule: Option<String>,
+        pub request_id: Option<String>,
+        pub detail: Option<String>,
+        pub prev_hash: String,
+        pub hash: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,302 @@
+//! The store's writes: each is one transaction under the writer lock.
+
+use mintgate_domain::Serial;
+use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
+use mintgate_domain::lifecycle::{CertState, RequestState};
+use mintgate_domain::model::{CertificateRecord, JoinTokenRecord, NewRequest, RequestRecord};
+use mintgate_domain::store::{
+    CertificateStore, Inserted, NewCertificate, NewJoinToken, StoreError, TokenUse,
+};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use time::OffsetDateTime;
+use tokio::sync::MutexGuard;
+
+use crate::entity::{audit_event, certificate, join_token, request};
+use crate::{SqlStore, convert, unavailable};
+
+/// Key of the PostgreSQL advisory lock that serialises writers across replicas.
+const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
+
+struct WriteTx<'a> {
+    _guard: MutexGuard<'a, ()>,
+    txn: DatabaseTransaction,
+}
+
+impl SqlStore {
+    async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
+        let guard = self.writer.lock().await;
+        let txn = self
+            .db
+            .begin_with_options(TransactionOptions {
+                isolation_level: None,
+                access_mode: None,
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            })
+            .await
+            .map_err(unavailable)?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"))
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(WriteTx { _guard: guard, txn })
+    }
+}
+
+impl WriteTx<'_> {
+    async fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit().await.map_err(unavailable)
+    }
+
+    /// Appends events to the hash chain, numbering them after the current head.
+    async fn append(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let head = audit_event::Entity::find()
+            .order_by_desc(audit_event::Column::Seq)
+            .one(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        let (mut seq, mut prev) = match head {
+            Some(h) => {
+                let c = convert::chained_event(h)?;
+                (c.event.seq, c.hash)
+            }
+            None => (0, GENESIS),
+        };
+        for mut event in events {
+            seq += 1;
+            event.seq = seq;
+            let sealed = ChainedEvent::seal(event, prev);
+            prev = sealed.hash;
+            audit_event::Entity::insert(convert::audit_model(&sealed))
+                .exec_without_returning(&self.txn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn existing_request(&self, r: &NewRequest) -> Result<Option<RequestRecord>, StoreError> {
+        request::Entity::find()
+            .filter(request::Column::Caller.eq(r.caller.as_str()))
+            .filter(request::Column::RequestId.eq(r.request_id.as_str()))
+            .one(&self.txn)
+            .await
+            .map_err(unavailable)?
+            .map(convert::request)
+            .transpose()
+    }
+
+    async fn insert_request_row(&self, r: NewRequest) -> Result<i64, StoreError> {
+        let now = r.now.unix_timestamp();
+        let row = request::ActiveModel {
+            pk: NotSet,
+            caller: Set(r.caller),
+            request_id: Set(r.request_id),
+            kind: Set(r.kind.as_str().to_owned()),
+            payload_hash: Set(r.payload_hash),
+            state: Set(r.state.as_str().to_owned()),
+            spiffe_id: Set(r.spiffe_id),
+            serial: Set(r.serial.map(|s| s.to_hex())),
+            token_id: Set(r.token_id),
+            token_expires_at: Set(r.token_expires_at.map(OffsetDateTime::unix_timestamp)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let res = request::Entity::insert(row)
+            .exec(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        Ok(res.last_insert_id)
+    }
+}
+
+fn serial_hex(s: &Option<Serial>) -> Option<String> {
+    s.as_ref().map(Serial::to_hex)
+}
+
+impl CertificateStore for SqlStore {
+    async fn find_request(
+        &self,
+        caller: &str,
+        request_id: &str,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        self.find_request_row(caller, request_id).await
+    }
+
+    async fn insert_request(
+        &self,
+        request: NewRequest,
+        token: Option<TokenUse>,
+        audit: Vec<AuditEvent>,
+    ) -> Result<Inserted, StoreError> {
+        let tx = self.begin_write().await?;
+        if let Some(existing) = tx.existing_request(&request).await? {
+            return Ok(Inserted::Duplicate(existing));
+        }
+        if let Some(t) = token {
+            let now = t.now.unix_timestamp();
+            let used = join_token::Entity::update_many()
+                .col_expr(join_token::Column::UsedAt, Expr::value(now))
+                .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
+                .filter(join_token::Column::TokenId.eq(t.token_id))
+                .filter(join_token::Column::UsedAt.is_null())
+                .filter(join_token::Column::ExpiresAt.gt(now))
+                .exec(&tx.txn)
+                .await
+                .map_err(unavailable)?;
+            if used.rows_affected != 1 {
+                return Err(StoreError::Conflict("join token"));
+            }
+        }
+        let pk = tx.insert_request_row(request).await?;
+        tx.append(audit).await?;
+        tx.commit().await?;
+        Ok(Inserted::New(pk))
+    }
+
+    async fn complete_issuance(
+        &self,
+        pk: i64,
+        cert: NewCertificate,
+        supersedes: Option<Serial>,
+        audit: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let tx = self.begin_write().await?;
+        let now = cert.issued_at.unix_timestamp();
+        let moved = request::Entity::update_many()
+            .col_expr(
+                request::Column::State,
+                Expr::value(RequestState::Issued.as_str()),
+            )
+            .col_expr(request::Column::UpdatedAt, Expr::value(now))
+            .filter(request::Column::Pk.eq(pk))
+            .filter(request::Column::State.eq(RequestState::Approved.as_str()))
+            .filter(request::Column::Serial.eq(cert.serial.to_hex()))
+            .exec(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        if moved.rows_affected != 1 {
+            return Err(StoreError::Conflict("request"));
+        }
+        if let Some(old) = supersedes {
+            let moved = certificate::Entity::update_many()
+                .col_expr(
+                    certificate::Column::State,
+                    Expr::value(CertState::Superseded.as_str()),
+                )
+                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                .filter(certificate::Column::Serial.eq(old.to_hex()))
+                .filter(certificate::Column::State.eq(CertState::Active.as_str()))
+                .exec(&tx.txn)
+                .await
+                .map_err(unavailable)?;
+            if moved.rows_affected != 1 {
+                return Err(StoreError::Conflict("certificate"));
+            }
+        }
+        let row = certificate::ActiveModel {
+            serial: Set(cert.serial.to_hex()),
+            spiffe_id: Set(cert.spiffe_id),
+            state: Set(CertState::Active.as_str().to_owned()),
+            key_type: Set(cert.key_type),
+            not_before: Set(cert.not_before.unix_timestamp()),
+            not_after: Set(cert.not_after.unix_timestamp()),
+            der: Set(cert.der),
+            chain_pem: Set(cert.chain_pem),
+            request_pk: Set(pk),
+            issued_at: Set(now),
+            updated_at: Set(now),
+        };
+        certificate::Entity::insert(row)
+            .exec_without_returning(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        tx.append(audit).await?;
+        tx.commit().await
+    }
+
+    async fn move_request(
+        &self,
+        pk: i64,
+        from: (RequestState, Option<Serial>),
+        to: (RequestState, Option<Serial>),
+        now: OffsetDateTime,
+        audit: Vec<AuditEvent>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.begin_write().await?;
+        let mut update = request::Entity::update_many()
+            .col_expr(request::Column::State, Expr::value(to.0.as_str()))
+            .col_expr(request::Column::Serial, Expr::value(serial_hex(&to.1)))
+            .col_expr(
+                request::Column::UpdatedAt,
+                Expr::value(now.unix_timestamp()),
+            )
+            .filter(request::Column::Pk.eq(pk))
+            .filter(request::Column::State.eq(from.0.as_str()));
+        update = match serial_hex(&from.1) {
+            Some(s) => update.filter(request::Column::Serial.eq(s)),
+            None => update.filter(request::Column::Serial.is_null()),
+        };
+        let moved = update.exec(&tx.txn).await.map_err(unavailable)?;
+        if moved.rows_affected != 1 {
+            return Ok(false);
+        }
+        tx.append(audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {
+        self.certificate_row(serial).await
+    }
+
+    async fn join_token(&self, token_id: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        self.join_token_row(token_id).await
+    }
+
+    async fn insert_join_token(
+        &self,
+        request: NewRequest,
+        token: NewJoinToken,
+        audit: Vec<AuditEvent>,
+    ) -> Result<Inserted, StoreError> {
+        let tx = self.begin_write().await?;
+        if let Some(existing) = tx.existing_request(&request).await? {
+            return Ok(Inserted::Duplicate(existing));
+        }
+        let created_at = request.now.unix_timestamp();
+        let pk = tx.insert_request_row(request).await?;
+        let row = join_token::ActiveModel {
+            token_id: Set(token.token_id),
+            token_hash: Set(token.token_hash),
+            spiffe_id: Set(token.spiffe_id),
+            created_by: Set(token.created_by),
+            created_at: Set(created_at),
+            expires_at: Set(token.expires_at.unix_timestamp()),
+            used_at: Set(None),
+            used_by: Set(None),
+        };
+        join_token::Entity::insert(row)
+            .exec_without_returning(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        tx.append(audit).await?;
+        tx.commit().await?;
+        Ok(Inserted::New(pk))
+    }
+
+    async fn append_audit(&self, audit: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let tx = self.begin_write().await?;
+        tx.append(audit).await?;
+        tx.commit().await
+    }
+
+    async fn audit_chain(&self) -> Result<Vec<ChainedEvent>, StoreError> {
+        self.audit_rows().await
+    }
+}

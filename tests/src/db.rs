@@ -1,0 +1,144 @@
+//! Test databases: SQLite in a fresh temp dir, or a fresh PostgreSQL database per test.
+//!
+//! PostgreSQL is found at `MINTGATE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). When it is unreachable the PostgreSQL variant of a
+//! test passes with a note — unless `MINTGATE_REQUIRE_POSTGRES=1` (CI), where it fails.
+
+use sea_orm::{ConnectionTrait, Database};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn admin_url() -> String {
+    std::env::var("MINTGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG.to_owned())
+}
+
+/// Whether PostgreSQL tests should run. Panics if CI requires PostgreSQL and it is down.
+pub async fn postgres_available() -> bool {
+    let required = std::env::var("MINTGATE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    let ok = match Database::connect(admin_url()).await {
+        Ok(db) => {
+            let ok = db.execute_unprepared("SELECT 1").await.is_ok();
+            let _ = db.close().await;
+            ok
+        }
+        Err(_) => false,
+    };
+    if !ok {
+        assert!(
+            !required,
+            "MINTGATE_REQUIRE_POSTGRES=1 but PostgreSQL at {} is unreachable",
+            admin_url()
+        );
+        eprintln!(
+            "note: PostgreSQL at {} unreachable; skipping the PostgreSQL variant",
+            admin_url()
+        );
+    }
+    ok
+}
+
+/// One test's database.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { name: String },
+    Placeholder,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("mintgate.db").display()
+                );
+                Self {
+                    url,
+                    kind: Kind::Sqlite(dir),
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("mintgate_test_{}", hex::encode(rand_bytes()));
+                let admin = Database::connect(admin_url()).await.unwrap();
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                let _ = admin.close().await;
+                let base = admin_url();
+                let url = match base.rfind('/') {
+                    Some(i) if i > "postgres://".len() => format!("{}/{name}", &base[..i]),
+                    _ => format!("{base}/{name}"),
+                };
+                Self {
+                    url,
+                    kind: Kind::Postgres { name },
+                }
+            }
+        }
+    }
+
+    pub(crate) fn placeholder() -> Self {
+        Self {
+            url: String::new(),
+            kind: Kind::Placeholder,
+        }
+    }
+
+    pub async fn drop_database(self) {
+        if let Kind::Postgres { name } = &self.kind
+            && let Ok(admin) = Database::connect(admin_url()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
+        }
+    }
+}
+
+fn rand_bytes() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish().to_le_bytes()
+}
+
+/// Runs `body` once on SQLite and once on PostgreSQL (when available) as two tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::db::postgres_available().await {
+                    super::$body($crate::Backend::Postgres).await;
+                }
+            }
+        }
+    };
+}

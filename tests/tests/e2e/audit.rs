@@ -1,0 +1,132 @@
+//! The audit trail: every step recorded with who, what, scope and policy; the database refuses
+//! edits; `mintgate audit verify` names the first broken link when someone gets around that.
+
+use std::process::Command;
+
+use mintgate_domain::audit::verify_chain;
+use mintgate_domain::store::CertificateStore;
+use mintgate_tests::csr::csr;
+use mintgate_tests::{Backend, NODE_ID, TestServer, both_backends};
+
+use crate::issuance::{WORKLOAD, enroll_request};
+
+both_backends!(issuance_is_audited_and_the_database_refuses_edits, audited);
+async fn audited(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let (csr_pem, _) = csr(WORKLOAD, &[]);
+    let issued = server
+        .node()
+        .await
+        .enroll(enroll_request("a-1", &csr_pem))
+        .await
+        .unwrap();
+    let (denied, _) = csr("spiffe://dev.mintgate.local/payments/api", &[]);
+    let _ = server
+        .node()
+        .await
+        .enroll(enroll_request("a-2", &denied))
+        .await
+        .unwrap_err();
+
+    let chain = server.store().audit_chain().await.unwrap();
+    assert_eq!(verify_chain(chain.clone()), Ok(chain.len() as u64));
+    let approved = chain
+        .iter()
+        .find(|e| e.event.action == "request.approved")
+        .unwrap();
+    assert_eq!(approved.event.actor, NODE_ID);
+    assert_eq!(approved.event.spiffe_id.as_deref(), Some(WORKLOAD));
+    assert_eq!(approved.event.policy_rule.as_deref(), Some("dev-nodes"));
+    assert_eq!(approved.event.request_id.as_deref(), Some("a-1"));
+    let signed = chain
+        .iter()
+        .find(|e| e.event.action == "certificate.issued")
+        .unwrap();
+    assert_eq!(signed.event.subject, format!("serial:{}", issued.serial));
+    assert!(signed.event.not_after.is_some() && signed.event.policy_version.is_some());
+    let denial = chain
+        .iter()
+        .find(|e| e.event.action == "request.denied")
+        .unwrap();
+    assert!(
+        denial
+            .event
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("SPIFFE_ID_NOT_GRANTED")
+    );
+
+    // The database itself refuses UPDATE and DELETE.
+    assert!(
+        server
+            .store()
+            .execute_raw("UPDATE audit_events SET actor = 'x' WHERE seq = 1")
+            .await
+            .is_err()
+    );
+    assert!(
+        server
+            .store()
+            .execute_raw("DELETE FROM audit_events WHERE seq = 1")
+            .await
+            .is_err()
+    );
+    server.shutdown().await;
+}
+
+both_backends!(audit_verify_names_the_first_broken_link, tampering);
+async fn tampering(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    for i in 0..3 {
+        let (csr_pem, _) = csr(WORKLOAD, &[]);
+        server
+            .node()
+            .await
+            .enroll(enroll_request(&format!("t-{i}"), &csr_pem))
+            .await
+            .unwrap();
+    }
+    let url = server.database_url.clone();
+    let out = mintgate(&["audit", "verify", "--database-url", &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+
+    let export = mintgate(&["audit", "export", "--database-url", &url]);
+    let lines: Vec<mintgate_domain::audit::ChainedEvent> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        verify_chain(lines.clone()),
+        Ok(lines.len() as u64),
+        "the export re-verifies"
+    );
+
+    // Someone with database access drops the guard and edits event 2.
+    let drop_guard = match backend {
+        Backend::Sqlite => "DROP TRIGGER audit_events_no_update",
+        Backend::Postgres => "DROP TRIGGER audit_events_no_update ON audit_events",
+    };
+    server.store().execute_raw(drop_guard).await.unwrap();
+    server
+        .store()
+        .execute_raw(
+            "UPDATE audit_events SET actor = 'spiffe://dev.mintgate.local/nobody' WHERE seq = 2",
+        )
+        .await
+        .unwrap();
+    let out = mintgate(&["audit", "verify", "--database-url", &url]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("seq 2") && text.contains("edited"), "{text}");
+    server.shutdown().await;
+}
+
+fn mintgate(args: &[&str]) -> std::process::Output {
+    Command::new(mintgate_tests::mintgate_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}

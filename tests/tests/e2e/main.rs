@@ -1,0 +1,10 @@
+//! Mintgate end to end: a real server over mTLS, on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod audit;
+mod bad_input;
+mod idempotency;
+mod issuance;
+mod mtls;
+mod tools;
