@@ -38,6 +38,8 @@ pub struct Error {
     /// `TRANSPORT` when the call never got an answer.
     pub reason: String,
     pub message: String,
+    /// `user` or `system`, from `ErrorInfo.metadata["fault"]`; `None` without an answer.
+    pub fault: Option<String>,
 }
 
 impl Error {
@@ -53,28 +55,22 @@ impl Error {
 
     /// Whether the server said the fault is the caller's.
     pub fn is_user_fault(&self) -> bool {
-        matches!(
-            self.code,
-            tonic::Code::InvalidArgument
-                | tonic::Code::PermissionDenied
-                | tonic::Code::FailedPrecondition
-                | tonic::Code::AlreadyExists
-                | tonic::Code::NotFound
-                | tonic::Code::OutOfRange
-        )
+        self.fault.as_deref() == Some("user")
     }
 }
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        let reason = status
-            .get_details_error_info()
-            .map(|info| info.reason)
+        let info = status.get_details_error_info();
+        let fault = info.as_ref().and_then(|i| i.metadata.get("fault").cloned());
+        let reason = info
+            .map(|i| i.reason)
             .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
         Self {
             code: status.code(),
             reason,
             message: status.message().to_owned(),
+            fault,
         }
     }
 }
@@ -85,6 +81,7 @@ impl From<tonic::transport::Error> for Error {
             code: tonic::Code::Unavailable,
             reason: "TRANSPORT".to_owned(),
             message: e.to_string(),
+            fault: None,
         }
     }
 }
@@ -108,6 +105,7 @@ impl Client {
                 code: tonic::Code::InvalidArgument,
                 reason: "BAD_URL".to_owned(),
                 message: e.to_string(),
+                fault: Some("user".to_owned()),
             })?
             .tls_config(config)?
             .connect_timeout(Duration::from_secs(10))

@@ -21,6 +21,7 @@ CREATE TABLE requests (
     kind TEXT NOT NULL,
     payload_hash TEXT NOT NULL,
     state TEXT NOT NULL,
+    reason TEXT,
     spiffe_id TEXT NOT NULL,
     serial TEXT,
     token_id TEXT,

@@ -65,7 +65,7 @@ pub(crate) fn request_status(r: RequestRecord) -> v1::RequestStatus {
         kind: r.kind.as_str().to_owned(),
         spiffe_id: r.spiffe_id,
         serial: r.serial.map(|s| s.to_hex()).unwrap_or_default(),
-        reason: String::new(),
+        reason: r.reason.unwrap_or_default(),
         created_at: Some(timestamp(r.created_at)),
         updated_at: Some(timestamp(r.updated_at)),
     }

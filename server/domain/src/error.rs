@@ -49,8 +49,8 @@ pub enum Error {
     InProgress,
     #[error("the certificate changed state while it was being renewed")]
     CertificateChanged,
-    #[error("the request is {0} and cannot be issued")]
-    RequestClosed(&'static str),
+    #[error("the request was {state} ({reason}); send a new request with a new request id")]
+    RequestClosed { state: &'static str, reason: String },
     #[error("storage is unavailable; retry")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -65,7 +65,7 @@ impl Error {
             }
             Self::Denied(_) => ErrorClass::PermissionDenied,
             Self::Attestation(e) => e.class(),
-            Self::Transition(_) | Self::CertificateChanged | Self::RequestClosed(_) => {
+            Self::Transition(_) | Self::CertificateChanged | Self::RequestClosed { .. } => {
                 ErrorClass::FailedPrecondition
             }
             Self::NotFound(_) => ErrorClass::NotFound,
@@ -87,7 +87,7 @@ impl Error {
             Self::NotFound(_) => "NOT_FOUND",
             Self::InProgress => "REQUEST_IN_PROGRESS",
             Self::CertificateChanged => "CERTIFICATE_CHANGED",
-            Self::RequestClosed(_) => "REQUEST_CLOSED",
+            Self::RequestClosed { .. } => "REQUEST_CLOSED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }

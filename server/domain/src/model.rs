@@ -84,6 +84,9 @@ pub struct RequestRecord {
     /// Hex SHA-256 of the canonical payload; a retry must match it.
     pub payload_hash: String,
     pub state: RequestState,
+    /// Why a DENIED or REJECTED request was refused (its error reason code).
+    pub reason: Option<String>,
+    /// The SPIFFE ID asked for; empty when the CSR could not be read.
     pub spiffe_id: String,
     /// The serial reserved for (or given to) the certificate.
     pub serial: Option<Serial>,
@@ -102,6 +105,7 @@ pub struct NewRequest {
     pub kind: RequestKind,
     pub payload_hash: String,
     pub state: RequestState,
+    pub reason: Option<String>,
     pub spiffe_id: String,
     pub serial: Option<Serial>,
     pub token_id: Option<String>,

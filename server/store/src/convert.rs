@@ -33,6 +33,7 @@ pub(crate) fn request(m: request::Model) -> Result<RequestRecord, StoreError> {
         caller: m.caller,
         request_id: m.request_id,
         payload_hash: m.payload_hash,
+        reason: m.reason,
         spiffe_id: m.spiffe_id,
         token_id: m.token_id,
     })

@@ -13,6 +13,7 @@ pub mod request {
         pub kind: String,
         pub payload_hash: String,
         pub state: String,
+        pub reason: Option<String>,
         pub spiffe_id: String,
         pub serial: Option<String>,
         pub token_id: Option<String>,

@@ -100,6 +100,7 @@ impl WriteTx<'_> {
             kind: Set(r.kind.as_str().to_owned()),
             payload_hash: Set(r.payload_hash),
             state: Set(r.state.as_str().to_owned()),
+            reason: Set(r.reason),
             spiffe_id: Set(r.spiffe_id),
             serial: Set(r.serial.map(|s| s.to_hex())),
             token_id: Set(r.token_id),

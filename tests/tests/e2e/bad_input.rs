@@ -7,24 +7,36 @@ use tonic::Code;
 
 use crate::issuance::{WORKLOAD, enroll_request};
 
+/// The request is refused with `code` and `reason`; it is recorded as REJECTED (bad input) or
+/// DENIED (not allowed) with that reason and no serial, and retrying it answers REQUEST_CLOSED.
 async fn refused(client: &Client, request: v1::EnrollRequest, code: Code, reason: &str) {
     let rid = request.request_id.clone();
-    let err = client.enroll(request).await.expect_err(reason);
+    let err = client.enroll(request.clone()).await.expect_err(reason);
     assert_eq!(
         (err.code, err.reason.as_str()),
         (code, reason),
         "{rid}: {}",
         err.message
     );
-    // Nothing was recorded for the refused request.
-    let lookup = client.get_request(&rid).await;
-    if !rid.is_empty() && rid.len() <= 128 {
-        assert_eq!(
-            lookup.unwrap_err().code,
-            Code::NotFound,
-            "{rid} left a request behind"
-        );
-    }
+    assert_eq!(err.fault.as_deref(), Some("user"), "{rid}");
+    let status = client.get_request(&rid).await.unwrap();
+    let want = match code {
+        Code::InvalidArgument => v1::RequestState::Rejected,
+        _ => v1::RequestState::Denied,
+    };
+    assert_eq!(status.state(), want, "{rid}");
+    assert_eq!(status.reason, reason, "{rid}");
+    assert_eq!(
+        status.serial, "",
+        "{rid}: a refused request reserved a serial"
+    );
+    let again = client.enroll(request).await.expect_err(reason);
+    assert_eq!(
+        (again.code, again.reason.as_str()),
+        (Code::FailedPrecondition, "REQUEST_CLOSED"),
+        "{rid}"
+    );
+    assert!(again.message.contains(reason), "{rid}: {}", again.message);
 }
 
 both_backends!(malformed_csrs_are_invalid_arguments, malformed_csrs);

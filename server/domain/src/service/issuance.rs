@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use super::attest::{Attested, Evidence};
 use super::{APPROVAL_LEASE, Mintgate, payload_hash};
 use crate::csr::{ValidatedCsr, validate_csr};
 use crate::error::AttestationError;
@@ -15,7 +16,7 @@ use crate::model::{Caller, CallerKind, NewRequest, RequestKind, RequestRecord};
 use crate::policy::{DecisionInput, Grant, Requester};
 use crate::ports::IssueSpec;
 use crate::store::{CertificateStore, Inserted, NewCertificate, StoreError, TokenUse};
-use crate::{Error, RequestId, Serial, Ttl};
+use crate::{Error, ErrorClass, RequestId, Serial, Ttl};
 
 /// How long a duplicate waits for the request it duplicates to finish, and how often it looks.
 const DUPLICATE_WAIT: Duration = Duration::from_secs(10);
@@ -50,6 +51,8 @@ struct Approval {
     grant: Grant,
     ttl: Ttl,
     token: Option<String>,
+    /// The attestors that vouched for the caller.
+    via: Vec<&'static str>,
     supersedes: Option<Serial>,
 }
 
@@ -105,17 +108,21 @@ impl<S: CertificateStore> Mintgate<S> {
         let approval = match self.decide(caller, kind, &input, now, None).await {
             Ok(a) => a,
             Err(e) => {
-                self.record_denial(caller, &request_id, kind, &e, now).await;
-                return Err(e);
+                return self
+                    .refuse(caller, &request_id, kind, &input, hash, e)
+                    .await;
             }
         };
+        let state = transition_request(RequestState::Received, RequestEvent::Verify)
+            .and_then(|s| transition_request(s, RequestEvent::Approve))?;
         let serial = self.new_serial();
         let request = NewRequest {
             caller: caller.id.to_string(),
             request_id: request_id.to_string(),
             kind,
             payload_hash: hash.clone(),
-            state: RequestState::Approved,
+            state,
+            reason: None,
             spiffe_id: approval.csr.spiffe_id.to_string(),
             serial: Some(serial.clone()),
             token_id: approval.token.clone(),
@@ -151,23 +158,30 @@ impl<S: CertificateStore> Mintgate<S> {
         consumed_by_this_request: Option<&str>,
     ) -> Result<Approval, Error> {
         let csr = validate_csr(&input.csr, &self.trust_domain)?;
-        let mut token = None;
+        let mut attested = Attested::default();
         let mut supersedes = None;
         let requester = match (kind, caller.kind) {
             (RequestKind::Enroll, CallerKind::Node) => {
-                let bound = match input.join_token.as_deref().filter(|t| !t.is_empty()) {
-                    Some(t) => {
-                        let record = self
-                            .check_join_token(t, &csr.spiffe_id, now, consumed_by_this_request)
-                            .await?;
-                        token = Some(record.token_id);
-                        Some(&csr.spiffe_id)
+                let evidence = Evidence {
+                    wanted: &csr.spiffe_id,
+                    join_token: input.join_token.as_deref(),
+                    now,
+                    consumed_by_this_request,
+                };
+                for attestor in &self.attestors {
+                    if attestor
+                        .attest(&self.store, caller, evidence, &mut attested)
+                        .await?
+                    {
+                        attested.via.push(attestor.name());
                     }
-                    None => None,
+                }
+                let Some(node) = &attested.node else {
+                    return Err(AttestationError::WrongCallerKind(caller.kind.as_str()).into());
                 };
                 Requester::Node {
-                    id: &caller.id,
-                    join_token_for: bound,
+                    id: node,
+                    join_token_for: attested.bound_identity.as_ref(),
                 }
             }
             (RequestKind::Renew, CallerKind::Workload) => {
@@ -181,6 +195,7 @@ impl<S: CertificateStore> Mintgate<S> {
                     .ok_or(Error::NotFound("certificate"))?;
                 transition_cert(current.state, CertEvent::Supersede, current.not_after, now)?;
                 supersedes = Some(current.serial);
+                attested.via.push("workload_cert");
                 Requester::Workload { id: &caller.id }
             }
             (RequestKind::Enroll, CallerKind::Workload) if csr.spiffe_id != caller.id => {
@@ -202,7 +217,8 @@ impl<S: CertificateStore> Mintgate<S> {
             csr,
             grant,
             ttl,
-            token,
+            token: attested.join_token_id,
+            via: attested.via,
             supersedes,
         })
     }
@@ -322,7 +338,12 @@ impl<S: CertificateStore> Mintgate<S> {
                     return self.retake(caller, kind, input, existing).await;
                 }
                 RequestState::Approved => {}
-                other => return Err(Error::RequestClosed(other.as_str())),
+                other => {
+                    return Err(Error::RequestClosed {
+                        state: other.as_str(),
+                        reason: existing.reason.unwrap_or_default(),
+                    });
+                }
             }
             if now >= deadline {
                 return Err(Error::InProgress);
@@ -433,29 +454,71 @@ impl<S: CertificateStore> Mintgate<S> {
             .await;
     }
 
-    /// A refusal by attestation or policy is audited (who asked for what, and why not).
-    async fn record_denial(
+    /// A refusal the caller caused is recorded with its reason, as a DENIED (attestation, policy,
+    /// lifecycle) or REJECTED (malformed input) request and its audit event, in one transaction:
+    /// who asked for what, and why not. A retry of it gets `REQUEST_CLOSED`. System faults are
+    /// not recorded: the same request id may be retried.
+    async fn refuse(
         &self,
         caller: &Caller,
         request_id: &RequestId,
         kind: RequestKind,
-        error: &Error,
-        now: OffsetDateTime,
-    ) {
-        if error.class() != crate::ErrorClass::PermissionDenied
-            && !matches!(error, Error::Transition(_))
-        {
-            return;
-        }
-        let mut event = self.audit(
+        input: &IssueInput,
+        hash: String,
+        error: Error,
+    ) -> Result<Issued, Error> {
+        let event = match error.class() {
+            ErrorClass::InvalidArgument => RequestEvent::Reject,
+            ErrorClass::PermissionDenied | ErrorClass::FailedPrecondition => RequestEvent::Deny,
+            _ => return Err(error),
+        };
+        let state = transition_request(RequestState::Received, RequestEvent::Verify)
+            .and_then(|s| transition_request(s, event))?;
+        let now = self.clock.now();
+        // The identity asked for, when the CSR can be read at all.
+        let spiffe_id = validate_csr(&input.csr, &self.trust_domain)
+            .map(|csr| csr.spiffe_id.to_string())
+            .unwrap_or_default();
+        let action = match state {
+            RequestState::Rejected => "request.rejected",
+            _ => "request.denied",
+        };
+        let mut audit = self.audit(
             now,
             caller.id.as_str(),
-            "request.denied",
+            action,
             request_subject(caller, request_id),
         );
-        event.request_id = Some(request_id.to_string());
-        event.detail = Some(format!("{kind} {}", error.reason()));
-        let _ = self.store.append_audit(vec![event]).await;
+        audit.spiffe_id = Some(spiffe_id.clone()).filter(|s| !s.is_empty());
+        audit.request_id = Some(request_id.to_string());
+        audit.detail = Some(format!(
+            "{kind} RECEIVED->{} {}",
+            state.as_str(),
+            error.reason()
+        ));
+        let request = NewRequest {
+            caller: caller.id.to_string(),
+            request_id: request_id.to_string(),
+            kind,
+            payload_hash: hash.clone(),
+            state,
+            reason: Some(error.reason().to_owned()),
+            spiffe_id,
+            serial: None,
+            token_id: None,
+            token_expires_at: None,
+            now,
+        };
+        match self
+            .store
+            .insert_request(request, None, vec![audit])
+            .await?
+        {
+            Inserted::New(_) => Err(error),
+            Inserted::Duplicate(existing) => {
+                self.replay(caller, kind, input, existing, &hash).await
+            }
+        }
     }
 
     fn approval_events(
@@ -479,10 +542,10 @@ impl<S: CertificateStore> Mintgate<S> {
         event.not_after = Some((now + approval.ttl.as_duration()).unix_timestamp());
         event.policy_rule = Some(approval.grant.rule.clone());
         event.request_id = Some(request_id.to_string());
-        let via = match &approval.token {
-            Some(t) => format!("{}+join_token:{t}", caller.kind.as_str()),
-            None => caller.kind.as_str().to_owned(),
-        };
+        let mut via = approval.via.join("+");
+        if let Some(t) = &approval.token {
+            via.push_str(&format!(" (join token {t})"));
+        }
         event.detail = Some(format!(
             "{kind} RECEIVED->VERIFIED->APPROVED via {via}, serial {serial}"
         ));

@@ -1,6 +1,7 @@
 //! The use cases: enroll, renew, look up a request, create a join token. Runtime-agnostic:
 //! everything outside comes through the ports.
 
+mod attest;
 mod issuance;
 mod tokens;
 
@@ -16,6 +17,7 @@ use crate::ports::{Clock, Random, Signer};
 use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
+pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
 pub use issuance::{IssueInput, Issued};
 pub use tokens::{CreatedJoinToken, JoinTokenInput, JoinTokenSecret};
 
@@ -26,6 +28,7 @@ pub const APPROVAL_LEASE: Duration = Duration::from_secs(30);
 /// The application service behind the Provisioning and Admin RPCs.
 pub struct Mintgate<S> {
     store: S,
+    attestors: Vec<Box<dyn Attestor<S>>>,
     signer: Arc<dyn Signer>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
@@ -58,6 +61,7 @@ impl<S: CertificateStore> Mintgate<S> {
         } = parts;
         Self {
             store,
+            attestors: default_attestors(),
             signer,
             clock,
             random,

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::{Mintgate, payload_hash};
 use crate::error::AttestationError;
 use crate::lifecycle::RequestState;
-use crate::model::{Caller, JoinTokenRecord, NewRequest, RequestKind};
+use crate::model::{Caller, NewRequest, RequestKind};
 use crate::store::{CertificateStore, Inserted, NewJoinToken};
 use crate::{Error, RequestId, SpiffeId, Ttl};
 
@@ -151,6 +151,7 @@ impl<S: CertificateStore> Mintgate<S> {
             kind: RequestKind::JoinToken,
             payload_hash: hash.clone(),
             state: RequestState::Issued,
+            reason: None,
             spiffe_id: spiffe_id.to_string(),
             serial: None,
             token_id: Some(token_id.clone()),
@@ -198,38 +199,6 @@ impl<S: CertificateStore> Mintgate<S> {
             expires_at,
         })
     }
-
-    /// The join token attestor: the token must exist, match its hash, be unused, unexpired and
-    /// bound to `wanted`. Consumption happens later, in the issuing transaction; a retry of the
-    /// request that consumed it may present it again.
-    pub(crate) async fn check_join_token(
-        &self,
-        token: &str,
-        wanted: &SpiffeId,
-        now: OffsetDateTime,
-        consumed_by_this_request: Option<&str>,
-    ) -> Result<JoinTokenRecord, Error> {
-        let invalid = || Error::from(AttestationError::JoinTokenInvalid);
-        let token_id = token_id_of(token).ok_or_else(invalid)?;
-        let record = self.store.join_token(token_id).await?.ok_or_else(invalid)?;
-        if !constant_time_eq(record.token_hash.as_bytes(), token_hash(token).as_bytes()) {
-            return Err(invalid());
-        }
-        if record.used_at.is_some() && consumed_by_this_request != Some(record.token_id.as_str()) {
-            return Err(AttestationError::JoinTokenUsed.into());
-        }
-        if now >= record.expires_at {
-            return Err(AttestationError::JoinTokenExpired.into());
-        }
-        if record.spiffe_id != wanted.as_str() {
-            return Err(AttestationError::JoinTokenWrongIdentity.into());
-        }
-        Ok(record)
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
