@@ -40,7 +40,7 @@ impl From<StoreError> for crate::Error {
 pub enum Inserted {
     New(i64),
     /// Another request with the same key was there first.
-    Duplicate(RequestRecord),
+    Duplicate(Box<RequestRecord>),
 }
 
 /// A join token to mark used in the same transaction as the request it admits.

@@ -137,7 +137,7 @@ impl CertificateStore for SqlStore {
     ) -> Result<Inserted, StoreError> {
         let tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
-            return Ok(Inserted::Duplicate(existing));
+            return Ok(Inserted::Duplicate(Box::new(existing)));
         }
         if let Some(t) = token {
             let now = t.now.unix_timestamp();
@@ -268,7 +268,7 @@ impl CertificateStore for SqlStore {
     ) -> Result<Inserted, StoreError> {
         let tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
-            return Ok(Inserted::Duplicate(existing));
+            return Ok(Inserted::Duplicate(Box::new(existing)));
         }
         let created_at = request.now.unix_timestamp();
         let pk = tx.insert_request_row(request).await?;

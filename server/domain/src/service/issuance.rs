@@ -141,7 +141,7 @@ impl<S: CertificateStore> Mintgate<S> {
                     .await
             }
             Ok(Inserted::Duplicate(existing)) => {
-                self.replay(caller, kind, &input, existing, &hash).await
+                self.replay(caller, kind, &input, *existing, &hash).await
             }
             Err(StoreError::Conflict(_)) => Err(AttestationError::JoinTokenUsed.into()),
             Err(e) => Err(e.into()),
@@ -516,7 +516,7 @@ impl<S: CertificateStore> Mintgate<S> {
         {
             Inserted::New(_) => Err(error),
             Inserted::Duplicate(existing) => {
-                self.replay(caller, kind, input, existing, &hash).await
+                self.replay(caller, kind, input, *existing, &hash).await
             }
         }
     }

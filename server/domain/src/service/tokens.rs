@@ -176,7 +176,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 spiffe_id: spiffe_id.to_string(),
                 expires_at,
             }),
-            Inserted::Duplicate(existing) => self.replay_token(existing, &hash),
+            Inserted::Duplicate(existing) => self.replay_token(*existing, &hash),
         }
     }
 
