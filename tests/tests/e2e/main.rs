@@ -7,4 +7,5 @@ mod bad_input;
 mod idempotency;
 mod issuance;
 mod mtls;
+mod renewal;
 mod tools;
