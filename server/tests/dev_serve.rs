@@ -56,9 +56,9 @@ fn serve_dev_starts_from_nothing_and_stops_on_sigterm() {
             "--dev",
             "--grpc-addr",
             "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
         ])
+        // Every flag of `serve` can come from a MINTGATE_* variable instead.
+        .env("MINTGATE_HTTP_ADDR", "127.0.0.1:0")
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

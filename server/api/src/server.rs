@@ -38,6 +38,10 @@ pub struct GrpcServer<S> {
     pub classifier: Arc<PeerClassifier>,
 }
 
+const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 64;
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// The authenticated peer of a connection, available to every handler on it.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -91,14 +95,24 @@ where
         }
     };
 
+    // Request shaping: a bounded number of concurrent calls per connection, a deadline for every
+    // call, and messages no larger than the biggest valid request needs (a 16 KiB CSR).
     let result = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
+        .timeout(CALL_TIMEOUT)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ProvisioningServer::new(ProvisioningService {
-            app: server.app.clone(),
-        }))
-        .add_service(AdminServer::new(AdminService { app: server.app }))
+        .add_service(
+            ProvisioningServer::new(ProvisioningService {
+                app: server.app.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServer::new(AdminService { app: server.app })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
     accept_loop.abort();

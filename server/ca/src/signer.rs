@@ -199,14 +199,15 @@ impl<K: KeyBackend> CertificateAuthority<K> {
     fn self_check(&self) -> Result<(), CaError> {
         let ca = parse_certificate(&self.cert_der)?;
         let public_key = subject_public_key(ca.public_key().raw)?;
-        let now = OffsetDateTime::now_utc();
+        // Any validity will do for a probe; the CA's own start keeps the wall clock out of it.
+        let start = ca.validity().not_before.to_datetime();
         let profile = LeafProfile {
             spiffe_id: "spiffe://mintgate.invalid/self-check",
             dns_names: &[],
             ip_addresses: &[],
             serial: &[1],
-            not_before: now,
-            not_after: now + time::Duration::minutes(1),
+            not_before: start,
+            not_after: start + time::Duration::minutes(1),
             rsa_key: false,
             client_auth: true,
             server_auth: false,
