@@ -51,12 +51,7 @@ fn addr_after(lines: &[String], prefix: &str) -> String {
 fn serve_dev_starts_from_nothing_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mintgate"))
-        .args([
-            "serve",
-            "--dev",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--dev", "--grpc-addr", "127.0.0.1:0"])
         // Every flag of `serve` can come from a MINTGATE_* variable instead.
         .env("MINTGATE_HTTP_ADDR", "127.0.0.1:0")
         .current_dir(dir.path())

@@ -106,7 +106,7 @@ async fn reopen(backend: Backend) {
     assert_eq!(h.chain().await, chain);
     let retry = request(NODE, "r-1", Approved, Some(serial(9)));
     let retried = h.store.insert_request(retry, None, vec![event("x", "y")]);
-    assert_eq!(retried.await.unwrap(), Inserted::Duplicate(r1));
+    assert_eq!(retried.await.unwrap(), Inserted::Duplicate(Box::new(r1)));
 
     h.store
         .append_audit(vec![event("server.restarted", "mintgate")])

@@ -168,6 +168,7 @@ pub fn request(
         kind: RequestKind::Enroll,
         payload_hash: format!("{:064x}", request_id.len()),
         state,
+        reason: None,
         spiffe_id: WORKLOAD.to_owned(),
         serial,
         token_id: None,

@@ -16,6 +16,7 @@ async fn round_trip(backend: Backend) {
     assert_eq!(h.store.find_request(NODE, "r-1").await.unwrap(), None);
     let new = NewRequest {
         kind: RequestKind::Renew,
+        reason: Some("POLICY_DENIED".to_owned()),
         token_id: Some("tok-1".to_owned()),
         token_expires_at: Some(at(900)),
         now: at(5),
@@ -38,6 +39,7 @@ async fn round_trip(backend: Backend) {
         kind: RequestKind::Renew,
         payload_hash: new.payload_hash,
         state: RequestState::PendingApproval,
+        reason: Some("POLICY_DENIED".to_owned()),
         spiffe_id: WORKLOAD.to_owned(),
         serial: Some(serial(1)),
         token_id: Some("tok-1".to_owned()),
@@ -75,7 +77,7 @@ async fn duplicate(backend: Backend) {
         .insert_request(retry, None, vec![event("request.denied", "retry")])
         .await
         .unwrap();
-    assert_eq!(again, Inserted::Duplicate(stored.clone()));
+    assert_eq!(again, Inserted::Duplicate(Box::new(stored.clone())));
     assert_eq!(
         h.store.find_request(NODE, "r-1").await.unwrap(),
         Some(stored)
@@ -124,7 +126,7 @@ async fn racing(backend: Backend) {
     assert_eq!(new, 1, "exactly one insert wins: {results:?}");
     let duplicates = results
         .iter()
-        .filter(|r| **r == Inserted::Duplicate(stored.clone()))
+        .filter(|r| **r == Inserted::Duplicate(Box::new(stored.clone())))
         .count();
     assert_eq!(duplicates, usize::from(TASKS) - 1, "{results:?}");
     assert_eq!(h.count("requests").await, 1);

@@ -87,7 +87,7 @@ async fn created(backend: Backend) {
         .insert_join_token(token_request(), new_token("tok-2"), vec![event("x", "y")])
         .await
         .unwrap();
-    assert_eq!(retry, Inserted::Duplicate(request));
+    assert_eq!(retry, Inserted::Duplicate(Box::new(request)));
     assert_eq!(h.store.join_token("tok-2").await.unwrap(), None);
     assert_eq!(h.count("join_tokens").await, 1);
     assert_eq!(h.count("requests").await, 1);
