@@ -104,23 +104,52 @@ async fn tampering(backend: Backend) {
         "the export re-verifies"
     );
 
-    // Someone with database access drops the guard and edits event 2.
-    let drop_guard = match backend {
-        Backend::Sqlite => "DROP TRIGGER audit_events_no_update",
-        Backend::Postgres => "DROP TRIGGER audit_events_no_update ON audit_events",
+    // Someone with database access drops the guards, then edits, deletes or reorders events;
+    // each time `audit verify` fails and names the first broken link.
+    let drop_guards: &[&str] = match backend {
+        Backend::Sqlite => &[
+            "DROP TRIGGER audit_events_no_update",
+            "DROP TRIGGER audit_events_no_delete",
+        ],
+        Backend::Postgres => &["DROP TRIGGER audit_events_no_update ON audit_events"],
     };
-    server.store().execute_raw(drop_guard).await.unwrap();
-    server
-        .store()
-        .execute_raw(
-            "UPDATE audit_events SET actor = 'spiffe://dev.mintgate.local/nobody' WHERE seq = 2",
-        )
-        .await
-        .unwrap();
-    let out = mintgate(&["audit", "verify", "--database-url", &url]);
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("seq 2") && text.contains("edited"), "{text}");
+    for sql in drop_guards {
+        server.store().execute_raw(sql).await.unwrap();
+    }
+    let broken = |expect: &'static str| {
+        let out = mintgate(&["audit", "verify", "--database-url", &url]);
+        assert!(!out.status.success(), "{expect}: verify passed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains(expect), "{expect}: {text}");
+    };
+    let store = server.store();
+    let sql = |s: String| async move { store.execute_raw(&s).await.unwrap() };
+
+    let actor = &lines[1].event.actor;
+    sql(
+        "UPDATE audit_events SET actor = 'spiffe://dev.mintgate.local/nobody' WHERE seq = 2".into(),
+    )
+    .await;
+    broken("broken at seq 2: hash does not match");
+    sql(format!(
+        "UPDATE audit_events SET actor = '{actor}' WHERE seq = 2"
+    ))
+    .await;
+    assert!(
+        mintgate(&["audit", "verify", "--database-url", &url])
+            .status
+            .success()
+    );
+
+    // Two events swap places.
+    sql("UPDATE audit_events SET seq = -1 WHERE seq = 3".into()).await;
+    sql("UPDATE audit_events SET seq = 3 WHERE seq = 4".into()).await;
+    sql("UPDATE audit_events SET seq = 4 WHERE seq = -1".into()).await;
+    broken("broken at seq 3");
+
+    // An event disappears.
+    sql("DELETE FROM audit_events WHERE seq = 3".into()).await;
+    broken("broken at seq 4: expected seq 3");
     server.shutdown().await;
 }
 
