@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bad_csr;
 pub mod clock;
 pub mod csr;
 pub mod db;
@@ -14,9 +15,11 @@ use std::sync::Arc;
 use mintgate_ca::DevPki;
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
-use mintgate_sdk::{Client, TlsMaterial};
+use mintgate_sdk::{Client, TlsMaterial, v1};
 use mintgate_server::{Application, Settings};
 use mintgate_store::SqlStore;
+use sea_orm::{ConnectionTrait, Database, Statement};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use crate::clock::ManualClock;
 pub use crate::db::Backend;
@@ -69,6 +72,15 @@ pub struct TestServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     db: db::TestDatabase,
+}
+
+/// What [`TestServer::stored_rows`] found in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRows {
+    /// (caller, request_id, state)
+    pub requests: Vec<(String, String, String)>,
+    /// (serial hex, state), by serial
+    pub certificates: Vec<(String, String)>,
 }
 
 /// Knobs for [`TestServer::spawn_with`].
@@ -210,6 +222,68 @@ impl TestServer {
         self.client_with(&self.pki.node.cert_pem, &self.pki.node.key_pem)
             .await
             .unwrap()
+    }
+
+    /// The raw generated Provisioning client holding the node certificate, for tests that look
+    /// at the whole `tonic::Status` (ErrorInfo domain and metadata), which the SDK boils down.
+    pub async fn node_provisioning(&self) -> v1::provisioning_client::ProvisioningClient<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca.cert_pem))
+            .identity(Identity::from_pem(
+                &self.pki.node.cert_pem,
+                &self.pki.node.key_pem,
+            ))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        v1::provisioning_client::ProvisioningClient::new(channel)
+    }
+
+    /// Every stored request as (caller, request_id, state), in insertion order, and every stored
+    /// certificate as (serial, state), by serial; read straight from the database.
+    pub async fn stored_rows(&self) -> StoredRows {
+        let db = Database::connect(&self.database_url).await.unwrap();
+        let backend = db.get_database_backend();
+        let query = |sql: &str| Statement::from_string(backend, sql.to_owned());
+        let requests = db
+            .query_all_raw(query(
+                "SELECT caller, request_id, state FROM requests ORDER BY pk",
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| {
+                (
+                    row.try_get_by_index(0).unwrap(),
+                    row.try_get_by_index(1).unwrap(),
+                    row.try_get_by_index(2).unwrap(),
+                )
+            })
+            .collect();
+        let certificates = db
+            .query_all_raw(query(
+                "SELECT serial, state FROM certificates ORDER BY serial",
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| {
+                (
+                    row.try_get_by_index(0).unwrap(),
+                    row.try_get_by_index(1).unwrap(),
+                )
+            })
+            .collect();
+        let _ = db.close().await;
+        StoredRows {
+            requests,
+            certificates,
+        }
     }
 
     /// A client holding the operator (admin) certificate.

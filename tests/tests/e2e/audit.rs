@@ -5,7 +5,7 @@ use std::process::Command;
 
 use mintgate_domain::audit::verify_chain;
 use mintgate_domain::store::CertificateStore;
-use mintgate_tests::csr::csr;
+use mintgate_tests::csr::{check_issued, csr};
 use mintgate_tests::{Backend, NODE_ID, TestServer, both_backends};
 
 use crate::issuance::{WORKLOAD, enroll_request};
@@ -20,6 +20,12 @@ async fn audited(backend: Backend) {
         .enroll(enroll_request("a-1", &csr_pem))
         .await
         .unwrap();
+    check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        server.clock.now_odt().unix_timestamp(),
+    );
     let (denied, _) = csr("spiffe://dev.mintgate.local/payments/api", &[]);
     let _ = server
         .node()
@@ -80,12 +86,18 @@ async fn tampering(backend: Backend) {
     let server = TestServer::spawn(backend).await;
     for i in 0..3 {
         let (csr_pem, _) = csr(WORKLOAD, &[]);
-        server
+        let issued = server
             .node()
             .await
             .enroll(enroll_request(&format!("t-{i}"), &csr_pem))
             .await
             .unwrap();
+        check_issued(
+            &issued.certificate_chain_pem,
+            &server.pki.ca.cert_pem,
+            WORKLOAD,
+            server.clock.now_odt().unix_timestamp(),
+        );
     }
     let url = server.database_url.clone();
     let out = mintgate(&["audit", "verify", "--database-url", &url]);

@@ -1,11 +1,22 @@
-//! Bad input over the wire: each refused with its code and stable reason, nothing stored.
+//! Bad input over the wire: every malformed, disallowed or out-of-range request is refused by a
+//! real server over mTLS with its code and stable reason, and nothing is stored.
 
-use mintgate_sdk::{Client, seconds, v1};
-use mintgate_tests::csr::csr;
-use mintgate_tests::{Backend, TestServer, both_backends};
+mod rows;
+
+use mintgate_domain::audit::verify_chain;
+use mintgate_domain::store::CertificateStore;
+use mintgate_sdk::{Client, v1};
+use mintgate_tests::bad_csr::fixture;
+use mintgate_tests::csr::{Expected, check_issued, check_issued_as, csr};
+use mintgate_tests::{Backend, NODE_ID, TestServer, both_backends};
 use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 use crate::issuance::{WORKLOAD, enroll_request};
+use rows::{CONTROL_ID, Row};
+
+type Provisioning = v1::provisioning_client::ProvisioningClient<Channel>;
 
 /// The request is refused with `code` and `reason`; it is recorded as REJECTED (bad input) or
 /// DENIED (not allowed) with that reason and no serial, and retrying it answers REQUEST_CLOSED.
@@ -39,127 +50,163 @@ async fn refused(client: &Client, request: v1::EnrollRequest, code: Code, reason
     assert!(again.message.contains(reason), "{rid}: {}", again.message);
 }
 
-both_backends!(malformed_csrs_are_invalid_arguments, malformed_csrs);
-async fn malformed_csrs(backend: Backend) {
+both_backends!(
+    every_bad_input_is_refused_with_its_reason_and_nothing_is_stored,
+    bad_input_table
+);
+async fn bad_input_table(backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let node = server.node().await;
-    let (good, _) = csr(WORKLOAD, &[]);
-    let with_csr = |id: &str, bytes: Vec<u8>| v1::EnrollRequest {
-        csr: bytes,
-        ..enroll_request(id, "")
-    };
+    let mut raw = server.node_provisioning().await;
 
-    refused(
-        &node,
-        with_csr("garbage", b"hello".to_vec()),
-        Code::InvalidArgument,
-        "CSR_MALFORMED",
-    )
-    .await;
-    let truncated = good.as_bytes()[..good.len() / 2].to_vec();
-    refused(
-        &node,
-        with_csr("truncated", truncated),
-        Code::InvalidArgument,
-        "CSR_MALFORMED",
-    )
-    .await;
-    let two = format!("{good}{good}");
-    let err = node
-        .enroll(with_csr("two", two.into_bytes()))
+    // Controls: good requests made like the rows (rcgen, and openssl like the fixtures) are
+    // issued, so each row is refused for its one property; the reuse rows use the first id.
+    let asked_dns = ["web.svc.cluster.local"];
+    let (control_csr, _) = csr(WORKLOAD, &asked_dns);
+    let controls = [
+        (CONTROL_ID, control_csr.into_bytes(), &asked_dns[..]),
+        ("control-openssl-p256", fixture("p256-sha256").to_vec(), &[]),
+        (
+            "control-openssl-rsa2048",
+            fixture("rsa2048-sha256").to_vec(),
+            &[],
+        ),
+    ];
+    let mut serials = Vec::new();
+    for (id, csr, dns) in &controls {
+        let now = server.clock.now_odt().unix_timestamp();
+        let request = v1::EnrollRequest {
+            csr: csr.clone(),
+            ..enroll_request(id, "")
+        };
+        let issued = node.enroll(request).await.unwrap();
+        let checked = check_issued_as(
+            &issued.certificate_chain_pem,
+            &server.pki.ca.cert_pem,
+            &Expected::with_dns(WORKLOAD, dns),
+            now,
+        );
+        assert_eq!(checked.serial_hex, issued.serial);
+        serials.push((id, issued.serial));
+    }
+
+    let rows = rows::all(&controls[0].1);
+    let mut names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), rows.len(), "row names are unique");
+    let mut failures = Vec::new();
+    for row in &rows {
+        if let Err(why) = refused_as_expected(&mut raw, &node, row, &serials[0].1).await {
+            failures.push(format!("  {}: {why}", row.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows were not refused as expected:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+
+    // Looking up a request id never sent is NOT_FOUND, a user fault.
+    let status = raw
+        .get_request(v1::GetRequestRequest {
+            request_id: "never-sent".into(),
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code, Code::InvalidArgument);
-    assert!(err.reason.starts_with("CSR_"), "{}", err.reason);
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(error_info(&status), Ok(("NOT_FOUND".to_owned(), true)));
 
-    // A flipped byte near the end of the DER lands in the signature.
-    let der = pem_to_der(&good);
-    let mut flipped = der.clone();
-    let n = flipped.len();
-    flipped[n - 3] ^= 0x01;
-    refused(
-        &node,
-        with_csr("flipped", flipped),
-        Code::InvalidArgument,
-        "CSR_SIGNATURE_INVALID",
-    )
-    .await;
-    // Trailing bytes after the DER.
-    let mut trailing = der.clone();
-    trailing.extend_from_slice(b"\x00\x01");
-    let err = node
-        .enroll(with_csr("trailing", trailing))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code, Code::InvalidArgument);
+    // Nothing but the controls reached the database.
+    let stored = server.stored_rows().await;
+    let want_requests: Vec<_> = controls
+        .iter()
+        .map(|(id, ..)| (NODE_ID.to_owned(), (*id).to_owned(), "ISSUED".to_owned()))
+        .collect();
+    assert_eq!(stored.requests, want_requests);
+    let mut want_certificates: Vec<_> = serials
+        .iter()
+        .map(|(_, serial)| (serial.clone(), "ACTIVE".to_owned()))
+        .collect();
+    want_certificates.sort();
+    assert_eq!(stored.certificates, want_certificates);
 
-    // Oversized.
-    let big = vec![b'A'; 17 * 1024];
-    refused(
-        &node,
-        with_csr("big", big),
-        Code::InvalidArgument,
-        "CSR_TOO_LARGE",
-    )
-    .await;
-
-    // SPIFFE ID rules reach the wire with their own reasons.
-    let (foreign, _) = csr("spiffe://other.example/workload/web", &[]);
-    refused(
-        &node,
-        enroll_request("foreign", &foreign),
-        Code::InvalidArgument,
-        "TRUST_DOMAIN_MISMATCH",
-    )
-    .await;
-    let (dots, _) = csr("spiffe://dev.mintgate.local/workload/../admin", &[]);
-    refused(
-        &node,
-        enroll_request("dots", &dots),
-        Code::InvalidArgument,
-        "SPIFFE_PATH_INVALID",
-    )
-    .await;
+    // The audit chain verifies and records only the controls.
+    let chain = server.store().audit_chain().await.unwrap();
+    assert_eq!(verify_chain(chain.clone()), Ok(chain.len() as u64));
+    for e in &chain {
+        let rid = e.event.request_id.as_deref().unwrap_or_default();
+        assert!(
+            controls.iter().any(|(id, ..)| *id == rid),
+            "audit event for something other than a control: {:?}",
+            e.event
+        );
+    }
+    let issued = chain
+        .iter()
+        .filter(|e| e.event.action == "certificate.issued")
+        .count();
+    assert_eq!(issued, controls.len());
     server.shutdown().await;
 }
 
-both_backends!(bad_ttls_and_request_ids_are_invalid_arguments, ttls_and_ids);
-async fn ttls_and_ids(backend: Backend) {
-    let server = TestServer::spawn(backend).await;
-    let node = server.node().await;
-    let (good, _) = csr(WORKLOAD, &[]);
-    for (id, ttl) in [
-        ("ttl-zero", seconds(0)),
-        ("ttl-negative", seconds(-60)),
-        ("ttl-over-max", seconds(3601)),
-        (
-            "ttl-overflow",
-            prost_types::Duration {
-                seconds: i64::MAX,
-                nanos: 999_999_999,
-            },
-        ),
-    ] {
-        let req = v1::EnrollRequest {
-            ttl: Some(ttl),
-            ..enroll_request(id, &good)
-        };
-        refused(&node, req, Code::InvalidArgument, "TTL_INVALID").await;
+/// Sends `row` and checks the answer: INVALID_ARGUMENT with the row's reason, ErrorInfo domain
+/// `mintgate` and `fault=user`; and afterwards no request under its id (or, for a reused id,
+/// the control request unchanged).
+async fn refused_as_expected(
+    raw: &mut Provisioning,
+    node: &Client,
+    row: &Row,
+    control_serial: &str,
+) -> Result<(), String> {
+    let request = v1::EnrollRequest {
+        request_id: row.request_id.clone(),
+        csr: row.csr.clone(),
+        ttl: row.ttl,
+        join_token: String::new(),
+    };
+    let status = match raw.enroll(request).await {
+        Ok(issued) => return Err(format!("issued {}", issued.into_inner().serial)),
+        Err(status) => status,
+    };
+    let (reason, user_fault) = error_info(&status)?;
+    if (status.code(), reason.as_str(), user_fault) != (Code::InvalidArgument, row.reason, true) {
+        return Err(format!(
+            "got {:?} {reason} (fault=user: {user_fault}), want InvalidArgument {}: {}",
+            status.code(),
+            row.reason,
+            status.message()
+        ));
     }
-    let err = node
-        .enroll(enroll_request(&"x".repeat(129), &good))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code, err.reason.as_str()),
-        (Code::InvalidArgument, "REQUEST_ID_INVALID")
-    );
-    let err = node.enroll(enroll_request("", &good)).await.unwrap_err();
-    assert_eq!(
-        (err.code, err.reason.as_str()),
-        (Code::InvalidArgument, "REQUEST_ID_INVALID")
-    );
-    server.shutdown().await;
+    if mintgate_domain::RequestId::parse(&row.request_id).is_err() {
+        return Ok(());
+    }
+    match node.get_request(&row.request_id).await {
+        Err(e) if e.code == Code::NotFound => Ok(()),
+        Ok(found) if row.request_id == CONTROL_ID => {
+            if found.state() == v1::RequestState::Issued && found.serial == control_serial {
+                Ok(())
+            } else {
+                Err(format!("the control request changed: {found:?}"))
+            }
+        }
+        other => Err(format!("left a request behind: {other:?}")),
+    }
+}
+
+/// The ErrorInfo reason and whether its metadata says `fault=user`; an error if the status has
+/// no ErrorInfo from the `mintgate` domain.
+fn error_info(status: &tonic::Status) -> Result<(String, bool), String> {
+    let info = status
+        .get_details_error_info()
+        .ok_or_else(|| format!("no ErrorInfo in {status:?}"))?;
+    if info.domain != "mintgate" {
+        return Err(format!("ErrorInfo domain {:?}", info.domain));
+    }
+    let user = info.metadata.get("fault").map(String::as_str) == Some("user");
+    Ok((info.reason, user))
 }
 
 both_backends!(what_policy_does_not_grant_is_permission_denied, not_granted);
@@ -196,7 +243,14 @@ async fn not_granted(backend: Backend) {
     );
 
     let (csr_pem, key) = csr(WORKLOAD, &[]);
+    let now = server.clock.now_odt().unix_timestamp();
     let issued = node.enroll(enroll_request("ok", &csr_pem)).await.unwrap();
+    check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        now,
+    );
     let workload = server
         .client_with(&issued.certificate_chain_pem, &key.serialize_pem())
         .await
@@ -247,12 +301,4 @@ async fn not_granted(backend: Backend) {
         .unwrap_err();
     assert_eq!(err.code, Code::PermissionDenied);
     server.shutdown().await;
-}
-
-fn pem_to_der(pem: &str) -> Vec<u8> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-        .unwrap()
-        .as_ref()
-        .to_vec()
 }

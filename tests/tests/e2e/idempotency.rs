@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use mintgate_domain::store::CertificateStore;
-use mintgate_tests::csr::csr;
+use mintgate_tests::csr::{check_issued, csr};
 use mintgate_tests::{Backend, TestServer, both_backends};
 use tonic::Code;
 
@@ -17,6 +17,7 @@ both_backends!(
 async fn retry_same_answer(backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let (csr_pem, _) = csr(WORKLOAD, &[]);
+    let now = server.clock.now_odt().unix_timestamp();
     let first = server
         .node()
         .await
@@ -29,6 +30,13 @@ async fn retry_same_answer(backend: Backend) {
         .enroll(enroll_request("same", &csr_pem))
         .await
         .unwrap();
+    let checked = check_issued(
+        &first.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        now,
+    );
+    assert_eq!(checked.serial_hex, first.serial);
     assert_eq!(first.certificate_chain_pem, again.certificate_chain_pem);
 
     let (other, _) = csr(WORKLOAD, &[]);
@@ -72,6 +80,14 @@ async fn concurrent_duplicates(backend: Backend) {
         chains.insert(call.await.unwrap().unwrap().certificate_chain_pem);
     }
     assert_eq!(chains.len(), 1, "every duplicate got the same certificate");
+    for chain in &chains {
+        check_issued(
+            chain,
+            &server.pki.ca.cert_pem,
+            WORKLOAD,
+            server.clock.now_odt().unix_timestamp(),
+        );
+    }
     let issued = server
         .store()
         .audit_chain()
@@ -94,6 +110,12 @@ async fn scoped_ids(backend: Backend) {
         .enroll(enroll_request("shared-id", &csr_pem))
         .await
         .unwrap();
+    check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        server.clock.now_odt().unix_timestamp(),
+    );
     // The workload's own "shared-id" is a different request.
     let workload = server
         .client_with(&issued.certificate_chain_pem, &key.serialize_pem())

@@ -1,7 +1,7 @@
 //! The happy paths: enroll with a node certificate, with a join token, renew, look up.
 
 use mintgate_sdk::v1;
-use mintgate_tests::csr::{check_issued, csr};
+use mintgate_tests::csr::{Expected, check_issued, check_issued_as, csr};
 use mintgate_tests::{Backend, TestServer, both_backends};
 
 pub const WORKLOAD: &str = "spiffe://dev.mintgate.local/workload/web";
@@ -29,10 +29,10 @@ async fn enroll_and_renew(backend: Backend) {
         .enroll(enroll_request("e-1", &csr_pem))
         .await
         .unwrap();
-    let checked = check_issued(
+    let checked = check_issued_as(
         &issued.certificate_chain_pem,
         &server.pki.ca.cert_pem,
-        WORKLOAD,
+        &Expected::with_dns(WORKLOAD, &["web.svc.cluster.local"]),
         now,
     );
     assert_eq!(checked.serial_hex, issued.serial);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mintgate_tests::csr::csr;
+use mintgate_tests::csr::{check_issued, csr};
 use mintgate_tests::{Backend, TestServer, both_backends};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use time::OffsetDateTime;
@@ -121,6 +121,16 @@ async fn expiry_by_clock(backend: Backend) {
         ..enroll_request("short", &csr_pem)
     };
     let issued = server.node().await.enroll(req).await.unwrap();
+    let checked = check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        server.clock.now_odt().unix_timestamp(),
+    );
+    assert!(
+        checked.not_after - checked.not_before <= 120 + 60,
+        "ttl 120 s, backdate ≤ 60 s"
+    );
     let key_pem = key.serialize_pem();
     let workload = server
         .client_with(&issued.certificate_chain_pem, &key_pem)
