@@ -1,5 +1,6 @@
 //! Bad input over the wire: every malformed, disallowed or out-of-range request is refused by a
-//! real server over mTLS with its code and stable reason, and nothing is stored.
+//! real server over mTLS with its code and stable reason. What is stored is the REJECTED or
+//! DENIED request with its reason and audit event: no serial, no certificate.
 
 mod rows;
 
@@ -119,13 +120,27 @@ async fn bad_input_table(backend: Backend) {
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(error_info(&status), Ok(("NOT_FOUND".to_owned(), true)));
 
-    // Nothing but the controls reached the database.
+    // The controls are ISSUED; every row with a readable, fresh request id is REJECTED; nothing
+    // else reached the database.
+    let rejected: Vec<&str> = rows
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .filter(|id| *id != CONTROL_ID && mintgate_domain::RequestId::parse(id).is_ok())
+        .collect();
     let stored = server.stored_rows().await;
-    let want_requests: Vec<_> = controls
+    let mut want_requests: Vec<_> = controls
         .iter()
         .map(|(id, ..)| (NODE_ID.to_owned(), (*id).to_owned(), "ISSUED".to_owned()))
+        .chain(
+            rejected
+                .iter()
+                .map(|id| (NODE_ID.to_owned(), (*id).to_owned(), "REJECTED".to_owned())),
+        )
         .collect();
-    assert_eq!(stored.requests, want_requests);
+    want_requests.sort();
+    let mut requests = stored.requests;
+    requests.sort();
+    assert_eq!(requests, want_requests);
     let mut want_certificates: Vec<_> = serials
         .iter()
         .map(|(_, serial)| (serial.clone(), "ACTIVE".to_owned()))
@@ -133,17 +148,23 @@ async fn bad_input_table(backend: Backend) {
     want_certificates.sort();
     assert_eq!(stored.certificates, want_certificates);
 
-    // The audit chain verifies and records only the controls.
+    // The audit chain verifies: the controls' issuance, and one rejection per rejected row.
     let chain = server.store().audit_chain().await.unwrap();
     assert_eq!(verify_chain(chain.clone()), Ok(chain.len() as u64));
     for e in &chain {
         let rid = e.event.request_id.as_deref().unwrap_or_default();
+        let control = controls.iter().any(|(id, ..)| *id == rid);
         assert!(
-            controls.iter().any(|(id, ..)| *id == rid),
-            "audit event for something other than a control: {:?}",
+            control || (e.event.action == "request.rejected" && rejected.contains(&rid)),
+            "unexpected audit event: {:?}",
             e.event
         );
     }
+    let rejections = chain
+        .iter()
+        .filter(|e| e.event.action == "request.rejected")
+        .count();
+    assert_eq!(rejections, rejected.len());
     let issued = chain
         .iter()
         .filter(|e| e.event.action == "certificate.issued")
@@ -153,8 +174,8 @@ async fn bad_input_table(backend: Backend) {
 }
 
 /// Sends `row` and checks the answer: INVALID_ARGUMENT with the row's reason, ErrorInfo domain
-/// `mintgate` and `fault=user`; and afterwards no request under its id (or, for a reused id,
-/// the control request unchanged).
+/// `mintgate` and `fault=user`; and afterwards its request REJECTED with that reason and no
+/// serial (or, for a reused id, the control request unchanged).
 async fn refused_as_expected(
     raw: &mut Provisioning,
     node: &Client,
@@ -184,7 +205,6 @@ async fn refused_as_expected(
         return Ok(());
     }
     match node.get_request(&row.request_id).await {
-        Err(e) if e.code == Code::NotFound => Ok(()),
         Ok(found) if row.request_id == CONTROL_ID => {
             if found.state() == v1::RequestState::Issued && found.serial == control_serial {
                 Ok(())
@@ -192,7 +212,17 @@ async fn refused_as_expected(
                 Err(format!("the control request changed: {found:?}"))
             }
         }
-        other => Err(format!("left a request behind: {other:?}")),
+        Ok(found)
+            if found.state() == v1::RequestState::Rejected
+                && found.reason == row.reason
+                && found.serial.is_empty() =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "not recorded as REJECTED {}: {other:?}",
+            row.reason
+        )),
     }
 }
 
