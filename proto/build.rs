@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["mintgate/v1/provisioning.proto", "mintgate/v1/admin.proto"];
+    let files = [
+        "mintgate/v1/provisioning.proto",
+        "mintgate/v1/admin.proto",
+        "mintgate/v1/revocation.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

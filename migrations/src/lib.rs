@@ -6,12 +6,16 @@ use sea_orm_migration::MigrationTrait;
 pub use sea_orm_migration::MigratorTrait;
 
 mod m20261125_000001_initial;
+mod m20261125_000002_revocation;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_initial::Migration)]
+        vec![
+            Box::new(m20261125_000001_initial::Migration),
+            Box::new(m20261125_000002_revocation::Migration),
+        ]
     }
 }

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mintgate_api::GrpcServer;
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
+use mintgate_api::{GrpcServer, RevocationHub};
 use mintgate_ca::CertificateAuthority;
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::OsRandom;
 use crate::config::{Settings, redact_url};
+use crate::http::{CrlPublisher, HttpState};
 
 /// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ pub struct Application {
     http_addr: SocketAddr,
     server: GrpcServer<SqlStore>,
     store: SqlStore,
+    crl: Arc<CrlPublisher>,
 }
 
 impl Application {
@@ -117,6 +119,14 @@ impl Application {
             url: redact_url(&settings.database_url),
             source,
         })?;
+        // The live revocation set is loaded before the first handshake.
+        let hub = RevocationHub::new(settings.revocation.clone());
+        mintgate_api::registry::catch_up(&hub, &store)
+            .await
+            .map_err(|source| BuildError::Store {
+                url: redact_url(&settings.database_url),
+                source,
+            })?;
 
         let mut classified: Vec<(CallerKind, CertificateDer<'static>)> = Vec::new();
         classified.extend(
@@ -147,15 +157,21 @@ impl Application {
             server_chain,
             server_key,
             clock.clone(),
+            hub.clone(),
         )
         .map_err(BuildError::Tls)?;
         let classifier = PeerClassifier::new(classified, settings.operator_roles.clone());
 
         let signer: Arc<dyn Signer> = Arc::new(ca);
+        let crl = Arc::new(CrlPublisher::new(
+            signer.clone(),
+            hub.clone(),
+            clock.clone(),
+        ));
         let app = Mintgate::new(Parts {
             store: store.clone(),
             signer,
-            clock,
+            clock: clock.clone(),
             random: Arc::new(OsRandom),
             policy: Arc::new(policy),
             trust_domain: settings.trust_domain.clone(),
@@ -184,8 +200,11 @@ impl Application {
                 app: Arc::new(app),
                 tls: Arc::new(tls_config),
                 classifier: Arc::new(classifier),
+                hub,
+                clock,
             },
             store,
+            crl,
         })
     }
 
@@ -207,9 +226,22 @@ impl Application {
         F: Future<Output = ()> + Send + 'static,
     {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tailer_stop = stop_rx.clone();
+        let tailer = tokio::spawn(mintgate_api::run_tailer(
+            self.server.hub.clone(),
+            self.store.clone(),
+            self.server.clock.clone(),
+            async move {
+                let _ = tailer_stop.wait_for(|s| *s).await;
+            },
+        ));
         let mut http_stop = stop_rx.clone();
-        let http = axum::serve(self.http, crate::http::router(self.store.clone()))
-            .with_graceful_shutdown(async move {
+        let state = HttpState {
+            store: self.store.clone(),
+            crl: self.crl,
+        };
+        let http =
+            axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             });
         let http = tokio::spawn(async move { http.await });
@@ -218,14 +250,17 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let mut grpc_stop = stop_rx;
+        let hub = self.server.hub.clone();
         let grpc = mintgate_api::serve(self.grpc, self.server, async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
+            hub.close();
         })
         .await;
         if let Err(e) = grpc {
             tracing::error!(error = %e, "gRPC server failed");
         }
         let _ = http.await;
+        let _ = tailer.await;
         self.store.close().await;
         Ok(())
     }

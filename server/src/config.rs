@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use mintgate_api::HubConfig;
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,8 @@ pub struct Settings {
     pub policy: PolicyDocument,
     pub join_token_secret: [u8; 32],
     pub crl_url: Option<String>,
+    /// The revocation registry's stream and polling behaviour.
+    pub revocation: HubConfig,
     /// Dev material is accepted only when this is set (`--dev`).
     pub dev: bool,
 }
@@ -197,6 +200,7 @@ impl Settings {
             policy,
             join_token_secret,
             crl_url: c.crl_url,
+            revocation: HubConfig::default(),
             dev: false,
         })
     }
@@ -225,6 +229,11 @@ impl Settings {
             format!("spiffe://{DEV_TRUST_DOMAIN}/operator/admin"),
             vec!["admin".to_owned()],
         );
+        let http_addr = overrides
+            .http_addr
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        // Stamped into every issued certificate; a port picked at bind time is not known yet.
+        let crl_url = (http_addr.port() != 0).then(|| format!("http://{http_addr}/crl"));
         Ok(Self {
             database_url: overrides
                 .database_url
@@ -233,9 +242,7 @@ impl Settings {
             grpc_addr: overrides
                 .grpc_addr
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
-            http_addr: overrides
-                .http_addr
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http_addr,
             ca_cert_pem: read(&file("ca.pem"), "ca.cert")?,
             ca_key_pem: read(&file("ca.key"), "ca.key")?,
             server_cert_pem: read(&file("server.pem"), "tls.server_cert")?,
@@ -245,7 +252,8 @@ impl Settings {
             operator_roles,
             policy,
             join_token_secret,
-            crl_url: None,
+            crl_url,
+            revocation: HubConfig::default(),
             trust_domain,
             dev: true,
         })

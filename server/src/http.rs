@@ -1,22 +1,117 @@
-//! The plain-HTTP port: `/healthz` (the process is up) and `/readyz` (the database answers).
+//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database answers) and
+//! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use mintgate_api::RevocationHub;
+use mintgate_domain::ports::{Clock, CrlSpec, Signer};
+use mintgate_domain::store::CertificateStore;
 use mintgate_store::SqlStore;
+use time::OffsetDateTime;
 
-pub(crate) fn router(store: SqlStore) -> Router {
+/// How long a CRL is valid; a fresh one is signed at half this age, or at once after a
+/// revocation.
+const CRL_VALIDITY: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+pub(crate) struct HttpState {
+    pub(crate) store: SqlStore,
+    pub(crate) crl: Arc<CrlPublisher>,
+}
+
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(store)
+        .route("/crl", get(crl))
+        .with_state(state)
 }
 
-async fn readyz(State(store): State<SqlStore>) -> (StatusCode, &'static str) {
-    if store.ping().await {
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    if state.store.ping().await {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+    }
+}
+
+async fn crl(State(state): State<HttpState>) -> Response {
+    match state.crl.current(&state.store).await {
+        Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not produce the CRL");
+            (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable; retry\n").into_response()
+        }
+    }
+}
+
+/// Signs CRLs from the registry and keeps the latest: re-signed when the hub has applied a new
+/// revocation or the cached one is half-way to its nextUpdate.
+pub(crate) struct CrlPublisher {
+    signer: Arc<dyn Signer>,
+    hub: Arc<RevocationHub>,
+    clock: Arc<dyn Clock>,
+    cached: Mutex<Option<CachedCrl>>,
+}
+
+struct CachedCrl {
+    applied: i64,
+    number: u64,
+    this_update: OffsetDateTime,
+    der: Vec<u8>,
+}
+
+impl CrlPublisher {
+    pub(crate) fn new(
+        signer: Arc<dyn Signer>,
+        hub: Arc<RevocationHub>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            signer,
+            hub,
+            clock,
+            cached: Mutex::new(None),
+        }
+    }
+
+    async fn current(&self, store: &SqlStore) -> anyhow::Result<Vec<u8>> {
+        let now = self.clock.now();
+        let applied = self.hub.applied();
+        let previous = {
+            let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = cached.as_ref()
+                && c.applied == applied
+                && now - c.this_update < CRL_VALIDITY / 2
+            {
+                return Ok(c.der.clone());
+            }
+            cached.as_ref().map_or(0, |c| c.number)
+        };
+        // Exactly the revoked, unexpired certificates, as of at least `applied`.
+        let entries = store.live_revocations(now).await?;
+        // Monotonic across restarts (seconds since the epoch) and across re-signings.
+        let number = previous
+            .saturating_add(1)
+            .max(u64::try_from(now.unix_timestamp()).unwrap_or_default());
+        let der = self.signer.sign_crl(&CrlSpec {
+            this_update: now,
+            next_update: now + CRL_VALIDITY,
+            number,
+            entries: &entries,
+        })?;
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedCrl {
+            applied,
+            number,
+            this_update: now,
+            der: der.clone(),
+        });
+        Ok(der)
     }
 }

@@ -12,6 +12,7 @@ pub mod db;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use mintgate_api::HubConfig;
 use mintgate_ca::DevPki;
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
@@ -89,16 +90,23 @@ pub struct Options {
     pub policy: Option<PolicyDocument>,
     /// Reuse this database and PKI (a restart).
     pub reuse: Option<(db::TestDatabase, DevPki, Arc<ManualClock>)>,
+    pub revocation: HubConfig,
+}
+
+impl Options {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            policy: None,
+            reuse: None,
+            revocation: HubConfig::default(),
+        }
+    }
 }
 
 impl TestServer {
     pub async fn spawn(backend: Backend) -> Self {
-        Self::spawn_with(Options {
-            backend,
-            policy: None,
-            reuse: None,
-        })
-        .await
+        Self::spawn_with(Options::new(backend)).await
     }
 
     pub async fn spawn_with(options: Options) -> Self {
@@ -133,6 +141,7 @@ impl TestServer {
             policy: options.policy.unwrap_or_else(|| dev_policy(&td)),
             join_token_secret: secret,
             crl_url: None,
+            revocation: options.revocation.clone(),
             dev: true,
         };
         let app = Application::build(settings, clock.clone()).await.unwrap();
@@ -169,9 +178,8 @@ impl TestServer {
         let pki = self.pki.clone();
         let clock = self.clock.clone();
         Self::spawn_with(Options {
-            backend,
-            policy: None,
             reuse: Some((db, pki, clock)),
+            ..Options::new(backend)
         })
         .await
     }
@@ -224,24 +232,64 @@ impl TestServer {
             .unwrap()
     }
 
+    /// An mTLS channel holding `cert_pem`/`key_pem`, connected.
+    pub async fn channel(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca.cert_pem))
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .domain_name("localhost");
+        Endpoint::from_shared(self.url())?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
     /// The raw generated Provisioning client holding the node certificate, for tests that look
     /// at the whole `tonic::Status` (ErrorInfo domain and metadata), which the SDK boils down.
     pub async fn node_provisioning(&self) -> v1::provisioning_client::ProvisioningClient<Channel> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca.cert_pem))
-            .identity(Identity::from_pem(
-                &self.pki.node.cert_pem,
-                &self.pki.node.key_pem,
-            ))
-            .domain_name("localhost");
-        let channel = Endpoint::from_shared(self.url())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
+        let channel = self
+            .channel(&self.pki.node.cert_pem, &self.pki.node.key_pem)
             .await
             .unwrap();
         v1::provisioning_client::ProvisioningClient::new(channel)
+    }
+
+    /// The Revocation client of whoever holds `cert_pem`/`key_pem`.
+    pub async fn revocation_as(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> v1::revocation_client::RevocationClient<Channel> {
+        v1::revocation_client::RevocationClient::new(self.channel(cert_pem, key_pem).await.unwrap())
+    }
+
+    /// The Revocation client of the dev operator (every role).
+    pub async fn admin_revocation(&self) -> v1::revocation_client::RevocationClient<Channel> {
+        self.revocation_as(&self.pki.admin.cert_pem, &self.pki.admin.key_pem)
+            .await
+    }
+
+    /// GET `path` on the HTTP port: (status code, body).
+    pub async fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.http_addr)
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: mintgate\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP response");
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, response[split + 4..].to_vec())
     }
 
     /// Every stored request as (caller, request_id, state), in insertion order, and every stored

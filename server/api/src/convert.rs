@@ -1,8 +1,11 @@
 //! Protobuf ↔ domain conversions.
 
+use mintgate_domain::InputError;
 use mintgate_domain::lifecycle::RequestState;
-use mintgate_domain::model::RequestRecord;
-use mintgate_domain::service::{CreatedJoinToken, IssueInput, Issued};
+use mintgate_domain::model::{RequestRecord, RevocationReason, RevocationRecord};
+use mintgate_domain::service::{
+    CertificateStatus, CreatedJoinToken, IssueInput, Issued, StatusReport,
+};
 use mintgate_proto::v1;
 use time::OffsetDateTime;
 
@@ -77,5 +80,77 @@ pub(crate) fn join_token_response(t: CreatedJoinToken) -> v1::CreateJoinTokenRes
         token_id: t.token_id,
         spiffe_id: t.spiffe_id,
         expires_at: Some(timestamp(t.expires_at)),
+    }
+}
+
+pub(crate) fn revocation_reason(code: i32) -> Result<RevocationReason, InputError> {
+    let reason =
+        v1::RevocationReason::try_from(code).map_err(|_| InputError::RevocationReasonInvalid)?;
+    let domain = match reason {
+        v1::RevocationReason::Unspecified => RevocationReason::Unspecified,
+        v1::RevocationReason::KeyCompromise => RevocationReason::KeyCompromise,
+        v1::RevocationReason::CaCompromise => RevocationReason::CaCompromise,
+        v1::RevocationReason::AffiliationChanged => RevocationReason::AffiliationChanged,
+        v1::RevocationReason::Superseded => RevocationReason::Superseded,
+        v1::RevocationReason::CessationOfOperation => RevocationReason::CessationOfOperation,
+        v1::RevocationReason::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
+    };
+    Ok(domain)
+}
+
+fn proto_reason(reason: RevocationReason) -> v1::RevocationReason {
+    match reason {
+        RevocationReason::Unspecified => v1::RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise => v1::RevocationReason::KeyCompromise,
+        RevocationReason::CaCompromise => v1::RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged => v1::RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded => v1::RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation => v1::RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn => v1::RevocationReason::PrivilegeWithdrawn,
+    }
+}
+
+pub(crate) fn revocation_event(r: &RevocationRecord) -> v1::RevocationEvent {
+    v1::RevocationEvent {
+        seq: r.seq,
+        serial: r.serial.to_hex(),
+        spiffe_id: r.spiffe_id.clone(),
+        reason: proto_reason(r.reason).into(),
+        revoked_at: Some(timestamp(r.revoked_at)),
+        not_after: Some(timestamp(r.not_after)),
+        issuer_key_id: r.issuer_key_id.clone(),
+    }
+}
+
+pub(crate) fn status_report(report: StatusReport) -> v1::CheckStatusResponse {
+    let statuses = report
+        .statuses
+        .into_iter()
+        .map(|(serial, status)| {
+            let (status, revocation, not_after) = match status {
+                CertificateStatus::Good { not_after } => {
+                    (v1::CertificateStatus::Good, None, Some(not_after))
+                }
+                CertificateStatus::Revoked(r) => (
+                    v1::CertificateStatus::Revoked,
+                    Some(revocation_event(&r)),
+                    Some(r.not_after),
+                ),
+                CertificateStatus::Expired { not_after } => {
+                    (v1::CertificateStatus::Expired, None, Some(not_after))
+                }
+                CertificateStatus::Unknown => (v1::CertificateStatus::Unknown, None, None),
+            };
+            v1::SerialStatus {
+                serial,
+                status: status.into(),
+                revocation,
+                not_after: not_after.map(timestamp),
+            }
+        })
+        .collect();
+    v1::CheckStatusResponse {
+        statuses,
+        head_seq: report.head_seq,
     }
 }

@@ -10,9 +10,12 @@ mod admin;
 mod convert;
 pub mod peer;
 mod provisioning;
+pub mod registry;
+mod revocation;
 mod server;
 mod status;
 pub mod tls;
 
+pub use registry::{HubConfig, RevocationHub, run_tailer};
 pub use server::{GrpcServer, serve};
 pub use status::to_status;

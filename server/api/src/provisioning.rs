@@ -90,5 +90,6 @@ request_id_field!(
     v1::EnrollRequest,
     v1::RenewRequest,
     v1::GetRequestRequest,
-    v1::CreateJoinTokenRequest
+    v1::CreateJoinTokenRequest,
+    v1::RevokeRequest
 );

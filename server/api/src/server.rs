@@ -9,10 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mintgate_domain::model::Caller;
+use mintgate_domain::ports::Clock;
 use mintgate_domain::service::Mintgate;
 use mintgate_domain::store::CertificateStore;
 use mintgate_proto::v1::admin_server::AdminServer;
 use mintgate_proto::v1::provisioning_server::ProvisioningServer;
+use mintgate_proto::v1::revocation_server::RevocationServer;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,12 +22,15 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use crate::admin::AdminService;
 use crate::peer::PeerClassifier;
 use crate::provisioning::ProvisioningService;
+use crate::registry::{ConnectionGuard, RevocationHub};
+use crate::revocation::RevocationService;
 use crate::status::unauthenticated;
 
 /// How long a client has to finish the TLS handshake.
@@ -36,6 +41,8 @@ pub struct GrpcServer<S> {
     pub app: Arc<Mintgate<S>>,
     pub tls: Arc<ServerConfig>,
     pub classifier: Arc<PeerClassifier>,
+    pub hub: Arc<RevocationHub>,
+    pub clock: Arc<dyn Clock>,
 }
 
 const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 64;
@@ -46,6 +53,13 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub caller: Arc<Caller>,
+    /// This connection's registration with the revocation hub.
+    pub connection: u64,
+}
+
+/// The connection a request came on (see [`RevocationHub::defer_cut`]).
+pub(crate) fn connection<T>(request: &Request<T>) -> Option<u64> {
+    request.extensions().get::<PeerInfo>().map(|p| p.connection)
 }
 
 /// The caller of a request, as proved by its connection's client certificate.
@@ -70,7 +84,13 @@ where
     let (tx, rx) = mpsc::channel::<Result<AuthedConn, io::Error>>(256);
     let acceptor = TlsAcceptor::from(server.tls.clone());
     let classifier = server.classifier.clone();
-    let accept_loop = tokio::spawn(accept_loop(listener, acceptor, classifier, tx));
+    let accept_loop = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        classifier,
+        server.hub.clone(),
+        tx,
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -110,6 +130,14 @@ where
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
+            RevocationServer::new(RevocationService {
+                app: server.app.clone(),
+                hub: server.hub.clone(),
+                clock: server.clock,
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
             AdminServer::new(AdminService { app: server.app })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -123,6 +151,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     classifier: Arc<PeerClassifier>,
+    hub: Arc<RevocationHub>,
     tx: mpsc::Sender<Result<AuthedConn, io::Error>>,
 ) {
     loop {
@@ -137,6 +166,7 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let classifier = classifier.clone();
+        let hub = hub.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -156,19 +186,40 @@ async fn accept_loop(
                 return;
             };
             tracing::debug!(%remote, caller = %caller.id, kind = caller.kind.as_str(), "connected");
+            let guard = hub.register_connection(caller.serial.clone());
             let conn = AuthedConn {
                 io: tls,
-                info: PeerInfo { caller },
+                revoked: Box::pin(guard.token().clone().cancelled_owned()),
+                info: PeerInfo {
+                    caller,
+                    connection: guard.id(),
+                },
+                _guard: guard,
             };
             let _ = tx.send(Ok(conn)).await;
         });
     }
 }
 
-/// A TLS connection whose client certificate was verified and classified.
+/// A TLS connection whose client certificate was verified and classified. It fails every read
+/// and write once its certificate is revoked, which closes the connection and its streams.
 struct AuthedConn {
     io: TlsStream<TcpStream>,
+    revoked: Pin<Box<WaitForCancellationFutureOwned>>,
+    _guard: ConnectionGuard,
     info: PeerInfo,
+}
+
+impl AuthedConn {
+    fn check_revoked(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.revoked.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer's certificate was revoked",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl Connected for AuthedConn {
@@ -185,6 +236,7 @@ impl AsyncRead for AuthedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_revoked(cx)?;
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -195,6 +247,7 @@ impl AsyncWrite for AuthedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_revoked(cx)?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -211,6 +264,7 @@ impl AsyncWrite for AuthedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_revoked(cx)?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 

@@ -21,6 +21,7 @@ pub fn to_status(error: &Error, rpc: &str, request_id: &str) -> Status {
         ErrorClass::AlreadyExists => Code::AlreadyExists,
         ErrorClass::NotFound => Code::NotFound,
         ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+        ErrorClass::OutOfRange => Code::OutOfRange,
         ErrorClass::Unavailable => Code::Unavailable,
         ErrorClass::Internal => Code::Internal,
     };

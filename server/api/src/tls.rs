@@ -1,12 +1,13 @@
 //! The server's rustls configuration: a client certificate is mandatory, must chain to one of
 //! the configured CAs (Mintgate's issuing CA, the bootstrap CA, the operator CA), must be valid at
 //! the injected clock's "now", and must carry exactly one SPIFFE ID in our trust domain.
-//! Anything else fails the handshake; no handler ever runs for it.
+//! It must not be revoked (the [`RevocationHub`]'s live set). Anything else fails the handshake;
+//! no handler ever runs for it.
 
 use std::sync::Arc;
 
 use mintgate_domain::ports::Clock;
-use mintgate_domain::{SpiffeId, TrustDomain};
+use mintgate_domain::{Serial, SpiffeId, TrustDomain};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -16,6 +17,8 @@ use rustls::{
     SignatureScheme,
 };
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+use crate::registry::RevocationHub;
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,7 @@ pub fn server_config(
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
     clock: Arc<dyn Clock>,
+    revocations: Arc<RevocationHub>,
 ) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -47,6 +51,7 @@ pub fn server_config(
     let verifier = Arc::new(SpiffeClientVerifier {
         inner,
         trust_domain,
+        revocations,
     });
     let mut config = ServerConfig::builder_with_details(provider, Arc::new(ClockTime(clock)))
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
@@ -96,11 +101,12 @@ impl rustls::time_provider::TimeProvider for ClockTime {
     }
 }
 
-/// webpki's verification plus the SPIFFE rules.
+/// webpki's verification, the SPIFFE rules, and the revocation registry.
 #[derive(Debug)]
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: TrustDomain,
+    revocations: Arc<RevocationHub>,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -122,6 +128,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let id = spiffe_id_of(&cert).ok_or_else(refuse)?;
         if id.trust_domain_str() != self.trust_domain.as_str() {
             return Err(refuse());
+        }
+        let serial = Serial::from_der_bytes(cert.raw_serial()).map_err(|_| refuse())?;
+        if self.revocations.is_revoked(&serial) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(ClientCertVerified::assertion())
     }

@@ -8,16 +8,19 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use mintgate_domain::ports::{IssueSpec, SignedCertificate, Signer, SignerError};
+use mintgate_domain::model::RevocationReason;
+use mintgate_domain::ports::{CrlSpec, IssueSpec, SignedCertificate, Signer, SignerError};
 use rcgen::{
-    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
-    SignatureAlgorithm, SigningKey, SubjectPublicKeyInfo,
+    CertificateParams, CertificateRevocationListParams, CrlDistributionPoint, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm, SigningKey,
+    SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
 
 use crate::CaError;
 
@@ -86,6 +89,9 @@ pub struct CertificateAuthority<K = FileKey> {
     subject: String,
     not_after: OffsetDateTime,
     crl_url: Option<String>,
+    /// The CA's subject key identifier, and its hex form.
+    key_id: Vec<u8>,
+    key_id_hex: String,
 }
 
 impl CertificateAuthority<FileKey> {
@@ -115,15 +121,26 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         key: K,
         crl_url: Option<String>,
     ) -> Result<Self, CaError> {
-        let (not_after, subject) = {
+        let (not_after, subject, key_id) = {
             let cert = parse_certificate(&cert_der)?;
             check_is_ca(&cert)?;
             if key.subject_public_key_info() != cert.public_key().raw {
                 return Err(CaError::KeyMismatch);
             }
+            let key_id = cert
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                    _ => None,
+                })
+                .ok_or(CaError::NotACa {
+                    reason: "subjectKeyIdentifier is missing (RFC 5280 requires it of a CA)",
+                })?;
             (
                 cert.validity().not_after.to_datetime(),
                 cert.subject().to_string(),
+                key_id,
             )
         };
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(CaError::IssuerName)?;
@@ -135,6 +152,8 @@ impl<K: KeyBackend> CertificateAuthority<K> {
             subject,
             not_after,
             crl_url,
+            key_id_hex: hex::encode(&key_id),
+            key_id,
         };
         ca.self_check()?;
         Ok(ca)
@@ -175,6 +194,33 @@ impl<K: KeyBackend> CertificateAuthority<K> {
             not_before: params.not_before,
             not_after: params.not_after,
         })
+    }
+
+    /// Signs a CRL listing `spec.entries`, with the CA's key identifier as its AKI.
+    ///
+    /// Same as [`Signer::sign_crl`], with the detailed error.
+    pub fn crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, CaError> {
+        let params = CertificateRevocationListParams {
+            this_update: spec.this_update,
+            next_update: spec.next_update,
+            crl_number: SerialNumber::from(spec.number),
+            issuing_distribution_point: None,
+            revoked_certs: spec
+                .entries
+                .iter()
+                .map(|e| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(e.serial.as_bytes()),
+                    revocation_time: e.revoked_at,
+                    reason_code: Some(crl_reason(e.reason)),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::PreSpecified(self.key_id.clone()),
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(classify_signing_error)?;
+        Ok(crl.der().to_vec())
     }
 
     /// The CA certificate, DER.
@@ -234,14 +280,40 @@ impl<K: KeyBackend> CertificateAuthority<K> {
 
 impl<K: KeyBackend> Signer for CertificateAuthority<K> {
     fn sign(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, SignerError> {
-        self.issue(spec).map_err(|e| match e {
-            CaError::KeyUnavailable(_) => SignerError::Unavailable(Box::new(e)),
-            _ => SignerError::Build(Box::new(e)),
-        })
+        self.issue(spec).map_err(signer_error)
+    }
+
+    fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError> {
+        self.crl(spec).map_err(signer_error)
     }
 
     fn trust_bundle_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    fn issuer_key_id(&self) -> &str {
+        &self.key_id_hex
+    }
+}
+
+/// A failing key is "unavailable" (retry); anything else could not be built.
+fn signer_error(e: CaError) -> SignerError {
+    match e {
+        CaError::KeyUnavailable(_) => SignerError::Unavailable(Box::new(e)),
+        _ => SignerError::Build(Box::new(e)),
+    }
+}
+
+fn crl_reason(reason: RevocationReason) -> rcgen::RevocationReason {
+    use rcgen::RevocationReason as R;
+    match reason {
+        RevocationReason::Unspecified => R::Unspecified,
+        RevocationReason::KeyCompromise => R::KeyCompromise,
+        RevocationReason::CaCompromise => R::CaCompromise,
+        RevocationReason::AffiliationChanged => R::AffiliationChanged,
+        RevocationReason::Superseded => R::Superseded,
+        RevocationReason::CessationOfOperation => R::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn => R::PrivilegeWithdrawn,
     }
 }
 

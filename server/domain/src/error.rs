@@ -10,6 +10,7 @@ pub enum ErrorClass {
     AlreadyExists,
     NotFound,
     ResourceExhausted,
+    OutOfRange,
     /// A system fault that may go away if retried.
     Unavailable,
     /// A system fault that is a bug.
@@ -51,6 +52,12 @@ pub enum Error {
     CertificateChanged,
     #[error("the request was {state} ({reason}); send a new request with a new request id")]
     RequestClosed { state: &'static str, reason: String },
+    #[error("at most {max} concurrent revocation streams per identity")]
+    TooManyStreams { max: usize },
+    #[error("the subscriber did not keep up; resume from the last applied sequence number")]
+    SubscriberTooSlow,
+    #[error("cursor {cursor} is beyond the head of the revocation log ({head})")]
+    CursorAhead { cursor: i64, head: i64 },
     #[error("storage is unavailable; retry")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -69,6 +76,8 @@ impl Error {
                 ErrorClass::FailedPrecondition
             }
             Self::NotFound(_) => ErrorClass::NotFound,
+            Self::TooManyStreams { .. } | Self::SubscriberTooSlow => ErrorClass::ResourceExhausted,
+            Self::CursorAhead { .. } => ErrorClass::OutOfRange,
             Self::InProgress | Self::Unavailable(_) => ErrorClass::Unavailable,
             Self::Internal(_) => ErrorClass::Internal,
         }
@@ -85,6 +94,9 @@ impl Error {
             Self::Attestation(e) => e.reason(),
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::NotFound(_) => "NOT_FOUND",
+            Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
+            Self::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+            Self::CursorAhead { .. } => "CURSOR_OUT_OF_RANGE",
             Self::InProgress => "REQUEST_IN_PROGRESS",
             Self::CertificateChanged => "CERTIFICATE_CHANGED",
             Self::RequestClosed { .. } => "REQUEST_CLOSED",

@@ -224,7 +224,7 @@ pub enum Refusal {
     CertificateRevoked,
     /// Renewing a certificate that was already renewed.
     CertificateSuperseded,
-    /// Renewing a certificate that has expired (by state or by `notAfter`).
+    /// Renewing or revoking a certificate that has expired (by state or by `notAfter`).
     CertificateExpired,
     /// Revoking a certificate that is already revoked.
     AlreadyRevoked,
@@ -368,9 +368,13 @@ pub fn transition_cert(
         (S::Active | S::Superseded, E::Expire) => refuse(Refusal::InvalidTransition),
         (S::Expired | S::Revoked, E::Expire) => refuse(Refusal::InvalidTransition),
 
+        // An expired certificate needs no revocation: it fails everywhere already.
+        (S::Active | S::Superseded, E::Revoke) if past_not_after => {
+            refuse(Refusal::CertificateExpired)
+        }
         (S::Active | S::Superseded, E::Revoke) => Ok(S::Revoked),
         (S::Revoked, E::Revoke) => refuse(Refusal::AlreadyRevoked),
-        (S::Expired, E::Revoke) => refuse(Refusal::InvalidTransition),
+        (S::Expired, E::Revoke) => refuse(Refusal::CertificateExpired),
     }
 }
 

@@ -50,6 +50,7 @@ pub enum RequestKind {
     Enroll,
     Renew,
     JoinToken,
+    Revoke,
 }
 
 impl RequestKind {
@@ -58,11 +59,12 @@ impl RequestKind {
             Self::Enroll => "ENROLL",
             Self::Renew => "RENEW",
             Self::JoinToken => "JOIN_TOKEN",
+            Self::Revoke => "REVOKE",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Enroll, Self::Renew, Self::JoinToken]
+        [Self::Enroll, Self::Renew, Self::JoinToken, Self::Revoke]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -136,4 +138,98 @@ pub struct JoinTokenRecord {
     pub created_by: String,
     pub expires_at: OffsetDateTime,
     pub used_at: Option<OffsetDateTime>,
+}
+
+/// Why a certificate was revoked: the RFC 5280 CRLReason values Mintgate accepts
+/// (certificateHold is not one: a revocation is final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    PrivilegeWithdrawn,
+}
+
+impl RevocationReason {
+    pub const ALL: [Self; 7] = [
+        Self::Unspecified,
+        Self::KeyCompromise,
+        Self::CaCompromise,
+        Self::AffiliationChanged,
+        Self::Superseded,
+        Self::CessationOfOperation,
+        Self::PrivilegeWithdrawn,
+    ];
+
+    /// The UPPER_SNAKE name stored and shown in audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "UNSPECIFIED",
+            Self::KeyCompromise => "KEY_COMPROMISE",
+            Self::CaCompromise => "CA_COMPROMISE",
+            Self::AffiliationChanged => "AFFILIATION_CHANGED",
+            Self::Superseded => "SUPERSEDED",
+            Self::CessationOfOperation => "CESSATION_OF_OPERATION",
+            Self::PrivilegeWithdrawn => "PRIVILEGE_WITHDRAWN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The CRLReason code (RFC 5280 §5.3.1).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::CaCompromise => 2,
+            Self::AffiliationChanged => 3,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+            Self::PrivilegeWithdrawn => 9,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| i32::from(r.code()) == code)
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of the revocation log. `seq` is assigned at commit, strictly increasing by one in
+/// commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    pub seq: i64,
+    pub serial: Serial,
+    pub spiffe_id: String,
+    pub reason: RevocationReason,
+    pub revoked_at: OffsetDateTime,
+    /// The certificate's notAfter: the entry leaves the live set after it.
+    pub not_after: OffsetDateTime,
+    /// Hex SKI of the issuing CA.
+    pub issuer_key_id: String,
+    /// SPIFFE ID of whoever revoked it.
+    pub revoked_by: String,
+}
+
+/// A revocation to record; the store assigns its sequence number.
+#[derive(Debug, Clone)]
+pub struct NewRevocation {
+    pub serial: Serial,
+    /// The state the certificate must still be in (the update is conditional on it).
+    pub from: CertState,
+    pub reason: RevocationReason,
+    pub revoked_by: String,
+    pub issuer_key_id: String,
+    pub now: OffsetDateTime,
 }

@@ -48,6 +48,16 @@ pub struct SignedCertificate {
     pub not_after: OffsetDateTime,
 }
 
+/// What a CRL lists, and when.
+#[derive(Debug, Clone)]
+pub struct CrlSpec<'a> {
+    pub this_update: OffsetDateTime,
+    pub next_update: OffsetDateTime,
+    /// Monotonic CRL number: the revocation log's head sequence number.
+    pub number: u64,
+    pub entries: &'a [crate::model::RevocationRecord],
+}
+
 /// Why signing failed. Always a system fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
@@ -60,8 +70,12 @@ pub enum SignerError {
 /// Signs certificates with the issuing CA's key.
 pub trait Signer: Send + Sync + 'static {
     fn sign(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, SignerError>;
+    /// Signs a CRL (RFC 5280, DER) listing `spec.entries`.
+    fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError>;
     /// PEM of the CA certificate(s) that verify what this signer issues.
     fn trust_bundle_pem(&self) -> &str;
+    /// Hex subject key identifier of the issuing CA (the AKI of what it signs).
+    fn issuer_key_id(&self) -> &str;
     /// How far certificates are backdated to absorb clock skew.
     fn backdate(&self) -> Duration {
         Duration::from_secs(30)

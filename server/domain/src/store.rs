@@ -9,7 +9,9 @@ use crate::Serial;
 use crate::audit::{AuditEvent, ChainedEvent};
 use crate::error::Cause;
 use crate::lifecycle::RequestState;
-use crate::model::{CertificateRecord, JoinTokenRecord, NewRequest, RequestRecord};
+use crate::model::{
+    CertificateRecord, JoinTokenRecord, NewRequest, NewRevocation, RequestRecord, RevocationRecord,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,4 +140,60 @@ pub trait CertificateStore: Send + Sync + 'static {
 
     /// The audit trail in seq order, as stored.
     fn audit_chain(&self) -> impl Future<Output = Result<Vec<ChainedEvent>, StoreError>> + Send;
+
+    /// In one transaction: the certificate moves `from` → REVOKED (conditionally; `Conflict`
+    /// if it is no longer in that state), the log entry is appended with the next sequence
+    /// number, and the REVOKE request and its audit events are recorded. A request id seen
+    /// before returns `Duplicate` and writes nothing.
+    fn revoke(
+        &self,
+        request: NewRequest,
+        revocation: NewRevocation,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<Revoked, StoreError>> + Send;
+
+    /// The log entry for `serial`, if it is revoked and not pruned.
+    fn revocation(
+        &self,
+        serial: &Serial,
+    ) -> impl Future<Output = Result<Option<RevocationRecord>, StoreError>> + Send;
+
+    /// Up to `limit` log entries after `cursor`, in sequence order.
+    fn revocations_after(
+        &self,
+        cursor: i64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<RevocationRecord>, StoreError>> + Send;
+
+    /// The log's bounds: everything at or below `pruned_through` may have been pruned; `head`
+    /// is the newest sequence number ever assigned.
+    fn revocation_bounds(&self) -> impl Future<Output = Result<LogBounds, StoreError>> + Send;
+
+    /// Every entry whose certificate is unexpired at `now` (the live set), in sequence order.
+    fn live_revocations(
+        &self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<RevocationRecord>, StoreError>> + Send;
+
+    /// Deletes entries whose certificate expired before `before` and raises the floor over them;
+    /// returns how many were pruned.
+    fn prune_revocations(
+        &self,
+        before: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// The outcome of recording a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    New(RevocationRecord),
+    /// The request id was used before.
+    Duplicate(Box<RequestRecord>),
+}
+
+/// See [`CertificateStore::revocation_bounds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogBounds {
+    pub pruned_through: i64,
+    pub head: i64,
 }

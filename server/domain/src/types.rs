@@ -20,6 +20,12 @@ pub enum InputError {
     SerialInvalid,
     #[error("{field} is required")]
     Missing { field: &'static str },
+    #[error("at most {max} {field} per request")]
+    TooMany { field: &'static str, max: usize },
+    #[error("cursor must not be negative")]
+    CursorInvalid,
+    #[error("reason must be an RFC 5280 CRLReason Mintgate accepts (certificateHold is not)")]
+    RevocationReasonInvalid,
 }
 
 impl InputError {
@@ -29,6 +35,9 @@ impl InputError {
             Self::TtlNotPositive | Self::TtlTooLong { .. } | Self::TtlOutOfRange => "TTL_INVALID",
             Self::SerialInvalid => "SERIAL_INVALID",
             Self::Missing { .. } => "FIELD_MISSING",
+            Self::TooMany { .. } => "TOO_MANY_ITEMS",
+            Self::RevocationReasonInvalid => "REVOCATION_REASON_INVALID",
+            Self::CursorInvalid => "CURSOR_INVALID",
         }
     }
 }

@@ -3,11 +3,14 @@
 use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent};
 use mintgate_domain::lifecycle::{CertState, RequestState};
-use mintgate_domain::model::{CertificateRecord, JoinTokenRecord, RequestKind, RequestRecord};
+use mintgate_domain::model::{
+    CertificateRecord, JoinTokenRecord, RequestKind, RequestRecord, RevocationReason,
+    RevocationRecord,
+};
 use mintgate_domain::store::StoreError;
 use time::OffsetDateTime;
 
-use crate::entity::{audit_event, certificate, join_token, request};
+use crate::entity::{audit_event, certificate, join_token, request, revocation};
 
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt(format!("stored {what} does not decode").into())
@@ -36,6 +39,19 @@ pub(crate) fn request(m: request::Model) -> Result<RequestRecord, StoreError> {
         reason: m.reason,
         spiffe_id: m.spiffe_id,
         token_id: m.token_id,
+    })
+}
+
+pub(crate) fn revocation(m: revocation::Model) -> Result<RevocationRecord, StoreError> {
+    Ok(RevocationRecord {
+        seq: m.seq,
+        serial: serial(&m.serial)?,
+        reason: RevocationReason::parse(&m.reason).ok_or_else(|| corrupt("revocation reason"))?,
+        revoked_at: ts(m.revoked_at)?,
+        not_after: ts(m.not_after)?,
+        spiffe_id: m.spiffe_id,
+        issuer_key_id: m.issuer_key_id,
+        revoked_by: m.revoked_by,
     })
 }
 

@@ -3,20 +3,23 @@
 use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
 use mintgate_domain::lifecycle::{CertState, RequestState};
-use mintgate_domain::model::{CertificateRecord, JoinTokenRecord, NewRequest, RequestRecord};
+use mintgate_domain::model::{
+    CertificateRecord, JoinTokenRecord, NewRequest, NewRevocation, RequestRecord, RevocationRecord,
+};
 use mintgate_domain::store::{
-    CertificateStore, Inserted, NewCertificate, NewJoinToken, StoreError, TokenUse,
+    CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
+    TokenUse,
 };
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
-use crate::entity::{audit_event, certificate, join_token, request};
+use crate::entity::{audit_event, certificate, join_token, request, revocation, revocation_floor};
 use crate::{SqlStore, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
@@ -78,6 +81,11 @@ impl WriteTx<'_> {
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+
+    /// The newest revocation sequence number ever assigned (pruning never lowers it).
+    async fn revocation_head(&self) -> Result<i64, StoreError> {
+        Ok(bounds(&self.txn).await?.head)
     }
 
     async fn existing_request(&self, r: &NewRequest) -> Result<Option<RequestRecord>, StoreError> {
@@ -300,4 +308,151 @@ impl CertificateStore for SqlStore {
     async fn audit_chain(&self) -> Result<Vec<ChainedEvent>, StoreError> {
         self.audit_rows().await
     }
+
+    async fn revoke(
+        &self,
+        request: NewRequest,
+        r: NewRevocation,
+        audit: Vec<AuditEvent>,
+    ) -> Result<Revoked, StoreError> {
+        let tx = self.begin_write().await?;
+        if let Some(existing) = tx.existing_request(&request).await? {
+            return Ok(Revoked::Duplicate(Box::new(existing)));
+        }
+        let now = r.now.unix_timestamp();
+        let cert = certificate::Entity::find_by_id(r.serial.to_hex())
+            .one(&tx.txn)
+            .await
+            .map_err(unavailable)?
+            .ok_or(StoreError::Conflict("certificate"))?;
+        let moved = certificate::Entity::update_many()
+            .col_expr(
+                certificate::Column::State,
+                Expr::value(CertState::Revoked.as_str()),
+            )
+            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+            .filter(certificate::Column::Serial.eq(r.serial.to_hex()))
+            .filter(certificate::Column::State.eq(r.from.as_str()))
+            .exec(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        if moved.rows_affected != 1 {
+            return Err(StoreError::Conflict("certificate"));
+        }
+        // The writer lock is held until commit, so head + 1 becomes visible only after every
+        // smaller sequence number has: watchers reading `seq > cursor` can never skip one.
+        let row = revocation::Model {
+            seq: tx.revocation_head().await? + 1,
+            serial: r.serial.to_hex(),
+            spiffe_id: cert.spiffe_id,
+            reason: r.reason.as_str().to_owned(),
+            revoked_at: now,
+            not_after: cert.not_after,
+            issuer_key_id: r.issuer_key_id,
+            revoked_by: r.revoked_by,
+        };
+        revocation::Entity::insert(revocation::ActiveModel::from(row.clone()))
+            .exec_without_returning(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        tx.insert_request_row(request).await?;
+        tx.append(audit).await?;
+        tx.commit().await?;
+        Ok(Revoked::New(convert::revocation(row)?))
+    }
+
+    async fn revocation(&self, serial: &Serial) -> Result<Option<RevocationRecord>, StoreError> {
+        revocation::Entity::find()
+            .filter(revocation::Column::Serial.eq(serial.to_hex()))
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::revocation)
+            .transpose()
+    }
+
+    async fn revocations_after(
+        &self,
+        cursor: i64,
+        limit: u64,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        revocation::Entity::find()
+            .filter(revocation::Column::Seq.gt(cursor))
+            .order_by_asc(revocation::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(convert::revocation)
+            .collect()
+    }
+
+    async fn revocation_bounds(&self) -> Result<LogBounds, StoreError> {
+        bounds(&self.db).await
+    }
+
+    async fn live_revocations(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        revocation::Entity::find()
+            .filter(revocation::Column::NotAfter.gt(now.unix_timestamp()))
+            .order_by_asc(revocation::Column::Seq)
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(convert::revocation)
+            .collect()
+    }
+
+    async fn prune_revocations(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let tx = self.begin_write().await?;
+        let expired = revocation::Column::NotAfter.lt(before.unix_timestamp());
+        let Some(newest) = revocation::Entity::find()
+            .filter(expired.clone())
+            .order_by_desc(revocation::Column::Seq)
+            .one(&tx.txn)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(0);
+        };
+        let deleted = revocation::Entity::delete_many()
+            .filter(expired)
+            .exec(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        revocation_floor::Entity::update_many()
+            .col_expr(
+                revocation_floor::Column::PrunedThrough,
+                Expr::value(newest.seq),
+            )
+            .filter(revocation_floor::Column::PrunedThrough.lt(newest.seq))
+            .exec(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected)
+    }
+}
+
+/// Floor and head of the revocation log, as seen by `db`.
+async fn bounds(db: &impl ConnectionTrait) -> Result<LogBounds, StoreError> {
+    let pruned_through = revocation_floor::Entity::find_by_id(1)
+        .one(db)
+        .await
+        .map_err(unavailable)?
+        .map_or(0, |f| f.pruned_through);
+    let newest = revocation::Entity::find()
+        .order_by_desc(revocation::Column::Seq)
+        .one(db)
+        .await
+        .map_err(unavailable)?
+        .map_or(0, |r| r.seq);
+    Ok(LogBounds {
+        pruned_through,
+        head: newest.max(pruned_through),
+    })
 }

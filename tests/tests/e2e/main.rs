@@ -8,4 +8,5 @@ mod idempotency;
 mod issuance;
 mod mtls;
 mod renewal;
+mod revocation;
 mod tools;

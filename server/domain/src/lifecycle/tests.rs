@@ -44,7 +44,7 @@ const CERT_CASES: [(CertState, CertEvent, bool, Result<CertState, &str>); 24] = 
     ),
     (CS::Active, CE::Expire, true, Ok(CS::Expired)),
     (CS::Active, CE::Revoke, false, Ok(CS::Revoked)),
-    (CS::Active, CE::Revoke, true, Ok(CS::Revoked)),
+    (CS::Active, CE::Revoke, true, Err("CERTIFICATE_EXPIRED")),
     (
         CS::Superseded,
         CE::Supersede,
@@ -65,7 +65,7 @@ const CERT_CASES: [(CertState, CertEvent, bool, Result<CertState, &str>); 24] = 
     ),
     (CS::Superseded, CE::Expire, true, Ok(CS::Expired)),
     (CS::Superseded, CE::Revoke, false, Ok(CS::Revoked)),
-    (CS::Superseded, CE::Revoke, true, Ok(CS::Revoked)),
+    (CS::Superseded, CE::Revoke, true, Err("CERTIFICATE_EXPIRED")),
     (
         CS::Expired,
         CE::Supersede,
@@ -85,18 +85,8 @@ const CERT_CASES: [(CertState, CertEvent, bool, Result<CertState, &str>); 24] = 
         true,
         Err("INVALID_STATE_TRANSITION"),
     ),
-    (
-        CS::Expired,
-        CE::Revoke,
-        false,
-        Err("INVALID_STATE_TRANSITION"),
-    ),
-    (
-        CS::Expired,
-        CE::Revoke,
-        true,
-        Err("INVALID_STATE_TRANSITION"),
-    ),
+    (CS::Expired, CE::Revoke, false, Err("CERTIFICATE_EXPIRED")),
+    (CS::Expired, CE::Revoke, true, Err("CERTIFICATE_EXPIRED")),
     (
         CS::Revoked,
         CE::Supersede,

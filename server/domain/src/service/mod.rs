@@ -3,6 +3,7 @@
 
 mod attest;
 mod issuance;
+mod revocation;
 mod tokens;
 
 use std::sync::Arc;
@@ -19,6 +20,9 @@ use crate::{Serial, TrustDomain};
 
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
 pub use issuance::{IssueInput, Issued};
+pub use revocation::{
+    CertificateStatus, EXPIRY_SKEW, MAX_STATUS_SERIALS, ROLE_REVOKE, RevokeInput, StatusReport,
+};
 pub use tokens::{CreatedJoinToken, JoinTokenInput, JoinTokenSecret};
 
 /// How long an APPROVED request may stay unsigned before a retry takes it over (the process

@@ -1,0 +1,347 @@
+//! The live side of the revocation registry (DESIGN §7).
+//!
+//! [`RevocationHub`] holds the set of revoked, unexpired serials that every handshake consults,
+//! the open connections of each serial (closed when it is revoked), and the feed that
+//! `WatchRevocations` subscribers follow. Only [`run_tailer`] feeds it, by reading the log in
+//! sequence order from the database: after a local commit (nudged) and on a timer (so revocations
+//! made by other replicas sharing the database arrive too). Because the store assigns sequence
+//! numbers under its writer lock, the log never shows a later entry before an earlier one, and the
+//! feed is gap-free and in order by construction.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use mintgate_domain::model::RevocationRecord;
+use mintgate_domain::ports::Clock;
+use mintgate_domain::service::EXPIRY_SKEW;
+use mintgate_domain::store::{CertificateStore, StoreError};
+use mintgate_domain::{Error, Serial};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How the hub and its subscribers behave.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events kept for subscribers that fall behind momentarily (shared by all of them).
+    pub feed_capacity: usize,
+    /// Messages queued per subscriber before it is closed as too slow.
+    pub subscriber_buffer: usize,
+    /// How often an idle stream gets a heartbeat.
+    pub heartbeat: Duration,
+    /// Concurrent streams one identity may hold.
+    pub max_streams_per_identity: usize,
+    /// How often the log is read without a nudge (revocations by other replicas).
+    pub poll_interval: Duration,
+    /// How often expired entries are pruned from the log.
+    pub prune_interval: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            feed_capacity: 4096,
+            subscriber_buffer: 256,
+            heartbeat: Duration::from_secs(5),
+            max_streams_per_identity: 4,
+            poll_interval: Duration::from_secs(1),
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct RevocationHub {
+    config: HubConfig,
+    /// Revoked serial → its certificate's notAfter.
+    live: RwLock<HashMap<Serial, OffsetDateTime>>,
+    connections: Mutex<HashMap<Serial, Vec<(u64, CancellationToken)>>>,
+    /// Connections whose cut waits for their own answer (see [`RevocationHub::defer_cut`]).
+    deferred: Mutex<HashMap<u64, CancellationToken>>,
+    next_connection: AtomicU64,
+    streams: Mutex<HashMap<String, usize>>,
+    feed: broadcast::Sender<Arc<RevocationRecord>>,
+    applied: watch::Sender<i64>,
+    nudge: Notify,
+    /// Cancelled when the server shuts down: feeds end so the gRPC server can drain.
+    closing: CancellationToken,
+}
+
+impl RevocationHub {
+    pub fn new(config: HubConfig) -> Arc<Self> {
+        let (feed, _) = broadcast::channel(config.feed_capacity);
+        Arc::new(Self {
+            config,
+            live: RwLock::default(),
+            connections: Mutex::default(),
+            deferred: Mutex::default(),
+            next_connection: AtomicU64::new(0),
+            streams: Mutex::default(),
+            feed,
+            applied: watch::Sender::new(0),
+            nudge: Notify::new(),
+            closing: CancellationToken::new(),
+        })
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Whether `serial` is revoked (and not yet expired).
+    pub fn is_revoked(&self, serial: &Serial) -> bool {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(serial)
+    }
+
+    /// The sequence number of the newest entry applied here.
+    pub fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    /// Asks the tailer to read the log now (after a local commit).
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Waits until the entry `seq` has been applied here: once this returns, the revoked
+    /// certificate fails every new handshake and its connections are being closed.
+    pub async fn applied_through(&self, seq: i64) {
+        self.nudge();
+        let mut applied = self.applied.subscribe();
+        // The sender lives as long as the hub, which outlives this borrow.
+        let _ = applied.wait_for(|head| *head >= seq).await;
+    }
+
+    /// Ends every feed (server shutdown); subscribers resume elsewhere from their cursor.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Resolves when the server is shutting down.
+    pub async fn closed(&self) {
+        self.closing.cancelled().await;
+    }
+
+    /// Follows the feed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevocationRecord>> {
+        self.feed.subscribe()
+    }
+
+    /// Registers a connection authenticated by `serial`; the token is cancelled when that
+    /// serial is revoked. The registration ends when the returned guard drops.
+    pub fn register_connection(self: &Arc<Self>, serial: Serial) -> ConnectionGuard {
+        let token = CancellationToken::new();
+        if self.is_revoked(&serial) {
+            token.cancel();
+        }
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(serial.clone())
+            .or_default()
+            .push((id, token.clone()));
+        ConnectionGuard {
+            hub: self.clone(),
+            serial,
+            id,
+            token,
+        }
+    }
+
+    /// A workload revoking its own certificate must still hear the answer: its connection's cut
+    /// is held back until [`RevocationHub::cut_deferred`].
+    pub fn defer_cut(&self, connection: u64) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(connection, CancellationToken::new());
+    }
+
+    /// Cuts a connection held back by [`RevocationHub::defer_cut`] after `grace` (time for its
+    /// answer to be written), if its certificate was revoked meanwhile.
+    pub fn cut_deferred(self: &Arc<Self>, connection: u64, grace: Duration) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let held = hub
+                .deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&connection);
+            if let Some(cut) = held {
+                cut.cancel();
+            }
+        });
+    }
+
+    /// Takes one of `identity`'s stream slots, or refuses past the cap.
+    pub fn acquire_stream(self: &Arc<Self>, identity: &str) -> Result<StreamPermit, Error> {
+        let max = self.config.max_streams_per_identity;
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = streams.entry(identity.to_owned()).or_default();
+        if *count >= max {
+            return Err(Error::TooManyStreams { max });
+        }
+        *count += 1;
+        Ok(StreamPermit {
+            hub: self.clone(),
+            identity: identity.to_owned(),
+        })
+    }
+
+    /// Applies one log entry: into the live set, close its connections, out on the feed.
+    fn apply(&self, entry: RevocationRecord) {
+        if entry.seq <= self.applied() {
+            return;
+        }
+        self.live
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(entry.serial.clone(), entry.not_after);
+        let cut = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&entry.serial);
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, token) in cut.into_iter().flatten() {
+            match deferred.get_mut(&id) {
+                Some(held) => *held = token,
+                None => token.cancel(),
+            }
+        }
+        drop(deferred);
+        let seq = entry.seq;
+        // No subscriber is not an error.
+        let _ = self.feed.send(Arc::new(entry));
+        self.applied.send_replace(seq);
+    }
+
+    /// Drops entries whose certificate expired (with the skew allowance) before `now`.
+    fn expire(&self, now: OffsetDateTime) {
+        self.live
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, not_after| *not_after + EXPIRY_SKEW > now);
+    }
+}
+
+/// Keeps a connection registered with the hub; see [`RevocationHub::register_connection`].
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    hub: Arc<RevocationHub>,
+    serial: Serial,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl ConnectionGuard {
+    /// Cancelled when the connection's certificate is revoked.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut connections = self
+            .hub
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = connections.get_mut(&self.serial) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                connections.remove(&self.serial);
+            }
+        }
+    }
+}
+
+/// One of an identity's stream slots; released on drop.
+#[derive(Debug)]
+pub struct StreamPermit {
+    hub: Arc<RevocationHub>,
+    identity: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut streams = self
+            .hub
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = streams.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                streams.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// Most entries read from the log at once.
+pub(crate) const LOG_BATCH: u64 = 512;
+
+/// Loads the live set, then follows the log until `shutdown` resolves: reads new entries when
+/// nudged or every `poll_interval`, expires old ones from the live set, and prunes the log every
+/// `prune_interval`. Database errors are logged and retried on the next tick.
+pub async fn run_tailer<S: CertificateStore>(
+    hub: Arc<RevocationHub>,
+    store: S,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut last_prune = clock.now();
+    loop {
+        if let Err(e) = catch_up(&hub, &store).await {
+            tracing::warn!(error = %e, "reading the revocation log failed; retrying");
+        }
+        let now = clock.now();
+        hub.expire(now);
+        if now - last_prune >= hub.config.prune_interval {
+            last_prune = now;
+            match store.prune_revocations(now - EXPIRY_SKEW).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "pruned expired revocations"),
+                Err(e) => tracing::warn!(error = %e, "pruning the revocation log failed"),
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = hub.nudge.notified() => {}
+            () = tokio::time::sleep(hub.config.poll_interval) => {}
+        }
+    }
+}
+
+/// Applies every entry after the last applied one. The first call loads the live set.
+pub async fn catch_up<S: CertificateStore>(
+    hub: &RevocationHub,
+    store: &S,
+) -> Result<(), StoreError> {
+    loop {
+        let batch = store.revocations_after(hub.applied(), LOG_BATCH).await?;
+        let full = batch.len() as u64 == LOG_BATCH;
+        for entry in batch {
+            hub.apply(entry);
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
