@@ -24,8 +24,10 @@ CREATE TABLE revocations (
     revoked_at BIGINT NOT NULL,
     not_after BIGINT NOT NULL,
     issuer_key_id TEXT NOT NULL,
-    revoked_by TEXT NOT NULL
+    revoked_by TEXT NOT NULL,
+    request_pk BIGINT NOT NULL REFERENCES requests (pk)
 );
+CREATE INDEX revocations_request_pk ON revocations (request_pk);
 CREATE INDEX revocations_not_after ON revocations (not_after);
 CREATE TABLE revocation_floor (
     id INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),

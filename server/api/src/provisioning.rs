@@ -91,5 +91,7 @@ request_id_field!(
     v1::RenewRequest,
     v1::GetRequestRequest,
     v1::CreateJoinTokenRequest,
-    v1::RevokeRequest
+    v1::RevokeRequest,
+    v1::RevokeIdentityRequest,
+    v1::UnblockIdentityRequest
 );

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use mintgate_domain::model::RevocationRecord;
 use mintgate_domain::ports::Clock;
-use mintgate_domain::service::{EXPIRY_SKEW, Mintgate, RevokeInput};
+use mintgate_domain::service::{EXPIRY_SKEW, Mintgate, RevokeIdentityInput, RevokeInput};
 use mintgate_domain::store::CertificateStore;
 use mintgate_domain::{Error, InputError};
 use mintgate_proto::v1;
@@ -65,6 +65,51 @@ impl<S: CertificateStore> v1::revocation_server::Revocation for RevocationServic
         Ok(Response::new(v1::RevokeResponse {
             revocation: Some(convert::revocation_event(&record)),
         }))
+    }
+
+    #[tracing::instrument(name = "RevokeIdentity", skip_all, fields(request_id, caller))]
+    async fn revoke_identity(
+        &self,
+        request: Request<v1::RevokeIdentityRequest>,
+    ) -> Result<Response<v1::RevokeIdentityResponse>, Status> {
+        let (caller, body) = open_request(request)?;
+        let rid = body.request_id.clone();
+        let status = |e: Error| to_status(&e, "RevokeIdentity", &rid);
+        let input = RevokeIdentityInput {
+            request_id: body.request_id,
+            spiffe_id: body.spiffe_id,
+            reason: convert::revocation_reason(body.reason).map_err(|e| status(e.into()))?,
+            block: body.block,
+        };
+        let done = self
+            .app
+            .revoke_identity(&caller, input)
+            .await
+            .map_err(status)?;
+        if let Some(last) = done.revocations.last() {
+            self.hub.applied_through(last.seq).await;
+        }
+        Ok(Response::new(v1::RevokeIdentityResponse {
+            revocations: done
+                .revocations
+                .iter()
+                .map(convert::revocation_event)
+                .collect(),
+            blocked: done.blocked,
+        }))
+    }
+
+    #[tracing::instrument(name = "UnblockIdentity", skip_all, fields(request_id, caller))]
+    async fn unblock_identity(
+        &self,
+        request: Request<v1::UnblockIdentityRequest>,
+    ) -> Result<Response<v1::UnblockIdentityResponse>, Status> {
+        let (caller, body) = open_request(request)?;
+        self.app
+            .unblock_identity(&caller, &body.request_id, &body.spiffe_id)
+            .await
+            .map(|was_blocked| Response::new(v1::UnblockIdentityResponse { was_blocked }))
+            .map_err(|e| to_status(&e, "UnblockIdentity", &body.request_id))
     }
 
     #[tracing::instrument(name = "CheckStatus", skip_all, fields(caller))]

@@ -52,6 +52,8 @@ pub enum Error {
     CertificateChanged,
     #[error("the request was {state} ({reason}); send a new request with a new request id")]
     RequestClosed { state: &'static str, reason: String },
+    #[error("the identity is blocked from issuance; an operator must unblock it first")]
+    IdentityBlocked,
     #[error("at most {max} concurrent revocation streams per identity")]
     TooManyStreams { max: usize },
     #[error("the subscriber did not keep up; resume from the last applied sequence number")]
@@ -76,6 +78,7 @@ impl Error {
                 ErrorClass::FailedPrecondition
             }
             Self::NotFound(_) => ErrorClass::NotFound,
+            Self::IdentityBlocked => ErrorClass::PermissionDenied,
             Self::TooManyStreams { .. } | Self::SubscriberTooSlow => ErrorClass::ResourceExhausted,
             Self::CursorAhead { .. } => ErrorClass::OutOfRange,
             Self::InProgress | Self::Unavailable(_) => ErrorClass::Unavailable,
@@ -94,6 +97,7 @@ impl Error {
             Self::Attestation(e) => e.reason(),
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::NotFound(_) => "NOT_FOUND",
+            Self::IdentityBlocked => "IDENTITY_BLOCKED",
             Self::TooManyStreams { .. } => "TOO_MANY_STREAMS",
             Self::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
             Self::CursorAhead { .. } => "CURSOR_OUT_OF_RANGE",

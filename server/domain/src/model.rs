@@ -51,6 +51,8 @@ pub enum RequestKind {
     Renew,
     JoinToken,
     Revoke,
+    RevokeIdentity,
+    Unblock,
 }
 
 impl RequestKind {
@@ -60,13 +62,22 @@ impl RequestKind {
             Self::Renew => "RENEW",
             Self::JoinToken => "JOIN_TOKEN",
             Self::Revoke => "REVOKE",
+            Self::RevokeIdentity => "REVOKE_IDENTITY",
+            Self::Unblock => "UNBLOCK",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Enroll, Self::Renew, Self::JoinToken, Self::Revoke]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Enroll,
+            Self::Renew,
+            Self::JoinToken,
+            Self::Revoke,
+            Self::RevokeIdentity,
+            Self::Unblock,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -220,6 +231,24 @@ pub struct RevocationRecord {
     pub issuer_key_id: String,
     /// SPIFFE ID of whoever revoked it.
     pub revoked_by: String,
+}
+
+/// A block on an identity: no certificate is issued for it until it is lifted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub spiffe_id: String,
+    pub reason: RevocationReason,
+    pub blocked_by: String,
+    pub blocked_at: OffsetDateTime,
+}
+
+/// The identity a batch of revocations covers completely: when it commits, no certificate of
+/// `spiffe_id` is live any more (or the batch conflicts and nothing is written).
+#[derive(Debug, Clone)]
+pub struct IdentityScope {
+    pub spiffe_id: String,
+    /// Also block the identity, in the same transaction.
+    pub block: Option<RevocationReason>,
 }
 
 /// A revocation to record; the store assigns its sequence number.

@@ -10,7 +10,8 @@ use crate::audit::{AuditEvent, ChainedEvent};
 use crate::error::Cause;
 use crate::lifecycle::RequestState;
 use crate::model::{
-    CertificateRecord, JoinTokenRecord, NewRequest, NewRevocation, RequestRecord, RevocationRecord,
+    BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
+    RequestRecord, RevocationRecord,
 };
 
 /// Why a store operation failed.
@@ -141,16 +142,44 @@ pub trait CertificateStore: Send + Sync + 'static {
     /// The audit trail in seq order, as stored.
     fn audit_chain(&self) -> impl Future<Output = Result<Vec<ChainedEvent>, StoreError>> + Send;
 
-    /// In one transaction: the certificate moves `from` → REVOKED (conditionally; `Conflict`
-    /// if it is no longer in that state), the log entry is appended with the next sequence
-    /// number, and the REVOKE request and its audit events are recorded. A request id seen
-    /// before returns `Duplicate` and writes nothing.
+    /// In one transaction: each certificate moves `from` → REVOKED (conditionally; `Conflict`
+    /// if one is no longer in that state), each log entry is appended with the next sequence
+    /// number, and the REVOKE request and its audit events are recorded. With `scope`, no
+    /// certificate of that identity may be left live (`Conflict` otherwise) and the identity is
+    /// blocked if asked. A request id seen before returns `Duplicate` and writes nothing.
     fn revoke(
         &self,
         request: NewRequest,
-        revocation: NewRevocation,
+        revocations: Vec<NewRevocation>,
+        scope: Option<IdentityScope>,
         audit: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send;
+
+    /// The log entries a REVOKE request made (for answering its retry), in sequence order.
+    fn revocations_of_request(
+        &self,
+        request_pk: i64,
+    ) -> impl Future<Output = Result<Vec<RevocationRecord>, StoreError>> + Send;
+
+    /// Certificates of `spiffe_id` that are ACTIVE or SUPERSEDED and unexpired at `now`.
+    fn live_certificates_of(
+        &self,
+        spiffe_id: &str,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Vec<CertificateRecord>, StoreError>> + Send;
+
+    fn identity_block(
+        &self,
+        spiffe_id: &str,
+    ) -> impl Future<Output = Result<Option<BlockRecord>, StoreError>> + Send;
+
+    /// Lifts the block on `request.spiffe_id`, recording the UNBLOCK request (its reason says
+    /// whether there was a block: `UNBLOCKED` or `NOT_BLOCKED`) and the audit events.
+    fn unblock(
+        &self,
+        request: NewRequest,
+        audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<Unblocked, StoreError>> + Send;
 
     /// The log entry for `serial`, if it is revoked and not pruned.
     fn revocation(
@@ -186,8 +215,15 @@ pub trait CertificateStore: Send + Sync + 'static {
 /// The outcome of recording a revocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revoked {
-    New(RevocationRecord),
+    New(Vec<RevocationRecord>),
     /// The request id was used before.
+    Duplicate(Box<RequestRecord>),
+}
+
+/// The outcome of [`CertificateStore::unblock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unblocked {
+    Done { was_blocked: bool },
     Duplicate(Box<RequestRecord>),
 }
 

@@ -4,13 +4,13 @@ use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent};
 use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::{
-    CertificateRecord, JoinTokenRecord, RequestKind, RequestRecord, RevocationReason,
+    BlockRecord, CertificateRecord, JoinTokenRecord, RequestKind, RequestRecord, RevocationReason,
     RevocationRecord,
 };
 use mintgate_domain::store::StoreError;
 use time::OffsetDateTime;
 
-use crate::entity::{audit_event, certificate, join_token, request, revocation};
+use crate::entity::{audit_event, certificate, identity_block, join_token, request, revocation};
 
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt(format!("stored {what} does not decode").into())
@@ -52,6 +52,15 @@ pub(crate) fn revocation(m: revocation::Model) -> Result<RevocationRecord, Store
         spiffe_id: m.spiffe_id,
         issuer_key_id: m.issuer_key_id,
         revoked_by: m.revoked_by,
+    })
+}
+
+pub(crate) fn block(m: identity_block::Model) -> Result<BlockRecord, StoreError> {
+    Ok(BlockRecord {
+        reason: RevocationReason::parse(&m.reason).ok_or_else(|| corrupt("block reason"))?,
+        blocked_at: ts(m.blocked_at)?,
+        spiffe_id: m.spiffe_id,
+        blocked_by: m.blocked_by,
     })
 }
 

@@ -124,6 +124,7 @@ pub mod revocation {
         pub not_after: i64,
         pub issuer_key_id: String,
         pub revoked_by: String,
+        pub request_pk: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -141,6 +142,25 @@ pub mod revocation_floor {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: i32,
         pub pruned_through: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod identity_block {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "identity_blocks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub spiffe_id: String,
+        pub reason: String,
+        pub blocked_by: String,
+        pub blocked_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,11 +4,12 @@ use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
 use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::{
-    CertificateRecord, JoinTokenRecord, NewRequest, NewRevocation, RequestRecord, RevocationRecord,
+    BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
+    RequestRecord, RevocationRecord,
 };
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
-    TokenUse,
+    TokenUse, Unblocked,
 };
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
@@ -19,7 +20,14 @@ use sea_orm::{
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
-use crate::entity::{audit_event, certificate, join_token, request, revocation, revocation_floor};
+use crate::entity::{
+    audit_event, certificate, identity_block, join_token, request, revocation, revocation_floor,
+};
+
+/// States of a certificate that still works (until its notAfter).
+fn live_states() -> [&'static str; 2] {
+    [CertState::Active.as_str(), CertState::Superseded.as_str()]
+}
 use crate::{SqlStore, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
@@ -177,6 +185,14 @@ impl CertificateStore for SqlStore {
     ) -> Result<(), StoreError> {
         let tx = self.begin_write().await?;
         let now = cert.issued_at.unix_timestamp();
+        // A block committed after the request was approved wins: nothing is issued for it.
+        let blocked = identity_block::Entity::find_by_id(cert.spiffe_id.clone())
+            .one(&tx.txn)
+            .await
+            .map_err(unavailable)?;
+        if blocked.is_some() {
+            return Err(StoreError::Conflict("identity blocked"));
+        }
         let moved = request::Entity::update_many()
             .col_expr(
                 request::Column::State,
@@ -312,53 +328,166 @@ impl CertificateStore for SqlStore {
     async fn revoke(
         &self,
         request: NewRequest,
-        r: NewRevocation,
+        revocations: Vec<NewRevocation>,
+        scope: Option<IdentityScope>,
         audit: Vec<AuditEvent>,
     ) -> Result<Revoked, StoreError> {
         let tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
             return Ok(Revoked::Duplicate(Box::new(existing)));
         }
-        let now = r.now.unix_timestamp();
-        let cert = certificate::Entity::find_by_id(r.serial.to_hex())
-            .one(&tx.txn)
+        let now = request.now.unix_timestamp();
+        let revoked_by = request.caller.clone();
+        let request_pk = tx.insert_request_row(request).await?;
+        // The writer lock is held until commit, so head + 1 becomes visible only after every
+        // smaller sequence number has: watchers reading `seq > cursor` can never skip one.
+        let mut seq = tx.revocation_head().await?;
+        let mut recorded = Vec::with_capacity(revocations.len());
+        for r in revocations {
+            let cert = certificate::Entity::find_by_id(r.serial.to_hex())
+                .one(&tx.txn)
+                .await
+                .map_err(unavailable)?
+                .ok_or(StoreError::Conflict("certificate"))?;
+            let moved = certificate::Entity::update_many()
+                .col_expr(
+                    certificate::Column::State,
+                    Expr::value(CertState::Revoked.as_str()),
+                )
+                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
+                .filter(certificate::Column::Serial.eq(r.serial.to_hex()))
+                .filter(certificate::Column::State.eq(r.from.as_str()))
+                .exec(&tx.txn)
+                .await
+                .map_err(unavailable)?;
+            if moved.rows_affected != 1 {
+                return Err(StoreError::Conflict("certificate"));
+            }
+            seq += 1;
+            let row = revocation::Model {
+                seq,
+                serial: r.serial.to_hex(),
+                spiffe_id: cert.spiffe_id,
+                reason: r.reason.as_str().to_owned(),
+                revoked_at: now,
+                not_after: cert.not_after,
+                issuer_key_id: r.issuer_key_id,
+                revoked_by: r.revoked_by,
+                request_pk,
+            };
+            revocation::Entity::insert(revocation::ActiveModel::from(row.clone()))
+                .exec_without_returning(&tx.txn)
+                .await
+                .map_err(unavailable)?;
+            recorded.push(convert::revocation(row)?);
+        }
+        if let Some(scope) = scope {
+            // Nothing of the identity may stay live: a certificate issued after the caller
+            // looked would otherwise escape the revocation (and the block).
+            let left = certificate::Entity::find()
+                .filter(certificate::Column::SpiffeId.eq(scope.spiffe_id.as_str()))
+                .filter(certificate::Column::State.is_in(live_states()))
+                .filter(certificate::Column::NotAfter.gt(now))
+                .one(&tx.txn)
+                .await
+                .map_err(unavailable)?;
+            if left.is_some() {
+                return Err(StoreError::Conflict("certificate"));
+            }
+            if let Some(reason) = scope.block {
+                let blocked = identity_block::Entity::find_by_id(scope.spiffe_id.clone())
+                    .one(&tx.txn)
+                    .await
+                    .map_err(unavailable)?;
+                if blocked.is_none() {
+                    let row = identity_block::ActiveModel {
+                        spiffe_id: Set(scope.spiffe_id),
+                        reason: Set(reason.as_str().to_owned()),
+                        blocked_by: Set(revoked_by),
+                        blocked_at: Set(now),
+                    };
+                    identity_block::Entity::insert(row)
+                        .exec_without_returning(&tx.txn)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        tx.append(audit).await?;
+        tx.commit().await?;
+        Ok(Revoked::New(recorded))
+    }
+
+    async fn revocations_of_request(
+        &self,
+        request_pk: i64,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        revocation::Entity::find()
+            .filter(revocation::Column::RequestPk.eq(request_pk))
+            .order_by_asc(revocation::Column::Seq)
+            .all(&self.db)
             .await
             .map_err(unavailable)?
-            .ok_or(StoreError::Conflict("certificate"))?;
-        let moved = certificate::Entity::update_many()
-            .col_expr(
-                certificate::Column::State,
-                Expr::value(CertState::Revoked.as_str()),
-            )
-            .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-            .filter(certificate::Column::Serial.eq(r.serial.to_hex()))
-            .filter(certificate::Column::State.eq(r.from.as_str()))
+            .into_iter()
+            .map(convert::revocation)
+            .collect()
+    }
+
+    async fn live_certificates_of(
+        &self,
+        spiffe_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        certificate::Entity::find()
+            .filter(certificate::Column::SpiffeId.eq(spiffe_id))
+            .filter(certificate::Column::State.is_in(live_states()))
+            .filter(certificate::Column::NotAfter.gt(now.unix_timestamp()))
+            .order_by_asc(certificate::Column::IssuedAt)
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(convert::certificate)
+            .collect()
+    }
+
+    async fn identity_block(&self, spiffe_id: &str) -> Result<Option<BlockRecord>, StoreError> {
+        identity_block::Entity::find_by_id(spiffe_id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::block)
+            .transpose()
+    }
+
+    async fn unblock(
+        &self,
+        mut request: NewRequest,
+        audit: Vec<AuditEvent>,
+    ) -> Result<Unblocked, StoreError> {
+        let tx = self.begin_write().await?;
+        if let Some(existing) = tx.existing_request(&request).await? {
+            return Ok(Unblocked::Duplicate(Box::new(existing)));
+        }
+        let deleted = identity_block::Entity::delete_by_id(request.spiffe_id.clone())
             .exec(&tx.txn)
             .await
             .map_err(unavailable)?;
-        if moved.rows_affected != 1 {
-            return Err(StoreError::Conflict("certificate"));
-        }
-        // The writer lock is held until commit, so head + 1 becomes visible only after every
-        // smaller sequence number has: watchers reading `seq > cursor` can never skip one.
-        let row = revocation::Model {
-            seq: tx.revocation_head().await? + 1,
-            serial: r.serial.to_hex(),
-            spiffe_id: cert.spiffe_id,
-            reason: r.reason.as_str().to_owned(),
-            revoked_at: now,
-            not_after: cert.not_after,
-            issuer_key_id: r.issuer_key_id,
-            revoked_by: r.revoked_by,
-        };
-        revocation::Entity::insert(revocation::ActiveModel::from(row.clone()))
-            .exec_without_returning(&tx.txn)
-            .await
-            .map_err(unavailable)?;
+        let was_blocked = deleted.rows_affected == 1;
+        request.reason = Some(
+            if was_blocked {
+                "UNBLOCKED"
+            } else {
+                "NOT_BLOCKED"
+            }
+            .to_owned(),
+        );
         tx.insert_request_row(request).await?;
-        tx.append(audit).await?;
+        if was_blocked {
+            tx.append(audit).await?;
+        }
         tx.commit().await?;
-        Ok(Revoked::New(convert::revocation(row)?))
+        Ok(Unblocked::Done { was_blocked })
     }
 
     async fn revocation(&self, serial: &Serial) -> Result<Option<RevocationRecord>, StoreError> {

@@ -291,3 +291,101 @@ fn reason(status: &tonic::Status) -> String {
         .map(|i| i.reason)
         .unwrap_or_default()
 }
+
+both_backends!(
+    an_identity_is_revoked_and_blocked_in_one_step,
+    revoke_identity
+);
+async fn revoke_identity(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let first = enroll(&server, WEB, "web-1").await;
+    let second = enroll(&server, WEB, "web-2").await;
+    let db = enroll(&server, DB, "db").await;
+    let mut admin = server.admin_revocation().await;
+    let mut watch = admin
+        .watch_revocations(v1::WatchRevocationsRequest { cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let request = v1::RevokeIdentityRequest {
+        request_id: "ri-1".into(),
+        spiffe_id: WEB.into(),
+        reason: v1::RevocationReason::PrivilegeWithdrawn.into(),
+        block: true,
+    };
+    let done = admin
+        .revoke_identity(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.blocked);
+    let mut serials: Vec<_> = done.revocations.iter().map(|r| r.serial.clone()).collect();
+    serials.sort();
+    let mut want = vec![first.serial.clone(), second.serial.clone()];
+    want.sort();
+    assert_eq!(serials, want);
+    assert_eq!(
+        done.revocations.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    for expected in &done.revocations {
+        assert_eq!(&next_event(&mut watch).await, expected);
+    }
+    // A retry answers the same.
+    let again = admin.revoke_identity(request).await.unwrap().into_inner();
+    assert_eq!(again, done);
+
+    // The identity cannot be issued again; others can.
+    let (csr_pem, _) = csr(WEB, &[]);
+    let err = server
+        .node()
+        .await
+        .enroll(enroll_request("web-3", &csr_pem))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code, err.reason.as_str()),
+        (Code::PermissionDenied, "IDENTITY_BLOCKED")
+    );
+    let status = admin
+        .check_status(v1::CheckStatusRequest {
+            serials: vec![db.serial.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.statuses[0].status(), v1::CertificateStatus::Good);
+
+    // Only operators revoke identities.
+    let mut node = server
+        .revocation_as(&server.pki.node.cert_pem, &server.pki.node.key_pem)
+        .await;
+    let err = node
+        .revoke_identity(v1::RevokeIdentityRequest {
+            request_id: "n".into(),
+            spiffe_id: DB.into(),
+            reason: 0,
+            block: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "CALLER_KIND_NOT_ALLOWED")
+    );
+
+    // Unblocked, the identity enrolls again.
+    let unblock = |id: &str| v1::UnblockIdentityRequest {
+        request_id: id.into(),
+        spiffe_id: WEB.into(),
+    };
+    let lifted = admin.unblock_identity(unblock("u-1")).await.unwrap();
+    assert!(lifted.into_inner().was_blocked);
+    let lifted = admin.unblock_identity(unblock("u-1")).await.unwrap();
+    assert!(lifted.into_inner().was_blocked, "a retry answers the same");
+    let lifted = admin.unblock_identity(unblock("u-2")).await.unwrap();
+    assert!(!lifted.into_inner().was_blocked);
+    enroll(&server, WEB, "web-4").await;
+    server.shutdown().await;
+}

@@ -158,6 +158,14 @@ impl<S: CertificateStore> Mintgate<S> {
         consumed_by_this_request: Option<&str>,
     ) -> Result<Approval, Error> {
         let csr = validate_csr(&input.csr, &self.trust_domain)?;
+        if self
+            .store
+            .identity_block(csr.spiffe_id.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(Error::IdentityBlocked);
+        }
         let mut attested = Attested::default();
         let mut supersedes = None;
         let requester = match (kind, caller.kind) {
@@ -301,6 +309,11 @@ impl<S: CertificateStore> Mintgate<S> {
                 signed.not_before,
                 signed.not_after,
             )),
+            Err(StoreError::Conflict("identity blocked")) => {
+                self.fail(caller, pk, request_id, &serial, "IDENTITY_BLOCKED")
+                    .await;
+                Err(Error::IdentityBlocked)
+            }
             Err(StoreError::Conflict(_)) => {
                 // The certificate being renewed was revoked or renewed meanwhile.
                 self.fail(caller, pk, request_id, &serial, "CERTIFICATE_CHANGED")

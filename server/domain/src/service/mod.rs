@@ -21,7 +21,8 @@ use crate::{Serial, TrustDomain};
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
 pub use issuance::{IssueInput, Issued};
 pub use revocation::{
-    CertificateStatus, EXPIRY_SKEW, MAX_STATUS_SERIALS, ROLE_REVOKE, RevokeInput, StatusReport,
+    CertificateStatus, EXPIRY_SKEW, IdentityRevoked, MAX_STATUS_SERIALS, ROLE_REVOKE,
+    RevokeIdentityInput, RevokeInput, StatusReport,
 };
 pub use tokens::{CreatedJoinToken, JoinTokenInput, JoinTokenSecret};
 

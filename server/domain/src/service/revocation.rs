@@ -10,10 +10,11 @@ use super::{Mintgate, payload_hash};
 use crate::error::AttestationError;
 use crate::lifecycle::{CertEvent, CertState, RequestState, transition_cert};
 use crate::model::{
-    Caller, CallerKind, NewRequest, NewRevocation, RequestKind, RevocationReason, RevocationRecord,
+    Caller, CallerKind, IdentityScope, NewRequest, NewRevocation, RequestKind, RequestRecord,
+    RevocationReason, RevocationRecord,
 };
-use crate::store::{CertificateStore, Revoked, StoreError};
-use crate::{Error, InputError, RequestId, Serial};
+use crate::store::{CertificateStore, Revoked, StoreError, Unblocked};
+use crate::{Error, InputError, RequestId, Serial, SpiffeId};
 
 /// The operator role that may revoke any certificate.
 pub const ROLE_REVOKE: &str = "revoke";
@@ -67,10 +68,9 @@ impl<S: CertificateStore> Mintgate<S> {
             .find_request(caller.id.as_str(), request_id.as_str())
             .await?
         {
-            if existing.kind != RequestKind::Revoke || existing.payload_hash != hash {
-                return Err(Error::IdempotencyKeyReused);
-            }
-            return self.recorded_revocation(&serial).await;
+            return self
+                .replay_revoke(&existing, RequestKind::Revoke, &hash)
+                .await;
         }
         let now = self.clock.now();
         let cert = self
@@ -118,12 +118,16 @@ impl<S: CertificateStore> Mintgate<S> {
             issuer_key_id: self.signer.issuer_key_id().to_owned(),
             now,
         };
-        match self.store.revoke(request, revocation, vec![event]).await {
-            Ok(Revoked::New(record)) => Ok(record),
-            Ok(Revoked::Duplicate(existing)) if existing.payload_hash == hash => {
-                self.recorded_revocation(&serial).await
+        let stored = self
+            .store
+            .revoke(request, vec![revocation], None, vec![event])
+            .await;
+        match stored {
+            Ok(Revoked::New(records)) => records.into_iter().next().ok_or_else(no_entry),
+            Ok(Revoked::Duplicate(existing)) => {
+                self.replay_revoke(&existing, RequestKind::Revoke, &hash)
+                    .await
             }
-            Ok(Revoked::Duplicate(_)) => Err(Error::IdempotencyKeyReused),
             Err(StoreError::Conflict(_)) => {
                 // Someone else revoked (or renewed) it between our read and our write.
                 let now_state = self
@@ -179,11 +183,210 @@ impl<S: CertificateStore> Mintgate<S> {
         Ok(StatusReport { statuses, head_seq })
     }
 
-    async fn recorded_revocation(&self, serial: &Serial) -> Result<RevocationRecord, Error> {
-        self.store
-            .revocation(serial)
+    /// The answer to a retried Revoke: the entry its first attempt recorded.
+    async fn replay_revoke(
+        &self,
+        existing: &RequestRecord,
+        kind: RequestKind,
+        hash: &str,
+    ) -> Result<RevocationRecord, Error> {
+        self.replay_revocations(existing, kind, hash)
             .await?
-            .ok_or(Error::NotFound("revocation"))
+            .into_iter()
+            .next()
+            .ok_or_else(no_entry)
+    }
+
+    async fn replay_revocations(
+        &self,
+        existing: &RequestRecord,
+        kind: RequestKind,
+        hash: &str,
+    ) -> Result<Vec<RevocationRecord>, Error> {
+        if existing.kind != kind || existing.payload_hash != hash {
+            return Err(Error::IdempotencyKeyReused);
+        }
+        Ok(self.store.revocations_of_request(existing.pk).await?)
+    }
+
+    /// Revocation/RevokeIdentity: every live certificate of `spiffe_id`, and optionally a block,
+    /// in one transaction. Retried if a certificate of the identity changes meanwhile.
+    pub async fn revoke_identity(
+        &self,
+        caller: &Caller,
+        input: RevokeIdentityInput,
+    ) -> Result<IdentityRevoked, Error> {
+        let request_id = RequestId::parse(&input.request_id)?;
+        let spiffe_id = SpiffeId::parse_in(&input.spiffe_id, &self.trust_domain)?;
+        authorize_operator(caller)?;
+        let hash = payload_hash(&[
+            RequestKind::RevokeIdentity.as_str().as_bytes(),
+            spiffe_id.as_str().as_bytes(),
+            input.reason.as_str().as_bytes(),
+            &[u8::from(input.block)],
+        ]);
+        for _ in 0..IDENTITY_ATTEMPTS {
+            if let Some(existing) = self
+                .store
+                .find_request(caller.id.as_str(), request_id.as_str())
+                .await?
+            {
+                return self.identity_answer(&existing, &hash).await;
+            }
+            let now = self.clock.now();
+            let live = self
+                .store
+                .live_certificates_of(spiffe_id.as_str(), now)
+                .await?;
+            let mut events = Vec::with_capacity(live.len() + 1);
+            let mut revocations = Vec::with_capacity(live.len());
+            for cert in &live {
+                let mut event = self.audit(
+                    now,
+                    caller.id.as_str(),
+                    "certificate.revoked",
+                    format!("serial:{}", cert.serial),
+                );
+                event.spiffe_id = Some(cert.spiffe_id.clone());
+                event.request_id = Some(request_id.to_string());
+                event.detail = Some(format!(
+                    "{}->REVOKED reason {} (identity)",
+                    cert.state.as_str(),
+                    input.reason
+                ));
+                events.push(event);
+                revocations.push(NewRevocation {
+                    serial: cert.serial.clone(),
+                    from: cert.state,
+                    reason: input.reason,
+                    revoked_by: caller.id.to_string(),
+                    issuer_key_id: self.signer.issuer_key_id().to_owned(),
+                    now,
+                });
+            }
+            if input.block {
+                let mut event = self.audit(
+                    now,
+                    caller.id.as_str(),
+                    "identity.blocked",
+                    format!("identity:{spiffe_id}"),
+                );
+                event.spiffe_id = Some(spiffe_id.to_string());
+                event.request_id = Some(request_id.to_string());
+                event.detail = Some(format!("reason {}", input.reason));
+                events.push(event);
+            }
+            let request = NewRequest {
+                caller: caller.id.to_string(),
+                request_id: request_id.to_string(),
+                kind: RequestKind::RevokeIdentity,
+                payload_hash: hash.clone(),
+                state: RequestState::Issued,
+                reason: None,
+                spiffe_id: spiffe_id.to_string(),
+                serial: None,
+                token_id: None,
+                token_expires_at: None,
+                now,
+            };
+            let scope = IdentityScope {
+                spiffe_id: spiffe_id.to_string(),
+                block: input.block.then_some(input.reason),
+            };
+            match self
+                .store
+                .revoke(request, revocations, Some(scope), events)
+                .await
+            {
+                Ok(Revoked::New(revocations)) => {
+                    return Ok(IdentityRevoked {
+                        revocations,
+                        blocked: input.block,
+                    });
+                }
+                Ok(Revoked::Duplicate(existing)) => {
+                    return self.identity_answer(&existing, &hash).await;
+                }
+                // A certificate of the identity was issued, renewed or revoked meanwhile.
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::InProgress)
+    }
+
+    async fn identity_answer(
+        &self,
+        existing: &RequestRecord,
+        hash: &str,
+    ) -> Result<IdentityRevoked, Error> {
+        let revocations = self
+            .replay_revocations(existing, RequestKind::RevokeIdentity, hash)
+            .await?;
+        let blocked = self
+            .store
+            .identity_block(&existing.spiffe_id)
+            .await?
+            .is_some();
+        Ok(IdentityRevoked {
+            revocations,
+            blocked,
+        })
+    }
+
+    /// Revocation/UnblockIdentity. Returns whether the identity was blocked.
+    pub async fn unblock_identity(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        spiffe_id: &str,
+    ) -> Result<bool, Error> {
+        let request_id = RequestId::parse(request_id)?;
+        let spiffe_id = SpiffeId::parse_in(spiffe_id, &self.trust_domain)?;
+        authorize_operator(caller)?;
+        let hash = payload_hash(&[
+            RequestKind::Unblock.as_str().as_bytes(),
+            spiffe_id.as_str().as_bytes(),
+        ]);
+        let answer = |existing: &RequestRecord| {
+            if existing.kind != RequestKind::Unblock || existing.payload_hash != hash {
+                return Err(Error::IdempotencyKeyReused);
+            }
+            Ok(existing.reason.as_deref() == Some("UNBLOCKED"))
+        };
+        if let Some(existing) = self
+            .store
+            .find_request(caller.id.as_str(), request_id.as_str())
+            .await?
+        {
+            return answer(&existing);
+        }
+        let now = self.clock.now();
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "identity.unblocked",
+            format!("identity:{spiffe_id}"),
+        );
+        event.spiffe_id = Some(spiffe_id.to_string());
+        event.request_id = Some(request_id.to_string());
+        let request = NewRequest {
+            caller: caller.id.to_string(),
+            request_id: request_id.to_string(),
+            kind: RequestKind::Unblock,
+            payload_hash: hash.clone(),
+            state: RequestState::Issued,
+            reason: None,
+            spiffe_id: spiffe_id.to_string(),
+            serial: None,
+            token_id: None,
+            token_expires_at: None,
+            now,
+        };
+        match self.store.unblock(request, vec![event]).await? {
+            Unblocked::Done { was_blocked } => Ok(was_blocked),
+            Unblocked::Duplicate(existing) => answer(&existing),
+        }
     }
 
     /// A refused revocation is audited: who tried to revoke what, and why not.
@@ -205,6 +408,37 @@ impl<S: CertificateStore> Mintgate<S> {
         event.detail = Some(error.reason().to_owned());
         // Best effort: the refusal stands whether or not its record could be written.
         let _ = self.store.append_audit(vec![event]).await;
+    }
+}
+
+/// RevokeIdentity as the api hands it over.
+#[derive(Debug, Clone)]
+pub struct RevokeIdentityInput {
+    pub request_id: String,
+    pub spiffe_id: String,
+    pub reason: RevocationReason,
+    pub block: bool,
+}
+
+/// What RevokeIdentity did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRevoked {
+    pub revocations: Vec<RevocationRecord>,
+    pub blocked: bool,
+}
+
+/// How often RevokeIdentity re-reads the identity's certificates when they change under it.
+const IDENTITY_ATTEMPTS: usize = 5;
+
+fn no_entry() -> Error {
+    Error::Internal("a recorded revocation has no log entry".into())
+}
+
+fn authorize_operator(caller: &Caller) -> Result<(), Error> {
+    match caller.kind {
+        CallerKind::Operator if caller.has_role(ROLE_REVOKE) => Ok(()),
+        CallerKind::Operator => Err(AttestationError::RoleMissing(ROLE_REVOKE).into()),
+        other => Err(AttestationError::WrongCallerKind(other.as_str()).into()),
     }
 }
 
