@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -57,6 +58,8 @@ pub struct FileConfig {
     pub ca: CaFiles,
     #[serde(default)]
     pub trust: TrustFiles,
+    #[serde(default)]
+    pub revocation: RevocationFile,
     /// Operator SPIFFE ID → roles (`admin` holds every role).
     #[serde(default)]
     pub operators: HashMap<String, Vec<String>>,
@@ -83,6 +86,40 @@ pub struct TrustFiles {
     pub bootstrap_cas: Vec<PathBuf>,
     #[serde(default)]
     pub operator_cas: Vec<PathBuf>,
+}
+
+/// `[revocation]`: the registry's feed. Every key is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationFile {
+    /// Seconds between heartbeats on an idle WatchRevocations stream (default 5).
+    pub heartbeat_seconds: Option<u64>,
+    /// Messages queued for one subscriber before it is closed as too slow (default 256).
+    pub subscriber_buffer: Option<usize>,
+    /// Concurrent WatchRevocations streams per identity (default 4).
+    pub max_streams_per_identity: Option<usize>,
+    /// How often the log is read for revocations made by other replicas, in ms (default 1000).
+    pub poll_interval_ms: Option<u64>,
+}
+
+impl RevocationFile {
+    fn hub_config(&self) -> Result<HubConfig, ConfigError> {
+        let d = HubConfig::default();
+        Ok(HubConfig {
+            heartbeat: positive(self.heartbeat_seconds, "heartbeat_seconds")?
+                .map_or(d.heartbeat, Duration::from_secs),
+            subscriber_buffer: positive(self.subscriber_buffer, "subscriber_buffer")?
+                .unwrap_or(d.subscriber_buffer),
+            max_streams_per_identity: positive(
+                self.max_streams_per_identity,
+                "max_streams_per_identity",
+            )?
+            .unwrap_or(d.max_streams_per_identity),
+            poll_interval: positive(self.poll_interval_ms, "poll_interval_ms")?
+                .map_or(d.poll_interval, Duration::from_millis),
+            ..d
+        })
+    }
 }
 
 /// Overrides from flags and `MINTGATE_*` variables (clap fills these).
@@ -200,7 +237,7 @@ impl Settings {
             policy,
             join_token_secret,
             crl_url: c.crl_url,
-            revocation: HubConfig::default(),
+            revocation: c.revocation.hub_config()?,
             dev: false,
         })
     }
@@ -285,6 +322,19 @@ fn required<T>(v: Option<T>, field: &str) -> Result<T, ConfigError> {
     v.ok_or_else(|| invalid(field, "is required"))
 }
 
+/// `value` unless it is zero.
+fn positive<T: Default + PartialEq>(
+    value: Option<T>,
+    field: &str,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        Some(v) if v == T::default() => {
+            Err(invalid(&format!("revocation.{field}"), "must be positive"))
+        }
+        v => Ok(v),
+    }
+}
+
 fn invalid(field: &str, problem: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         field: field.to_owned(),
@@ -305,6 +355,16 @@ mod tests {
             .unwrap();
         assert_eq!(parsed.trust_domain.as_deref(), Some("prod.example"));
         assert!(!parsed.trust.bootstrap_cas.is_empty());
+        let hub = parsed.revocation.hub_config().unwrap();
+        assert_eq!(hub.heartbeat, Duration::from_secs(5));
+        assert_eq!(hub.max_streams_per_identity, 4);
+
+        let zero = RevocationFile {
+            heartbeat_seconds: Some(0),
+            ..RevocationFile::default()
+        };
+        let err = zero.hub_config().unwrap_err().to_string();
+        assert!(err.contains("revocation.heartbeat_seconds"), "{err}");
 
         let bad = format!("{sample}\ntypo_key = 1\n");
         let err = Figment::new()
