@@ -19,6 +19,8 @@ use mintgate_domain::ports::Clock;
 use mintgate_domain::service::EXPIRY_SKEW;
 use mintgate_domain::store::{CertificateStore, StoreError};
 use mintgate_domain::{Error, Serial};
+use prost::Message;
+use prost::bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +66,7 @@ pub struct RevocationHub {
     deferred: Mutex<HashMap<u64, CancellationToken>>,
     next_connection: AtomicU64,
     streams: Mutex<HashMap<String, usize>>,
-    feed: broadcast::Sender<Arc<RevocationRecord>>,
+    feed: broadcast::Sender<Published>,
     applied: watch::Sender<i64>,
     nudge: Notify,
     /// Cancelled when the server shuts down: feeds end so the gRPC server can drain.
@@ -130,7 +132,7 @@ impl RevocationHub {
     }
 
     /// Follows the feed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RevocationRecord>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.feed.subscribe()
     }
 
@@ -219,10 +221,16 @@ impl RevocationHub {
             }
         }
         drop(deferred);
-        let seq = entry.seq;
+        // Encoded once here; every subscriber sends these same bytes.
+        let published = Published {
+            seq: entry.seq,
+            encoded: crate::convert::revocation_event(&entry)
+                .encode_to_vec()
+                .into(),
+        };
         // No subscriber is not an error.
-        let _ = self.feed.send(Arc::new(entry));
-        self.applied.send_replace(seq);
+        let _ = self.feed.send(published);
+        self.applied.send_replace(entry.seq);
     }
 
     /// Drops entries whose certificate expired (with the skew allowance) before `now`.
@@ -232,6 +240,13 @@ impl RevocationHub {
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, not_after| *not_after + EXPIRY_SKEW > now);
     }
+}
+
+/// A log entry as the feed carries it: its sequence number and its encoded `RevocationEvent`.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub seq: i64,
+    pub encoded: Bytes,
 }
 
 /// Keeps a connection registered with the hub; see [`RevocationHub::register_connection`].

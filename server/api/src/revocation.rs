@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use mintgate_domain::model::RevocationRecord;
 use mintgate_domain::ports::Clock;
 use mintgate_domain::service::{EXPIRY_SKEW, Mintgate, RevokeIdentityInput, RevokeInput};
 use mintgate_domain::store::CertificateStore;
 use mintgate_domain::{Error, InputError};
+use mintgate_proto::fanout::frame::Message;
+use mintgate_proto::fanout::{WatchRevocationsFrame, revocation_server};
 use mintgate_proto::v1;
-use mintgate_proto::v1::watch_revocations_response::Message;
+use prost::Message as _;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,11 +17,11 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::provisioning::open_request;
-use crate::registry::{LOG_BATCH, RevocationHub, StreamPermit};
+use crate::registry::{LOG_BATCH, Published, RevocationHub, StreamPermit};
 use crate::server::{caller, connection};
 use crate::status::to_status;
 
-type Item = Result<v1::WatchRevocationsResponse, Status>;
+type Item = Result<WatchRevocationsFrame, Status>;
 
 /// How long a connection that revoked its own certificate stays open to receive the answer.
 const OWN_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
@@ -32,7 +33,7 @@ pub(crate) struct RevocationService<S> {
 }
 
 #[tonic::async_trait]
-impl<S: CertificateStore> v1::revocation_server::Revocation for RevocationService<S> {
+impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S> {
     #[tracing::instrument(name = "Revoke", skip_all, fields(request_id, caller))]
     async fn revoke(
         &self,
@@ -191,7 +192,7 @@ enum Stop {
 }
 
 impl<S: CertificateStore> Feed<S> {
-    async fn run(mut self, live: broadcast::Receiver<Arc<RevocationRecord>>, pruned_through: i64) {
+    async fn run(mut self, live: broadcast::Receiver<Published>, pruned_through: i64) {
         let result = async {
             if self.cursor < pruned_through {
                 self.snapshot().await?;
@@ -237,8 +238,7 @@ impl<S: CertificateStore> Feed<S> {
                 .map_err(fail)?;
             let full = batch.len() as u64 == LOG_BATCH;
             for entry in &batch {
-                self.send(Message::Event(convert::revocation_event(entry)))
-                    .await?;
+                self.send(event(entry)).await?;
                 self.cursor = entry.seq;
             }
             if !full {
@@ -249,10 +249,7 @@ impl<S: CertificateStore> Feed<S> {
 
     /// Live events as the hub applies them, and heartbeats when idle. Never waits for the
     /// subscriber: if its buffer is full it is closed as too slow.
-    async fn follow(
-        &mut self,
-        mut live: broadcast::Receiver<Arc<RevocationRecord>>,
-    ) -> Result<(), Stop> {
+    async fn follow(&mut self, mut live: broadcast::Receiver<Published>) -> Result<(), Stop> {
         let mut heartbeat = tokio::time::interval(self.hub.config().heartbeat);
         heartbeat.reset();
         loop {
@@ -263,7 +260,7 @@ impl<S: CertificateStore> Feed<S> {
                 received = live.recv() => match received {
                     Ok(entry) if entry.seq <= self.cursor => {}
                     Ok(entry) if entry.seq == self.cursor + 1 => {
-                        self.offer(Message::Event(convert::revocation_event(&entry)))?;
+                        self.offer(Message::Event(entry.encoded))?;
                         self.cursor = entry.seq;
                     }
                     // A gap (entries pruned before the hub read them) or our own lag behind
@@ -284,7 +281,7 @@ impl<S: CertificateStore> Feed<S> {
             .await
             .map_err(fail)?;
         for entry in &batch {
-            self.offer(Message::Event(convert::revocation_event(entry)))?;
+            self.offer(event(entry))?;
             self.cursor = entry.seq;
         }
         Ok(())
@@ -328,10 +325,15 @@ impl<S: CertificateStore> Feed<S> {
     }
 }
 
-fn response(message: Message) -> v1::WatchRevocationsResponse {
-    v1::WatchRevocationsResponse {
+fn response(message: Message) -> WatchRevocationsFrame {
+    WatchRevocationsFrame {
         message: Some(message),
     }
+}
+
+/// An entry read from the log, encoded for this subscriber (live entries come encoded).
+fn event(entry: &mintgate_domain::model::RevocationRecord) -> Message {
+    Message::Event(convert::revocation_event(entry).encode_to_vec().into())
 }
 
 fn fail(e: mintgate_domain::store::StoreError) -> Stop {
