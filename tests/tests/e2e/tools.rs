@@ -1,13 +1,16 @@
-//! Checks by tools we did not write: openssl makes the CSR and verifies the chain, pkilint
-//! lints the certificate, grpcurl lists, describes and calls through reflection.
+//! Checks by tools we did not write: openssl makes the CSR and verifies the chain and the CRL,
+//! pkilint lints the certificate and the CRL, grpcurl lists, describes and calls through
+//! reflection.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mintgate_tests::csr::{Expected, check_issued_as};
-use mintgate_tests::{Backend, TestServer, tool_available};
+use mintgate_domain::TrustDomain;
+use mintgate_sdk::v1;
+use mintgate_tests::csr::{Expected, check_issued, check_issued_as, csr};
+use mintgate_tests::{Backend, TRUST_DOMAIN, TestServer, tool_available};
 
-use crate::issuance::WORKLOAD;
+use crate::issuance::{WORKLOAD, enroll_request};
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
@@ -26,7 +29,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-/// One ERROR or FATAL finding of pkilint's `lint_pkix_cert`.
+/// One ERROR or FATAL finding of a pkilint linter.
 #[derive(Debug)]
 struct Finding {
     node_path: String,
@@ -47,11 +50,14 @@ impl Finding {
     }
 }
 
-/// Runs `lint_pkix_cert lint` on one PEM certificate and returns its ERROR and FATAL findings.
-/// Its exit status is the number of findings at or above the threshold, so it must match.
-fn pkilint_errors(cert_path: &str) -> Vec<Finding> {
-    let out = Command::new("lint_pkix_cert")
-        .args(["lint", "--severity", "ERROR", "--format", "JSON", cert_path])
+/// Runs a pkilint linter (`lint_pkix_cert lint`, `lint_crl lint ...`) on one document and
+/// returns its ERROR and FATAL findings. Its exit status is the number of findings at or above
+/// the threshold, so it must match.
+fn pkilint_errors(linter: &[&str], path: &Path) -> Vec<Finding> {
+    let out = Command::new(linter[0])
+        .args(&linter[1..])
+        .args(["--severity", "ERROR", "--format", "JSON"])
+        .arg(path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -160,7 +166,7 @@ async fn an_openssl_csr_yields_a_chain_openssl_and_pkilint_accept() {
                 .next()
                 .unwrap();
             let leaf = write(dir.path(), &format!("{name}-leaf.pem"), first);
-            let errors = pkilint_errors(&leaf);
+            let errors = pkilint_errors(&["lint_pkix_cert", "lint"], Path::new(&leaf));
             let unexpected: Vec<&Finding> = errors.iter().filter(|f| !f.is_spiffe_uri()).collect();
             assert!(
                 unexpected.is_empty(),
@@ -171,42 +177,231 @@ async fn an_openssl_csr_yields_a_chain_openssl_and_pkilint_accept() {
     server.shutdown().await;
 }
 
+/// A workload certificate issued through the node.
+struct Workload {
+    serial: String,
+    chain_pem: String,
+    key_pem: String,
+}
+
+async fn enroll(server: &TestServer, spiffe_id: &str, request_id: &str) -> Workload {
+    let now = server.clock.now_odt().unix_timestamp();
+    let (csr_pem, key) = csr(spiffe_id, &[]);
+    let issued = server
+        .node()
+        .await
+        .enroll(enroll_request(request_id, &csr_pem))
+        .await
+        .unwrap();
+    check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        spiffe_id,
+        now,
+    );
+    Workload {
+        serial: issued.serial,
+        chain_pem: issued.certificate_chain_pem,
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn revoke_request(
+    request_id: &str,
+    serial: &str,
+    reason: v1::RevocationReason,
+) -> v1::RevokeRequest {
+    v1::RevokeRequest {
+        request_id: request_id.into(),
+        serial: serial.into(),
+        reason: reason.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_verifies_and_pkilint_accepts_the_crl() {
+    if !tool_available("openssl") {
+        return;
+    }
+    let lint = tool_available("lint_crl");
+    let server = TestServer::spawn(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &server.pki.ca.cert_pem);
+    let web = enroll(&server, WORKLOAD, "web").await;
+    let db = enroll(&server, "spiffe://dev.mintgate.local/workload/db", "db").await;
+    let empty = fetch_crl(&server, dir.path(), "empty.der").await;
+
+    // An operator revokes one for a key compromise; the other revokes itself, reason unspecified.
+    let reason = v1::RevocationReason::KeyCompromise;
+    (server.admin_revocation().await)
+        .revoke(revoke_request("r-web", &web.serial, reason))
+        .await
+        .unwrap();
+    let reason = v1::RevocationReason::Unspecified;
+    (server.revocation_as(&db.chain_pem, &db.key_pem).await)
+        .revoke(revoke_request("r-db", &db.serial, reason))
+        .await
+        .unwrap();
+    let crl = fetch_crl(&server, dir.path(), "crl.der").await;
+
+    let openssl_crl = |file: &Path| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["crl", "-inform", "DER", "-noout", "-in"])
+            .arg(file);
+        cmd
+    };
+    // openssl 3.0 exits 0 even when it prints "verify failure": read what it says.
+    for file in [&empty, &crl] {
+        let out = run(openssl_crl(file).args(["-CAfile", &ca]));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "verify OK\n");
+    }
+    // A CA of the same name with another key.
+    let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
+    let impostor = mintgate_ca::generate_pki(&td, server.clock.now_odt()).unwrap();
+    let impostor = write(dir.path(), "impostor.pem", &impostor.ca.cert_pem);
+    let out = openssl_crl(&crl)
+        .args(["-CAfile", &impostor])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "verify failure\n");
+
+    // Exactly the two serials; the unspecified reason is left out, as RFC 5280 5.3.1 asks.
+    let text = String::from_utf8(run(openssl_crl(&crl).arg("-text")).stdout).unwrap();
+    let mut listed = revoked_entries(&text);
+    listed.sort();
+    let mut want = vec![
+        (hex_number(&web.serial), Some("Key Compromise".to_owned())),
+        (hex_number(&db.serial), None),
+    ];
+    want.sort();
+    assert_eq!(listed, want, "{text}");
+
+    if lint {
+        // A CRL (not an ARL) against RFC 5280 (BR is the CA/Browser Forum's, for public TLS
+        // CAs); pkilint detects DER.
+        let linter = ["lint_crl", "lint", "--type", "CRL", "--profile", "PKIX"];
+        for file in [&empty, &crl] {
+            let errors = pkilint_errors(&linter, file);
+            assert!(
+                errors.is_empty(),
+                "pkilint found errors in {file:?}: {errors:#?}"
+            );
+        }
+    }
+    server.shutdown().await;
+}
+
+async fn fetch_crl(server: &TestServer, dir: &Path, name: &str) -> std::path::PathBuf {
+    let (code, der) = server.http_get("/crl").await;
+    assert_eq!(code, 200);
+    let path = dir.join(name);
+    std::fs::write(&path, der).unwrap();
+    path
+}
+
+/// A hex serial as a comparable number: lowercase, no leading zeros.
+fn hex_number(serial: &str) -> String {
+    serial.to_lowercase().trim_start_matches('0').to_owned()
+}
+
+/// (serial, reason) of each entry `openssl crl -text` prints.
+fn revoked_entries(text: &str) -> Vec<(String, Option<String>)> {
+    let mut entries: Vec<(String, Option<String>)> = Vec::new();
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if let Some(serial) = line.strip_prefix("Serial Number: ") {
+            entries.push((hex_number(serial), None));
+        } else if line.starts_with("X509v3 CRL Reason Code:") {
+            entries.last_mut().unwrap().1 = lines.next().map(str::to_owned);
+        }
+    }
+    entries
+}
+
+/// grpcurl holding the dev operator's certificate, aimed at the server.
+struct Grpcurl {
+    tls: Vec<String>,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Grpcurl {
+    fn admin(server: &TestServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str, text: &str| write(dir.path(), name, text);
+        let tls = vec![
+            "-cacert".into(),
+            pem("ca.pem", &server.pki.ca.cert_pem),
+            "-cert".into(),
+            pem("admin.pem", &server.pki.admin.cert_pem),
+            "-key".into(),
+            pem("admin.key", &server.pki.admin.key_pem),
+        ];
+        Self {
+            tls,
+            addr: server.grpc_addr.to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// `grpcurl <flags> <address> <what>`.
+    fn call(&self, flags: &[&str], what: &[&str]) -> Output {
+        Command::new("grpcurl")
+            .args(&self.tls)
+            .args(flags)
+            .arg(&self.addr)
+            .args(what)
+            .output()
+            .unwrap()
+    }
+
+    /// Calls `method` with the JSON `body` and returns the JSON messages it printed.
+    fn json(&self, flags: &[&str], body: &str, method: &str) -> (Output, Vec<serde_json::Value>) {
+        let out = self.call(&[flags, &["-d", body]].concat(), &[method]);
+        let messages = serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{method} printed no JSON ({e}): {out:?}"));
+        (out, messages)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_through_reflection() {
     if !tool_available("grpcurl") {
         return;
     }
     let server = TestServer::spawn(Backend::Sqlite).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = write(dir.path(), "ca.pem", &server.pki.ca.cert_pem);
-    let cert = write(dir.path(), "admin.pem", &server.pki.admin.cert_pem);
-    let key = write(dir.path(), "admin.key", &server.pki.admin.key_pem);
-    let addr = server.grpc_addr.to_string();
-    let grpcurl = |args: &[&str]| {
-        let mut cmd = Command::new("grpcurl");
-        cmd.args(["-cacert", &ca, "-cert", &cert, "-key", &key]);
-        cmd.args(args);
-        cmd.output().unwrap()
-    };
-    let list = String::from_utf8(grpcurl(&[&addr, "list"]).stdout).unwrap();
+    let grpcurl = Grpcurl::admin(&server);
+    let list = String::from_utf8(grpcurl.call(&[], &["list"]).stdout).unwrap();
     for service in [
         "mintgate.v1.Provisioning",
         "mintgate.v1.Admin",
+        "mintgate.v1.Revocation",
         "grpc.health.v1.Health",
     ] {
         assert!(list.contains(service), "{list}");
     }
-    let described =
-        String::from_utf8(grpcurl(&[&addr, "describe", "mintgate.v1.EnrollRequest"]).stdout)
-            .unwrap();
+    let describe = |name: &str| String::from_utf8(grpcurl.call(&[], &["describe", name]).stdout);
+    let described = describe("mintgate.v1.EnrollRequest").unwrap();
     assert!(
         described.contains("idempotency key"),
         "field docs reach describe:\n{described}"
     );
+    // Every field of RevokeRequest comes with its comment.
+    let described = describe("mintgate.v1.RevokeRequest").unwrap();
+    let lines: Vec<&str> = described.lines().map(str::trim).collect();
+    for field in [" request_id = ", " serial = ", " reason = "] {
+        let at = lines.iter().position(|l| l.contains(field));
+        assert!(
+            at.is_some_and(|i| i > 0 && lines[i - 1].starts_with("// ")),
+            "{field} is described with its comment:\n{described}"
+        );
+    }
 
     let body =
         r#"{"request_id":"grpcurl-1","spiffe_id":"spiffe://dev.mintgate.local/joined/demo"}"#;
-    let out = grpcurl(&["-d", body, &addr, "mintgate.v1.Admin/CreateJoinToken"]);
+    let out = grpcurl.call(&["-d", body], &["mintgate.v1.Admin/CreateJoinToken"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("\"token\""),
@@ -215,12 +410,10 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     );
 
     // Errors carry their reason where grpcurl can show it.
-    let out = grpcurl(&[
-        "-d",
-        r#"{"request_id":"bad","csr":"aGVsbG8="}"#,
-        &addr,
-        "mintgate.v1.Provisioning/Enroll",
-    ]);
+    let out = grpcurl.call(
+        &["-d", r#"{"request_id":"bad","csr":"aGVsbG8="}"#],
+        &["mintgate.v1.Provisioning/Enroll"],
+    );
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -228,5 +421,49 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
         text.contains("InvalidArgument") && text.contains("CSR_MALFORMED"),
         "{text}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_revokes_watches_and_checks_status() {
+    if !tool_available("grpcurl") {
+        return;
+    }
+    let server = TestServer::spawn(Backend::Sqlite).await;
+    let web = enroll(&server, WORKLOAD, "web").await;
+    let grpcurl = Grpcurl::admin(&server);
+
+    let body = format!(
+        r#"{{"request_id":"grpcurl-revoke","serial":"{}","reason":"REVOCATION_REASON_KEY_COMPROMISE"}}"#,
+        web.serial
+    );
+    let (out, answer) = grpcurl.json(&[], &body, "mintgate.v1.Revocation/Revoke");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    let event = &answer[0]["revocation"];
+    assert_eq!(event["seq"], "1", "int64 is a JSON string: {event}");
+    assert_eq!(event["serial"], web.serial.as_str());
+    assert_eq!(event["spiffeId"], WORKLOAD);
+    assert_eq!(event["reason"], "REVOCATION_REASON_KEY_COMPROMISE");
+
+    // The event, then a heartbeat at head 1; the feed stays open until grpcurl's deadline.
+    let (out, feed) = grpcurl.json(
+        &["-max-time", "3"],
+        r#"{"cursor":0}"#,
+        "mintgate.v1.Revocation/WatchRevocations",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DeadlineExceeded"), "{out:?}");
+    assert!(feed.len() >= 2, "{feed:?}");
+    assert_eq!(feed[0], serde_json::json!({ "event": event }));
+    assert_eq!(feed[1]["heartbeat"]["headSeq"], "1");
+
+    let body = format!(r#"{{"serials":["{}"]}}"#, web.serial.to_uppercase());
+    let (out, report) = grpcurl.json(&[], &body, "mintgate.v1.Revocation/CheckStatus");
+    assert!(out.status.success(), "{out:?}");
+    let status = &report[0]["statuses"][0];
+    assert_eq!(status["status"], "CERTIFICATE_STATUS_REVOKED", "{report:?}");
+    assert_eq!(&status["revocation"], event);
+    assert_eq!(report[0]["headSeq"], "1");
     server.shutdown().await;
 }
