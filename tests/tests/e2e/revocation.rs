@@ -19,13 +19,13 @@ const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
 const DB: &str = "spiffe://dev.mintgate.local/workload/db";
 
 /// A workload certificate and key, issued through the node.
-struct Workload {
-    chain_pem: String,
-    key_pem: String,
-    serial: String,
+pub(crate) struct Workload {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) serial: String,
 }
 
-async fn enroll(server: &TestServer, id: &str, request_id: &str) -> Workload {
+pub(crate) async fn enroll(server: &TestServer, id: &str, request_id: &str) -> Workload {
     let now = server.clock.now_odt().unix_timestamp();
     let (csr_pem, key) = csr(id, &[]);
     let issued = server
@@ -47,7 +47,7 @@ async fn enroll(server: &TestServer, id: &str, request_id: &str) -> Workload {
     }
 }
 
-fn revoke_request(
+pub(crate) fn revoke_request(
     request_id: &str,
     serial: &str,
     reason: v1::RevocationReason,

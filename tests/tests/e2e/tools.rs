@@ -7,10 +7,11 @@ use std::process::{Command, Output};
 
 use mintgate_domain::TrustDomain;
 use mintgate_sdk::v1;
-use mintgate_tests::csr::{Expected, check_issued, check_issued_as, csr};
+use mintgate_tests::csr::{Expected, check_issued_as};
 use mintgate_tests::{Backend, TRUST_DOMAIN, TestServer, tool_available};
 
-use crate::issuance::{WORKLOAD, enroll_request};
+use crate::issuance::WORKLOAD;
+use crate::revocation::{enroll, revoke_request};
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
@@ -178,46 +179,6 @@ async fn an_openssl_csr_yields_a_chain_openssl_and_pkilint_accept() {
 }
 
 /// A workload certificate issued through the node.
-struct Workload {
-    serial: String,
-    chain_pem: String,
-    key_pem: String,
-}
-
-async fn enroll(server: &TestServer, spiffe_id: &str, request_id: &str) -> Workload {
-    let now = server.clock.now_odt().unix_timestamp();
-    let (csr_pem, key) = csr(spiffe_id, &[]);
-    let issued = server
-        .node()
-        .await
-        .enroll(enroll_request(request_id, &csr_pem))
-        .await
-        .unwrap();
-    check_issued(
-        &issued.certificate_chain_pem,
-        &server.pki.ca.cert_pem,
-        spiffe_id,
-        now,
-    );
-    Workload {
-        serial: issued.serial,
-        chain_pem: issued.certificate_chain_pem,
-        key_pem: key.serialize_pem(),
-    }
-}
-
-fn revoke_request(
-    request_id: &str,
-    serial: &str,
-    reason: v1::RevocationReason,
-) -> v1::RevokeRequest {
-    v1::RevokeRequest {
-        request_id: request_id.into(),
-        serial: serial.into(),
-        reason: reason.into(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_verifies_and_pkilint_accepts_the_crl() {
     if !tool_available("openssl") {
