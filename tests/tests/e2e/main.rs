@@ -9,4 +9,5 @@ mod issuance;
 mod mtls;
 mod renewal;
 mod revocation;
+mod sdk;
 mod tools;

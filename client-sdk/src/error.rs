@@ -1,0 +1,142 @@
+//! The SDK's error: the gRPC code, Mintgate's stable reason, and what a caller can do about it.
+
+use tonic_types::StatusExt;
+
+/// What kind of failure an [`Error`] is, which decides what the caller should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is malformed (CSR, TTL, request id, serial...): fix it, do not retry as is.
+    InvalidRequest,
+    /// The request id was used before with a different payload: use a new request id.
+    IdempotencyKeyReused,
+    /// Not allowed: policy, attestation, operator role, blocked identity.
+    PermissionDenied,
+    /// The certificate or request is in a state that forbids this (revoked, superseded,
+    /// expired, already closed).
+    FailedPrecondition,
+    /// No such request or certificate.
+    NotFound,
+    /// Too many streams, a subscriber that fell behind, or load shedding: back off and retry.
+    ResourceExhausted,
+    /// A watch cursor beyond the server's head: restart from a cursor the server knows.
+    OutOfRange,
+    /// The client certificate was not accepted.
+    Unauthenticated,
+    /// The server, its database or the network is unavailable: retry with backoff.
+    Unavailable,
+    /// A bug on the server side.
+    Internal,
+}
+
+/// A failed call: the gRPC code, Mintgate's reason code, and a message safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?} {reason}: {message}")]
+pub struct Error {
+    pub code: tonic::Code,
+    /// Stable reason from `google.rpc.ErrorInfo` (e.g. `CSR_SIGNATURE_INVALID`), or
+    /// `TRANSPORT` when the call never got an answer.
+    pub reason: String,
+    pub message: String,
+    /// `user` or `system`, from `ErrorInfo.metadata["fault"]`; `None` without an answer.
+    pub fault: Option<String>,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        use tonic::Code;
+        match self.code {
+            Code::InvalidArgument if self.reason == "IDEMPOTENCY_KEY_REUSED" => {
+                ErrorKind::IdempotencyKeyReused
+            }
+            Code::InvalidArgument => ErrorKind::InvalidRequest,
+            Code::PermissionDenied => ErrorKind::PermissionDenied,
+            Code::FailedPrecondition | Code::AlreadyExists => ErrorKind::FailedPrecondition,
+            Code::NotFound => ErrorKind::NotFound,
+            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+            Code::OutOfRange => ErrorKind::OutOfRange,
+            Code::Unauthenticated => ErrorKind::Unauthenticated,
+            Code::Internal | Code::Unimplemented | Code::DataLoss => ErrorKind::Internal,
+            _ => ErrorKind::Unavailable,
+        }
+    }
+
+    /// Whether the same call may succeed later, after a backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Unavailable | ErrorKind::ResourceExhausted
+        )
+    }
+
+    /// Whether the server said the fault is the caller's.
+    pub fn is_user_fault(&self) -> bool {
+        self.fault.as_deref() == Some("user")
+    }
+
+    pub(crate) fn invalid(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: tonic::Code::InvalidArgument,
+            reason: reason.to_owned(),
+            message: message.into(),
+            fault: Some("user".to_owned()),
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        let info = status.get_details_error_info();
+        let fault = info.as_ref().and_then(|i| i.metadata.get("fault").cloned());
+        let reason = info
+            .map(|i| i.reason)
+            .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+        Self {
+            code: status.code(),
+            reason,
+            message: status.message().to_owned(),
+            fault,
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(e: tonic::transport::Error) -> Self {
+        Self {
+            code: tonic::Code::Unavailable,
+            reason: "TRANSPORT".to_owned(),
+            message: e.to_string(),
+            fault: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: tonic::Code, reason: &str) -> Error {
+        Error {
+            code,
+            reason: reason.to_owned(),
+            message: String::new(),
+            fault: None,
+        }
+    }
+
+    #[test]
+    fn kinds_say_what_to_do() {
+        use tonic::Code;
+        let reused = error(Code::InvalidArgument, "IDEMPOTENCY_KEY_REUSED");
+        assert_eq!(reused.kind(), ErrorKind::IdempotencyKeyReused);
+        assert!(!reused.is_retryable());
+        let bad = error(Code::InvalidArgument, "CSR_MALFORMED");
+        assert_eq!(bad.kind(), ErrorKind::InvalidRequest);
+        assert!(error(Code::Unavailable, "TRANSPORT").is_retryable());
+        assert!(error(Code::ResourceExhausted, "SUBSCRIBER_TOO_SLOW").is_retryable());
+        assert!(!error(Code::PermissionDenied, "IDENTITY_BLOCKED").is_retryable());
+        assert_eq!(
+            error(Code::FailedPrecondition, "ALREADY_REVOKED").kind(),
+            ErrorKind::FailedPrecondition
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! The SDK in a user's own service: an mTLS server built with the revocation-aware verifier
+//! accepts a Mintgate workload, then refuses it once it is revoked, without restarting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mintgate_sdk::{
+    Client, RevocationAwareClientVerifier, RevocationCheck, RevocationWatcher, WatcherConfig,
+    WhenStale, v1,
+};
+use mintgate_tests::{Backend, TestServer, both_backends};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::revocation::{Workload, enroll, revoke_request};
+
+const API: &str = "spiffe://dev.mintgate.local/workload/api";
+const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
+
+fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn key(pem: &str) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// The user's service: mTLS with Mintgate workloads as clients, answering "hello" to each.
+/// Its own server certificate is the user's business (here a self-signed one).
+async fn spawn_service(
+    mintgate_ca_pem: &str,
+    check: RevocationCheck,
+) -> (std::net::SocketAddr, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(mintgate_ca_pem));
+    let inner = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
+    let verifier = Arc::new(RevocationAwareClientVerifier { inner, check });
+    let server_cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server_cert.cert.der().clone()],
+            key(&server_cert.signing_key.serialize_pem()),
+        )
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"hello\n").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, server_cert.cert.pem())
+}
+
+/// Whether `client` completes a handshake with the service and hears "hello".
+async fn greeted(addr: std::net::SocketAddr, service_pem: &str, client: &Workload) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(service_pem));
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(&client.chain_pem), key(&client.key_pem))
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+    else {
+        return false;
+    };
+    let mut heard = String::new();
+    tls.read_to_string(&mut heard).await.is_ok() && heard == "hello\n"
+}
+
+both_backends!(an_sdk_server_refuses_a_peer_once_it_is_revoked, sdk_server);
+async fn sdk_server(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let api = enroll(&server, API, "api").await;
+    let web = enroll(&server, WEB, "web").await;
+
+    // The service follows the feed with its own Mintgate identity.
+    let url = server.url();
+    let material = server.material(&api.chain_pem, &api.key_pem);
+    let watcher = RevocationWatcher::spawn(
+        Arc::new(move || {
+            let (url, material) = (url.clone(), material.clone());
+            Box::pin(async move { Client::connect(&url, "localhost", &material).await })
+        }),
+        WatcherConfig::default(),
+    )
+    .unwrap();
+    let set = watcher.set();
+    let check = RevocationCheck {
+        set: set.clone(),
+        max_staleness: Duration::from_secs(60),
+        when_stale: WhenStale::FailClosed,
+    };
+    // Fail-closed: until the feed has been heard from, nobody gets in.
+    let (addr, service_pem) = spawn_service(&server.pki.ca.cert_pem, check).await;
+    tokio::time::timeout(Duration::from_secs(10), set.contacted())
+        .await
+        .expect("the watcher hears from the feed");
+    assert!(
+        greeted(addr, &service_pem, &web).await,
+        "a good peer is accepted"
+    );
+
+    let started = Instant::now();
+    let revoked = server
+        .admin()
+        .await
+        .revoke(revoke_request(
+            "r",
+            &web.serial,
+            v1::RevocationReason::KeyCompromise,
+        ))
+        .await
+        .unwrap();
+    set.applied_through(revoked.seq).await;
+    eprintln!(
+        "sdk: revocation enforced in the user's service {:?} after the Revoke call started",
+        started.elapsed()
+    );
+    assert!(set.is_revoked(&web.serial));
+    assert!(
+        !greeted(addr, &service_pem, &web).await,
+        "the revoked peer is refused"
+    );
+    assert!(
+        greeted(addr, &service_pem, &api).await,
+        "others still get in"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stale_feed_fails_open_or_closed_as_configured() {
+    let server = TestServer::spawn(Backend::Sqlite).await;
+    let web = enroll(&server, WEB, "web").await;
+    let der = certs(&web.chain_pem).remove(0);
+    // A set that never heard from the server is stale.
+    let set = mintgate_sdk::RevocationSet::empty();
+    let check = |when_stale| RevocationCheck {
+        set: set.clone(),
+        max_staleness: Duration::from_secs(60),
+        when_stale,
+    };
+    assert!(check(WhenStale::FailOpen).check(&der).is_ok());
+    assert!(check(WhenStale::FailClosed).check(&der).is_err());
+    server.shutdown().await;
+}
