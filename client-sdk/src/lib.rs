@@ -3,6 +3,8 @@
 //! - [`Client`]: typed calls over one mutual-TLS channel; every mutating call carries a request
 //!   id (yours, or a fresh one), and every failure is an [`Error`] whose [`ErrorKind`] says what
 //!   to do and whether retrying can help.
+//! - [`CredentialManager`]: a certificate and in-process key kept fresh inside a jittered
+//!   renewal window, with backoff and a [`CircuitBreaker`]; new credentials on a watch channel.
 //! - [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with the server's
 //!   revocation feed, persisted with its cursor, resumed with jittered [`Backoff`].
 //! - [`RevocationAwareClientVerifier`] / [`RevocationAwareServerVerifier`]: rustls verifiers
@@ -13,6 +15,7 @@
 
 mod backoff;
 mod client;
+mod credentials;
 mod error;
 mod fs;
 mod verify;
@@ -20,6 +23,10 @@ mod watcher;
 
 pub use backoff::Backoff;
 pub use client::{Client, TlsMaterial, new_request_id};
+pub use credentials::{
+    CircuitBreaker, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy, SystemClock,
+    key_and_csr, renewal_time,
+};
 pub use error::{Error, ErrorKind};
 pub use fs::atomic_write;
 pub use mintgate_proto::v1;
