@@ -166,3 +166,95 @@ async fn a_stale_feed_fails_open_or_closed_as_configured() {
     assert!(check(WhenStale::FailClosed).check(&der).is_err());
     server.shutdown().await;
 }
+
+/// The SDK's clock over the server's manual clock: the first `jumps` sleeps move time forward
+/// instead of waiting (so the renewal schedule plays out at once and the server agrees on the
+/// time); later sleeps never end.
+struct JumpingClock {
+    clock: Arc<mintgate_tests::ManualClock>,
+    jumps: std::sync::atomic::AtomicUsize,
+}
+
+impl mintgate_sdk::Clock for JumpingClock {
+    fn now(&self) -> time::OffsetDateTime {
+        self.clock.now_odt()
+    }
+
+    fn sleep(
+        &self,
+        d: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        use std::sync::atomic::Ordering;
+        let jump = self
+            .jumps
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if jump.is_ok() {
+            self.clock.advance(d);
+            Box::pin(std::future::ready(()))
+        } else {
+            Box::pin(std::future::pending())
+        }
+    }
+}
+
+both_backends!(
+    the_credential_manager_renews_inside_the_window,
+    credential_manager
+);
+async fn credential_manager(backend: Backend) {
+    use mintgate_sdk::{CredentialManager, Endpoint, RenewalPolicy};
+    let server = TestServer::spawn(backend).await;
+    let policy = RenewalPolicy {
+        ttl: Some(Duration::from_secs(600)),
+        ..RenewalPolicy::default()
+    };
+    let manager = CredentialManager::enroll(
+        &server.node().await,
+        Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        WEB,
+        None,
+        policy,
+        Arc::new(JumpingClock {
+            clock: server.clock.clone(),
+            jumps: 1.into(),
+        }),
+    )
+    .await
+    .unwrap();
+    let mut updates = manager.subscribe();
+    let first = manager.current();
+    assert_eq!(first.spiffe_id, WEB);
+
+    tokio::time::timeout(Duration::from_secs(10), updates.changed())
+        .await
+        .expect("renewed")
+        .unwrap();
+    let renewed = manager.current();
+    assert_ne!(renewed.serial, first.serial);
+    assert_ne!(renewed.key_pem, first.key_pem, "a renewal brings a new key");
+    // Renewed inside the window: from 50 % (the server's hint) to 62.5 % of the first
+    // certificate's lifetime (the server backdates notBefore by 30 s; timestamps are seconds).
+    let lifetime = (first.not_after - first.not_before).whole_seconds();
+    let at = (renewed.not_before + Duration::from_secs(30) - first.not_before).whole_seconds();
+    assert!(
+        (lifetime / 2 - 1..=lifetime * 5 / 8 + 1).contains(&at),
+        "renewed at {at} s of {lifetime} s"
+    );
+    mintgate_tests::csr::check_issued(
+        &renewed.chain_pem,
+        &server.pki.ca.cert_pem,
+        WEB,
+        server.clock.now_odt().unix_timestamp(),
+    );
+    let status = server
+        .admin()
+        .await
+        .check_status(vec![first.serial.clone()])
+        .await
+        .unwrap();
+    assert_eq!(status.statuses[0].status(), v1::CertificateStatus::Good);
+    server.shutdown().await;
+}
