@@ -7,12 +7,14 @@
 //!   renewal window, with backoff and a [`CircuitBreaker`]; new credentials on a watch channel.
 //! - [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with the server's
 //!   revocation feed, persisted with its cursor, resumed with jittered [`Backoff`].
+//! - [`agent`]: the sidecar behind the `mintgate-agent` binary.
 //! - [`RevocationAwareClientVerifier`] / [`RevocationAwareServerVerifier`]: rustls verifiers
 //!   that refuse revoked peers in your own mTLS services, fail-open or fail-closed when the
 //!   feed is stale.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod agent;
 mod backoff;
 mod client;
 mod credentials;

@@ -170,9 +170,9 @@ async fn a_stale_feed_fails_open_or_closed_as_configured() {
 /// The SDK's clock over the server's manual clock: the first `jumps` sleeps move time forward
 /// instead of waiting (so the renewal schedule plays out at once and the server agrees on the
 /// time); later sleeps never end.
-struct JumpingClock {
-    clock: Arc<mintgate_tests::ManualClock>,
-    jumps: std::sync::atomic::AtomicUsize,
+pub(crate) struct JumpingClock {
+    pub(crate) clock: Arc<mintgate_tests::ManualClock>,
+    pub(crate) jumps: std::sync::atomic::AtomicUsize,
 }
 
 impl mintgate_sdk::Clock for JumpingClock {

@@ -1,0 +1,200 @@
+//! `mintgate-agent`: the sidecar that keeps a workload's certificate fresh on disk and stops
+//! serving it the moment it is revoked. See `mintgate_sdk::agent`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mintgate_sdk::agent::{AgentConfig, AgentExit, run};
+use mintgate_sdk::{Endpoint, RenewalPolicy, SystemClock};
+use serde::Deserialize;
+
+/// Exit code for a configuration problem.
+const EXIT_CONFIG: u8 = 64;
+/// Exit code when the agent's own certificate was revoked or expired (fail closed).
+const EXIT_REVOKED: u8 = 3;
+
+/// Keeps a workload certificate (cert.pem, key.pem, bundle.pem) fresh in --out, renewing it
+/// before it expires and removing it if it is revoked.
+#[derive(Debug, Parser)]
+#[command(name = "mintgate-agent", version)]
+struct Args {
+    /// A TOML file with any of the options below (flags win).
+    #[arg(long, env = "MINTGATE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Use the dev PKI in certs-dev/ and the server at 127.0.0.1:8443.
+    #[arg(long)]
+    dev: bool,
+    /// Mintgate's gRPC address, host:port.
+    #[arg(long, env = "MINTGATE_AGENT_SERVER")]
+    server: Option<String>,
+    /// A name in the server's certificate.
+    #[arg(long, env = "MINTGATE_AGENT_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Mintgate's CA bundle (PEM).
+    #[arg(long, env = "MINTGATE_AGENT_CA")]
+    ca: Option<PathBuf>,
+    /// The node (bootstrap) certificate and key (PEM).
+    #[arg(long, env = "MINTGATE_AGENT_NODE_CERT")]
+    node_cert: Option<PathBuf>,
+    #[arg(long, env = "MINTGATE_AGENT_NODE_KEY")]
+    node_key: Option<PathBuf>,
+    /// The SPIFFE ID to obtain.
+    #[arg(long, env = "MINTGATE_AGENT_SPIFFE_ID")]
+    spiffe_id: Option<String>,
+    /// A one-time join token, where policy asks for one.
+    #[arg(long, env = "MINTGATE_AGENT_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Where cert.pem, key.pem and bundle.pem are written.
+    #[arg(long, env = "MINTGATE_AGENT_OUT")]
+    out: Option<PathBuf>,
+    /// Certificate lifetime to ask for, in seconds (default: the policy maximum).
+    #[arg(long)]
+    ttl_seconds: Option<u64>,
+    /// A command run after each rotation (split on whitespace).
+    #[arg(long)]
+    hook: Option<String>,
+    /// A process sent SIGHUP after each rotation.
+    #[arg(long)]
+    signal_pid: Option<u32>,
+    /// Serve GET /healthz on this address.
+    #[arg(long, env = "MINTGATE_AGENT_HEALTH_ADDR")]
+    health_addr: Option<SocketAddr>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+/// The config file: the same options as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    server: Option<String>,
+    server_name: Option<String>,
+    ca: Option<PathBuf>,
+    node_cert: Option<PathBuf>,
+    node_key: Option<PathBuf>,
+    spiffe_id: Option<String>,
+    join_token: Option<String>,
+    out: Option<PathBuf>,
+    ttl_seconds: Option<u64>,
+    hook: Option<String>,
+    signal_pid: Option<u32>,
+    health_addr: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_json);
+    let config = match config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mintgate-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mintgate-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match runtime.block_on(run(config, Arc::new(SystemClock), shutdown)) {
+        Ok(AgentExit::Shutdown) => ExitCode::SUCCESS,
+        Ok(AgentExit::Revoked { .. } | AgentExit::Expired { .. }) => ExitCode::from(EXIT_REVOKED),
+        Err(e) => {
+            tracing::error!(error = %e, "agent failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(args: Args) -> Result<AgentConfig, String> {
+    let file: FileOptions = match &args.config {
+        Some(path) => {
+            let text = read(path)?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => FileOptions::default(),
+    };
+    let dev = |p: &str| args.dev.then(|| PathBuf::from(p));
+    let required = |v: Option<PathBuf>, name: &str| v.ok_or(format!("--{name} is required"));
+    let server = args
+        .server
+        .or(file.server)
+        .or_else(|| args.dev.then(|| "127.0.0.1:8443".to_owned()))
+        .ok_or("--server is required")?;
+    let ca = required(
+        args.ca.or(file.ca).or_else(|| dev("certs-dev/ca.pem")),
+        "ca",
+    )?;
+    let node_cert = required(
+        args.node_cert
+            .or(file.node_cert)
+            .or_else(|| dev("certs-dev/node.pem")),
+        "node-cert",
+    )?;
+    let node_key = required(
+        args.node_key
+            .or(file.node_key)
+            .or_else(|| dev("certs-dev/node.key")),
+        "node-key",
+    )?;
+    let hook = args
+        .hook
+        .or(file.hook)
+        .map(|h| h.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+    Ok(AgentConfig {
+        endpoint: Endpoint {
+            url: format!("https://{server}"),
+            server_name: args
+                .server_name
+                .or(file.server_name)
+                .unwrap_or_else(|| "localhost".to_owned()),
+        },
+        ca_pem: read(&ca)?,
+        node_cert_pem: read(&node_cert)?,
+        node_key_pem: read(&node_key)?,
+        spiffe_id: args
+            .spiffe_id
+            .or(file.spiffe_id)
+            .ok_or("--spiffe-id is required")?,
+        join_token: args.join_token.or(file.join_token),
+        out_dir: required(args.out.or(file.out), "out")?,
+        policy: RenewalPolicy {
+            ttl: args
+                .ttl_seconds
+                .or(file.ttl_seconds)
+                .map(Duration::from_secs),
+            ..RenewalPolicy::default()
+        },
+        hook,
+        signal_pid: args.signal_pid.or(file.signal_pid),
+        health_addr: args.health_addr.or(file.health_addr),
+        max_staleness: Duration::from_secs(60),
+    })
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

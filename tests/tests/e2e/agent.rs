@@ -1,0 +1,170 @@
+//! The sidecar agent against a real server: it enrolls, writes files openssl accepts, rotates
+//! them inside the renewal window (on the injected clock) and runs its hook, reports health,
+//! and removes its key when its certificate is revoked.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mintgate_sdk::agent::{AgentConfig, AgentExit, run};
+use mintgate_sdk::{Endpoint, RenewalPolicy, v1};
+use mintgate_tests::csr::check_issued;
+use mintgate_tests::{Backend, TestServer, both_backends, tool_available};
+
+use crate::revocation::revoke_request;
+use crate::sdk::JumpingClock;
+
+const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
+
+/// Waits (bounded) until `ready` holds; the agent works in the background.
+async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+fn serial_of(cert_pem: &str) -> String {
+    let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    mintgate_sdk::normalize_serial(&hex::encode(cert.raw_serial()))
+}
+
+async fn http_status(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+both_backends!(
+    the_agent_rotates_its_files_and_removes_them_when_revoked,
+    agent
+);
+async fn agent(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let out = tempfile::tempdir().unwrap();
+    let hook_log = out.path().join("hook.log");
+    let health_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let config = AgentConfig {
+        endpoint: Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        ca_pem: server.pki.ca.cert_pem.clone(),
+        node_cert_pem: server.pki.node.cert_pem.clone(),
+        node_key_pem: server.pki.node.key_pem.clone(),
+        spiffe_id: WEB.into(),
+        join_token: None,
+        out_dir: out.path().join("certs"),
+        policy: RenewalPolicy {
+            ttl: Some(Duration::from_secs(600)),
+            ..RenewalPolicy::default()
+        },
+        hook: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo rotated >> {}", hook_log.display()),
+        ]),
+        signal_pid: None,
+        health_addr: Some(health_addr),
+        max_staleness: Duration::from_secs(60),
+    };
+    // One jump of the clock: the first renewal happens at once, then time stands still.
+    let clock = Arc::new(JumpingClock {
+        clock: server.clock.clone(),
+        jumps: 1.into(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, clock, async {
+        let _ = stopped.await;
+    }));
+
+    // Enrolled, then rotated once: the hook ran for each install.
+    eventually("the first rotation", || lines(&hook_log) >= 2).await;
+    let dir = out.path().join("certs");
+    let cert_pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let key_pem = std::fs::read_to_string(dir.join("key.pem")).unwrap();
+    check_issued(
+        &cert_pem,
+        &server.pki.ca.cert_pem,
+        WEB,
+        server.clock.now_odt().unix_timestamp(),
+    );
+    // The key on disk is the key of the certificate on disk.
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(
+        cert.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    if tool_available("openssl") {
+        let status = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(dir.join("bundle.pem"))
+            .args(["-purpose", "sslclient", "-attime"])
+            // The renewed certificate is valid on the server's (jumped) clock.
+            .arg(server.clock.now_odt().unix_timestamp().to_string())
+            .arg(dir.join("cert.pem"))
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+    }
+    assert_eq!(http_status(health_addr).await, "HTTP/1.1 200 OK");
+
+    // Revoked: the agent removes its key material and stops, without re-enrolling.
+    let serial = serial_of(&cert_pem);
+    let started = Instant::now();
+    server
+        .admin()
+        .await
+        .revoke(revoke_request(
+            "r",
+            &serial,
+            v1::RevocationReason::KeyCompromise,
+        ))
+        .await
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the agent stops")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "agent: key removed {:?} after the Revoke call started",
+        started.elapsed()
+    );
+    assert_eq!(exit, AgentExit::Revoked { serial });
+    assert!(!dir.join("key.pem").exists());
+    assert!(!dir.join("cert.pem").exists());
+    drop(stop);
+    server.shutdown().await;
+}
