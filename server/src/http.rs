@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mintgate_api::RevocationHub;
 use mintgate_domain::ports::{Clock, CrlSpec, Signer};
+use mintgate_domain::service::EXPIRY_SKEW;
 use mintgate_domain::store::CertificateStore;
 use mintgate_store::SqlStore;
 use time::OffsetDateTime;
@@ -94,8 +95,10 @@ impl CrlPublisher {
             }
             cached.as_ref().map_or(0, |c| c.number)
         };
-        // Exactly the revoked, unexpired certificates, as of at least `applied`.
-        let entries = store.live_revocations(now).await?;
+        // Exactly the revoked, unexpired certificates, as of at least `applied`: like the live
+        // set and WatchRevocations snapshots, an entry stays EXPIRY_SKEW past its notAfter for
+        // relying parties whose clocks run behind.
+        let entries = store.live_revocations(now - EXPIRY_SKEW).await?;
         // Monotonic across restarts (seconds since the epoch) and across re-signings.
         let number = previous
             .saturating_add(1)

@@ -164,6 +164,11 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Small frames (stream events, answers) go out at once instead of waiting up to a
+        // delayed ACK (~40 ms) under Nagle's algorithm; tonic's own listener does the same.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%remote, error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let classifier = classifier.clone();
         let hub = hub.clone();

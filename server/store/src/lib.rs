@@ -40,6 +40,9 @@ impl std::fmt::Debug for SqlStore {
     }
 }
 
+/// Pooled SQLite connections: one writer at a time, the rest for concurrent readers.
+const SQLITE_CONNECTIONS: u32 = 8;
+
 pub(crate) fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(Box::new(e))
 }
@@ -54,6 +57,10 @@ impl SqlStore {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(10));
         if url.starts_with("sqlite:") {
+            // sea-orm defaults SQLite to a single pooled connection: every read would then queue
+            // behind a write that waits for the file lock (up to busy_timeout). Writers are
+            // serialised by the writer lock anyway, and WAL lets readers run beside them.
+            options.max_connections(SQLITE_CONNECTIONS);
             options.map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)

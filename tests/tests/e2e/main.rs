@@ -10,5 +10,6 @@ mod issuance;
 mod mtls;
 mod renewal;
 mod revocation;
+mod revocation_stream;
 mod sdk;
 mod tools;
