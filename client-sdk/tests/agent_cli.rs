@@ -29,7 +29,10 @@ fn help_works_and_bad_configuration_exits_64_naming_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
 
     // --dev reads certs-dev/, and says which file is missing.
-    let out = agent(&["--dev", "--spiffe-id", "spiffe://x/y", "--out", "o"], dir.path());
+    let out = agent(
+        &["--dev", "--spiffe-id", "spiffe://x/y", "--out", "o"],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("certs-dev/ca.pem"));
 }
