@@ -232,8 +232,9 @@ async fn uncommitted_writer(backend: Backend) {
     txn.execute_unprepared(&format!(
         "UPDATE certificates SET state = 'REVOKED' WHERE serial = '{0}';
          INSERT INTO revocations (seq, serial, spiffe_id, reason, revoked_at, not_after,
-                                  issuer_key_id, revoked_by)
-         SELECT 1, serial, spiffe_id, 'KEY_COMPROMISE', not_before, not_after, 'other', 'other'
+                                  issuer_key_id, revoked_by, request_pk)
+         SELECT 1, serial, spiffe_id, 'KEY_COMPROMISE', not_before, not_after, 'other', 'other',
+                request_pk
          FROM certificates WHERE serial = '{0}'",
         serials[0]
     ))
