@@ -255,7 +255,7 @@ impl<S: CertificateStore> Feed<S> {
         loop {
             tokio::select! {
                 () = self.tx.closed() => return Err(Stop::Gone),
-                () = self.hub.closed() => return Err(Stop::Gone),
+                () = self.hub.closed() => return Err(Stop::Fail(Error::ShuttingDown)),
                 _ = heartbeat.tick() => self.offer(self.heartbeat_message())?,
                 received = live.recv() => match received {
                     Ok(entry) if entry.seq <= self.cursor => {}

@@ -60,6 +60,8 @@ pub enum Error {
     SubscriberTooSlow,
     #[error("cursor {cursor} is beyond the head of the revocation log ({head})")]
     CursorAhead { cursor: i64, head: i64 },
+    #[error("the server is shutting down; resume from your cursor")]
+    ShuttingDown,
     #[error("storage is unavailable; retry")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -81,7 +83,9 @@ impl Error {
             Self::IdentityBlocked => ErrorClass::PermissionDenied,
             Self::TooManyStreams { .. } | Self::SubscriberTooSlow => ErrorClass::ResourceExhausted,
             Self::CursorAhead { .. } => ErrorClass::OutOfRange,
-            Self::InProgress | Self::Unavailable(_) => ErrorClass::Unavailable,
+            Self::InProgress | Self::ShuttingDown | Self::Unavailable(_) => {
+                ErrorClass::Unavailable
+            }
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -104,6 +108,7 @@ impl Error {
             Self::InProgress => "REQUEST_IN_PROGRESS",
             Self::CertificateChanged => "CERTIFICATE_CHANGED",
             Self::RequestClosed { .. } => "REQUEST_CLOSED",
+            Self::ShuttingDown => "SERVER_SHUTTING_DOWN",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
