@@ -83,9 +83,7 @@ impl Error {
             Self::IdentityBlocked => ErrorClass::PermissionDenied,
             Self::TooManyStreams { .. } | Self::SubscriberTooSlow => ErrorClass::ResourceExhausted,
             Self::CursorAhead { .. } => ErrorClass::OutOfRange,
-            Self::InProgress | Self::ShuttingDown | Self::Unavailable(_) => {
-                ErrorClass::Unavailable
-            }
+            Self::InProgress | Self::ShuttingDown | Self::Unavailable(_) => ErrorClass::Unavailable,
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
