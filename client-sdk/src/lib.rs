@@ -20,6 +20,7 @@ mod client;
 mod credentials;
 mod error;
 mod fs;
+mod queue;
 mod verify;
 mod watcher;
 
@@ -32,6 +33,10 @@ pub use credentials::{
 pub use error::{Error, ErrorKind};
 pub use fs::atomic_write;
 pub use mintgate_proto::v1;
+pub use queue::{
+    DurableQueue, OpAction, OpAnswer, QueueError, QueuedOp, ReplayOutcome, ReplayReport,
+    ReplayStop, ReplayedOp,
+};
 pub use verify::{
     RevocationAwareClientVerifier, RevocationAwareServerVerifier, RevocationCheck, WhenStale,
 };

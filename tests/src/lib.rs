@@ -84,6 +84,25 @@ pub struct StoredRows {
     pub certificates: Vec<(String, String)>,
 }
 
+/// A [`TestServer`] that was stopped: its database, PKI and clock, waiting to start again.
+pub struct StoppedServer {
+    backend: Backend,
+    db: db::TestDatabase,
+    pki: DevPki,
+    clock: Arc<ManualClock>,
+}
+
+impl StoppedServer {
+    /// Starts a new server on the same database, PKI and clock (on a new port).
+    pub async fn start(self) -> TestServer {
+        TestServer::spawn_with(Options {
+            reuse: Some((self.db, self.pki, self.clock)),
+            ..Options::new(self.backend)
+        })
+        .await
+    }
+}
+
 /// Knobs for [`TestServer::spawn_with`].
 pub struct Options {
     pub backend: Backend,
@@ -171,17 +190,20 @@ impl TestServer {
     }
 
     /// Stops the server and starts a new one on the same database, PKI and clock.
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.stop().await.start().await
+    }
+
+    /// Stops the server, keeping its database, PKI and clock so that [`StoppedServer::start`]
+    /// can bring it back (on a new port). Until then, calls to it fail as unavailable.
+    pub async fn stop(mut self) -> StoppedServer {
         self.stop_server().await;
-        let backend = self.backend;
-        let db = std::mem::replace(&mut self.db, db::TestDatabase::placeholder());
-        let pki = self.pki.clone();
-        let clock = self.clock.clone();
-        Self::spawn_with(Options {
-            reuse: Some((db, pki, clock)),
-            ..Options::new(backend)
-        })
-        .await
+        StoppedServer {
+            backend: self.backend,
+            db: std::mem::replace(&mut self.db, db::TestDatabase::placeholder()),
+            pki: self.pki.clone(),
+            clock: self.clock.clone(),
+        }
     }
 
     async fn stop_server(&mut self) {

@@ -8,6 +8,7 @@ mod bad_input;
 mod idempotency;
 mod issuance;
 mod mtls;
+mod queue;
 mod renewal;
 mod revocation;
 mod revocation_stream;
