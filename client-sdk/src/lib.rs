@@ -7,6 +7,8 @@
 //!   renewal window, with backoff and a [`CircuitBreaker`]; new credentials on a watch channel.
 //! - [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with the server's
 //!   revocation feed, persisted with its cursor, resumed with jittered [`Backoff`].
+//! - [`DurableQueue`]: operations that must not be lost (a revocation asked for while Mintgate
+//!   is unreachable) kept on disk and replayed in order, idempotently.
 //! - [`agent`]: the sidecar behind the `mintgate-agent` binary.
 //! - [`RevocationAwareClientVerifier`] / [`RevocationAwareServerVerifier`]: rustls verifiers
 //!   that refuse revoked peers in your own mTLS services, fail-open or fail-closed when the
