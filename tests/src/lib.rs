@@ -90,12 +90,24 @@ pub struct StoppedServer {
     db: db::TestDatabase,
     pki: DevPki,
     clock: Arc<ManualClock>,
+    grpc_addr: std::net::SocketAddr,
 }
 
 impl StoppedServer {
     /// Starts a new server on the same database, PKI and clock (on a new port).
     pub async fn start(self) -> TestServer {
         TestServer::spawn_with(Options {
+            reuse: Some((self.db, self.pki, self.clock)),
+            ..Options::new(self.backend)
+        })
+        .await
+    }
+
+    /// Like [`StoppedServer::start`], on the gRPC address it had (clients configured with it
+    /// reach the new server).
+    pub async fn start_on_same_port(self) -> TestServer {
+        TestServer::spawn_with(Options {
+            grpc_addr: self.grpc_addr,
             reuse: Some((self.db, self.pki, self.clock)),
             ..Options::new(self.backend)
         })
@@ -110,6 +122,8 @@ pub struct Options {
     /// Reuse this database and PKI (a restart).
     pub reuse: Option<(db::TestDatabase, DevPki, Arc<ManualClock>)>,
     pub revocation: HubConfig,
+    /// Where gRPC listens (port 0: any free port).
+    pub grpc_addr: std::net::SocketAddr,
 }
 
 impl Options {
@@ -119,6 +133,7 @@ impl Options {
             policy: None,
             reuse: None,
             revocation: HubConfig::default(),
+            grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -148,7 +163,7 @@ impl TestServer {
         let settings = Settings {
             trust_domain: td.clone(),
             database_url: db.url.clone(),
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            grpc_addr: options.grpc_addr,
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ca_cert_pem: pki.ca.cert_pem.clone(),
             ca_key_pem: pki.ca.key_pem.clone(),
@@ -203,6 +218,7 @@ impl TestServer {
             db: std::mem::replace(&mut self.db, db::TestDatabase::placeholder()),
             pki: self.pki.clone(),
             clock: self.clock.clone(),
+            grpc_addr: self.grpc_addr,
         }
     }
 

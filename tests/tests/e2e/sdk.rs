@@ -258,3 +258,96 @@ async fn credential_manager(backend: Backend) {
     assert_eq!(status.statuses[0].status(), v1::CertificateStatus::Good);
     server.shutdown().await;
 }
+
+/// An SDK clock whose sleeps jump the server's clock forward, one at a time, each only when the
+/// test lets it (so the test sees every renewal attempt and every backoff).
+struct GatedClock {
+    clock: Arc<mintgate_tests::ManualClock>,
+    gate: Arc<tokio::sync::Semaphore>,
+    sleeps: tokio::sync::mpsc::UnboundedSender<Duration>,
+}
+
+impl mintgate_sdk::Clock for GatedClock {
+    fn now(&self) -> time::OffsetDateTime {
+        self.clock.now_odt()
+    }
+
+    fn sleep(
+        &self,
+        d: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let _ = self.sleeps.send(d);
+        let (clock, gate) = (self.clock.clone(), self.gate.clone());
+        Box::pin(async move {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+                clock.advance(d);
+            }
+        })
+    }
+}
+
+both_backends!(
+    renewal_backs_off_while_the_server_is_down_and_succeeds_when_it_returns,
+    renewal_outage
+);
+async fn renewal_outage(backend: Backend) {
+    use mintgate_sdk::{CredentialManager, Endpoint, RenewalPolicy};
+    let server = TestServer::spawn(backend).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (sleeps_tx, mut sleeps) = tokio::sync::mpsc::unbounded_channel();
+    let policy = RenewalPolicy {
+        ttl: Some(Duration::from_secs(600)),
+        min_backoff: Duration::from_secs(2),
+        max_backoff: Duration::from_secs(20),
+        ..RenewalPolicy::default()
+    };
+    let manager = CredentialManager::enroll(
+        &server.node().await,
+        Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        WEB,
+        None,
+        policy,
+        Arc::new(GatedClock {
+            clock: server.clock.clone(),
+            gate: gate.clone(),
+            sleeps: sleeps_tx,
+        }),
+    )
+    .await
+    .unwrap();
+    let first = manager.current();
+    let mut updates = manager.subscribe();
+    // The manager waits for its renewal time; the server goes down meanwhile.
+    let stopped = server.stop().await;
+    let mut backoffs = Vec::new();
+    for _ in 0..4 {
+        gate.add_permits(1);
+        // Each failed attempt is followed by a backoff sleep.
+        let slept = tokio::time::timeout(Duration::from_secs(15), sleeps.recv()).await;
+        backoffs.push(slept.expect("the manager retries").unwrap());
+    }
+    assert!(sleeps.try_recv().is_err(), "one attempt per permit");
+    // Full jitter below a doubling ceiling (2, 4, 8 s) after the first sleep (the renewal time).
+    for (delay, ceiling) in backoffs[1..].iter().zip([2, 4, 8]) {
+        assert!(*delay <= Duration::from_secs(ceiling), "{backoffs:?}");
+    }
+    assert_eq!(
+        manager.current().serial,
+        first.serial,
+        "nothing renewed while down"
+    );
+
+    // Back on the same address: the next attempt succeeds.
+    let server = stopped.start_on_same_port().await;
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(15), updates.changed())
+        .await
+        .expect("renewed once the server is back")
+        .unwrap();
+    assert_ne!(manager.current().serial, first.serial);
+    server.shutdown().await;
+}
