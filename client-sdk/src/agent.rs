@@ -101,12 +101,17 @@ pub async fn run(
     install(&config, &current)?;
     tracing::info!(serial = %current.serial, spiffe_id = %current.spiffe_id, "enrolled");
 
-    // The feed is followed as the agent's own identity, with whatever certificate is current.
-    let creds = updates.clone();
+    // The feed is followed with the node identity: the workload certificate it guards may be
+    // revoked, and Mintgate cuts that certificate's connections the moment it is.
+    let node = TlsMaterial {
+        ca_pem: config.ca_pem.clone(),
+        cert_pem: config.node_cert_pem.clone(),
+        key_pem: config.node_key_pem.clone(),
+    };
     let endpoint = config.endpoint.clone();
     let watcher = RevocationWatcher::spawn(
         Arc::new(move || {
-            let (endpoint, tls) = (endpoint.clone(), creds.borrow().tls());
+            let (endpoint, tls) = (endpoint.clone(), node.clone());
             Box::pin(
                 async move { Client::connect(&endpoint.url, &endpoint.server_name, &tls).await },
             )

@@ -208,6 +208,17 @@ impl RevocationHub {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(entry.serial.clone(), entry.not_after);
+        // Out on the feed before any cut, so a watcher on a connection about to be closed has
+        // the best chance to hear why. Encoded once here; every subscriber sends these bytes.
+        let seq = entry.seq;
+        let published = Published {
+            seq,
+            encoded: crate::convert::revocation_event(&entry)
+                .encode_to_vec()
+                .into(),
+        };
+        // No subscriber is not an error.
+        let _ = self.feed.send(published);
         let cut = self
             .connections
             .lock()
@@ -221,16 +232,7 @@ impl RevocationHub {
             }
         }
         drop(deferred);
-        // Encoded once here; every subscriber sends these same bytes.
-        let published = Published {
-            seq: entry.seq,
-            encoded: crate::convert::revocation_event(&entry)
-                .encode_to_vec()
-                .into(),
-        };
-        // No subscriber is not an error.
-        let _ = self.feed.send(published);
-        self.applied.send_replace(entry.seq);
+        self.applied.send_replace(seq);
     }
 
     /// Drops entries whose certificate expired (with the skew allowance) before `now`.
