@@ -20,15 +20,21 @@ use crate::{
 /// Everything the agent needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// Where Mintgate is.
     pub endpoint: Endpoint,
     /// Mintgate's CA bundle, PEM.
     pub ca_pem: String,
     /// The node (bootstrap) certificate and key, PEM.
     pub node_cert_pem: String,
+    /// The node (bootstrap) key, PEM.
     pub node_key_pem: String,
+    /// The SPIFFE ID to obtain.
     pub spiffe_id: String,
+    /// A one-time join token, where policy asks for one.
     pub join_token: Option<String>,
+    /// Where `cert.pem`, `key.pem` and `bundle.pem` are written.
     pub out_dir: PathBuf,
+    /// Lifetime and renewal window.
     pub policy: RenewalPolicy,
     /// Run after each rotation (program and arguments).
     pub hook: Option<Vec<String>>,
@@ -46,19 +52,29 @@ pub enum AgentExit {
     /// Asked to stop.
     Shutdown,
     /// Its certificate was revoked: the key material is gone.
-    Revoked { serial: String },
-    /// The certificate expired and could not be renewed.
-    Expired { serial: String },
+    Revoked {
+        /// The revoked certificate's serial.
+        serial: String,
+    },
+    /// The certificate expired and could not be renewed; the key material is gone.
+    Expired {
+        /// The expired certificate's serial.
+        serial: String,
+    },
 }
 
 /// What can stop the agent before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("enrollment failed: {0}")]
+    /// The first certificate could not be obtained.
     Enroll(#[from] Error),
     #[error("{path}: {source}")]
+    /// A file or socket could not be used.
     Io {
+        /// The path (or address) concerned.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
 }

@@ -12,6 +12,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Delays start at `base` and never exceed `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Self {
             base,

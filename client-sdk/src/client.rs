@@ -67,6 +67,7 @@ impl Client {
         Ok(Self::from_channel(channel))
     }
 
+    /// A client over an already connected channel.
     pub fn from_channel(channel: Channel) -> Self {
         Self {
             provisioning: v1::provisioning_client::ProvisioningClient::new(channel.clone()),

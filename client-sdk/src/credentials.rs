@@ -28,9 +28,13 @@ pub struct Credential {
     pub key_pem: String,
     /// The CA bundle that verifies Mintgate-issued certificates.
     pub trust_bundle_pem: String,
+    /// Serial of the certificate, hex.
     pub serial: String,
+    /// The SPIFFE ID it certifies.
     pub spiffe_id: String,
+    /// Start of validity.
     pub not_before: OffsetDateTime,
+    /// End of validity.
     pub not_after: OffsetDateTime,
     /// The server's hint for when to renew.
     pub renew_after: Option<OffsetDateTime>,
@@ -95,10 +99,13 @@ pub struct RenewalPolicy {
     pub window_start: f64,
     /// Fraction of the lifetime by which renewal should be done.
     pub window_end: f64,
+    /// Shortest and longest backoff between failed attempts (full jitter in between).
     pub min_backoff: Duration,
+    /// See `min_backoff`.
     pub max_backoff: Duration,
     /// Consecutive failures that open the circuit breaker, and how long it stays open.
     pub breaker_threshold: u32,
+    /// How long the breaker stays open before a probe.
     pub breaker_cooldown: Duration,
     /// Lifetime to ask for; `None` takes the policy maximum.
     pub ttl: Option<Duration>,
@@ -144,6 +151,7 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
+    /// A closed breaker that opens after `threshold` consecutive failures, for `cooldown`.
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
         Self {
             threshold: threshold.max(1),
@@ -163,6 +171,7 @@ impl CircuitBreaker {
         self.open_until
     }
 
+    /// A success closes the breaker and forgets past failures.
     pub fn success(&mut self) {
         self.failures = 0;
         self.open_until = None;
@@ -179,7 +188,9 @@ impl CircuitBreaker {
 
 /// Where time comes from (tests inject one they move by hand).
 pub trait Clock: Send + Sync + 'static {
+    /// The current time.
     fn now(&self) -> OffsetDateTime;
+    /// Waits `d` (or, in tests, moves time forward by it).
     fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
@@ -200,6 +211,7 @@ impl Clock for SystemClock {
 /// Where Mintgate is.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// `https://host:port`.
     pub url: String,
     /// A name in the server certificate.
     pub server_name: String,

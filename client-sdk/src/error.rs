@@ -32,16 +32,19 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?} {reason}: {message}")]
 pub struct Error {
+    /// The gRPC status code.
     pub code: tonic::Code,
     /// Stable reason from `google.rpc.ErrorInfo` (e.g. `CSR_SIGNATURE_INVALID`), or
     /// `TRANSPORT` when the call never got an answer.
     pub reason: String,
+    /// A message safe to show; never contains secrets.
     pub message: String,
     /// `user` or `system`, from `ErrorInfo.metadata["fault"]`; `None` without an answer.
     pub fault: Option<String>,
 }
 
 impl Error {
+    /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         use tonic::Code;
         match self.code {

@@ -15,6 +15,7 @@
 //!   feed is stale.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs)]
 
 pub mod agent;
 mod backoff;

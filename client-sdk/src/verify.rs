@@ -28,10 +28,12 @@ pub enum WhenStale {
 /// The revocation part of a verifier.
 #[derive(Debug, Clone)]
 pub struct RevocationCheck {
+    /// The live revocation set (from a [`crate::RevocationWatcher`]).
     pub set: Arc<RevocationSet>,
     /// How long without an event or heartbeat before the view counts as stale. A set that has
     /// never heard from the server is stale.
     pub max_staleness: Duration,
+    /// Accept or refuse while stale.
     pub when_stale: WhenStale,
 }
 
@@ -61,7 +63,9 @@ impl RevocationCheck {
 /// `WebPkiClientVerifier`) plus the revocation check.
 #[derive(Debug)]
 pub struct RevocationAwareClientVerifier {
+    /// The verification done first (chain, validity, names).
     pub inner: Arc<dyn ClientCertVerifier>,
+    /// Then the revocation check.
     pub check: RevocationCheck,
 }
 
@@ -110,7 +114,9 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
 /// `WebPkiServerVerifier`) plus the revocation check.
 #[derive(Debug)]
 pub struct RevocationAwareServerVerifier {
+    /// The verification done first (chain, validity, names).
     pub inner: Arc<dyn ServerCertVerifier>,
+    /// Then the revocation check.
     pub check: RevocationCheck,
 }
 

@@ -71,10 +71,12 @@ impl RevocationSet {
         self.read().cursor
     }
 
+    /// How many serials are revoked and unexpired.
     pub fn len(&self) -> usize {
         self.read().revoked.len()
     }
 
+    /// Whether no serial is revoked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -161,6 +163,7 @@ pub struct WatcherConfig {
     pub state_file: Option<PathBuf>,
     /// Reconnect backoff bounds (full jitter in between).
     pub min_backoff: Duration,
+    /// Longest wait between reconnects.
     pub max_backoff: Duration,
 }
 
