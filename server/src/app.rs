@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
-use mintgate_api::{GrpcServer, RevocationHub};
+use mintgate_api::{GrpcServer, Metrics, RevocationHub};
 use mintgate_ca::CertificateAuthority;
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
 use mintgate_domain::ports::{Clock, Signer};
 use mintgate_domain::service::{JoinTokenSecret, Mintgate, Parts};
 use mintgate_domain::store::StoreError;
-use mintgate_store::SqlStore;
+use mintgate_store::{SqlStore, StoreMetrics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -22,6 +22,10 @@ use tokio::net::TcpListener;
 use crate::clock::OsRandom;
 use crate::config::{Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
+use crate::metrics::Exporter;
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,7 @@ pub struct Application {
     server: GrpcServer<SqlStore>,
     store: SqlStore,
     crl: Arc<CrlPublisher>,
+    metrics: Arc<Exporter>,
 }
 
 impl Application {
@@ -103,6 +108,8 @@ impl Application {
             settings.crl_url.clone(),
         )
         .map_err(BuildError::Ca)?;
+        let metrics = Arc::new(Exporter::new(ca.not_after(), clock.clone()));
+        let edge_metrics = Metrics::new(metrics.recorder());
         let server_key = PrivateKeyDer::from_pem_slice(settings.server_key_pem.as_bytes())
             .map_err(|_| BuildError::Pem {
                 field: "tls.server_key",
@@ -114,13 +121,14 @@ impl Application {
             .map_err(|source| BuildError::Store {
                 url: redact_url(&settings.database_url),
                 source,
-            })?;
+            })?
+            .with_metrics(StoreMetrics::new(&*metrics.recorder()));
         store.migrate().await.map_err(|source| BuildError::Store {
             url: redact_url(&settings.database_url),
             source,
         })?;
         // The live revocation set is loaded before the first handshake.
-        let hub = RevocationHub::new(settings.revocation.clone());
+        let hub = RevocationHub::with_metrics(settings.revocation.clone(), edge_metrics.clone());
         mintgate_api::registry::catch_up(&hub, &store)
             .await
             .map_err(|source| BuildError::Store {
@@ -202,9 +210,11 @@ impl Application {
                 classifier: Arc::new(classifier),
                 hub,
                 clock,
+                metrics: edge_metrics,
             },
             store,
             crl,
+            metrics,
         })
     }
 
@@ -235,10 +245,22 @@ impl Application {
                 let _ = tailer_stop.wait_for(|s| *s).await;
             },
         ));
+        let mut upkeep_stop = stop_rx.clone();
+        let metrics = self.metrics.clone();
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => metrics.upkeep(),
+                    _ = upkeep_stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
         let mut http_stop = stop_rx.clone();
         let state = HttpState {
             store: self.store.clone(),
             crl: self.crl,
+            metrics: self.metrics,
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {
@@ -261,6 +283,7 @@ impl Application {
         }
         let _ = http.await;
         let _ = tailer.await;
+        let _ = upkeep.await;
         self.store.close().await;
         Ok(())
     }

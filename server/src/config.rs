@@ -60,6 +60,8 @@ pub struct FileConfig {
     pub trust: TrustFiles,
     #[serde(default)]
     pub revocation: RevocationFile,
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
     /// Operator SPIFFE ID → roles (`admin` holds every role).
     #[serde(default)]
     pub operators: HashMap<String, Vec<String>>,
@@ -102,6 +104,36 @@ pub struct RevocationFile {
     pub poll_interval_ms: Option<u64>,
 }
 
+/// `[telemetry]`: optional trace export. Metrics are always on `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// OTLP/gRPC collector for spans, `http://host:4317`; unset (the default) exports nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryFile {
+    /// The endpoint, if set and usable. Plain `http://` only: the hop is meant to be a
+    /// collector on the same host or pod, which handles onward TLS.
+    fn otlp_endpoint(&self) -> Result<Option<String>, ConfigError> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let field = "telemetry.otlp_endpoint";
+        let uri: axum::http::Uri = endpoint
+            .parse()
+            .map_err(|e| invalid(field, format!("{endpoint:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(invalid(
+                field,
+                format!("{endpoint:?}: expected http://host:port of a local OTLP/gRPC collector"),
+            ));
+        }
+        Ok(Some(endpoint.clone()))
+    }
+}
+
 impl RevocationFile {
     fn hub_config(&self) -> Result<HubConfig, ConfigError> {
         let d = HubConfig::default();
@@ -133,6 +165,8 @@ pub struct Overrides {
     pub http_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetryFile>,
 }
 
 /// Everything the application needs, read and checked.
@@ -154,6 +188,8 @@ pub struct Settings {
     pub crl_url: Option<String>,
     /// The revocation registry's stream and polling behaviour.
     pub revocation: HubConfig,
+    /// Where spans are exported over OTLP/gRPC; none by default.
+    pub otlp_endpoint: Option<String>,
     /// Dev material is accepted only when this is set (`--dev`).
     pub dev: bool,
 }
@@ -166,6 +202,7 @@ impl std::fmt::Debug for Settings {
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
             .field("policy_version", &self.policy.version)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .field("dev", &self.dev)
             .finish_non_exhaustive()
     }
@@ -238,6 +275,7 @@ impl Settings {
             join_token_secret,
             crl_url: c.crl_url,
             revocation: c.revocation.hub_config()?,
+            otlp_endpoint: c.telemetry.otlp_endpoint()?,
             dev: false,
         })
     }
@@ -291,6 +329,12 @@ impl Settings {
             join_token_secret,
             crl_url,
             revocation: HubConfig::default(),
+            otlp_endpoint: overrides
+                .telemetry
+                .as_ref()
+                .map(TelemetryFile::otlp_endpoint)
+                .transpose()?
+                .flatten(),
             trust_domain,
             dev: true,
         })
@@ -358,6 +402,22 @@ mod tests {
         let hub = parsed.revocation.hub_config().unwrap();
         assert_eq!(hub.heartbeat, Duration::from_secs(5));
         assert_eq!(hub.max_streams_per_identity, 4);
+
+        assert_eq!(
+            parsed.telemetry.otlp_endpoint().unwrap().as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(
+            FileConfig::default().telemetry.otlp_endpoint().unwrap(),
+            None
+        );
+        for bad in ["https://collector:4317", "collector:4317", "http://"] {
+            let telemetry = TelemetryFile {
+                otlp_endpoint: Some(bad.to_owned()),
+            };
+            let err = telemetry.otlp_endpoint().unwrap_err().to_string();
+            assert!(err.contains("telemetry.otlp_endpoint"), "{bad}: {err}");
+        }
 
         let zero = RevocationFile {
             heartbeat_seconds: Some(0),

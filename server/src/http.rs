@@ -1,5 +1,6 @@
-//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database answers) and
-//! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA).
+//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database answers),
+//! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA) and
+//! `/metrics` (Prometheus text format; see `docs/slo.md`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,6 +17,8 @@ use mintgate_domain::store::CertificateStore;
 use mintgate_store::SqlStore;
 use time::OffsetDateTime;
 
+use crate::metrics::Exporter;
+
 /// How long a CRL is valid; a fresh one is signed at half this age, or at once after a
 /// revocation.
 const CRL_VALIDITY: Duration = Duration::from_secs(3600);
@@ -24,6 +27,7 @@ const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 pub(crate) struct HttpState {
     pub(crate) store: SqlStore,
     pub(crate) crl: Arc<CrlPublisher>,
+    pub(crate) metrics: Arc<Exporter>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -31,6 +35,7 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/crl", get(crl))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -40,6 +45,18 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
     }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let body = state.metrics.render(&state.store).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn crl(State(state): State<HttpState>) -> Response {

@@ -7,6 +7,8 @@ pub mod app;
 pub mod clock;
 pub mod config;
 mod http;
+mod metrics;
+pub mod telemetry;
 
 pub use app::{Application, BuildError};
 pub use config::{ConfigError, Settings};

@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::audit::verify_chain;
 use mintgate_domain::store::CertificateStore;
-use mintgate_server::config::{DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides};
+use mintgate_server::config::{
+    DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides, TelemetryFile,
+};
+use mintgate_server::telemetry::{LogFormat, Tracing};
 use mintgate_server::{Application, Settings, clock::SystemClock};
 use mintgate_store::SqlStore;
 
@@ -30,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (gRPC with mutual TLS, plus HTTP health endpoints).
+    /// Run the server (gRPC with mutual TLS, plus HTTP health, CRL and metrics endpoints).
     Serve(ServeArgs),
     /// Write a development PKI (CAs, server, node and operator certificates) if missing.
     DevCerts {
@@ -58,7 +61,8 @@ struct ServeArgs {
     /// gRPC listen address (default with --dev: 127.0.0.1:8443).
     #[arg(long, env = "MINTGATE_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
-    /// HTTP listen address for /healthz and /readyz (default with --dev: 127.0.0.1:8080).
+    /// HTTP listen address for /healthz, /readyz, /crl and /metrics (default with --dev:
+    /// 127.0.0.1:8080).
     #[arg(long, env = "MINTGATE_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
     /// Policy file (TOML); with --dev, replaces the dev policy.
@@ -66,6 +70,10 @@ struct ServeArgs {
     policy_file: Option<PathBuf>,
     #[arg(long, env = "MINTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export spans over OTLP/gRPC to this collector (http://host:4317); overrides
+    /// `[telemetry] otlp_endpoint`. Off unless set.
+    #[arg(long, env = "MINTGATE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Args)]
@@ -97,12 +105,6 @@ enum AuditCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -180,12 +182,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_tracing(args.log_format);
     let overrides = Overrides {
         database_url: args.database_url,
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         policy_file: args.policy_file,
+        telemetry: args.otlp_endpoint.map(|e| TelemetryFile {
+            otlp_endpoint: Some(e),
+        }),
     };
     let settings = if args.dev {
         let dir = Path::new(DEV_CERTS_DIR);
@@ -209,6 +213,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    let telemetry = match Tracing::init(args.log_format, settings.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mintgate: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let dev = settings.dev;
     let app = match Application::build(settings, Arc::new(SystemClock)).await {
         Ok(app) => app,
@@ -224,6 +235,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     app.run(shutdown_signal()).await?;
     tracing::info!("mintgate stopped");
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -248,18 +260,6 @@ fn print_dev_tour(grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
          grpcurl {tls} -d '{{\"request_id\":\"tok-1\",\"spiffe_id\":\"spiffe://{DEV_TRUST_DOMAIN}/joined/demo\"}}' {grpc} mintgate.v1.Admin/CreateJoinToken\n\n\
          The README's tour continues with an openssl CSR and Provisioning/Enroll.\n"
     );
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 async fn shutdown_signal() {

@@ -8,6 +8,7 @@ pub mod bad_csr;
 pub mod clock;
 pub mod csr;
 pub mod db;
+pub mod logs;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -176,6 +177,7 @@ impl TestServer {
             join_token_secret: secret,
             crl_url: None,
             revocation: options.revocation.clone(),
+            otlp_endpoint: None,
             dev: true,
         };
         let app = Application::build(settings, clock.clone()).await.unwrap();

@@ -8,14 +8,17 @@
 
 mod admin;
 mod convert;
+pub mod metrics;
 pub mod peer;
 mod provisioning;
 pub mod registry;
 mod revocation;
+mod rpc_metrics;
 mod server;
 mod status;
 pub mod tls;
 
+pub use metrics::Metrics;
 pub use registry::{HubConfig, RevocationHub, run_tailer};
 pub use server::{GrpcServer, serve};
 pub use status::to_status;

@@ -60,15 +60,14 @@ impl<S: CertificateStore> v1::provisioning_server::Provisioning for Provisioning
     }
 }
 
-/// The caller and the message, with both recorded on the current span.
+/// The caller and the message, with both recorded on the current span (the caller by
+/// [`caller`]).
 pub(crate) fn open_request<T: RequestIdField>(
     request: Request<T>,
 ) -> Result<(Arc<Caller>, T), Status> {
     let caller = caller(&request)?;
     let body = request.into_inner();
-    let span = tracing::Span::current();
-    span.record("request_id", body.request_id());
-    span.record("caller", caller.id.as_str());
+    tracing::Span::current().record("request_id", body.request_id());
     Ok((caller, body))
 }
 

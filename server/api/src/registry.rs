@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mintgate_domain::model::RevocationRecord;
 use mintgate_domain::ports::Clock;
@@ -24,6 +24,8 @@ use prost::bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// How the hub and its subscribers behave.
 #[derive(Debug, Clone)]
@@ -71,10 +73,17 @@ pub struct RevocationHub {
     nudge: Notify,
     /// Cancelled when the server shuts down: feeds end so the gRPC server can drain.
     closing: CancellationToken,
+    metrics: Metrics,
 }
 
 impl RevocationHub {
+    /// A hub that records no metrics.
     pub fn new(config: HubConfig) -> Arc<Self> {
+        Self::with_metrics(config, Metrics::disabled())
+    }
+
+    /// A hub recording its subscribers, slow-subscriber cuts and propagation lag in `metrics`.
+    pub fn with_metrics(config: HubConfig, metrics: Metrics) -> Arc<Self> {
         let (feed, _) = broadcast::channel(config.feed_capacity);
         Arc::new(Self {
             config,
@@ -87,7 +96,12 @@ impl RevocationHub {
             applied: watch::Sender::new(0),
             nudge: Notify::new(),
             closing: CancellationToken::new(),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -193,6 +207,7 @@ impl RevocationHub {
             return Err(Error::TooManyStreams { max });
         }
         *count += 1;
+        self.metrics.subscriber_joined();
         Ok(StreamPermit {
             hub: self.clone(),
             identity: identity.to_owned(),
@@ -213,6 +228,7 @@ impl RevocationHub {
         let seq = entry.seq;
         let published = Published {
             seq,
+            applied_at: Instant::now(),
             encoded: crate::convert::revocation_event(&entry)
                 .encode_to_vec()
                 .into(),
@@ -248,6 +264,8 @@ impl RevocationHub {
 #[derive(Debug, Clone)]
 pub struct Published {
     pub seq: i64,
+    /// When this server applied it: where propagation lag is measured from.
+    pub applied_at: Instant,
     pub encoded: Bytes,
 }
 
@@ -296,6 +314,7 @@ pub struct StreamPermit {
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
+        self.hub.metrics.subscriber_left();
         let mut streams = self
             .hub
             .streams

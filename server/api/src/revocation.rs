@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::convert;
 use crate::provisioning::open_request;
@@ -167,7 +168,10 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
             cursor,
             _permit: permit,
         };
-        tokio::spawn(feed.run(live, bounds.pruned_through));
+        tokio::spawn(
+            feed.run(live, bounds.pruned_through)
+                .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -261,6 +265,7 @@ impl<S: CertificateStore> Feed<S> {
                     Ok(entry) if entry.seq <= self.cursor => {}
                     Ok(entry) if entry.seq == self.cursor + 1 => {
                         self.offer(Message::Event(entry.encoded))?;
+                        self.hub.metrics().propagated(entry.applied_at.elapsed());
                         self.cursor = entry.seq;
                     }
                     // A gap (entries pruned before the hub read them) or our own lag behind
@@ -319,7 +324,10 @@ impl<S: CertificateStore> Feed<S> {
                 }
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(())) => Err(Stop::Fail(Error::SubscriberTooSlow)),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.hub.metrics().subscriber_too_slow();
+                Err(Stop::Fail(Error::SubscriberTooSlow))
+            }
             Err(mpsc::error::TrySendError::Closed(())) => Err(Stop::Gone),
         }
     }

@@ -27,10 +27,12 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
 use crate::admin::AdminService;
+use crate::metrics::Metrics;
 use crate::peer::PeerClassifier;
 use crate::provisioning::ProvisioningService;
 use crate::registry::{ConnectionGuard, RevocationHub};
 use crate::revocation::RevocationService;
+use crate::rpc_metrics::RpcMetricsLayer;
 use crate::status::unauthenticated;
 
 /// How long a client has to finish the TLS handshake.
@@ -43,6 +45,8 @@ pub struct GrpcServer<S> {
     pub classifier: Arc<PeerClassifier>,
     pub hub: Arc<RevocationHub>,
     pub clock: Arc<dyn Clock>,
+    /// Where every call's duration and outcome is recorded.
+    pub metrics: Metrics,
 }
 
 const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 64;
@@ -62,13 +66,16 @@ pub(crate) fn connection<T>(request: &Request<T>) -> Option<u64> {
     request.extensions().get::<PeerInfo>().map(|p| p.connection)
 }
 
-/// The caller of a request, as proved by its connection's client certificate.
+/// The caller of a request, as proved by its connection's client certificate; recorded as the
+/// `caller` field of the handler's span.
 pub(crate) fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
-    request
+    let caller = request
         .extensions()
         .get::<PeerInfo>()
         .map(|p| p.caller.clone())
-        .ok_or_else(unauthenticated)
+        .ok_or_else(unauthenticated)?;
+    tracing::Span::current().record("caller", caller.id.as_str());
+    Ok(caller)
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves.
@@ -120,6 +127,7 @@ where
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
         .timeout(CALL_TIMEOUT)
+        .layer(RpcMetricsLayer::new(server.metrics.clone(), CALL_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -46,7 +46,8 @@ pub fn to_status(error: &Error, rpc: &str, request_id: &str) -> Status {
 
 /// A request that never reached the domain because the peer could not be identified.
 pub(crate) fn unauthenticated() -> Status {
-    let details = ErrorDetails::with_error_info("PEER_UNKNOWN", ERROR_DOMAIN, HashMap::new());
+    let metadata = HashMap::from([("fault".to_owned(), "user".to_owned())]);
+    let details = ErrorDetails::with_error_info("PEER_UNKNOWN", ERROR_DOMAIN, metadata);
     Status::with_error_details(
         Code::Unauthenticated,
         "the client certificate does not identify a known caller",

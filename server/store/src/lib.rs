@@ -8,6 +8,7 @@
 
 mod convert;
 mod entity;
+pub mod metrics;
 mod write;
 
 use std::sync::Arc;
@@ -20,16 +21,19 @@ use mintgate_domain::store::StoreError;
 use mintgate_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
+use time::OffsetDateTime;
 
 use crate::entity::{audit_event, certificate, join_token, request};
+pub use crate::metrics::StoreMetrics;
 
 /// A database-backed store. Cheap to clone; clones share the pool and the writer lock.
 #[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
     writer: Arc<tokio::sync::Mutex<()>>,
+    metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -72,7 +76,14 @@ impl SqlStore {
         Ok(Self {
             db,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            metrics: StoreMetrics::default(),
         })
+    }
+
+    /// Records commits into `metrics` (none are recorded by default).
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Applies pending migrations.
@@ -91,6 +102,16 @@ impl SqlStore {
             DbBackend::Postgres => "postgres",
             _ => "other",
         }
+    }
+
+    /// Join tokens neither used nor expired at `now`.
+    pub async fn outstanding_join_tokens(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        join_token::Entity::find()
+            .filter(join_token::Column::UsedAt.is_null())
+            .filter(join_token::Column::ExpiresAt.gt(now.unix_timestamp()))
+            .count(&self.db)
+            .await
+            .map_err(unavailable)
     }
 
     /// Runs raw SQL outside the store's rules. For tests that tamper with the database.

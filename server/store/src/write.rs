@@ -28,6 +28,7 @@ use crate::entity::{
 fn live_states() -> [&'static str; 2] {
     [CertState::Active.as_str(), CertState::Superseded.as_str()]
 }
+use crate::metrics::{Done, StoreMetrics};
 use crate::{SqlStore, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
@@ -36,6 +37,8 @@ const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
 struct WriteTx<'a> {
     _guard: MutexGuard<'a, ()>,
     txn: DatabaseTransaction,
+    metrics: &'a StoreMetrics,
+    done: Done,
 }
 
 impl SqlStore {
@@ -55,17 +58,25 @@ impl SqlStore {
                 .await
                 .map_err(unavailable)?;
         }
-        Ok(WriteTx { _guard: guard, txn })
+        Ok(WriteTx {
+            _guard: guard,
+            txn,
+            metrics: &self.metrics,
+            done: Done::default(),
+        })
     }
 }
 
 impl WriteTx<'_> {
+    /// Commits, then reports what was done (see [`Done`]).
     async fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit().await.map_err(unavailable)
+        self.txn.commit().await.map_err(unavailable)?;
+        self.done.report(self.metrics);
+        Ok(())
     }
 
     /// Appends events to the hash chain, numbering them after the current head.
-    async fn append(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+    async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         let head = audit_event::Entity::find()
             .order_by_desc(audit_event::Column::Seq)
             .one(&self.txn)
@@ -87,6 +98,7 @@ impl WriteTx<'_> {
                 .exec_without_returning(&self.txn)
                 .await
                 .map_err(unavailable)?;
+            self.done.events.push(sealed.event);
         }
         Ok(())
     }
@@ -107,7 +119,8 @@ impl WriteTx<'_> {
             .transpose()
     }
 
-    async fn insert_request_row(&self, r: NewRequest) -> Result<i64, StoreError> {
+    async fn insert_request_row(&mut self, r: NewRequest) -> Result<i64, StoreError> {
+        self.done.requests += 1;
         let now = r.now.unix_timestamp();
         let row = request::ActiveModel {
             pk: NotSet,
@@ -151,7 +164,7 @@ impl CertificateStore for SqlStore {
         token: Option<TokenUse>,
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
             return Ok(Inserted::Duplicate(Box::new(existing)));
         }
@@ -170,6 +183,7 @@ impl CertificateStore for SqlStore {
                 return Err(StoreError::Conflict("join token"));
             }
         }
+        tx.done.states.push(request.state);
         let pk = tx.insert_request_row(request).await?;
         tx.append(audit).await?;
         tx.commit().await?;
@@ -183,7 +197,7 @@ impl CertificateStore for SqlStore {
         supersedes: Option<Serial>,
         audit: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         let now = cert.issued_at.unix_timestamp();
         // A block committed after the request was approved wins: nothing is issued for it.
         let blocked = identity_block::Entity::find_by_id(cert.spiffe_id.clone())
@@ -208,6 +222,8 @@ impl CertificateStore for SqlStore {
         if moved.rows_affected != 1 {
             return Err(StoreError::Conflict("request"));
         }
+        tx.done.requests += 1;
+        tx.done.states.push(RequestState::Issued);
         if let Some(old) = supersedes {
             let moved = certificate::Entity::update_many()
                 .col_expr(
@@ -253,7 +269,7 @@ impl CertificateStore for SqlStore {
         now: OffsetDateTime,
         audit: Vec<AuditEvent>,
     ) -> Result<bool, StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         let mut update = request::Entity::update_many()
             .col_expr(request::Column::State, Expr::value(to.0.as_str()))
             .col_expr(request::Column::Serial, Expr::value(serial_hex(&to.1)))
@@ -271,6 +287,8 @@ impl CertificateStore for SqlStore {
         if moved.rows_affected != 1 {
             return Ok(false);
         }
+        tx.done.requests += 1;
+        tx.done.states.push(to.0);
         tx.append(audit).await?;
         tx.commit().await?;
         Ok(true)
@@ -290,7 +308,7 @@ impl CertificateStore for SqlStore {
         token: NewJoinToken,
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
             return Ok(Inserted::Duplicate(Box::new(existing)));
         }
@@ -316,7 +334,7 @@ impl CertificateStore for SqlStore {
     }
 
     async fn append_audit(&self, audit: Vec<AuditEvent>) -> Result<(), StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         tx.append(audit).await?;
         tx.commit().await
     }
@@ -332,7 +350,7 @@ impl CertificateStore for SqlStore {
         scope: Option<IdentityScope>,
         audit: Vec<AuditEvent>,
     ) -> Result<Revoked, StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
             return Ok(Revoked::Duplicate(Box::new(existing)));
         }
@@ -380,6 +398,7 @@ impl CertificateStore for SqlStore {
                 .await
                 .map_err(unavailable)?;
             recorded.push(convert::revocation(row)?);
+            tx.done.revocations += 1;
         }
         if let Some(scope) = scope {
             // Nothing of the identity may stay live: a certificate issued after the caller
@@ -465,7 +484,7 @@ impl CertificateStore for SqlStore {
         mut request: NewRequest,
         audit: Vec<AuditEvent>,
     ) -> Result<Unblocked, StoreError> {
-        let tx = self.begin_write().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(existing) = tx.existing_request(&request).await? {
             return Ok(Unblocked::Duplicate(Box::new(existing)));
         }

@@ -1,0 +1,166 @@
+//! What the gRPC edge and the revocation hub measure.
+//!
+//! Nothing here uses the process-wide `metrics` recorder: every server owns its recorder (the
+//! server crate builds a Prometheus one per `Application`), so several servers in one process —
+//! the end-to-end tests run many — never mix their series, and a library user keeps control of
+//! the global one. Series with fixed labels are registered once, as handles bound to that
+//! recorder. Series whose labels are known only per call (rpc, reason) go through
+//! [`metrics::with_local_recorder`], which points the macros at our recorder for that one
+//! synchronous call and cannot leak into other tasks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, NoopRecorder, Recorder, SharedString, Unit, counter,
+    describe_counter, describe_gauge, describe_histogram, gauge, histogram, with_local_recorder,
+};
+
+/// Every finished Mintgate RPC, by `rpc`, `class` (`ok`, `user`, `system`) and `reason`.
+pub const RPC_OUTCOMES: &str = "mintgate_rpc_outcomes_total";
+/// Time from a call reaching the service to its response headers, by `rpc`.
+pub const RPC_DURATION: &str = "mintgate_rpc_duration_seconds";
+/// Time to answer an Enroll or Renew that returned a certificate, by `rpc`.
+pub const ISSUANCE_DURATION: &str = "mintgate_issuance_duration_seconds";
+/// Time from the hub applying a revocation to its event being queued on a subscriber's stream.
+pub const PROPAGATION: &str = "mintgate_revocation_propagation_seconds";
+/// Open WatchRevocations streams.
+pub const SUBSCRIBERS: &str = "mintgate_revocation_subscribers";
+/// Subscribers closed with `SUBSCRIBER_TOO_SLOW`.
+pub const SLOW_SUBSCRIBERS: &str = "mintgate_revocation_slow_subscribers_total";
+
+/// The RPCs whose success is an issued certificate.
+const ISSUING: [&str; 2] = ["Enroll", "Renew"];
+
+/// Who a call's outcome is on (the `fault` of its `ErrorInfo`, or none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Ok,
+    /// The caller's to fix: bad input, not allowed, wrong state, too many.
+    User,
+    /// Ours: unavailable, internal, our own deadline.
+    System,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::User => "user",
+            Self::System => "system",
+        }
+    }
+}
+
+/// The edge's series, recorded into one server's recorder. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: Arc<dyn Recorder + Send + Sync>,
+    subscribers: Gauge,
+    slow_subscribers: Counter,
+    propagation: Histogram,
+}
+
+impl Metrics {
+    /// Describes the series to `recorder` and registers those with fixed labels.
+    pub fn new(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
+        let (subscribers, slow_subscribers, propagation) = with_local_recorder(&*recorder, || {
+            describe_counter!(
+                RPC_OUTCOMES,
+                "Finished Mintgate RPCs by rpc, fault class (ok, user, system) and reason."
+            );
+            describe_histogram!(
+                RPC_DURATION,
+                Unit::Seconds,
+                "Time from a call reaching the service to its response (stream set-up for \
+                 WatchRevocations)."
+            );
+            describe_histogram!(
+                ISSUANCE_DURATION,
+                Unit::Seconds,
+                "Time to answer an Enroll or Renew that returned a certificate."
+            );
+            describe_histogram!(
+                PROPAGATION,
+                Unit::Seconds,
+                "Time from this server applying a committed revocation to queueing its event on \
+                 a subscriber's stream, per subscriber."
+            );
+            describe_gauge!(SUBSCRIBERS, "Open WatchRevocations streams.");
+            describe_counter!(
+                SLOW_SUBSCRIBERS,
+                "Subscribers closed with SUBSCRIBER_TOO_SLOW because their buffer was full."
+            );
+            (
+                gauge!(SUBSCRIBERS),
+                counter!(SLOW_SUBSCRIBERS),
+                histogram!(PROPAGATION),
+            )
+        });
+        Self {
+            inner: Arc::new(Inner {
+                recorder,
+                subscribers,
+                slow_subscribers,
+                propagation,
+            }),
+        }
+    }
+
+    /// Records nothing (a hub or server built without a recorder).
+    pub fn disabled() -> Self {
+        Self::new(Arc::new(NoopRecorder))
+    }
+
+    /// One finished call of `rpc`.
+    pub(crate) fn rpc(
+        &self,
+        rpc: &'static str,
+        elapsed: Duration,
+        class: Class,
+        reason: impl Into<SharedString>,
+    ) {
+        let seconds = elapsed.as_secs_f64();
+        with_local_recorder(&*self.inner.recorder, || {
+            histogram!(RPC_DURATION, "rpc" => rpc).record(seconds);
+            counter!(
+                RPC_OUTCOMES,
+                "rpc" => rpc,
+                "class" => class.as_str(),
+                "reason" => reason.into()
+            )
+            .increment(1);
+            if class == Class::Ok && ISSUING.contains(&rpc) {
+                histogram!(ISSUANCE_DURATION, "rpc" => rpc).record(seconds);
+            }
+        });
+    }
+
+    pub(crate) fn subscriber_joined(&self) {
+        self.inner.subscribers.increment(1.0);
+    }
+
+    pub(crate) fn subscriber_left(&self) {
+        self.inner.subscribers.decrement(1.0);
+    }
+
+    pub(crate) fn subscriber_too_slow(&self) {
+        self.inner.slow_subscribers.increment(1);
+    }
+
+    /// A live revocation queued for one subscriber, `lag` after the hub applied it.
+    pub(crate) fn propagated(&self, lag: Duration) {
+        self.inner.propagation.record(lag.as_secs_f64());
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}

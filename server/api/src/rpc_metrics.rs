@@ -1,0 +1,277 @@
+//! A tower layer around the gRPC routes that records every Mintgate call's duration and outcome.
+//!
+//! The outcome is read back from the response: tonic answers a failed call with a trailers-only
+//! response whose headers carry the status and the `ErrorInfo` that [`crate::to_status`]
+//! attached, so the reason and fault class counted are exactly what the client was sent. That
+//! also covers refusals that never reach a handler (an unidentified peer, an oversized message).
+//! tonic's own call deadline sits outside this layer and drops the call's future when it fires;
+//! a call dropped unfinished is counted as `DEADLINE_EXCEEDED` (system) once our deadline has
+//! passed, otherwise as `CANCELLED` (user: the client gave up or its own deadline passed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tonic::codegen::http::{HeaderMap, Request, Response};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use tower::{Layer, Service};
+
+use crate::metrics::{Class, Metrics};
+
+/// The package whose calls are measured; health and reflection are not.
+const PACKAGE: &str = "/mintgate.v1.";
+
+/// Mintgate's RPCs: the only values of the `rpc` label (a client cannot mint new series).
+const RPCS: [&str; 9] = [
+    "Enroll",
+    "Renew",
+    "GetRequest",
+    "CreateJoinToken",
+    "Revoke",
+    "RevokeIdentity",
+    "UnblockIdentity",
+    "CheckStatus",
+    "WatchRevocations",
+];
+
+/// See the module documentation.
+#[derive(Clone)]
+pub(crate) struct RpcMetricsLayer {
+    metrics: Metrics,
+    /// The server's own call deadline.
+    deadline: Duration,
+}
+
+impl RpcMetricsLayer {
+    pub(crate) fn new(metrics: Metrics, deadline: Duration) -> Self {
+        Self { metrics, deadline }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct RpcMetrics<S> {
+    inner: S,
+    layer: RpcMetricsLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, R> Service<Request<B>> for RpcMetrics<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let call = rpc_of(request.uri().path()).map(|rpc| Call {
+            rpc,
+            started: Instant::now(),
+            layer: self.layer.clone(),
+            finished: false,
+        });
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            if let Some(mut call) = call {
+                let (class, reason) = match &response {
+                    Ok(r) => outcome(r.headers()),
+                    Err(_) => (Class::System, "UNKNOWN".to_owned()),
+                };
+                call.finish(class, reason);
+            }
+            response
+        })
+    }
+}
+
+/// One measured call; counted when it finishes or, unfinished, when it is dropped.
+struct Call {
+    rpc: &'static str,
+    started: Instant,
+    layer: RpcMetricsLayer,
+    finished: bool,
+}
+
+impl Call {
+    fn finish(&mut self, class: Class, reason: String) {
+        self.finished = true;
+        self.layer
+            .metrics
+            .rpc(self.rpc, self.started.elapsed(), class, reason);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        let (class, reason) = if elapsed >= self.layer.deadline {
+            (Class::System, "DEADLINE_EXCEEDED")
+        } else {
+            (Class::User, "CANCELLED")
+        };
+        self.layer.metrics.rpc(self.rpc, elapsed, class, reason);
+    }
+}
+
+/// The `rpc` label of a request path, for Mintgate's package only.
+fn rpc_of(path: &str) -> Option<&'static str> {
+    let method = path.strip_prefix(PACKAGE)?.rsplit('/').next()?;
+    Some(
+        RPCS.into_iter()
+            .find(|rpc| *rpc == method)
+            .unwrap_or("other"),
+    )
+}
+
+/// The class and reason of a response: its `ErrorInfo` when it has one, else its code.
+fn outcome(headers: &HeaderMap) -> (Class, String) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return (Class::Ok, "OK".to_owned());
+    };
+    let (code_reason, code_class) = by_code(status.code());
+    match status.get_details_error_info() {
+        Some(info) => {
+            let class = match info.metadata.get("fault").map(String::as_str) {
+                Some("user") => Class::User,
+                Some("system") => Class::System,
+                _ => code_class,
+            };
+            (class, info.reason)
+        }
+        None => (code_class, code_reason.to_owned()),
+    }
+}
+
+/// A reason and class for statuses without `ErrorInfo` (made by tonic, not by us).
+fn by_code(code: Code) -> (&'static str, Class) {
+    match code {
+        Code::Ok => ("OK", Class::Ok),
+        Code::Cancelled => ("CANCELLED", Class::User),
+        Code::Unknown => ("UNKNOWN", Class::System),
+        Code::InvalidArgument => ("INVALID_ARGUMENT", Class::User),
+        Code::DeadlineExceeded => ("DEADLINE_EXCEEDED", Class::System),
+        Code::NotFound => ("NOT_FOUND", Class::User),
+        Code::AlreadyExists => ("ALREADY_EXISTS", Class::User),
+        Code::PermissionDenied => ("PERMISSION_DENIED", Class::User),
+        Code::ResourceExhausted => ("RESOURCE_EXHAUSTED", Class::User),
+        Code::FailedPrecondition => ("FAILED_PRECONDITION", Class::User),
+        Code::Aborted => ("ABORTED", Class::System),
+        Code::OutOfRange => ("OUT_OF_RANGE", Class::User),
+        Code::Unimplemented => ("UNIMPLEMENTED", Class::User),
+        Code::Internal => ("INTERNAL", Class::System),
+        Code::Unavailable => ("UNAVAILABLE", Class::System),
+        Code::DataLoss => ("DATA_LOSS", Class::System),
+        Code::Unauthenticated => ("UNAUTHENTICATED", Class::User),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    /// A route that never answers.
+    struct Stuck;
+
+    impl Service<Request<()>> for Stuck {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Pending<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    /// What is counted for an Enroll dropped unfinished, with our deadline at `deadline`.
+    fn dropped_with_deadline(deadline: Duration) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let layer = RpcMetricsLayer::new(Metrics::new(Arc::new(recorder)), deadline);
+        let request = Request::builder()
+            .uri("/mintgate.v1.Provisioning/Enroll")
+            .body(())
+            .unwrap();
+        drop(layer.layer(Stuck).call(request));
+        handle.render()
+    }
+
+    #[test]
+    fn a_call_dropped_unfinished_is_a_cancellation_or_our_deadline() {
+        let outcome = |class, reason| {
+            format!(
+                "mintgate_rpc_outcomes_total{{rpc=\"Enroll\",class=\"{class}\",reason=\"{reason}\"}} 1"
+            )
+        };
+        let cancelled = dropped_with_deadline(Duration::from_secs(30));
+        assert!(
+            cancelled.contains(&outcome("user", "CANCELLED")),
+            "{cancelled}"
+        );
+        let timed_out = dropped_with_deadline(Duration::ZERO);
+        assert!(
+            timed_out.contains(&outcome("system", "DEADLINE_EXCEEDED")),
+            "{timed_out}"
+        );
+    }
+
+    #[test]
+    fn only_mintgate_rpcs_get_a_label_and_unknown_methods_share_one() {
+        assert_eq!(rpc_of("/mintgate.v1.Provisioning/Enroll"), Some("Enroll"));
+        assert_eq!(
+            rpc_of("/mintgate.v1.Revocation/WatchRevocations"),
+            Some("WatchRevocations")
+        );
+        assert_eq!(rpc_of("/mintgate.v1.Admin/Anything"), Some("other"));
+        assert_eq!(rpc_of("/grpc.health.v1.Health/Check"), None);
+    }
+
+    #[test]
+    fn outcomes_come_from_error_info_and_fall_back_to_the_code() {
+        assert_eq!(outcome(&HeaderMap::new()), (Class::Ok, "OK".to_owned()));
+
+        let mut metadata = HashMap::new();
+        metadata.insert("fault".to_owned(), "user".to_owned());
+        let details = ErrorDetails::with_error_info("JOIN_TOKEN_USED", "mintgate", metadata);
+        let refused = Status::with_error_details(Code::PermissionDenied, "no", details);
+        let (class, reason) = outcome(refused.into_http::<()>().headers());
+        assert_eq!((class, reason.as_str()), (Class::User, "JOIN_TOKEN_USED"));
+
+        let bare = Status::unavailable("down");
+        let (class, reason) = outcome(bare.into_http::<()>().headers());
+        assert_eq!((class, reason.as_str()), (Class::System, "UNAVAILABLE"));
+    }
+}

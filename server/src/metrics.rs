@@ -1,0 +1,104 @@
+//! `/metrics`: one Prometheus recorder per [`Application`](crate::Application), never installed
+//! as the process-wide recorder, so several servers in one process keep separate series. The
+//! api and store crates record into it through handles (`mintgate_api::Metrics`,
+//! `mintgate_store::StoreMetrics`); the gauges that are cheaper to read than to track (CA expiry,
+//! outstanding join tokens) are refreshed here on each scrape.
+
+use std::sync::Arc;
+
+use metrics::{Gauge, Recorder, Unit, describe_gauge, gauge, with_local_recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use mintgate_api::metrics::{ISSUANCE_DURATION, PROPAGATION, RPC_DURATION};
+use mintgate_domain::ports::Clock;
+use mintgate_store::SqlStore;
+use mintgate_store::metrics::COMMIT_BATCH;
+use time::OffsetDateTime;
+
+/// Seconds until the issuing CA certificate's notAfter (negative once it has passed).
+pub const CA_EXPIRY: &str = "mintgate_ca_expiry_seconds";
+/// Join tokens neither used nor expired.
+pub const JOIN_TOKENS: &str = "mintgate_join_tokens_outstanding";
+
+/// Bucket bounds: histograms are exported as Prometheus histograms (not summaries), so they
+/// aggregate across replicas and `histogram_quantile` works on them.
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const LAG: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+const BATCH: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+/// See the module documentation.
+pub(crate) struct Exporter {
+    recorder: Arc<dyn Recorder + Send + Sync>,
+    handle: PrometheusHandle,
+    ca_expiry: Gauge,
+    join_tokens: Gauge,
+    ca_not_after: OffsetDateTime,
+    clock: Arc<dyn Clock>,
+}
+
+impl Exporter {
+    pub(crate) fn new(ca_not_after: OffsetDateTime, clock: Arc<dyn Clock>) -> Self {
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets) in [
+            (RPC_DURATION, LATENCY),
+            (ISSUANCE_DURATION, LATENCY),
+            (PROPAGATION, LAG),
+            (COMMIT_BATCH, BATCH),
+        ] {
+            // The only error is an empty bucket list; these are constants and none is empty.
+            #[allow(clippy::expect_used)]
+            {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                    .expect("bucket lists are not empty");
+            }
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let recorder: Arc<dyn Recorder + Send + Sync> = Arc::new(recorder);
+        let (ca_expiry, join_tokens) = with_local_recorder(&*recorder, || {
+            describe_gauge!(
+                CA_EXPIRY,
+                Unit::Seconds,
+                "Seconds until the issuing CA certificate expires."
+            );
+            describe_gauge!(JOIN_TOKENS, "Join tokens neither used nor expired.");
+            (gauge!(CA_EXPIRY), gauge!(JOIN_TOKENS))
+        });
+        Self {
+            recorder,
+            handle,
+            ca_expiry,
+            join_tokens,
+            ca_not_after,
+            clock,
+        }
+    }
+
+    /// The recorder the rest of the application records into.
+    pub(crate) fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
+        self.recorder.clone()
+    }
+
+    /// Folds recorded histogram samples into their buckets, so memory stays bounded between
+    /// scrapes (a scrape does the same).
+    pub(crate) fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Refreshes the read-on-scrape gauges and renders the text exposition format. A database
+    /// that does not answer leaves the join-token gauge at its last value (and `/readyz` fails).
+    pub(crate) async fn render(&self, store: &SqlStore) -> String {
+        let now = self.clock.now();
+        self.ca_expiry
+            .set((self.ca_not_after - now).as_seconds_f64());
+        match store.outstanding_join_tokens(now).await {
+            Ok(n) => self.join_tokens.set(n as f64),
+            Err(e) => tracing::warn!(error = %e, "counting outstanding join tokens failed"),
+        }
+        self.handle.render()
+    }
+}
