@@ -220,6 +220,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    raise_open_file_limit();
     let dev = settings.dev;
     let app = match Application::build(settings, Arc::new(SystemClock)).await {
         Ok(app) => app,
@@ -260,6 +261,14 @@ fn print_dev_tour(grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
          grpcurl {tls} -d '{{\"request_id\":\"tok-1\",\"spiffe_id\":\"spiffe://{DEV_TRUST_DOMAIN}/joined/demo\"}}' {grpc} mintgate.v1.Admin/CreateJoinToken\n\n\
          The README's tour continues with an openssl CSR and Provisioning/Enroll.\n"
     );
+}
+
+/// Every subscribed sidecar holds a connection: lift the soft RLIMIT_NOFILE to the hard limit.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "open-file limit not raised"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -12,6 +12,7 @@ pub mod metrics;
 mod write;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mintgate_domain::Serial;
@@ -28,12 +29,14 @@ use time::OffsetDateTime;
 use crate::entity::{audit_event, certificate, join_token, request};
 pub use crate::metrics::StoreMetrics;
 
-/// A database-backed store. Cheap to clone; clones share the pool and the writer lock.
+/// A database-backed store. Cheap to clone; clones share the pool, the writer lock and the
+/// commit counter.
 #[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
     writer: Arc<tokio::sync::Mutex<()>>,
     metrics: StoreMetrics,
+    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -77,6 +80,7 @@ impl SqlStore {
             db,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             metrics: StoreMetrics::default(),
+            commits: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -94,6 +98,12 @@ impl SqlStore {
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
         self.db.ping().await.is_ok()
+    }
+
+    /// Write transactions committed through this store (and its clones) since it was opened:
+    /// each is one durable commit, so issuances ÷ this is the batching factor.
+    pub fn write_commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub fn backend_name(&self) -> &'static str {

@@ -1,5 +1,7 @@
 //! The store's writes: each is one transaction under the writer lock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
 use mintgate_domain::lifecycle::{CertState, RequestState};
@@ -39,6 +41,7 @@ struct WriteTx<'a> {
     txn: DatabaseTransaction,
     metrics: &'a StoreMetrics,
     done: Done,
+    commits: &'a AtomicU64,
 }
 
 impl SqlStore {
@@ -63,6 +66,7 @@ impl SqlStore {
             txn,
             metrics: &self.metrics,
             done: Done::default(),
+            commits: &self.commits,
         })
     }
 }
@@ -72,6 +76,7 @@ impl WriteTx<'_> {
     async fn commit(self) -> Result<(), StoreError> {
         self.txn.commit().await.map_err(unavailable)?;
         self.done.report(self.metrics);
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

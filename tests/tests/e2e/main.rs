@@ -5,6 +5,7 @@
 mod agent;
 mod audit;
 mod bad_input;
+mod bench;
 mod idempotency;
 mod issuance;
 mod metrics;

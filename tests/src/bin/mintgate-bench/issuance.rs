@@ -1,0 +1,119 @@
+//! Benchmark 2, issuance end to end: `clients` concurrent node clients, each on its own mTLS
+//! connection, enroll workloads through a real in-process server ([`TestServer`]: the
+//! `Application`, port 0, a fresh database). Every answer is sent after its rows committed:
+//! SQLite in WAL with `synchronous = FULL` (the store's setting) or PostgreSQL with whatever
+//! `synchronous_commit` the server runs (reported; `on` by default).
+//!
+//! Durable issuances per commit come from the store's own count of committed write
+//! transactions ([`mintgate_store::SqlStore::write_commits`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use mintgate_sdk::v1;
+use mintgate_tests::{Backend, TestServer};
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::support::{Latency, progress};
+
+#[derive(Debug, Serialize)]
+pub struct Issuance {
+    pub database: String,
+    pub clients: usize,
+    pub issuances: usize,
+    pub per_second: f64,
+    pub latency: Latency,
+    /// Write transactions the store committed during the run.
+    pub commits: u64,
+    pub issuances_per_commit: f64,
+    /// `per_second` ÷ the crypto ceiling (benchmark 1, same cores).
+    pub ratio_to_crypto: f64,
+}
+
+/// Enrolls one certificate per CSR over `clients` connections.
+pub async fn run(
+    backend: Backend,
+    csrs: Arc<[String]>,
+    clients: usize,
+    ceiling: f64,
+) -> anyhow::Result<Issuance> {
+    let server = TestServer::spawn(backend).await;
+    let database = durability(&server).await?;
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(server.node().await);
+    }
+    let bar = progress(csrs.len(), &format!("issuance {}", label(backend)))?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let commits_before = server.store().write_commits();
+    let start = Instant::now();
+    let mut workers = JoinSet::new();
+    for client in connections {
+        let (csrs, next, bar) = (csrs.clone(), next.clone(), bar.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(csr) = csrs.get(i) else {
+                    return anyhow::Ok(latencies);
+                };
+                let sent = Instant::now();
+                client
+                    .enroll(v1::EnrollRequest {
+                        csr: csr.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("enrolling CSR {i}"))?;
+                latencies.push(sent.elapsed());
+                bar.inc(1);
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(csrs.len());
+    while let Some(done) = workers.join_next().await {
+        latencies.extend(done??);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let commits = server.store().write_commits() - commits_before;
+    bar.finish_and_clear();
+    server.shutdown().await;
+    let per_second = csrs.len() as f64 / seconds;
+    Ok(Issuance {
+        database,
+        clients,
+        issuances: csrs.len(),
+        per_second,
+        latency: Latency::of(latencies),
+        commits,
+        issuances_per_commit: csrs.len() as f64 / commits.max(1) as f64,
+        ratio_to_crypto: per_second / ceiling,
+    })
+}
+
+pub fn label(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    }
+}
+
+/// The database and what makes its commits durable, as the server runs it.
+async fn durability(server: &TestServer) -> anyhow::Result<String> {
+    if server.backend == Backend::Sqlite {
+        return Ok("SQLite WAL, synchronous=FULL".to_owned());
+    }
+    let db = Database::connect(&server.database_url).await?;
+    let show = Statement::from_string(DbBackend::Postgres, "SHOW synchronous_commit");
+    let row = db
+        .query_one_raw(show)
+        .await?
+        .context("SHOW answered no row")?;
+    let setting: String = row.try_get_by_index(0)?;
+    db.close().await?;
+    Ok(format!("PostgreSQL, synchronous_commit={setting}"))
+}

@@ -1,0 +1,179 @@
+//! The results: one JSON document, and a table with each figure next to its target (issue 5,
+//! DESIGN §10).
+
+use serde::Serialize;
+
+use crate::crypto::Crypto;
+use crate::fanout::{Fanout, Memory};
+use crate::issuance::Issuance;
+use crate::peer::Peer;
+use crate::support::Latency;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub machine: Machine,
+    pub crypto: Crypto,
+    pub issuance: Vec<Issuance>,
+    /// Why the PostgreSQL run is missing, when it was asked for and could not run.
+    pub postgres_skipped: Option<String>,
+    pub fanout: Fanout,
+    pub memory: Memory,
+    pub peer: Peer,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_mib: u64,
+    pub cpu: String,
+    pub open_files_limit: u64,
+}
+
+impl Machine {
+    pub fn read(open_files_limit: u64) -> Self {
+        let file = |path| std::fs::read_to_string(path).unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let meminfo = field(&file("/proc/meminfo"), "MemTotal");
+        Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mib: meminfo
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_default()
+                / 1024,
+            cpu: field(&file("/proc/cpuinfo"), "model name"),
+            open_files_limit,
+        }
+    }
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 3]> = Vec::new();
+        let mut row = |what: String, measured: String, target: String| {
+            rows.push([what, measured, target]);
+        };
+        let c = &self.crypto;
+        row(
+            format!("1 crypto limit ({} threads)", c.threads),
+            format!("{} per core, {} total", rate(c.per_core), rate(c.total)),
+            "the ceiling".into(),
+        );
+        for i in &self.issuance {
+            row(
+                format!("2 issuance, {} (C={})", i.database, i.clients),
+                format!("{}, {}", rate(i.per_second), latency(&i.latency)),
+                String::new(),
+            );
+            row(
+                "  ÷ crypto limit".into(),
+                format!("{:.3}", i.ratio_to_crypto),
+                target(i.ratio_to_crypto >= 0.5, "≥ 0.5"),
+            );
+            row(
+                "  durable issuances per commit".into(),
+                format!("{:.2} ({} commits)", i.issuances_per_commit, i.commits),
+                target(i.issuances_per_commit >= 50.0, "≥ 50"),
+            );
+        }
+        if let Some(why) = &self.postgres_skipped {
+            row("2 issuance, PostgreSQL".into(), why.clone(), String::new());
+        }
+        let f = &self.fanout;
+        row(
+            format!("3 revocation fan-out (N={})", f.subscribers),
+            latency(&f.ours),
+            String::new(),
+        );
+        row(
+            "  from Revoke sent (with the commit)".into(),
+            latency(&f.ours_from_request),
+            String::new(),
+        );
+        row(
+            "  floor: bare tokio-rustls".into(),
+            latency(&f.floor),
+            String::new(),
+        );
+        row(
+            "  p99 ÷ floor p99".into(),
+            format!("{:.2}", f.p99_ratio),
+            target(f.p99_ratio <= 1.15, "≤ 1.15"),
+        );
+        let m = &self.memory;
+        row(
+            format!("4 memory per idle subscriber (N={})", m.subscribers),
+            format!(
+                "{:.1} KiB (floor {:.1} KiB)",
+                m.kib_per_subscriber, m.floor_kib_per_connection
+            ),
+            target(m.kib_per_subscriber <= 24.0, "≤ 24 KiB"),
+        );
+        match &self.peer {
+            Peer::Skipped { reason } => row(
+                "5 peer: cfssl".into(),
+                format!("skipped ({reason})"),
+                String::new(),
+            ),
+            Peer::Measured {
+                version,
+                clients,
+                per_second,
+                latency: l,
+                ratio,
+                ..
+            } => {
+                row(
+                    format!("5 peer: cfssl {version} (C={clients})"),
+                    format!("{}, {}", rate(*per_second), latency(l)),
+                    String::new(),
+                );
+                row(
+                    "  our issuance (SQLite) ÷ cfssl".into(),
+                    format!("{ratio:.3}"),
+                    target(*ratio >= 1.5, "≥ 1.5"),
+                );
+            }
+        }
+        let width = |col: usize| {
+            rows.iter()
+                .map(|r| r[col].chars().count())
+                .max()
+                .unwrap_or(0)
+        };
+        let (w0, w1) = (width(0), width(1));
+        let m = &self.machine;
+        let mut out = format!(
+            "Mintgate benchmarks: {} cores, {} MiB, {}\n{:w0$}  {:w1$}  target\n",
+            m.cores, m.memory_mib, m.cpu, "", "measured"
+        );
+        for [what, measured, target] in &rows {
+            out.push_str(&format!("{what:w0$}  {measured:w1$}  {target}\n"));
+        }
+        out
+    }
+}
+
+fn rate(per_second: f64) -> String {
+    format!("{per_second:.0}/s")
+}
+
+fn latency(l: &Latency) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        l.p50_ms, l.p99_ms, l.max_ms
+    )
+}
+
+fn target(met: bool, goal: &str) -> String {
+    format!("{goal} {}", if met { "(met)" } else { "(missed)" })
+}

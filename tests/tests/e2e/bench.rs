@@ -1,0 +1,79 @@
+//! `mintgate-bench` at tiny sizes, so that every benchmark keeps working. The figures are for
+//! docs/benchmarks.md; here only that each benchmark ran and counted what it was asked to.
+
+use mintgate_tests::db::postgres_available;
+use serde_json::Value;
+
+const SUBSCRIBERS: u64 = 5;
+const ROUNDS: u64 = 2;
+const ISSUANCES: u64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_benchmark_runs_at_tiny_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let postgres = postgres_available().await;
+    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_mintgate-bench"));
+    bench
+        .args(["--crypto-ops", "40", "--clients", "4"])
+        .args(["--issuances", &ISSUANCES.to_string()])
+        .args(["--subscribers", &SUBSCRIBERS.to_string()])
+        .args(["--rounds", &ROUNDS.to_string()])
+        .arg("--mintgate")
+        .arg(mintgate_tests::mintgate_bin())
+        .arg("--json")
+        .arg(&json);
+    if postgres {
+        bench.arg("--postgres");
+    }
+    let out = bench.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for benchmark in [
+        "1 crypto",
+        "2 issuance",
+        "3 revocation",
+        "4 memory",
+        "5 peer",
+    ] {
+        assert!(
+            stdout.contains(benchmark),
+            "{benchmark} missing from\n{stdout}"
+        );
+    }
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["crypto"]["operations"], 40);
+    assert!(report["crypto"]["total"].as_f64().unwrap() > 0.0);
+
+    let issuance = report["issuance"].as_array().unwrap();
+    assert_eq!(issuance.len(), if postgres { 2 } else { 1 });
+    for run in issuance {
+        assert_eq!(run["issuances"], ISSUANCES);
+        assert_eq!(run["latency"]["samples"], ISSUANCES);
+        // Each issuance commits at least once before it is answered.
+        assert!(run["commits"].as_u64().unwrap() >= ISSUANCES, "{run}");
+    }
+    if postgres {
+        assert_eq!(issuance[1]["database"], "PostgreSQL, synchronous_commit=on");
+    }
+
+    let fanout = &report["fanout"];
+    assert_eq!(fanout["ours"]["samples"], SUBSCRIBERS * ROUNDS);
+    assert_eq!(fanout["floor"]["samples"], SUBSCRIBERS * ROUNDS);
+    assert!(fanout["event_bytes"].as_u64().unwrap() > 5);
+    assert!(report["memory"]["rss_kib_idle"].as_u64().unwrap() > 0);
+
+    let cfssl = std::process::Command::new("cfssl").arg("version").output();
+    if cfssl.is_ok_and(|o| o.status.success()) {
+        assert_eq!(report["peer"]["status"], "measured");
+        assert_eq!(report["peer"]["signatures"], ISSUANCES);
+    } else {
+        assert_eq!(report["peer"]["reason"], "cfssl not installed");
+        assert!(stdout.contains("skipped (cfssl not installed)"));
+    }
+}
