@@ -9,6 +9,7 @@
 mod convert;
 mod entity;
 pub mod metrics;
+mod read;
 mod write;
 
 use std::sync::Arc;

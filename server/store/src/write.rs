@@ -17,7 +17,7 @@ use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    QueryOrder, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
@@ -25,12 +25,8 @@ use tokio::sync::MutexGuard;
 use crate::entity::{
     audit_event, certificate, identity_block, join_token, request, revocation, revocation_floor,
 };
-
-/// States of a certificate that still works (until its notAfter).
-fn live_states() -> [&'static str; 2] {
-    [CertState::Active.as_str(), CertState::Superseded.as_str()]
-}
 use crate::metrics::{Done, StoreMetrics};
+use crate::read::{bounds, live_states};
 use crate::{SqlStore, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
@@ -446,15 +442,7 @@ impl CertificateStore for SqlStore {
         &self,
         request_pk: i64,
     ) -> Result<Vec<RevocationRecord>, StoreError> {
-        revocation::Entity::find()
-            .filter(revocation::Column::RequestPk.eq(request_pk))
-            .order_by_asc(revocation::Column::Seq)
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(convert::revocation)
-            .collect()
+        self.revocations_of_request_rows(request_pk).await
     }
 
     async fn live_certificates_of(
@@ -462,26 +450,11 @@ impl CertificateStore for SqlStore {
         spiffe_id: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
-        certificate::Entity::find()
-            .filter(certificate::Column::SpiffeId.eq(spiffe_id))
-            .filter(certificate::Column::State.is_in(live_states()))
-            .filter(certificate::Column::NotAfter.gt(now.unix_timestamp()))
-            .order_by_asc(certificate::Column::IssuedAt)
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(convert::certificate)
-            .collect()
+        self.live_certificate_rows(spiffe_id, now).await
     }
 
     async fn identity_block(&self, spiffe_id: &str) -> Result<Option<BlockRecord>, StoreError> {
-        identity_block::Entity::find_by_id(spiffe_id.to_owned())
-            .one(&self.db)
-            .await
-            .map_err(unavailable)?
-            .map(convert::block)
-            .transpose()
+        self.identity_block_row(spiffe_id).await
     }
 
     async fn unblock(
@@ -515,13 +488,7 @@ impl CertificateStore for SqlStore {
     }
 
     async fn revocation(&self, serial: &Serial) -> Result<Option<RevocationRecord>, StoreError> {
-        revocation::Entity::find()
-            .filter(revocation::Column::Serial.eq(serial.to_hex()))
-            .one(&self.db)
-            .await
-            .map_err(unavailable)?
-            .map(convert::revocation)
-            .transpose()
+        self.revocation_row(serial).await
     }
 
     async fn revocations_after(
@@ -529,16 +496,7 @@ impl CertificateStore for SqlStore {
         cursor: i64,
         limit: u64,
     ) -> Result<Vec<RevocationRecord>, StoreError> {
-        revocation::Entity::find()
-            .filter(revocation::Column::Seq.gt(cursor))
-            .order_by_asc(revocation::Column::Seq)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(convert::revocation)
-            .collect()
+        self.revocation_rows_after(cursor, limit).await
     }
 
     async fn revocation_bounds(&self) -> Result<LogBounds, StoreError> {
@@ -549,15 +507,7 @@ impl CertificateStore for SqlStore {
         &self,
         now: OffsetDateTime,
     ) -> Result<Vec<RevocationRecord>, StoreError> {
-        revocation::Entity::find()
-            .filter(revocation::Column::NotAfter.gt(now.unix_timestamp()))
-            .order_by_asc(revocation::Column::Seq)
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(convert::revocation)
-            .collect()
+        self.live_revocation_rows(now).await
     }
 
     async fn prune_revocations(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
@@ -589,23 +539,4 @@ impl CertificateStore for SqlStore {
         tx.commit().await?;
         Ok(deleted.rows_affected)
     }
-}
-
-/// Floor and head of the revocation log, as seen by `db`.
-async fn bounds(db: &impl ConnectionTrait) -> Result<LogBounds, StoreError> {
-    let pruned_through = revocation_floor::Entity::find_by_id(1)
-        .one(db)
-        .await
-        .map_err(unavailable)?
-        .map_or(0, |f| f.pruned_through);
-    let newest = revocation::Entity::find()
-        .order_by_desc(revocation::Column::Seq)
-        .one(db)
-        .await
-        .map_err(unavailable)?
-        .map_or(0, |r| r.seq);
-    Ok(LogBounds {
-        pruned_through,
-        head: newest.max(pruned_through),
-    })
 }

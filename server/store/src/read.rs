@@ -1,0 +1,125 @@
+//! The revocation registry's reads. They run outside the writer lock: the writer assigns
+//! sequence numbers in commit order, so a reader never sees a later entry before an earlier one.
+
+use mintgate_domain::Serial;
+use mintgate_domain::lifecycle::CertState;
+use mintgate_domain::model::{BlockRecord, CertificateRecord, RevocationRecord};
+use mintgate_domain::store::{LogBounds, StoreError};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
+use time::OffsetDateTime;
+
+use crate::entity::{certificate, identity_block, revocation, revocation_floor};
+use crate::{SqlStore, convert, unavailable};
+
+/// States of a certificate that still works (until its notAfter).
+pub(crate) fn live_states() -> [&'static str; 2] {
+    [CertState::Active.as_str(), CertState::Superseded.as_str()]
+}
+
+/// Every row `query` selects, converted.
+async fn rows<E: EntityTrait, T>(
+    query: Select<E>,
+    db: &impl ConnectionTrait,
+    convert: impl Fn(E::Model) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    query
+        .all(db)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(convert)
+        .collect()
+}
+
+impl SqlStore {
+    pub(crate) async fn revocations_of_request_rows(
+        &self,
+        request_pk: i64,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        let query = revocation::Entity::find()
+            .filter(revocation::Column::RequestPk.eq(request_pk))
+            .order_by_asc(revocation::Column::Seq);
+        rows(query, &self.db, convert::revocation).await
+    }
+
+    pub(crate) async fn live_certificate_rows(
+        &self,
+        spiffe_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        let query = certificate::Entity::find()
+            .filter(certificate::Column::SpiffeId.eq(spiffe_id))
+            .filter(certificate::Column::State.is_in(live_states()))
+            .filter(certificate::Column::NotAfter.gt(now.unix_timestamp()))
+            .order_by_asc(certificate::Column::IssuedAt);
+        rows(query, &self.db, convert::certificate).await
+    }
+
+    pub(crate) async fn identity_block_row(
+        &self,
+        spiffe_id: &str,
+    ) -> Result<Option<BlockRecord>, StoreError> {
+        identity_block::Entity::find_by_id(spiffe_id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::block)
+            .transpose()
+    }
+
+    pub(crate) async fn revocation_row(
+        &self,
+        serial: &Serial,
+    ) -> Result<Option<RevocationRecord>, StoreError> {
+        revocation::Entity::find()
+            .filter(revocation::Column::Serial.eq(serial.to_hex()))
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(convert::revocation)
+            .transpose()
+    }
+
+    pub(crate) async fn revocation_rows_after(
+        &self,
+        cursor: i64,
+        limit: u64,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        let query = revocation::Entity::find()
+            .filter(revocation::Column::Seq.gt(cursor))
+            .order_by_asc(revocation::Column::Seq)
+            .limit(limit);
+        rows(query, &self.db, convert::revocation).await
+    }
+
+    pub(crate) async fn live_revocation_rows(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        let query = revocation::Entity::find()
+            .filter(revocation::Column::NotAfter.gt(now.unix_timestamp()))
+            .order_by_asc(revocation::Column::Seq);
+        rows(query, &self.db, convert::revocation).await
+    }
+}
+
+/// Floor and head of the revocation log, as seen by `db`.
+pub(crate) async fn bounds(db: &impl ConnectionTrait) -> Result<LogBounds, StoreError> {
+    let pruned_through = revocation_floor::Entity::find_by_id(1)
+        .one(db)
+        .await
+        .map_err(unavailable)?
+        .map_or(0, |f| f.pruned_through);
+    let newest = revocation::Entity::find()
+        .order_by_desc(revocation::Column::Seq)
+        .one(db)
+        .await
+        .map_err(unavailable)?
+        .map_or(0, |r| r.seq);
+    Ok(LogBounds {
+        pruned_through,
+        head: newest.max(pruned_through),
+    })
+}
