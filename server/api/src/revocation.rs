@@ -201,7 +201,7 @@ impl<S: CertificateStore> Feed<S> {
             if self.cursor < pruned_through {
                 self.snapshot().await?;
             }
-            self.replay().await?;
+            self.replay(true).await?;
             self.heartbeat().await?;
             self.follow(live).await
         }
@@ -231,8 +231,9 @@ impl<S: CertificateStore> Feed<S> {
         Ok(())
     }
 
-    /// Sends every logged entry after the cursor, waiting for the subscriber as needed.
-    async fn replay(&mut self) -> Result<(), Stop> {
+    /// Sends every logged entry after the cursor: `waiting` for room in the subscriber's buffer
+    /// (catch-up), or closing it as too slow when full (while live).
+    async fn replay(&mut self, waiting: bool) -> Result<(), Stop> {
         loop {
             let batch = self
                 .app
@@ -242,7 +243,11 @@ impl<S: CertificateStore> Feed<S> {
                 .map_err(fail)?;
             let full = batch.len() as u64 == LOG_BATCH;
             for entry in &batch {
-                self.send(event(entry)).await?;
+                if waiting {
+                    self.send(event(entry)).await?;
+                } else {
+                    self.offer(event(entry))?;
+                }
                 self.cursor = entry.seq;
             }
             if !full {
@@ -270,7 +275,7 @@ impl<S: CertificateStore> Feed<S> {
                     }
                     // A gap (entries pruned before the hub read them) or our own lag behind
                     // the hub: the database has everything.
-                    Ok(_) | Err(RecvError::Lagged(_)) => self.replay_live().await?,
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.replay(false).await?,
                     Err(RecvError::Closed) => return Err(Stop::Gone),
                 },
             }
@@ -278,20 +283,6 @@ impl<S: CertificateStore> Feed<S> {
     }
 
     /// Catch-up while live: like [`Feed::replay`], but a full buffer closes the subscriber.
-    async fn replay_live(&mut self) -> Result<(), Stop> {
-        let batch = self
-            .app
-            .store()
-            .revocations_after(self.cursor, LOG_BATCH)
-            .await
-            .map_err(fail)?;
-        for entry in &batch {
-            self.offer(event(entry))?;
-            self.cursor = entry.seq;
-        }
-        Ok(())
-    }
-
     fn heartbeat_message(&self) -> Message {
         Message::Heartbeat(v1::Heartbeat {
             head_seq: self.cursor,
