@@ -323,12 +323,17 @@ async fn renewal_outage(backend: Backend) {
     let mut updates = manager.subscribe();
     // The manager waits for its renewal time; the server goes down meanwhile.
     let stopped = server.stop().await;
-    let mut backoffs = Vec::new();
-    for _ in 0..4 {
-        gate.add_permits(1);
-        // Each failed attempt is followed by a backoff sleep.
+    let next_sleep = async |sleeps: &mut tokio::sync::mpsc::UnboundedReceiver<Duration>| {
         let slept = tokio::time::timeout(Duration::from_secs(15), sleeps.recv()).await;
-        backoffs.push(slept.expect("the manager retries").unwrap());
+        slept.expect("the manager sleeps again").unwrap()
+    };
+    // The first sleep (until the renewal time) is asked for before any permit.
+    let mut backoffs = vec![next_sleep(&mut sleeps).await];
+    for _ in 0..3 {
+        // Each permit ends one sleep; the failed attempt after it asks for a backoff sleep,
+        // which then waits for the next permit.
+        gate.add_permits(1);
+        backoffs.push(next_sleep(&mut sleeps).await);
     }
     assert!(sleeps.try_recv().is_err(), "one attempt per permit");
     // Full jitter below a doubling ceiling (2, 4, 8 s) after the first sleep (the renewal time).
