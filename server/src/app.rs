@@ -116,13 +116,13 @@ impl Application {
                 what: "private key",
             })?;
 
-        let store = SqlStore::connect(&settings.database_url)
+        let store_metrics = StoreMetrics::new(&*metrics.recorder());
+        let store = SqlStore::connect_with_metrics(&settings.database_url, store_metrics)
             .await
             .map_err(|source| BuildError::Store {
                 url: redact_url(&settings.database_url),
                 source,
-            })?
-            .with_metrics(StoreMetrics::new(&*metrics.recorder()));
+            })?;
         store.migrate().await.map_err(|source| BuildError::Store {
             url: redact_url(&settings.database_url),
             source,

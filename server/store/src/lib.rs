@@ -6,8 +6,10 @@
 //! too): it applies its conditional updates, appends its audit events to the hash chain, and
 //! commits — or leaves nothing behind.
 
+mod batch;
 mod convert;
 mod entity;
+mod issuance;
 pub mod metrics;
 mod read;
 mod write;
@@ -30,14 +32,20 @@ use time::OffsetDateTime;
 use crate::entity::{audit_event, certificate, join_token, request};
 pub use crate::metrics::StoreMetrics;
 
-/// A database-backed store. Cheap to clone; clones share the pool, the writer lock and the
-/// commit counter.
+/// A database-backed store. Cheap to clone; clones share the pool and the writer.
 #[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
-    writer: Arc<tokio::sync::Mutex<()>>,
+    writer: Arc<Writer>,
+    group: batch::GroupCommit,
+}
+
+/// What every write goes through: the writer lock, and what commits are counted in.
+pub(crate) struct Writer {
+    db: DatabaseConnection,
+    lock: tokio::sync::Mutex<()>,
     metrics: StoreMetrics,
-    commits: Arc<AtomicU64>,
+    commits: AtomicU64,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -57,8 +65,18 @@ pub(crate) fn unavailable(e: DbErr) -> StoreError {
 
 impl SqlStore {
     /// Opens `sqlite://path?mode=rwc` or `postgres://…`. SQLite runs in WAL mode with
-    /// `synchronous = FULL`: a commit is durable before it is acknowledged.
+    /// `synchronous = FULL`: a commit is durable before it is acknowledged. Records nothing in
+    /// metrics.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_metrics(url, StoreMetrics::default()).await
+    }
+
+    /// [`connect`](Self::connect), recording commits into `metrics`. Starts the group-commit
+    /// writer on the current tokio runtime.
+    pub async fn connect_with_metrics(
+        url: &str,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new(url);
         options
             .sqlx_logging(false)
@@ -77,18 +95,14 @@ impl SqlStore {
             });
         }
         let db = Database::connect(options).await.map_err(unavailable)?;
-        Ok(Self {
-            db,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-            metrics: StoreMetrics::default(),
-            commits: Arc::new(AtomicU64::new(0)),
-        })
-    }
-
-    /// Records commits into `metrics` (none are recorded by default).
-    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Self {
-        self.metrics = metrics;
-        self
+        let writer = Arc::new(Writer {
+            db: db.clone(),
+            lock: tokio::sync::Mutex::new(()),
+            metrics,
+            commits: AtomicU64::new(0),
+        });
+        let group = batch::GroupCommit::start(writer.clone());
+        Ok(Self { db, writer, group })
     }
 
     /// Applies pending migrations.
@@ -104,7 +118,7 @@ impl SqlStore {
     /// Write transactions committed through this store (and its clones) since it was opened:
     /// each is one durable commit, so issuances ÷ this is the batching factor.
     pub fn write_commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.writer.commits.load(Ordering::Relaxed)
     }
 
     pub fn backend_name(&self) -> &'static str {

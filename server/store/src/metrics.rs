@@ -30,7 +30,7 @@ impl StoreMetrics {
         with_local_recorder(recorder, || {
             describe_histogram!(
                 COMMIT_BATCH,
-                "Client requests made durable per database commit (one per commit today)."
+                "Client requests made durable per database commit (group commit batches them)."
             );
             describe_counter!(
                 REQUESTS,
@@ -62,12 +62,9 @@ pub(crate) struct Done {
 }
 
 impl Done {
-    /// Counts the commit and logs each audit event, inside the caller's span (the RPC's, with
-    /// its request id and caller).
+    /// Counts what was done and logs each audit event, inside the caller's span (the RPC's,
+    /// with its request id and caller). Only once the commit holding it is durable.
     pub(crate) fn report(self, metrics: &StoreMetrics) {
-        if self.requests > 0 {
-            metrics.commit_batch.record(self.requests as f64);
-        }
         for state in &self.states {
             if let Some(i) = RequestState::ALL.iter().position(|s| s == state) {
                 metrics.requests[i].increment(1);
@@ -84,6 +81,15 @@ impl Done {
                 detail = e.detail.as_deref(),
                 "committed"
             );
+        }
+    }
+}
+
+impl StoreMetrics {
+    /// One durable commit, holding `requests` client requests.
+    pub(crate) fn record_commit(&self, requests: usize) {
+        if requests > 0 {
+            self.commit_batch.record(requests as f64);
         }
     }
 }

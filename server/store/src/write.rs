@@ -1,6 +1,6 @@
 //! The store's writes: each is one transaction under the writer lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
@@ -16,33 +16,37 @@ use mintgate_domain::store::{
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryOrder, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
+use crate::batch::{Op, Outcome};
 use crate::entity::{
     audit_event, certificate, identity_block, join_token, request, revocation, revocation_floor,
 };
 use crate::metrics::{Done, StoreMetrics};
 use crate::read::{bounds, live_states};
-use crate::{SqlStore, convert, unavailable};
+use crate::{SqlStore, Writer, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
 const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
 
-struct WriteTx<'a> {
+pub(crate) struct WriteTx<'a> {
     _guard: MutexGuard<'a, ()>,
-    txn: DatabaseTransaction,
-    metrics: &'a StoreMetrics,
-    done: Done,
-    commits: &'a AtomicU64,
+    pub(crate) txn: DatabaseTransaction,
+    writer: &'a Writer,
+    pub(crate) done: Done,
+    /// The audit chain's head (seq, hash), once read in this transaction.
+    audit_head: Option<(i64, [u8; 32])>,
 }
 
-impl SqlStore {
-    async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
-        let guard = self.writer.lock().await;
+impl Writer {
+    /// Takes the writer lock (and, on PostgreSQL, the advisory lock every replica shares) and
+    /// opens a transaction.
+    pub(crate) async fn begin(&self) -> Result<WriteTx<'_>, DbErr> {
+        let guard = self.lock.lock().await;
         let txn = self
             .db
             .begin_with_options(TransactionOptions {
@@ -50,45 +54,79 @@ impl SqlStore {
                 access_mode: None,
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             })
-            .await
-            .map_err(unavailable)?;
+            .await?;
         if txn.get_database_backend() == DbBackend::Postgres {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"))
-                .await
-                .map_err(unavailable)?;
+                .await?;
         }
         Ok(WriteTx {
             _guard: guard,
             txn,
-            metrics: &self.metrics,
+            writer: self,
             done: Done::default(),
-            commits: &self.commits,
+            audit_head: None,
         })
+    }
+
+    pub(crate) fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+}
+
+impl SqlStore {
+    async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
+        self.writer.begin().await.map_err(unavailable)
     }
 }
 
 impl WriteTx<'_> {
-    /// Commits, then reports what was done (see [`Done`]).
-    async fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit().await.map_err(unavailable)?;
-        self.done.report(self.metrics);
-        self.commits.fetch_add(1, Ordering::Relaxed);
+    /// What was done since the last call.
+    pub(crate) fn take_done(&mut self) -> Done {
+        std::mem::take(&mut self.done)
+    }
+
+    pub(crate) fn audit_head(&self) -> Option<(i64, [u8; 32])> {
+        self.audit_head
+    }
+
+    /// After a rollback to a savepoint, the head as it was when the savepoint was set.
+    pub(crate) fn restore_audit_head(&mut self, head: Option<(i64, [u8; 32])>) {
+        self.audit_head = head;
+    }
+
+    /// Commits, making `requests` client requests durable at once.
+    pub(crate) async fn commit(self, requests: usize) -> Result<(), DbErr> {
+        self.txn.commit().await?;
+        self.writer.commits.fetch_add(1, Ordering::Relaxed);
+        self.writer.metrics.record_commit(requests);
+        Ok(())
+    }
+
+    /// Commits a write of its own, then reports what it did (see [`Done`]).
+    async fn finish(mut self) -> Result<(), StoreError> {
+        let done = self.take_done();
+        let writer = self.writer;
+        self.commit(done.requests).await.map_err(unavailable)?;
+        done.report(&writer.metrics);
         Ok(())
     }
 
     /// Appends events to the hash chain, numbering them after the current head.
-    async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        let head = audit_event::Entity::find()
-            .order_by_desc(audit_event::Column::Seq)
-            .one(&self.txn)
-            .await
-            .map_err(unavailable)?;
-        let (mut seq, mut prev) = match head {
-            Some(h) => {
-                let c = convert::chained_event(h)?;
-                (c.event.seq, c.hash)
-            }
-            None => (0, GENESIS),
+    pub(crate) async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let (mut seq, mut prev) = match self.audit_head {
+            Some(head) => head,
+            None => match audit_event::Entity::find()
+                .order_by_desc(audit_event::Column::Seq)
+                .one(&self.txn)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(h) => {
+                    let c = convert::chained_event(h)?;
+                    (c.event.seq, c.hash)
+                }
+                None => (0, GENESIS),
+            },
         };
         for mut event in events {
             seq += 1;
@@ -101,6 +139,7 @@ impl WriteTx<'_> {
                 .map_err(unavailable)?;
             self.done.events.push(sealed.event);
         }
+        self.audit_head = Some((seq, prev));
         Ok(())
     }
 
@@ -109,7 +148,10 @@ impl WriteTx<'_> {
         Ok(bounds(&self.txn).await?.head)
     }
 
-    async fn existing_request(&self, r: &NewRequest) -> Result<Option<RequestRecord>, StoreError> {
+    pub(crate) async fn existing_request(
+        &self,
+        r: &NewRequest,
+    ) -> Result<Option<RequestRecord>, StoreError> {
         request::Entity::find()
             .filter(request::Column::Caller.eq(r.caller.as_str()))
             .filter(request::Column::RequestId.eq(r.request_id.as_str()))
@@ -120,7 +162,7 @@ impl WriteTx<'_> {
             .transpose()
     }
 
-    async fn insert_request_row(&mut self, r: NewRequest) -> Result<i64, StoreError> {
+    pub(crate) async fn insert_request_row(&mut self, r: NewRequest) -> Result<i64, StoreError> {
         self.done.requests += 1;
         let now = r.now.unix_timestamp();
         let row = request::ActiveModel {
@@ -146,7 +188,7 @@ impl WriteTx<'_> {
     }
 }
 
-fn serial_hex(s: &Option<Serial>) -> Option<String> {
+pub(crate) fn serial_hex(s: &Option<Serial>) -> Option<String> {
     s.as_ref().map(Serial::to_hex)
 }
 
@@ -165,30 +207,15 @@ impl CertificateStore for SqlStore {
         token: Option<TokenUse>,
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
-        let mut tx = self.begin_write().await?;
-        if let Some(existing) = tx.existing_request(&request).await? {
-            return Ok(Inserted::Duplicate(Box::new(existing)));
+        let op = Op::InsertRequest {
+            request,
+            token,
+            audit,
+        };
+        match self.group.submit(op).await? {
+            Outcome::Inserted(inserted) => Ok(inserted),
+            _ => unreachable!("an insert answers Inserted"),
         }
-        if let Some(t) = token {
-            let now = t.now.unix_timestamp();
-            let used = join_token::Entity::update_many()
-                .col_expr(join_token::Column::UsedAt, Expr::value(now))
-                .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
-                .filter(join_token::Column::TokenId.eq(t.token_id))
-                .filter(join_token::Column::UsedAt.is_null())
-                .filter(join_token::Column::ExpiresAt.gt(now))
-                .exec(&tx.txn)
-                .await
-                .map_err(unavailable)?;
-            if used.rows_affected != 1 {
-                return Err(StoreError::Conflict("join token"));
-            }
-        }
-        tx.done.states.push(request.state);
-        let pk = tx.insert_request_row(request).await?;
-        tx.append(audit).await?;
-        tx.commit().await?;
-        Ok(Inserted::New(pk))
     }
 
     async fn complete_issuance(
@@ -198,68 +225,13 @@ impl CertificateStore for SqlStore {
         supersedes: Option<Serial>,
         audit: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let now = cert.issued_at.unix_timestamp();
-        // A block committed after the request was approved wins: nothing is issued for it.
-        let blocked = identity_block::Entity::find_by_id(cert.spiffe_id.clone())
-            .one(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        if blocked.is_some() {
-            return Err(StoreError::Conflict("identity blocked"));
-        }
-        let moved = request::Entity::update_many()
-            .col_expr(
-                request::Column::State,
-                Expr::value(RequestState::Issued.as_str()),
-            )
-            .col_expr(request::Column::UpdatedAt, Expr::value(now))
-            .filter(request::Column::Pk.eq(pk))
-            .filter(request::Column::State.eq(RequestState::Approved.as_str()))
-            .filter(request::Column::Serial.eq(cert.serial.to_hex()))
-            .exec(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        if moved.rows_affected != 1 {
-            return Err(StoreError::Conflict("request"));
-        }
-        tx.done.requests += 1;
-        tx.done.states.push(RequestState::Issued);
-        if let Some(old) = supersedes {
-            let moved = certificate::Entity::update_many()
-                .col_expr(
-                    certificate::Column::State,
-                    Expr::value(CertState::Superseded.as_str()),
-                )
-                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-                .filter(certificate::Column::Serial.eq(old.to_hex()))
-                .filter(certificate::Column::State.eq(CertState::Active.as_str()))
-                .exec(&tx.txn)
-                .await
-                .map_err(unavailable)?;
-            if moved.rows_affected != 1 {
-                return Err(StoreError::Conflict("certificate"));
-            }
-        }
-        let row = certificate::ActiveModel {
-            serial: Set(cert.serial.to_hex()),
-            spiffe_id: Set(cert.spiffe_id),
-            state: Set(CertState::Active.as_str().to_owned()),
-            key_type: Set(cert.key_type),
-            not_before: Set(cert.not_before.unix_timestamp()),
-            not_after: Set(cert.not_after.unix_timestamp()),
-            der: Set(cert.der),
-            chain_pem: Set(cert.chain_pem),
-            request_pk: Set(pk),
-            issued_at: Set(now),
-            updated_at: Set(now),
+        let op = Op::CompleteIssuance {
+            pk,
+            cert,
+            supersedes,
+            audit,
         };
-        certificate::Entity::insert(row)
-            .exec_without_returning(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        tx.append(audit).await?;
-        tx.commit().await
+        self.group.submit(op).await.map(|_| ())
     }
 
     async fn move_request(
@@ -270,29 +242,17 @@ impl CertificateStore for SqlStore {
         now: OffsetDateTime,
         audit: Vec<AuditEvent>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut update = request::Entity::update_many()
-            .col_expr(request::Column::State, Expr::value(to.0.as_str()))
-            .col_expr(request::Column::Serial, Expr::value(serial_hex(&to.1)))
-            .col_expr(
-                request::Column::UpdatedAt,
-                Expr::value(now.unix_timestamp()),
-            )
-            .filter(request::Column::Pk.eq(pk))
-            .filter(request::Column::State.eq(from.0.as_str()));
-        update = match serial_hex(&from.1) {
-            Some(s) => update.filter(request::Column::Serial.eq(s)),
-            None => update.filter(request::Column::Serial.is_null()),
+        let op = Op::MoveRequest {
+            pk,
+            from,
+            to,
+            now,
+            audit,
         };
-        let moved = update.exec(&tx.txn).await.map_err(unavailable)?;
-        if moved.rows_affected != 1 {
-            return Ok(false);
+        match self.group.submit(op).await? {
+            Outcome::Moved(moved) => Ok(moved),
+            _ => unreachable!("a move answers Moved"),
         }
-        tx.done.requests += 1;
-        tx.done.states.push(to.0);
-        tx.append(audit).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {
@@ -330,14 +290,14 @@ impl CertificateStore for SqlStore {
             .await
             .map_err(unavailable)?;
         tx.append(audit).await?;
-        tx.commit().await?;
+        tx.finish().await?;
         Ok(Inserted::New(pk))
     }
 
     async fn append_audit(&self, audit: Vec<AuditEvent>) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         tx.append(audit).await?;
-        tx.commit().await
+        tx.finish().await
     }
 
     async fn audit_chain(&self) -> Result<Vec<ChainedEvent>, StoreError> {
@@ -434,7 +394,7 @@ impl CertificateStore for SqlStore {
             }
         }
         tx.append(audit).await?;
-        tx.commit().await?;
+        tx.finish().await?;
         Ok(Revoked::New(recorded))
     }
 
@@ -483,7 +443,7 @@ impl CertificateStore for SqlStore {
         if was_blocked {
             tx.append(audit).await?;
         }
-        tx.commit().await?;
+        tx.finish().await?;
         Ok(Unblocked::Done { was_blocked })
     }
 
@@ -536,7 +496,7 @@ impl CertificateStore for SqlStore {
             .exec(&tx.txn)
             .await
             .map_err(unavailable)?;
-        tx.commit().await?;
+        tx.finish().await?;
         Ok(deleted.rows_affected)
     }
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod group_commit;
 mod requests;
 mod tokens;
 mod transitions;

@@ -1,0 +1,208 @@
+//! Group commit for the issuance path (DESIGN §8): one writer task gathers the writes that
+//! concurrent requests submit, applies each inside its own savepoint of one transaction, commits
+//! once, and only then answers each request. A write that fails rolls back to its savepoint and
+//! leaves the rest of the batch alone; a failed commit fails every write in it. Durability is
+//! unchanged: nothing is answered before the commit that holds it is durable.
+//!
+//! The writer task owns the transaction, so a client that goes away cannot cancel a batch other
+//! clients are waiting on.
+
+use std::sync::Arc;
+
+use mintgate_domain::Serial;
+use mintgate_domain::audit::AuditEvent;
+use mintgate_domain::lifecycle::RequestState;
+use mintgate_domain::model::NewRequest;
+use mintgate_domain::store::{Inserted, NewCertificate, StoreError, TokenUse};
+use sea_orm::{ConnectionTrait, DbErr};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
+
+use crate::Writer;
+use crate::metrics::Done;
+use crate::write::WriteTx;
+
+/// Most writes in one transaction. Bounds the time a batch holds the writer lock.
+const MAX_BATCH: usize = 512;
+
+/// A write of the issuance path, as a caller submits it.
+pub(crate) enum Op {
+    InsertRequest {
+        request: NewRequest,
+        token: Option<TokenUse>,
+        audit: Vec<AuditEvent>,
+    },
+    CompleteIssuance {
+        pk: i64,
+        cert: NewCertificate,
+        supersedes: Option<Serial>,
+        audit: Vec<AuditEvent>,
+    },
+    MoveRequest {
+        pk: i64,
+        from: (RequestState, Option<Serial>),
+        to: (RequestState, Option<Serial>),
+        now: OffsetDateTime,
+        audit: Vec<AuditEvent>,
+    },
+}
+
+/// What an [`Op`] did, once it is durable.
+pub(crate) enum Outcome {
+    Inserted(Inserted),
+    Completed,
+    Moved(bool),
+}
+
+impl Op {
+    async fn apply(self, tx: &mut WriteTx<'_>) -> Result<Outcome, StoreError> {
+        match self {
+            Op::InsertRequest {
+                request,
+                token,
+                audit,
+            } => tx
+                .insert_request(request, token, audit)
+                .await
+                .map(Outcome::Inserted),
+            Op::CompleteIssuance {
+                pk,
+                cert,
+                supersedes,
+                audit,
+            } => tx
+                .complete_issuance(pk, cert, supersedes, audit)
+                .await
+                .map(|()| Outcome::Completed),
+            Op::MoveRequest {
+                pk,
+                from,
+                to,
+                now,
+                audit,
+            } => tx
+                .move_request(pk, from, to, now, audit)
+                .await
+                .map(Outcome::Moved),
+        }
+    }
+}
+
+struct Job {
+    op: Op,
+    /// The submitting RPC's span: its audit events are logged inside it.
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// The submitting side; the writer task ends when every clone of it is dropped.
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the writer task on the current tokio runtime.
+    pub(crate) fn start(writer: Arc<Writer>) -> Self {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(writer, rx));
+        Self { jobs }
+    }
+
+    /// Applies `op` in the next batch and answers once that batch is durable.
+    pub(crate) async fn submit(&self, op: Op) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            op,
+            span: tracing::Span::current(),
+            reply,
+        };
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
+}
+
+async fn run(writer: Arc<Writer>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        commit_batch(&writer, std::mem::take(&mut jobs)).await;
+    }
+}
+
+async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
+    let (ops, waiters): (Vec<_>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.op, (j.span, j.reply))).unzip();
+    match apply_and_commit(writer, ops, &waiters).await {
+        Ok(results) => {
+            for ((span, reply), result) in waiters.into_iter().zip(results) {
+                let result = result.map(|(outcome, done)| {
+                    span.in_scope(|| done.report(writer.metrics()));
+                    outcome
+                });
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            // Nothing in the batch is durable; every caller hears why.
+            let e = Arc::new(e);
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(StoreError::Unavailable(Box::new(e.clone()))));
+            }
+        }
+    }
+}
+
+type Applied = Result<(Outcome, Done), StoreError>;
+
+/// Applies each op in its own savepoint, then commits them all. An error here is the
+/// transaction's own: none of the ops is durable.
+async fn apply_and_commit(
+    writer: &Writer,
+    ops: Vec<Op>,
+    waiters: &[(tracing::Span, oneshot::Sender<Result<Outcome, StoreError>>)],
+) -> Result<Vec<Applied>, DbErr> {
+    let mut tx = writer.begin().await?;
+    let mut results = Vec::with_capacity(ops.len());
+    for (op, (span, _)) in ops.into_iter().zip(waiters) {
+        results.push(
+            apply_in_savepoint(&mut tx, op)
+                .instrument(span.clone())
+                .await?,
+        );
+    }
+    let requests = results
+        .iter()
+        .map(|r| r.as_ref().map_or(0, |(_, done)| done.requests))
+        .sum();
+    tx.commit(requests).await?;
+    Ok(results)
+}
+
+/// Runs one op between `SAVEPOINT` and `RELEASE`, or rolls it back: its rows, its audit events
+/// and what it noted for the metrics.
+async fn apply_in_savepoint(tx: &mut WriteTx<'_>, op: Op) -> Result<Applied, DbErr> {
+    tx.txn.execute_unprepared("SAVEPOINT op").await?;
+    let head = tx.audit_head();
+    let result = op.apply(tx).await;
+    let done = tx.take_done();
+    match result {
+        Ok(outcome) => {
+            tx.txn.execute_unprepared("RELEASE SAVEPOINT op").await?;
+            Ok(Ok((outcome, done)))
+        }
+        Err(e) => {
+            // Rolling back keeps the savepoint; release it so they do not pile up.
+            tx.txn
+                .execute_unprepared("ROLLBACK TO SAVEPOINT op")
+                .await?;
+            tx.txn.execute_unprepared("RELEASE SAVEPOINT op").await?;
+            tx.restore_audit_head(head);
+            Ok(Err(e))
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Group commit: concurrent issuance writes share one durable commit, and a write that fails in a
+//! batch leaves nothing behind while the rest of the batch commits.
+
+use futures_util::future::join_all;
+use mintgate_domain::audit::verify_chain;
+use mintgate_domain::lifecycle::RequestState;
+use mintgate_domain::store::{CertificateStore, Inserted, StoreError};
+use mintgate_tests::{Backend, both_backends};
+use sea_orm::{
+    ConnectionTrait, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use crate::{Harness, NODE, actions, event, request, serial, subject};
+
+const WRITES: usize = 40;
+
+both_backends!(
+    concurrent_writes_share_a_commit_and_a_failed_one_leaves_nothing,
+    shared_commit
+);
+async fn shared_commit(backend: Backend) {
+    let h = Harness::open(backend).await;
+    let pre = h.approved(NODE, "pre", &serial(90)).await;
+    let commits = h.store.write_commits();
+
+    // Hold the database's write lock so that every write below queues before any commits.
+    let lock = h
+        .raw
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    if backend == Backend::Postgres {
+        // The key every replica's writer takes (see mintgate-store's write.rs).
+        let key = 0x6d69_6e74_6761_7465_i64;
+        lock.execute_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT pg_advisory_xact_lock({key})"),
+        ))
+        .await
+        .unwrap();
+    }
+
+    let inserts = (0..WRITES).map(|i| {
+        let id = format!("r-{i}");
+        let r = request(NODE, &id, RequestState::Approved, Some(serial(i as u8 + 1)));
+        let audit = vec![event("request.approved", &subject(NODE, &id))];
+        h.store.insert_request(r, None, audit)
+    });
+    // In the same batch: a duplicate of r-0, and an issuance that moves its request to ISSUED
+    // and then fails (the certificate it would supersede does not exist).
+    let duplicate = request(NODE, "r-0", RequestState::Approved, Some(serial(100)));
+    let duplicate = h
+        .store
+        .insert_request(duplicate, None, vec![event("x", "dup")]);
+    let (new, missing) = (serial(90), serial(91));
+    let failed = h.issue(pre, &new, Some(&missing), &["certificate.issued"]);
+    let released = async {
+        tokio::task::yield_now().await;
+        lock.commit().await.unwrap();
+    };
+    let (inserted, duplicate, failed, ()) =
+        tokio::join!(join_all(inserts), duplicate, failed, released);
+
+    let pks: Vec<i64> = inserted
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            Inserted::New(pk) => pk,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(pks.len(), WRITES);
+    match duplicate.unwrap() {
+        Inserted::Duplicate(r) => assert_eq!((r.pk, r.serial), (pks[0], Some(serial(1)))),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(failed, Err(StoreError::Conflict("certificate"))),
+        "{failed:?}"
+    );
+
+    // The writes queued behind the lock went in at most two commits (the writer may have
+    // taken the first before the others arrived).
+    let used = h.store.write_commits() - commits;
+    assert!(
+        (1..=2).contains(&used),
+        "{used} commits for {WRITES} writes"
+    );
+
+    // Every answered write is durable, and nothing of the failed ones is.
+    let h = h.reopen().await;
+    assert_eq!(h.count("requests").await, WRITES as i64 + 1);
+    let pre = h.store.find_request(NODE, "pre").await.unwrap().unwrap();
+    assert_eq!(
+        pre.state,
+        RequestState::Approved,
+        "rolled back to its savepoint"
+    );
+    assert_eq!(h.count("certificates").await, 0);
+    let chain = h.chain().await;
+    assert_eq!(actions(&chain), ["request.approved"; WRITES + 1]);
+    assert_eq!(verify_chain(chain), Ok(WRITES as u64 + 1));
+    h.finish().await;
+}
