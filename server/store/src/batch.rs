@@ -1,8 +1,8 @@
 //! Group commit for the issuance path (DESIGN §8): one writer task gathers the writes that
-//! concurrent requests submit, applies each inside its own savepoint of one transaction, commits
-//! once, and only then answers each request. A write that fails rolls back to its savepoint and
-//! leaves the rest of the batch alone; a failed commit fails every write in it. Durability is
-//! unchanged: nothing is answered before the commit that holds it is durable.
+//! concurrent requests submit, applies them in one transaction, commits once, and only then
+//! answers each request. A write refused by its conditions leaves the rest of the batch alone;
+//! a failed transaction fails every write in it. Durability is unchanged: nothing is answered
+//! before the commit that holds it is durable.
 //!
 //! The writer task owns the transaction, so a client that goes away cannot cancel a batch other
 //! clients are waiting on.
@@ -14,12 +14,11 @@ use mintgate_domain::audit::AuditEvent;
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::model::NewRequest;
 use mintgate_domain::store::{Inserted, NewCertificate, StoreError, TokenUse};
-use sea_orm::{ConnectionTrait, DbErr};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use crate::Writer;
+use crate::{Writer, unavailable};
 use crate::metrics::Done;
 use crate::write::WriteTx;
 
@@ -135,9 +134,12 @@ async fn run(writer: Arc<Writer>, mut rx: mpsc::UnboundedReceiver<Job>) {
 }
 
 async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
-    let (ops, waiters): (Vec<_>, Vec<_>) =
-        jobs.into_iter().map(|j| (j.op, (j.span, j.reply))).unzip();
-    match apply_and_commit(writer, ops, &waiters).await {
+    let (ops, waiters): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|j| (j.op, (j.span, j.reply)))
+        .unzip();
+    let spans = waiters.iter().map(|(span, _)| span);
+    match apply_and_commit(writer, ops, spans).await {
         Ok(results) => {
             for ((span, reply), result) in waiters.into_iter().zip(results) {
                 let result = result.map(|(outcome, done)| {
@@ -159,50 +161,31 @@ async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
 
 type Applied = Result<(Outcome, Done), StoreError>;
 
-/// Applies each op in its own savepoint, then commits them all. An error here is the
-/// transaction's own: none of the ops is durable.
+/// Applies each op in turn, then commits them all. An op refused with
+/// [`StoreError::Conflict`] has written nothing (each op checks before it writes) and is left
+/// out; any other error leaves the transaction half-applied, so none of the batch commits.
 async fn apply_and_commit(
     writer: &Writer,
     ops: Vec<Op>,
-    waiters: &[(tracing::Span, oneshot::Sender<Result<Outcome, StoreError>>)],
-) -> Result<Vec<Applied>, DbErr> {
-    let mut tx = writer.begin().await?;
+    spans: impl Iterator<Item = &tracing::Span>,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut tx = writer.begin().await.map_err(unavailable)?;
     let mut results = Vec::with_capacity(ops.len());
-    for (op, (span, _)) in ops.into_iter().zip(waiters) {
-        results.push(
-            apply_in_savepoint(&mut tx, op)
-                .instrument(span.clone())
-                .await?,
-        );
+    for (op, span) in ops.into_iter().zip(spans) {
+        let mark = tx.mark();
+        match op.apply(&mut tx).instrument(span.clone()).await {
+            Ok(outcome) => results.push(Ok((outcome, tx.take_done()))),
+            Err(refused @ StoreError::Conflict(_)) => {
+                tx.rewind(mark);
+                results.push(Err(refused));
+            }
+            Err(e) => return Err(e),
+        }
     }
     let requests = results
         .iter()
         .map(|r| r.as_ref().map_or(0, |(_, done)| done.requests))
         .sum();
-    tx.commit(requests).await?;
+    tx.commit(requests).await.map_err(unavailable)?;
     Ok(results)
-}
-
-/// Runs one op between `SAVEPOINT` and `RELEASE`, or rolls it back: its rows, its audit events
-/// and what it noted for the metrics.
-async fn apply_in_savepoint(tx: &mut WriteTx<'_>, op: Op) -> Result<Applied, DbErr> {
-    tx.txn.execute_unprepared("SAVEPOINT op").await?;
-    let head = tx.audit_head();
-    let result = op.apply(tx).await;
-    let done = tx.take_done();
-    match result {
-        Ok(outcome) => {
-            tx.txn.execute_unprepared("RELEASE SAVEPOINT op").await?;
-            Ok(Ok((outcome, done)))
-        }
-        Err(e) => {
-            // Rolling back keeps the savepoint; release it so they do not pile up.
-            tx.txn
-                .execute_unprepared("ROLLBACK TO SAVEPOINT op")
-                .await?;
-            tx.txn.execute_unprepared("RELEASE SAVEPOINT op").await?;
-            tx.restore_audit_head(head);
-            Ok(Err(e))
-        }
-    }
 }

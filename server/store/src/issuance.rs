@@ -8,12 +8,12 @@ use mintgate_domain::model::NewRequest;
 use mintgate_domain::store::{Inserted, NewCertificate, StoreError, TokenUse};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, TryInsertResult};
 use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, join_token, request};
 use crate::unavailable;
-use crate::write::{WriteTx, serial_hex};
+use crate::write::{WriteTx, request_model, serial_hex};
 
 impl WriteTx<'_> {
     pub(crate) async fn insert_request(
@@ -22,23 +22,45 @@ impl WriteTx<'_> {
         token: Option<TokenUse>,
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
-        if let Some(existing) = self.existing_request(&request).await? {
-            return Ok(Inserted::Duplicate(Box::new(existing)));
-        }
-        if let Some(t) = token {
-            let now = t.now.unix_timestamp();
-            let used = join_token::Entity::update_many()
-                .col_expr(join_token::Column::UsedAt, Expr::value(now))
-                .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
-                .filter(join_token::Column::TokenId.eq(t.token_id))
-                .filter(join_token::Column::UsedAt.is_null())
-                .filter(join_token::Column::ExpiresAt.gt(now))
+        let Some(t) = token else {
+            // One statement in the common case: the key's unique index finds a duplicate.
+            let state = request.state;
+            let (caller, request_id) = (request.caller.clone(), request.request_id.clone());
+            let key = [request::Column::Caller, request::Column::RequestId];
+            let inserted = request::Entity::insert(request_model(request))
+                .on_conflict_do_nothing_on(key)
                 .exec(&self.txn)
                 .await
                 .map_err(unavailable)?;
-            if used.rows_affected != 1 {
-                return Err(StoreError::Conflict("join token"));
-            }
+            return match inserted {
+                TryInsertResult::Inserted(row) => {
+                    self.done.requests += 1;
+                    self.done.states.push(state);
+                    self.append(audit).await?;
+                    Ok(Inserted::New(row.last_insert_id))
+                }
+                _ => {
+                    let existing = self.find_request(&caller, &request_id).await?;
+                    let existing = existing.ok_or(StoreError::Conflict("request"))?;
+                    Ok(Inserted::Duplicate(Box::new(existing)))
+                }
+            };
+        };
+        if let Some(existing) = self.find_request(&request.caller, &request.request_id).await? {
+            return Ok(Inserted::Duplicate(Box::new(existing)));
+        }
+        let now = t.now.unix_timestamp();
+        let used = join_token::Entity::update_many()
+            .col_expr(join_token::Column::UsedAt, Expr::value(now))
+            .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
+            .filter(join_token::Column::TokenId.eq(t.token_id))
+            .filter(join_token::Column::UsedAt.is_null())
+            .filter(join_token::Column::ExpiresAt.gt(now))
+            .exec(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        if used.rows_affected != 1 {
+            return Err(StoreError::Conflict("join token"));
         }
         self.done.states.push(request.state);
         let pk = self.insert_request_row(request).await?;
@@ -54,6 +76,7 @@ impl WriteTx<'_> {
         audit: Vec<AuditEvent>,
     ) -> Result<(), StoreError> {
         let now = cert.issued_at.unix_timestamp();
+        // Every refusal comes before the first write (see `crate::batch`).
         // A block committed after the request was approved wins: nothing is issued for it.
         let blocked = identity_block::Entity::find_by_id(cert.spiffe_id.clone())
             .one(&self.txn)
@@ -61,6 +84,18 @@ impl WriteTx<'_> {
             .map_err(unavailable)?;
         if blocked.is_some() {
             return Err(StoreError::Conflict("identity blocked"));
+        }
+        if let Some(old) = &supersedes {
+            // Under the writer lock, the update below finds what this count finds.
+            let active = certificate::Entity::find()
+                .filter(certificate::Column::Serial.eq(old.to_hex()))
+                .filter(certificate::Column::State.eq(CertState::Active.as_str()))
+                .count(&self.txn)
+                .await
+                .map_err(unavailable)?;
+            if active != 1 {
+                return Err(StoreError::Conflict("certificate"));
+            }
         }
         let moved = request::Entity::update_many()
             .col_expr(
@@ -92,10 +127,13 @@ impl WriteTx<'_> {
                 .await
                 .map_err(unavailable)?;
             if moved.rows_affected != 1 {
-                return Err(StoreError::Conflict("certificate"));
+                // Not a refusal: the request row has moved already, so the batch must fail.
+                return Err(StoreError::Corrupt(
+                    "certificate changed under the writer lock".into(),
+                ));
             }
         }
-        let row = certificate::ActiveModel {
+        self.pending_certificates.push(certificate::ActiveModel {
             serial: Set(cert.serial.to_hex()),
             spiffe_id: Set(cert.spiffe_id),
             state: Set(CertState::Active.as_str().to_owned()),
@@ -107,13 +145,8 @@ impl WriteTx<'_> {
             request_pk: Set(pk),
             issued_at: Set(now),
             updated_at: Set(now),
-        };
-        certificate::Entity::insert(row)
-            .exec_without_returning(&self.txn)
-            .await
-            .map_err(unavailable)?;
-        self.append(audit).await?;
-        Ok(())
+        });
+        self.append(audit).await
     }
 
     pub(crate) async fn move_request(

@@ -16,7 +16,7 @@ use mintgate_domain::store::{
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryOrder, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use time::OffsetDateTime;
@@ -33,6 +33,9 @@ use crate::{SqlStore, Writer, convert, unavailable};
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
 const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
 
+/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's bound-parameter limits.
+const INSERT_CHUNK: usize = 1000;
+
 pub(crate) struct WriteTx<'a> {
     _guard: MutexGuard<'a, ()>,
     pub(crate) txn: DatabaseTransaction,
@@ -40,6 +43,16 @@ pub(crate) struct WriteTx<'a> {
     pub(crate) done: Done,
     /// The audit chain's head (seq, hash), once read in this transaction.
     audit_head: Option<(i64, [u8; 32])>,
+    /// Rows nothing in the transaction reads back, inserted together just before commit.
+    pending_audit: Vec<audit_event::ActiveModel>,
+    pub(crate) pending_certificates: Vec<certificate::ActiveModel>,
+}
+
+/// Where a transaction stood before an op, to rewind to if the op is refused.
+pub(crate) struct Mark {
+    audit_head: Option<(i64, [u8; 32])>,
+    pending_audit: usize,
+    pending_certificates: usize,
 }
 
 impl Writer {
@@ -65,6 +78,8 @@ impl Writer {
             writer: self,
             done: Done::default(),
             audit_head: None,
+            pending_audit: Vec::new(),
+            pending_certificates: Vec::new(),
         })
     }
 
@@ -85,17 +100,28 @@ impl WriteTx<'_> {
         std::mem::take(&mut self.done)
     }
 
-    pub(crate) fn audit_head(&self) -> Option<(i64, [u8; 32])> {
-        self.audit_head
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            audit_head: self.audit_head,
+            pending_audit: self.pending_audit.len(),
+            pending_certificates: self.pending_certificates.len(),
+        }
     }
 
-    /// After a rollback to a savepoint, the head as it was when the savepoint was set.
-    pub(crate) fn restore_audit_head(&mut self, head: Option<(i64, [u8; 32])>) {
-        self.audit_head = head;
+    /// Forgets what was noted since `mark`: for an op refused before it wrote anything.
+    pub(crate) fn rewind(&mut self, mark: Mark) {
+        self.audit_head = mark.audit_head;
+        self.pending_audit.truncate(mark.pending_audit);
+        self.pending_certificates
+            .truncate(mark.pending_certificates);
+        self.done = Done::default();
     }
 
-    /// Commits, making `requests` client requests durable at once.
-    pub(crate) async fn commit(self, requests: usize) -> Result<(), DbErr> {
+    /// Inserts the pending rows, then commits, making `requests` client requests durable at
+    /// once.
+    pub(crate) async fn commit(mut self, requests: usize) -> Result<(), DbErr> {
+        insert_all(&self.txn, std::mem::take(&mut self.pending_certificates)).await?;
+        insert_all(&self.txn, std::mem::take(&mut self.pending_audit)).await?;
         self.txn.commit().await?;
         self.writer.commits.fetch_add(1, Ordering::Relaxed);
         self.writer.metrics.record_commit(requests);
@@ -111,7 +137,8 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    /// Appends events to the hash chain, numbering them after the current head.
+    /// Appends events to the hash chain, numbering them after the current head. They are
+    /// inserted at commit.
     pub(crate) async fn append(&mut self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         let (mut seq, mut prev) = match self.audit_head {
             Some(head) => head,
@@ -133,10 +160,7 @@ impl WriteTx<'_> {
             event.seq = seq;
             let sealed = ChainedEvent::seal(event, prev);
             prev = sealed.hash;
-            audit_event::Entity::insert(convert::audit_model(&sealed))
-                .exec_without_returning(&self.txn)
-                .await
-                .map_err(unavailable)?;
+            self.pending_audit.push(convert::audit_model(&sealed));
             self.done.events.push(sealed.event);
         }
         self.audit_head = Some((seq, prev));
@@ -148,13 +172,14 @@ impl WriteTx<'_> {
         Ok(bounds(&self.txn).await?.head)
     }
 
-    pub(crate) async fn existing_request(
+    pub(crate) async fn find_request(
         &self,
-        r: &NewRequest,
+        caller: &str,
+        request_id: &str,
     ) -> Result<Option<RequestRecord>, StoreError> {
         request::Entity::find()
-            .filter(request::Column::Caller.eq(r.caller.as_str()))
-            .filter(request::Column::RequestId.eq(r.request_id.as_str()))
+            .filter(request::Column::Caller.eq(caller))
+            .filter(request::Column::RequestId.eq(request_id))
             .one(&self.txn)
             .await
             .map_err(unavailable)?
@@ -162,30 +187,55 @@ impl WriteTx<'_> {
             .transpose()
     }
 
+    /// Like [`find_request`](Self::find_request), for the key of `r`.
+    async fn existing_request(&self, r: &NewRequest) -> Result<Option<RequestRecord>, StoreError> {
+        self.find_request(&r.caller, &r.request_id).await
+    }
+
     pub(crate) async fn insert_request_row(&mut self, r: NewRequest) -> Result<i64, StoreError> {
         self.done.requests += 1;
-        let now = r.now.unix_timestamp();
-        let row = request::ActiveModel {
-            pk: NotSet,
-            caller: Set(r.caller),
-            request_id: Set(r.request_id),
-            kind: Set(r.kind.as_str().to_owned()),
-            payload_hash: Set(r.payload_hash),
-            state: Set(r.state.as_str().to_owned()),
-            reason: Set(r.reason),
-            spiffe_id: Set(r.spiffe_id),
-            serial: Set(r.serial.map(|s| s.to_hex())),
-            token_id: Set(r.token_id),
-            token_expires_at: Set(r.token_expires_at.map(OffsetDateTime::unix_timestamp)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
+        let row = request_model(r);
         let res = request::Entity::insert(row)
             .exec(&self.txn)
             .await
             .map_err(unavailable)?;
         Ok(res.last_insert_id)
     }
+}
+
+/// A new request row; the database assigns its pk.
+pub(crate) fn request_model(r: NewRequest) -> request::ActiveModel {
+    let now = r.now.unix_timestamp();
+    request::ActiveModel {
+        pk: NotSet,
+        caller: Set(r.caller),
+        request_id: Set(r.request_id),
+        kind: Set(r.kind.as_str().to_owned()),
+        payload_hash: Set(r.payload_hash),
+        state: Set(r.state.as_str().to_owned()),
+        reason: Set(r.reason),
+        spiffe_id: Set(r.spiffe_id),
+        serial: Set(r.serial.map(|s| s.to_hex())),
+        token_id: Set(r.token_id),
+        token_expires_at: Set(r.token_expires_at.map(OffsetDateTime::unix_timestamp)),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+}
+
+/// Inserts `rows` in multi-row statements of at most [`INSERT_CHUNK`] rows.
+async fn insert_all<A>(txn: &DatabaseTransaction, mut rows: Vec<A>) -> Result<(), DbErr>
+where
+    A: ActiveModelTrait + Send,
+{
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
+        A::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+        rows = rest;
+    }
+    Ok(())
 }
 
 pub(crate) fn serial_hex(s: &Option<Serial>) -> Option<String> {
