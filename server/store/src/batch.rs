@@ -18,9 +18,9 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use crate::{Writer, unavailable};
 use crate::metrics::Done;
 use crate::write::WriteTx;
+use crate::{Writer, unavailable};
 
 /// Most writes in one transaction. Bounds the time a batch holds the writer lock.
 const MAX_BATCH: usize = 512;
@@ -134,10 +134,8 @@ async fn run(writer: Arc<Writer>, mut rx: mpsc::UnboundedReceiver<Job>) {
 }
 
 async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
-    let (ops, waiters): (Vec<_>, Vec<_>) = jobs
-        .into_iter()
-        .map(|j| (j.op, (j.span, j.reply)))
-        .unzip();
+    let (ops, waiters): (Vec<_>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.op, (j.span, j.reply))).unzip();
     let spans = waiters.iter().map(|(span, _)| span);
     match apply_and_commit(writer, ops, spans).await {
         Ok(results) => {
@@ -170,6 +168,12 @@ async fn apply_and_commit(
     spans: impl Iterator<Item = &tracing::Span>,
 ) -> Result<Vec<Applied>, StoreError> {
     let mut tx = writer.begin().await.map_err(unavailable)?;
+    // One look at the identity blocks for the whole batch: nothing in a batch adds one.
+    let identities = ops.iter().filter_map(|op| match op {
+        Op::CompleteIssuance { cert, .. } => Some(cert.spiffe_id.clone()),
+        _ => None,
+    });
+    tx.load_blocks(identities.collect()).await?;
     let mut results = Vec::with_capacity(ops.len());
     for (op, span) in ops.into_iter().zip(spans) {
         let mark = tx.mark();

@@ -16,6 +16,33 @@ use crate::unavailable;
 use crate::write::{WriteTx, request_model, serial_hex};
 
 impl WriteTx<'_> {
+    /// Reads which of `identities` are blocked, for [`is_blocked`](Self::is_blocked) to
+    /// answer from for the rest of the transaction.
+    pub(crate) async fn load_blocks(&mut self, identities: Vec<String>) -> Result<(), StoreError> {
+        let blocked = if identities.is_empty() {
+            Vec::new()
+        } else {
+            identity_block::Entity::find()
+                .filter(identity_block::Column::SpiffeId.is_in(identities))
+                .all(&self.txn)
+                .await
+                .map_err(unavailable)?
+        };
+        self.blocks = Some(blocked.into_iter().map(|b| b.spiffe_id).collect());
+        Ok(())
+    }
+
+    async fn is_blocked(&self, spiffe_id: &str) -> Result<bool, StoreError> {
+        if let Some(blocks) = &self.blocks {
+            return Ok(blocks.contains(spiffe_id));
+        }
+        let block = identity_block::Entity::find_by_id(spiffe_id.to_owned())
+            .one(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        Ok(block.is_some())
+    }
+
     pub(crate) async fn insert_request(
         &mut self,
         request: NewRequest,
@@ -46,7 +73,10 @@ impl WriteTx<'_> {
                 }
             };
         };
-        if let Some(existing) = self.find_request(&request.caller, &request.request_id).await? {
+        if let Some(existing) = self
+            .find_request(&request.caller, &request.request_id)
+            .await?
+        {
             return Ok(Inserted::Duplicate(Box::new(existing)));
         }
         let now = t.now.unix_timestamp();
@@ -78,11 +108,7 @@ impl WriteTx<'_> {
         let now = cert.issued_at.unix_timestamp();
         // Every refusal comes before the first write (see `crate::batch`).
         // A block committed after the request was approved wins: nothing is issued for it.
-        let blocked = identity_block::Entity::find_by_id(cert.spiffe_id.clone())
-            .one(&self.txn)
-            .await
-            .map_err(unavailable)?;
-        if blocked.is_some() {
+        if self.is_blocked(&cert.spiffe_id).await? {
             return Err(StoreError::Conflict("identity blocked"));
         }
         if let Some(old) = &supersedes {

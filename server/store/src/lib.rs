@@ -56,8 +56,28 @@ impl std::fmt::Debug for SqlStore {
     }
 }
 
-/// Pooled SQLite connections: one writer at a time, the rest for concurrent readers.
-const SQLITE_CONNECTIONS: u32 = 8;
+/// Pooled connections for reads; writes use one more.
+const READERS: u32 = 8;
+
+fn connect_options(url: &str, connections: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(connections)
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        // WAL lets readers run beside the writer; FULL makes each commit durable before it
+        // returns (it is a per-connection setting).
+        options.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    }
+    options
+}
 
 pub(crate) fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(Box::new(e))
@@ -77,26 +97,16 @@ impl SqlStore {
         url: &str,
         metrics: StoreMetrics,
     ) -> Result<Self, StoreError> {
-        let mut options = ConnectOptions::new(url);
-        options
-            .sqlx_logging(false)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(10));
-        if url.starts_with("sqlite:") {
-            // sea-orm defaults SQLite to a single pooled connection: every read would then queue
-            // behind a write that waits for the file lock (up to busy_timeout). Writers are
-            // serialised by the writer lock anyway, and WAL lets readers run beside them.
-            options.max_connections(SQLITE_CONNECTIONS);
-            options.map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-            });
-        }
-        let db = Database::connect(options).await.map_err(unavailable)?;
+        // Writes have a connection of their own, so a batch never queues for one behind the
+        // readers (the writer lock lets one write transaction run at a time anyway).
+        let db = Database::connect(connect_options(url, READERS))
+            .await
+            .map_err(unavailable)?;
+        let write_db = Database::connect(connect_options(url, 1))
+            .await
+            .map_err(unavailable)?;
         let writer = Arc::new(Writer {
-            db: db.clone(),
+            db: write_db,
             lock: tokio::sync::Mutex::new(()),
             metrics,
             commits: AtomicU64::new(0),
@@ -150,6 +160,7 @@ impl SqlStore {
 
     pub async fn close(self) {
         let _ = self.db.close().await;
+        let _ = self.writer.db.clone().close().await;
     }
 
     async fn find_request_row(

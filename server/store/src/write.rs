@@ -1,5 +1,6 @@
 //! The store's writes: each is one transaction under the writer lock.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use mintgate_domain::Serial;
@@ -16,8 +17,9 @@ use mintgate_domain::store::{
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
@@ -46,6 +48,8 @@ pub(crate) struct WriteTx<'a> {
     /// Rows nothing in the transaction reads back, inserted together just before commit.
     pending_audit: Vec<audit_event::ActiveModel>,
     pub(crate) pending_certificates: Vec<certificate::ActiveModel>,
+    /// Blocked identities among those loaded by `load_blocks`; `None` asks the database.
+    pub(crate) blocks: Option<HashSet<String>>,
 }
 
 /// Where a transaction stood before an op, to rewind to if the op is refused.
@@ -80,6 +84,7 @@ impl Writer {
             audit_head: None,
             pending_audit: Vec::new(),
             pending_certificates: Vec::new(),
+            blocks: None,
         })
     }
 
