@@ -10,7 +10,7 @@ use sea_orm::{
     ConnectionTrait, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-use crate::{Harness, NODE, actions, event, request, serial, subject};
+use crate::{Harness, NODE, WORKLOAD, actions, event, request, serial, subject};
 
 const WRITES: usize = 40;
 
@@ -102,5 +102,30 @@ async fn shared_commit(backend: Backend) {
     let chain = h.chain().await;
     assert_eq!(actions(&chain), ["request.approved"; WRITES + 1]);
     assert_eq!(verify_chain(chain), Ok(WRITES as u64 + 1));
+    h.finish().await;
+}
+
+both_backends!(
+    a_block_committed_after_approval_stops_the_issuance,
+    blocked_after_approval
+);
+async fn blocked_after_approval(backend: Backend) {
+    let h = Harness::open(backend).await;
+    let pk = h.approved(NODE, "r-1", &serial(1)).await;
+    h.execute(&format!(
+        "INSERT INTO identity_blocks (spiffe_id, reason, blocked_by, blocked_at) \
+         VALUES ('{WORKLOAD}', 'KEY_COMPROMISE', '{NODE}', 0)"
+    ))
+    .await
+    .unwrap();
+    let refused = h.issue(pk, &serial(1), None, &["certificate.issued"]).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict("identity blocked"))),
+        "{refused:?}"
+    );
+    let request = h.store.find_request(NODE, "r-1").await.unwrap().unwrap();
+    assert_eq!(request.state, RequestState::Approved);
+    assert_eq!(h.count("certificates").await, 0);
+    assert_eq!(actions(&h.chain().await), ["request.approved"]);
     h.finish().await;
 }
