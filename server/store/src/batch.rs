@@ -159,14 +159,16 @@ async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
 
 type Applied = Result<(Outcome, Done), StoreError>;
 
-/// Applies each op in turn, then commits them all. An op refused with
-/// [`StoreError::Conflict`] has written nothing (each op checks before it writes) and is left
+/// Applies the ops, then commits them all. The common shapes (a request without a join token,
+/// a completion that supersedes nothing) go in set-based statements for the whole batch; the
+/// rest one by one. An op refused with [`StoreError::Conflict`] has written nothing and is left
 /// out; any other error leaves the transaction half-applied, so none of the batch commits.
 async fn apply_and_commit(
     writer: &Writer,
     ops: Vec<Op>,
     spans: impl Iterator<Item = &tracing::Span>,
 ) -> Result<Vec<Applied>, StoreError> {
+    let count = ops.len();
     let mut tx = writer.begin().await.map_err(unavailable)?;
     // One look at the identity blocks for the whole batch: nothing in a batch adds one.
     let identities = ops.iter().filter_map(|op| match op {
@@ -174,22 +176,54 @@ async fn apply_and_commit(
         _ => None,
     });
     tx.load_blocks(identities.collect()).await?;
-    let mut results = Vec::with_capacity(ops.len());
-    for (op, span) in ops.into_iter().zip(spans) {
-        let mark = tx.mark();
-        match op.apply(&mut tx).instrument(span.clone()).await {
-            Ok(outcome) => results.push(Ok((outcome, tx.take_done()))),
-            Err(refused @ StoreError::Conflict(_)) => {
-                tx.rewind(mark);
-                results.push(Err(refused));
-            }
-            Err(e) => return Err(e),
+
+    let mut applied = Vec::with_capacity(count);
+    let (mut inserts, mut completions) = (Vec::new(), Vec::new());
+    for ((i, op), span) in ops.into_iter().enumerate().zip(spans) {
+        match op {
+            Op::InsertRequest {
+                request,
+                token: None,
+                audit,
+            } => inserts.push((i, request, audit)),
+            Op::CompleteIssuance {
+                pk,
+                cert,
+                supersedes: None,
+                audit,
+            } => completions.push((i, pk, cert, audit)),
+            op => applied.push((i, apply_one(&mut tx, op).instrument(span.clone()).await?)),
         }
     }
-    let requests = results
+    for (i, answer) in tx.insert_requests(inserts).await? {
+        applied.push((
+            i,
+            answer.map(|(inserted, done)| (Outcome::Inserted(inserted), done)),
+        ));
+    }
+    for (i, answer) in tx.complete_issuances(completions).await? {
+        applied.push((i, answer.map(|done| (Outcome::Completed, done))));
+    }
+
+    let requests = applied
         .iter()
-        .map(|r| r.as_ref().map_or(0, |(_, done)| done.requests))
+        .map(|(_, r)| r.as_ref().map_or(0, |(_, done)| done.requests))
         .sum();
     tx.commit(requests).await.map_err(unavailable)?;
-    Ok(results)
+    // Back in submission order, one answer per op.
+    applied.sort_unstable_by_key(|(i, _)| *i);
+    Ok(applied.into_iter().map(|(_, answer)| answer).collect())
+}
+
+/// One op on its own; a refusal rewinds what it noted.
+async fn apply_one(tx: &mut WriteTx<'_>, op: Op) -> Result<Applied, StoreError> {
+    let mark = tx.mark();
+    match op.apply(tx).await {
+        Ok(outcome) => Ok(Ok((outcome, tx.take_done()))),
+        Err(refused @ StoreError::Conflict(_)) => {
+            tx.rewind(mark);
+            Ok(Err(refused))
+        }
+        Err(e) => Err(e),
+    }
 }

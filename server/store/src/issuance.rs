@@ -1,5 +1,9 @@
-//! The issuance path's writes. The group-commit writer ([`crate::batch`]) applies each inside
-//! a savepoint of a shared transaction; none of them commits.
+//! The issuance path's writes, as the group-commit writer ([`crate::batch`]) applies them in
+//! its shared transaction: the common shapes in set-based statements for a whole batch, the
+//! others one by one. None of them commits, and each refusal ([`StoreError::Conflict`]) comes
+//! before anything is written for it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mintgate_domain::Serial;
 use mintgate_domain::audit::AuditEvent;
@@ -8,10 +12,11 @@ use mintgate_domain::model::NewRequest;
 use mintgate_domain::store::{Inserted, NewCertificate, StoreError, TokenUse};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, TryInsertResult};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, TryInsertResult};
 use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, join_token, request};
+use crate::metrics::Done;
 use crate::unavailable;
 use crate::write::{WriteTx, request_model, serial_hex};
 
@@ -43,54 +48,140 @@ impl WriteTx<'_> {
         Ok(block.is_some())
     }
 
+    /// Inserts requests with one statement. Each answers `New`, or `Duplicate` when its key
+    /// exists already (also from earlier in `items`).
+    pub(crate) async fn insert_requests<T>(
+        &mut self,
+        items: Vec<(T, NewRequest, Vec<AuditEvent>)>,
+    ) -> Result<Vec<(T, Result<(Inserted, Done), StoreError>)>, StoreError> {
+        let mut keys = Vec::with_capacity(items.len());
+        let mut rows = Vec::with_capacity(items.len());
+        for (tag, request, audit) in items {
+            let key = (request.caller.clone(), request.request_id.clone());
+            keys.push((tag, key, request.state, audit));
+            rows.push(request_model(request));
+        }
+        let mut inserted = HashMap::new();
+        if !rows.is_empty() {
+            let key = [request::Column::Caller, request::Column::RequestId];
+            let result = request::Entity::insert_many(rows)
+                .on_conflict_do_nothing_on(key)
+                .exec_with_returning_many(&self.txn)
+                .await
+                .map_err(unavailable)?;
+            if let TryInsertResult::Inserted(rows) = result {
+                inserted.extend(rows.into_iter().map(|r| ((r.caller, r.request_id), r.pk)));
+            }
+        }
+        let mut answers = Vec::with_capacity(keys.len());
+        for (tag, key, state, audit) in keys {
+            let answer = match inserted.remove(&key) {
+                Some(pk) => {
+                    self.done.requests += 1;
+                    self.done.states.push(state);
+                    self.append(audit).await?;
+                    Ok((Inserted::New(pk), self.take_done()))
+                }
+                None => self
+                    .find_request(&key.0, &key.1)
+                    .await?
+                    .map(|existing| (Inserted::Duplicate(Box::new(existing)), Done::default()))
+                    .ok_or(StoreError::Conflict("request")),
+            };
+            answers.push((tag, answer));
+        }
+        Ok(answers)
+    }
+
+    /// Moves APPROVED requests to ISSUED and records their certificates (none superseding
+    /// another) with one UPDATE per issuance second. Each refusal comes before that UPDATE.
+    pub(crate) async fn complete_issuances<T>(
+        &mut self,
+        items: Vec<(T, i64, NewCertificate, Vec<AuditEvent>)>,
+    ) -> Result<Vec<(T, Result<Done, StoreError>)>, StoreError> {
+        let mut answers = Vec::with_capacity(items.len());
+        let mut eligible = Vec::with_capacity(items.len());
+        for (tag, pk, cert, audit) in items {
+            if self.is_blocked(&cert.spiffe_id).await? {
+                answers.push((tag, Err(StoreError::Conflict("identity blocked"))));
+            } else {
+                eligible.push((tag, pk, cert, audit));
+            }
+        }
+        let mut by_second = BTreeMap::<i64, Vec<(i64, String)>>::new();
+        for (_, pk, cert, _) in &eligible {
+            let second = by_second
+                .entry(cert.issued_at.unix_timestamp())
+                .or_default();
+            second.push((*pk, cert.serial.to_hex()));
+        }
+        let mut moved = HashSet::new();
+        for (now, requests) in by_second {
+            // Chunks keep the OR chain well inside SQLite's expression depth limit.
+            for chunk in requests.chunks(200) {
+                let reserved = chunk.iter().fold(Condition::any(), |any, (pk, serial)| {
+                    any.add(
+                        Condition::all()
+                            .add(request::Column::Pk.eq(*pk))
+                            .add(request::Column::Serial.eq(serial.as_str())),
+                    )
+                });
+                let rows = request::Entity::update_many()
+                    .col_expr(
+                        request::Column::State,
+                        Expr::value(RequestState::Issued.as_str()),
+                    )
+                    .col_expr(request::Column::UpdatedAt, Expr::value(now))
+                    .filter(request::Column::State.eq(RequestState::Approved.as_str()))
+                    .filter(reserved)
+                    .exec_with_returning(&self.txn)
+                    .await
+                    .map_err(unavailable)?;
+                moved.extend(rows.into_iter().map(|r| r.pk));
+            }
+        }
+        for (tag, pk, cert, audit) in eligible {
+            // `remove`: one certificate per request, even if a batch held two completions.
+            if !moved.remove(&pk) {
+                answers.push((tag, Err(StoreError::Conflict("request"))));
+                continue;
+            }
+            self.done.requests += 1;
+            self.done.states.push(RequestState::Issued);
+            self.pending_certificates.push(certificate_model(pk, cert));
+            self.append(audit).await?;
+            answers.push((tag, Ok(self.take_done())));
+        }
+        Ok(answers)
+    }
+
+    /// One request, with or without a join token to mark used.
     pub(crate) async fn insert_request(
         &mut self,
         request: NewRequest,
         token: Option<TokenUse>,
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
-        let Some(t) = token else {
-            // One statement in the common case: the key's unique index finds a duplicate.
-            let state = request.state;
-            let (caller, request_id) = (request.caller.clone(), request.request_id.clone());
-            let key = [request::Column::Caller, request::Column::RequestId];
-            let inserted = request::Entity::insert(request_model(request))
-                .on_conflict_do_nothing_on(key)
-                .exec(&self.txn)
-                .await
-                .map_err(unavailable)?;
-            return match inserted {
-                TryInsertResult::Inserted(row) => {
-                    self.done.requests += 1;
-                    self.done.states.push(state);
-                    self.append(audit).await?;
-                    Ok(Inserted::New(row.last_insert_id))
-                }
-                _ => {
-                    let existing = self.find_request(&caller, &request_id).await?;
-                    let existing = existing.ok_or(StoreError::Conflict("request"))?;
-                    Ok(Inserted::Duplicate(Box::new(existing)))
-                }
-            };
-        };
         if let Some(existing) = self
             .find_request(&request.caller, &request.request_id)
             .await?
         {
             return Ok(Inserted::Duplicate(Box::new(existing)));
         }
-        let now = t.now.unix_timestamp();
-        let used = join_token::Entity::update_many()
-            .col_expr(join_token::Column::UsedAt, Expr::value(now))
-            .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
-            .filter(join_token::Column::TokenId.eq(t.token_id))
-            .filter(join_token::Column::UsedAt.is_null())
-            .filter(join_token::Column::ExpiresAt.gt(now))
-            .exec(&self.txn)
-            .await
-            .map_err(unavailable)?;
-        if used.rows_affected != 1 {
-            return Err(StoreError::Conflict("join token"));
+        if let Some(t) = token {
+            let now = t.now.unix_timestamp();
+            let used = join_token::Entity::update_many()
+                .col_expr(join_token::Column::UsedAt, Expr::value(now))
+                .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
+                .filter(join_token::Column::TokenId.eq(t.token_id))
+                .filter(join_token::Column::UsedAt.is_null())
+                .filter(join_token::Column::ExpiresAt.gt(now))
+                .exec(&self.txn)
+                .await
+                .map_err(unavailable)?;
+            if used.rows_affected != 1 {
+                return Err(StoreError::Conflict("join token"));
+            }
         }
         self.done.states.push(request.state);
         let pk = self.insert_request_row(request).await?;
@@ -159,19 +250,7 @@ impl WriteTx<'_> {
                 ));
             }
         }
-        self.pending_certificates.push(certificate::ActiveModel {
-            serial: Set(cert.serial.to_hex()),
-            spiffe_id: Set(cert.spiffe_id),
-            state: Set(CertState::Active.as_str().to_owned()),
-            key_type: Set(cert.key_type),
-            not_before: Set(cert.not_before.unix_timestamp()),
-            not_after: Set(cert.not_after.unix_timestamp()),
-            der: Set(cert.der),
-            chain_pem: Set(cert.chain_pem),
-            request_pk: Set(pk),
-            issued_at: Set(now),
-            updated_at: Set(now),
-        });
+        self.pending_certificates.push(certificate_model(pk, cert));
         self.append(audit).await
     }
 
@@ -204,5 +283,22 @@ impl WriteTx<'_> {
         self.done.states.push(to.0);
         self.append(audit).await?;
         Ok(true)
+    }
+}
+
+fn certificate_model(request_pk: i64, cert: NewCertificate) -> certificate::ActiveModel {
+    let issued_at = cert.issued_at.unix_timestamp();
+    certificate::ActiveModel {
+        serial: Set(cert.serial.to_hex()),
+        spiffe_id: Set(cert.spiffe_id),
+        state: Set(CertState::Active.as_str().to_owned()),
+        key_type: Set(cert.key_type),
+        not_before: Set(cert.not_before.unix_timestamp()),
+        not_after: Set(cert.not_after.unix_timestamp()),
+        der: Set(cert.der),
+        chain_pem: Set(cert.chain_pem),
+        request_pk: Set(request_pk),
+        issued_at: Set(issued_at),
+        updated_at: Set(issued_at),
     }
 }
