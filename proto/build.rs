@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "WatchRevocationsRequest",
                 "crate::fanout::WatchRevocationsFrame",
             )
+            .codec_path("crate::fanout::FrameCodec")
             .server_streaming()
             .build(),
         )

@@ -22,6 +22,44 @@ pub mod fanout {
         pub message: Option<frame::Message>,
     }
 
+    /// `ProstCodec` with a small encode buffer. tonic gives every response stream an encode
+    /// buffer of its own (8 KiB by default) for as long as the stream lives; a feed sends frames
+    /// of a few hundred bytes and mostly sits idle, so its buffer starts at 512 bytes (it grows
+    /// for a snapshot like any `BytesMut`). With thousands of subscribers that is 7.5 KiB each.
+    #[derive(Debug, Clone)]
+    pub struct FrameCodec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+    impl<T, U> Default for FrameCodec<T, U> {
+        fn default() -> Self {
+            Self(tonic_prost::ProstCodec::new())
+        }
+    }
+
+    /// Initial encode buffer of a feed.
+    const FRAME_BUFFER: usize = 512;
+    /// tonic's default: encoded bytes gathered before they are handed to HTTP/2.
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    impl<T, U> tonic::codec::Codec for FrameCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = tonic_prost::ProstEncoder<T>;
+        type Decoder = tonic_prost::ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            let settings = tonic::codec::BufferSettings::new(FRAME_BUFFER, YIELD_THRESHOLD);
+            tonic_prost::ProstEncoder::new(settings)
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            self.0.decoder()
+        }
+    }
+
     pub mod frame {
         #[derive(Clone, PartialEq, prost::Oneof)]
         pub enum Message {
