@@ -60,10 +60,11 @@ struct Options {
     #[arg(long)]
     threads: Option<usize>,
     /// Certificates issued end to end (and signed by cfssl).
-    #[arg(long, default_value_t = 4_000)]
+    #[arg(long, default_value_t = 10_000)]
     issuances: usize,
-    /// Concurrent clients, each on its own connection (issuance and cfssl).
-    #[arg(long, default_value_t = 64)]
+    /// Concurrent clients, each on its own connection (issuance and cfssl). Enough that the
+    /// store's group commit has work to gather: each client has one write in flight at most.
+    #[arg(long, default_value_t = 256)]
     clients: usize,
     /// Revocation subscribers, each on its own mTLS connection.
     #[arg(long, default_value_t = 10_000)]
