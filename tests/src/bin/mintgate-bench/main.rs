@@ -150,7 +150,11 @@ fn main() -> anyhow::Result<()> {
         .await
         .context("cfssl")?;
         anyhow::Ok(Report {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            // The binary by name, not by where this machine's target directory is.
+            command: std::iter::once("mintgate-bench".to_owned())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
             machine,
             crypto,
             issuance,
