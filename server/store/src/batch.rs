@@ -109,6 +109,11 @@ impl GroupCommit {
         Self { jobs }
     }
 
+    /// Whether the writer task still takes writes.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
     /// Applies `op` in the next batch and answers once that batch is durable.
     pub(crate) async fn submit(&self, op: Op) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();

@@ -120,9 +120,10 @@ impl SqlStore {
         Migrator::up(&self.db, None).await.map_err(unavailable)
     }
 
-    /// Whether the database answers (for `/readyz`).
+    /// Whether the database answers and the group-commit writer runs (for `/readyz`). The
+    /// writer's own connection is not pinged: it may be busy with a batch.
     pub async fn ping(&self) -> bool {
-        self.db.ping().await.is_ok()
+        self.group.is_running() && self.db.ping().await.is_ok()
     }
 
     /// Write transactions committed through this store (and its clones) since it was opened:

@@ -129,3 +129,56 @@ async fn blocked_after_approval(backend: Backend) {
     assert_eq!(actions(&h.chain().await), ["request.approved"]);
     h.finish().await;
 }
+
+both_backends!(
+    a_batch_that_cannot_commit_stores_nothing_and_the_writer_goes_on,
+    failed_batch
+);
+async fn failed_batch(backend: Backend) {
+    let h = Harness::open(backend).await;
+    let pk = h.approved(NODE, "r-1", &serial(1)).await;
+    let chain = h.chain().await;
+    // Without its table, recording the certificate fails when the batch is committed, after
+    // every write in it has run.
+    h.execute("ALTER TABLE certificates RENAME TO certificates_away")
+        .await
+        .unwrap();
+    let reserved = serial(1);
+    let issued = h.issue(pk, &reserved, None, &["certificate.issued"]);
+    let fresh = request(NODE, "r-2", RequestState::Approved, Some(serial(2)));
+    let inserted = h
+        .store
+        .insert_request(fresh, None, vec![event("request.approved", "r-2")]);
+    let (issued, inserted) = tokio::join!(issued, inserted);
+
+    assert!(
+        matches!(issued, Err(StoreError::Unavailable(_))),
+        "{issued:?}"
+    );
+    let r1 = h.store.find_request(NODE, "r-1").await.unwrap().unwrap();
+    assert_eq!(r1.state, RequestState::Approved, "nothing of it was kept");
+    // The insert shared the batch (nothing is kept) or committed before it (all is kept).
+    let r2 = h.store.find_request(NODE, "r-2").await.unwrap();
+    match inserted {
+        Ok(Inserted::New(_)) => assert!(r2.is_some()),
+        Err(StoreError::Unavailable(_)) => assert_eq!(r2, None),
+        other => panic!("{other:?}"),
+    }
+    let kept = usize::from(r2.is_some());
+    assert_eq!(h.chain().await.len(), chain.len() + kept);
+
+    // The writer goes on once the table is back.
+    h.execute("ALTER TABLE certificates_away RENAME TO certificates")
+        .await
+        .unwrap();
+    assert!(h.store.ping().await);
+    h.issue(pk, &serial(1), None, &["certificate.issued"])
+        .await
+        .unwrap();
+    assert_eq!(h.count("certificates").await, 1);
+    assert_eq!(
+        verify_chain(h.chain().await),
+        Ok(chain.len() as u64 + kept as u64 + 1)
+    );
+    h.finish().await;
+}
