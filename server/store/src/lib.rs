@@ -4,8 +4,8 @@
 //! types at this crate's edge. Every write is one transaction holding the writer lock (an
 //! in-process mutex, plus a PostgreSQL advisory lock so replicas sharing a database serialise
 //! too): it applies its conditional updates, appends its audit events to the hash chain, and
-//! commits — or leaves nothing behind. The issuance path's writes share transactions: see
-//! [`batch`] (group commit).
+//! commits — or leaves nothing behind. The issuance path's writes share transactions (group
+//! commit, in the `batch` module).
 
 mod batch;
 mod convert;
