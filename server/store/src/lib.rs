@@ -1,11 +1,11 @@
 //! Mintgate's storage adapter: sea-orm over SQLite (embedded default, WAL) or PostgreSQL.
 //!
-//! Implements the domain's [`CertificateStore`](mintgate_domain::store::CertificateStore) port. Entities are private and become domain
-//! types at this crate's edge. Every write is one transaction holding the writer lock (an
-//! in-process mutex, plus a PostgreSQL advisory lock so replicas sharing a database serialise
-//! too): it applies its conditional updates, appends its audit events to the hash chain, and
-//! commits — or leaves nothing behind. The issuance path's writes share transactions (group
-//! commit, in the `batch` module).
+//! Implements the domain's [`CertificateStore`](mintgate_domain::store::CertificateStore)
+//! port. Entities are private and become domain types at this crate's edge. Every write is one
+//! transaction holding the writer lock (an in-process mutex, plus a PostgreSQL advisory lock so
+//! replicas sharing a database serialise too): it applies its conditional updates, appends its
+//! audit events to the hash chain, and commits — or leaves nothing behind. The issuance path's
+//! writes share transactions (group commit, in the `batch` module).
 
 mod batch;
 mod convert;
