@@ -233,6 +233,16 @@ pub struct RevocationRecord {
     pub revoked_by: String,
 }
 
+/// What CheckStatus needs of a stored certificate: its state, its notAfter and, if it is
+/// revoked and the entry is not pruned yet, its log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStatus {
+    pub serial: Serial,
+    pub state: crate::lifecycle::CertState,
+    pub not_after: OffsetDateTime,
+    pub revocation: Option<RevocationRecord>,
+}
+
 /// A block on an identity: no certificate is issued for it until it is lifted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockRecord {

@@ -11,7 +11,7 @@ use crate::error::Cause;
 use crate::lifecycle::RequestState;
 use crate::model::{
     BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
-    RequestRecord, RevocationRecord,
+    RequestRecord, RevocationRecord, StoredStatus,
 };
 
 /// Why a store operation failed.
@@ -181,11 +181,12 @@ pub trait CertificateStore: Send + Sync + 'static {
         audit: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<Unblocked, StoreError>> + Send;
 
-    /// The log entry for `serial`, if it is revoked and not pruned.
-    fn revocation(
+    /// The status of each of `serials` that is stored (in no particular order; unknown ones
+    /// are left out), in a fixed number of queries however many are asked for.
+    fn certificate_statuses(
         &self,
-        serial: &Serial,
-    ) -> impl Future<Output = Result<Option<RevocationRecord>, StoreError>> + Send;
+        serials: &[Serial],
+    ) -> impl Future<Output = Result<Vec<StoredStatus>, StoreError>> + Send;
 
     /// Up to `limit` log entries after `cursor`, in sequence order.
     fn revocations_after(

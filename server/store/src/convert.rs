@@ -20,7 +20,7 @@ pub(crate) fn ts(secs: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| corrupt("timestamp"))
 }
 
-fn serial(hex: &str) -> Result<Serial, StoreError> {
+pub(crate) fn serial(hex: &str) -> Result<Serial, StoreError> {
     Serial::parse_hex(hex).map_err(|_| corrupt("serial"))
 }
 
@@ -64,10 +64,14 @@ pub(crate) fn block(m: identity_block::Model) -> Result<BlockRecord, StoreError>
     })
 }
 
+pub(crate) fn cert_state(s: &str) -> Result<CertState, StoreError> {
+    CertState::parse(s).ok_or_else(|| corrupt("certificate state"))
+}
+
 pub(crate) fn certificate(m: certificate::Model) -> Result<CertificateRecord, StoreError> {
     Ok(CertificateRecord {
         serial: serial(&m.serial)?,
-        state: CertState::parse(&m.state).ok_or_else(|| corrupt("certificate state"))?,
+        state: cert_state(&m.state)?,
         not_before: ts(m.not_before)?,
         not_after: ts(m.not_after)?,
         spiffe_id: m.spiffe_id,

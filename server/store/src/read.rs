@@ -1,9 +1,11 @@
 //! The revocation registry's reads. They run outside the writer lock: the writer assigns
 //! sequence numbers in commit order, so a reader never sees a later entry before an earlier one.
 
+use std::collections::HashMap;
+
 use mintgate_domain::Serial;
 use mintgate_domain::lifecycle::CertState;
-use mintgate_domain::model::{BlockRecord, CertificateRecord, RevocationRecord};
+use mintgate_domain::model::{BlockRecord, CertificateRecord, RevocationRecord, StoredStatus};
 use mintgate_domain::store::{LogBounds, StoreError};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
@@ -69,17 +71,49 @@ impl SqlStore {
             .transpose()
     }
 
-    pub(crate) async fn revocation_row(
+    /// Two queries: the states of the stored ones among `serials`, then the log entries of
+    /// the revoked ones.
+    pub(crate) async fn certificate_status_rows(
         &self,
-        serial: &Serial,
-    ) -> Result<Option<RevocationRecord>, StoreError> {
-        revocation::Entity::find()
-            .filter(revocation::Column::Serial.eq(serial.to_hex()))
-            .one(&self.db)
+        serials: &[Serial],
+    ) -> Result<Vec<StoredStatus>, StoreError> {
+        if serials.is_empty() {
+            return Ok(Vec::new());
+        }
+        let states: Vec<(String, String, i64)> = certificate::Entity::find()
+            .select_only()
+            .columns([
+                certificate::Column::Serial,
+                certificate::Column::State,
+                certificate::Column::NotAfter,
+            ])
+            .filter(certificate::Column::Serial.is_in(serials.iter().map(Serial::to_hex)))
+            .into_tuple()
+            .all(&self.db)
             .await
-            .map_err(unavailable)?
-            .map(convert::revocation)
-            .transpose()
+            .map_err(unavailable)?;
+        let revoked = states
+            .iter()
+            .filter(|(_, state, _)| state == CertState::Revoked.as_str())
+            .map(|(serial, ..)| serial.clone());
+        let query = revocation::Entity::find().filter(revocation::Column::Serial.is_in(revoked));
+        let mut entries: HashMap<String, RevocationRecord> = rows(query, &self.db, |m| {
+            Ok((m.serial.clone(), convert::revocation(m)?))
+        })
+        .await?
+        .into_iter()
+        .collect();
+        states
+            .into_iter()
+            .map(|(serial, state, not_after)| {
+                Ok(StoredStatus {
+                    revocation: entries.remove(&serial),
+                    serial: convert::serial(&serial)?,
+                    state: convert::cert_state(&state)?,
+                    not_after: convert::ts(not_after)?,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn revocation_rows_after(

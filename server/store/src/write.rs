@@ -8,7 +8,7 @@ use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
 use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::{
     BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
-    RequestRecord, RevocationRecord,
+    RequestRecord, RevocationRecord, StoredStatus,
 };
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
@@ -502,8 +502,11 @@ impl CertificateStore for SqlStore {
         Ok(Unblocked::Done { was_blocked })
     }
 
-    async fn revocation(&self, serial: &Serial) -> Result<Option<RevocationRecord>, StoreError> {
-        self.revocation_row(serial).await
+    async fn certificate_statuses(
+        &self,
+        serials: &[Serial],
+    ) -> Result<Vec<StoredStatus>, StoreError> {
+        self.certificate_status_rows(serials).await
     }
 
     async fn revocations_after(

@@ -177,13 +177,15 @@ async fn revoke_and_watch(backend: Backend) {
         "a revoked certificate completed a call"
     );
 
-    // CheckStatus: revoked, good, unknown; with the head.
+    // CheckStatus: revoked, good, unknown, in the order asked (twice is answered twice);
+    // with the head.
     let status = admin
         .check_status(v1::CheckStatusRequest {
             serials: vec![
                 web.serial.clone(),
                 db.serial.to_uppercase(),
                 "0badc0de".into(),
+                web.serial.clone(),
             ],
         })
         .await
@@ -196,10 +198,12 @@ async fn revoke_and_watch(backend: Backend) {
         [
             v1::CertificateStatus::Revoked,
             v1::CertificateStatus::Good,
-            v1::CertificateStatus::Unknown
+            v1::CertificateStatus::Unknown,
+            v1::CertificateStatus::Revoked,
         ]
     );
     assert_eq!(status.statuses[0].revocation.as_ref(), Some(&revoked));
+    assert_eq!(status.statuses[3], status.statuses[0]);
     assert_eq!(status.statuses[1].serial, db.serial);
 
     // A workload may revoke its own certificate, and nobody else's.

@@ -2,6 +2,7 @@
 //! log gains an entry with the next sequence number, and the audit trail says who revoked what
 //! and why (DESIGN §7).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -11,7 +12,7 @@ use crate::error::AttestationError;
 use crate::lifecycle::{CertEvent, CertState, RequestState, transition_cert};
 use crate::model::{
     Caller, CallerKind, IdentityScope, NewRequest, NewRevocation, RequestKind, RequestRecord,
-    RevocationReason, RevocationRecord,
+    RevocationReason, RevocationRecord, StoredStatus,
 };
 use crate::store::{CertificateStore, Revoked, StoreError, Unblocked};
 use crate::{Error, InputError, RequestId, Serial, SpiffeId};
@@ -158,19 +159,24 @@ impl<S: CertificateStore> Mintgate<S> {
         // Read the head first: every revocation up to it is visible to the reads below.
         let head_seq = self.store.revocation_bounds().await?.head;
         let now = self.clock.now();
+        let stored: HashMap<Serial, StoredStatus> = self
+            .store
+            .certificate_statuses(&parsed)
+            .await?
+            .into_iter()
+            .map(|s| (s.serial.clone(), s))
+            .collect();
         let mut statuses = Vec::with_capacity(parsed.len());
         for serial in parsed {
-            let status = match self.store.certificate(&serial).await? {
+            let status = match stored.get(&serial) {
                 None => CertificateStatus::Unknown,
-                Some(c) if c.state == CertState::Revoked => {
-                    match self.store.revocation(&serial).await? {
-                        Some(r) => CertificateStatus::Revoked(r),
-                        // Pruned: only entries past notAfter are.
-                        None => CertificateStatus::Expired {
-                            not_after: c.not_after,
-                        },
-                    }
-                }
+                Some(c) if c.state == CertState::Revoked => match &c.revocation {
+                    Some(r) => CertificateStatus::Revoked(r.clone()),
+                    // Pruned: only entries past notAfter are.
+                    None => CertificateStatus::Expired {
+                        not_after: c.not_after,
+                    },
+                },
                 Some(c) if now >= c.not_after => CertificateStatus::Expired {
                     not_after: c.not_after,
                 },
