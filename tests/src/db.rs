@@ -99,15 +99,37 @@ impl TestDatabase {
         }
     }
 
-    pub async fn drop_database(self) {
-        if let Kind::Postgres { name } = &self.kind
-            && let Ok(admin) = Database::connect(admin_url()).await
-        {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-            let _ = admin.close().await;
+    pub async fn drop_database(mut self) {
+        if let Kind::Postgres { name } = std::mem::replace(&mut self.kind, Kind::Placeholder) {
+            drop_postgres(&name).await;
         }
+    }
+}
+
+impl Drop for TestDatabase {
+    /// A test that panicked never reached [`TestDatabase::drop_database`]: its PostgreSQL
+    /// database goes here, on a thread of its own (this may run inside the test's runtime).
+    fn drop(&mut self) {
+        if let Kind::Postgres { name } = std::mem::replace(&mut self.kind, Kind::Placeholder) {
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(drop_postgres(&name));
+                }
+            })
+            .join();
+        }
+    }
+}
+
+async fn drop_postgres(name: &str) {
+    if let Ok(admin) = Database::connect(admin_url()).await {
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+        let _ = admin.close().await;
     }
 }
 

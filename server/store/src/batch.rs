@@ -128,13 +128,21 @@ impl GroupCommit {
 }
 
 fn stopped() -> StoreError {
-    StoreError::Unavailable("the store's writer has stopped".into())
+    StoreError::Unavailable("the store's writer failed or has stopped".into())
 }
 
 async fn run(writer: Arc<Writer>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        commit_batch(&writer, std::mem::take(&mut jobs)).await;
+        // Each batch is a task of its own: a bug that panics fails that batch (its callers
+        // hear that the writer failed, and its transaction rolls back), not every later write.
+        let (writer, batch) = (writer.clone(), std::mem::take(&mut jobs));
+        let batch = tokio::spawn(async move { commit_batch(&writer, batch).await });
+        if let Err(e) = batch.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "a group-commit batch panicked");
+        }
     }
 }
 
