@@ -197,11 +197,13 @@ enum Stop {
 
 impl<S: CertificateStore> Feed<S> {
     async fn run(mut self, live: broadcast::Receiver<Published>, pruned_through: i64) {
+        // The database reads are boxed: the task lives as long as the stream, and unboxed they
+        // would size its allocation for a sea-orm query for all of that time.
         let result = async {
             if self.cursor < pruned_through {
-                self.snapshot().await?;
+                Box::pin(self.snapshot()).await?;
             }
-            self.replay(true).await?;
+            Box::pin(self.replay(true)).await?;
             self.heartbeat().await?;
             self.follow(live).await
         }
@@ -275,7 +277,7 @@ impl<S: CertificateStore> Feed<S> {
                     }
                     // A gap (entries pruned before the hub read them) or our own lag behind
                     // the hub: the database has everything.
-                    Ok(_) | Err(RecvError::Lagged(_)) => self.replay(false).await?,
+                    Ok(_) | Err(RecvError::Lagged(_)) => Box::pin(self.replay(false)).await?,
                     Err(RecvError::Closed) => return Err(Stop::Gone),
                 },
             }
