@@ -96,7 +96,8 @@ pub struct TrustFiles {
 pub struct RevocationFile {
     /// Seconds between heartbeats on an idle WatchRevocations stream (default 5).
     pub heartbeat_seconds: Option<u64>,
-    /// Messages queued for one subscriber before it is closed as too slow (default 256).
+    /// Revocations one subscriber may fall behind the newest before it is closed as too slow
+    /// (default 256).
     pub subscriber_buffer: Option<usize>,
     /// Concurrent WatchRevocations streams per identity (default 4).
     pub max_streams_per_identity: Option<usize>,

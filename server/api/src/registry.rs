@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 pub struct HubConfig {
     /// Events kept for subscribers that fall behind momentarily (shared by all of them).
     pub feed_capacity: usize,
-    /// Messages queued per subscriber before it is closed as too slow.
+    /// Revocations a subscriber may fall behind the newest before it is closed as too slow.
     pub subscriber_buffer: usize,
     /// How often an idle stream gets a heartbeat.
     pub heartbeat: Duration,

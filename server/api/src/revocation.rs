@@ -1,5 +1,7 @@
 //! `mintgate.v1.Revocation`: Revoke, CheckStatus and the WatchRevocations feed.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use mintgate_domain::ports::Clock;
@@ -10,9 +12,9 @@ use mintgate_proto::fanout::frame::Message;
 use mintgate_proto::fanout::{WatchRevocationsFrame, revocation_server};
 use mintgate_proto::v1;
 use prost::Message as _;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -127,7 +129,7 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
             .map_err(|e| to_status(&e, "CheckStatus", ""))
     }
 
-    type WatchRevocationsStream = ReceiverStream<Item>;
+    type WatchRevocationsStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
     #[tracing::instrument(name = "WatchRevocations", skip_all, fields(caller))]
     async fn watch_revocations(
@@ -158,65 +160,116 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
                 head: bounds.head,
             }));
         }
-        // One slot stays free for the message that closes a subscriber that fell behind.
-        let (tx, rx) = mpsc::channel(self.hub.config().subscriber_buffer + 1);
+        let mut heartbeat = tokio::time::interval(self.hub.config().heartbeat);
+        heartbeat.reset();
         let feed = Feed {
             app: self.app.clone(),
             hub: self.hub.clone(),
             clock: self.clock.clone(),
-            tx,
+            span: tracing::Span::current(),
             cursor,
+            phase: if cursor < bounds.pruned_through {
+                Phase::Snapshot
+            } else {
+                Phase::CatchUp
+            },
+            pending: VecDeque::new(),
+            live,
+            heartbeat,
+            ended: false,
             _permit: permit,
         };
-        tokio::spawn(
-            feed.run(live, bounds.pruned_through)
-                .instrument(tracing::Span::current()),
-        );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let frames = futures_util::stream::unfold(feed, Feed::next);
+        Ok(Response::new(Box::pin(frames)))
     }
 }
 
 /// One subscriber's feed: replay from the database, then live events and heartbeats.
+///
+/// It is the response body itself, run by the task hyper keeps for the HTTP/2 stream: a live
+/// event wakes that task, which frames it for h2, and nothing else per subscriber. Hyper polls it
+/// only while the stream's flow-control window has room, so a subscriber that stops reading
+/// holds nothing but this struct (the broadcast ring is shared); when it reads again and is more
+/// than `subscriber_buffer` events behind, it is closed with `SUBSCRIBER_TOO_SLOW` and resumes
+/// from its cursor.
 struct Feed<S> {
     app: Arc<Mintgate<S>>,
     hub: Arc<RevocationHub>,
     clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<Item>,
-    /// Everything up to here has been sent.
+    span: tracing::Span,
+    /// Everything up to here has been sent or is in `pending`.
     cursor: i64,
+    phase: Phase,
+    /// Read from the database, not yet sent (at most one log batch).
+    pending: VecDeque<Message>,
+    live: broadcast::Receiver<Published>,
+    heartbeat: tokio::time::Interval,
+    /// The closing status was sent.
+    ended: bool,
     _permit: StreamPermit,
+}
+
+enum Phase {
+    /// The cursor is older than the retained log: send a snapshot first.
+    Snapshot,
+    /// Replaying the log from the database.
+    CatchUp,
+    /// Following the hub.
+    Live,
 }
 
 /// Why a feed stops.
 enum Stop {
-    /// The subscriber went away, or the server is shutting down.
+    /// The server is going away with nothing more to say to this subscriber.
     Gone,
     /// Tell the subscriber why, then stop.
     Fail(Error),
 }
 
 impl<S: CertificateStore> Feed<S> {
-    async fn run(mut self, live: broadcast::Receiver<Published>, pruned_through: i64) {
-        // The database reads are boxed: the task lives as long as the stream, and unboxed they
-        // would size its allocation for a sea-orm query for all of that time.
-        let result = async {
-            if self.cursor < pruned_through {
-                Box::pin(self.snapshot()).await?;
-            }
-            Box::pin(self.replay(true)).await?;
-            self.heartbeat().await?;
-            self.follow(live).await
+    /// The next frame, or `None` once the feed has ended.
+    async fn next(mut self) -> Option<(Item, Self)> {
+        if self.ended {
+            return None;
         }
-        .await;
-        if let Err(Stop::Fail(e)) = result {
-            // The reserved slot: this fits even when the buffer is full.
-            let _ = self.tx.try_send(Err(to_status(&e, "WatchRevocations", "")));
+        let span = self.span.clone();
+        match self.next_message().instrument(span).await {
+            Ok(message) => Some((Ok(response(message)), self)),
+            Err(Stop::Gone) => None,
+            Err(Stop::Fail(e)) => {
+                self.ended = true;
+                Some((Err(to_status(&e, "WatchRevocations", "")), self))
+            }
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<Message, Stop> {
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                return Ok(message);
+            }
+            // The database reads are boxed: hyper keeps this future for as long as the stream
+            // lives, and unboxed they would size it for a sea-orm query all that time.
+            match self.phase {
+                Phase::Snapshot => {
+                    self.phase = Phase::CatchUp;
+                    return Box::pin(self.snapshot()).await;
+                }
+                Phase::CatchUp => {
+                    if !Box::pin(self.read_log()).await? {
+                        // Caught up: a heartbeat after the last replayed entry says so.
+                        self.phase = Phase::Live;
+                        self.pending.push_back(self.heartbeat_message());
+                    }
+                }
+                Phase::Live => return self.follow().await,
+            }
         }
     }
 
     /// Every revoked, unexpired certificate, for a subscriber whose cursor fell below the
     /// retained log. The feed continues after the newest entry the snapshot covers.
-    async fn snapshot(&mut self) -> Result<(), Stop> {
+    async fn snapshot(&mut self) -> Result<Message, Stop> {
         let store = self.app.store();
         let head = store.revocation_bounds().await.map_err(fail)?.head;
         let entries = store
@@ -224,105 +277,65 @@ impl<S: CertificateStore> Feed<S> {
             .await
             .map_err(fail)?;
         let as_of = entries.iter().map(|e| e.seq).fold(head, i64::max);
-        let snapshot = v1::Snapshot {
+        self.cursor = as_of;
+        Ok(Message::Snapshot(v1::Snapshot {
             entries: entries.iter().map(convert::revocation_event).collect(),
             as_of_seq: as_of,
-        };
-        self.send(Message::Snapshot(snapshot)).await?;
-        self.cursor = as_of;
-        Ok(())
+        }))
     }
 
-    /// Sends every logged entry after the cursor: `waiting` for room in the subscriber's buffer
-    /// (catch-up), or closing it as too slow when full (while live).
-    async fn replay(&mut self, waiting: bool) -> Result<(), Stop> {
-        loop {
-            let batch = self
-                .app
-                .store()
-                .revocations_after(self.cursor, LOG_BATCH)
-                .await
-                .map_err(fail)?;
-            let full = batch.len() as u64 == LOG_BATCH;
-            for entry in &batch {
-                if waiting {
-                    self.send(event(entry)).await?;
-                } else {
-                    self.offer(event(entry))?;
-                }
-                self.cursor = entry.seq;
-            }
-            if !full {
-                return Ok(());
-            }
+    /// Queues the next batch of logged entries after the cursor; whether there may be more.
+    async fn read_log(&mut self) -> Result<bool, Stop> {
+        let batch = self
+            .app
+            .store()
+            .revocations_after(self.cursor, LOG_BATCH)
+            .await
+            .map_err(fail)?;
+        for entry in &batch {
+            self.pending.push_back(event(entry));
+            self.cursor = entry.seq;
         }
+        Ok(batch.len() as u64 == LOG_BATCH)
     }
 
-    /// Live events as the hub applies them, and heartbeats when idle. Never waits for the
-    /// subscriber: if its buffer is full it is closed as too slow.
-    async fn follow(&mut self, mut live: broadcast::Receiver<Published>) -> Result<(), Stop> {
-        let mut heartbeat = tokio::time::interval(self.hub.config().heartbeat);
-        heartbeat.reset();
+    /// The next live event, or a heartbeat when idle.
+    async fn follow(&mut self) -> Result<Message, Stop> {
         loop {
-            tokio::select! {
-                () = self.tx.closed() => return Err(Stop::Gone),
+            let received = tokio::select! {
                 () = self.hub.closed() => return Err(Stop::Fail(Error::ShuttingDown)),
-                _ = heartbeat.tick() => self.offer(self.heartbeat_message())?,
-                received = live.recv() => match received {
-                    Ok(entry) if entry.seq <= self.cursor => {}
-                    Ok(entry) if entry.seq == self.cursor + 1 => {
-                        self.offer(Message::Event(entry.encoded))?;
-                        self.hub.metrics().propagated(entry.applied_at.elapsed());
-                        self.cursor = entry.seq;
+                _ = self.heartbeat.tick() => return Ok(self.heartbeat_message()),
+                received = self.live.recv() => received,
+            };
+            if self.hub.applied() - self.cursor > self.hub.config().subscriber_buffer as i64 {
+                self.hub.metrics().subscriber_too_slow();
+                return Err(Stop::Fail(Error::SubscriberTooSlow));
+            }
+            match received {
+                Ok(entry) if entry.seq <= self.cursor => {}
+                Ok(entry) if entry.seq == self.cursor + 1 => {
+                    self.hub.metrics().propagated(entry.applied_at.elapsed());
+                    self.cursor = entry.seq;
+                    return Ok(Message::Event(entry.encoded));
+                }
+                // A gap (entries pruned before the hub read them) or our own lag behind the
+                // hub's ring: the database has everything.
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    Box::pin(self.read_log()).await?;
+                    if let Some(message) = self.pending.pop_front() {
+                        return Ok(message);
                     }
-                    // A gap (entries pruned before the hub read them) or our own lag behind
-                    // the hub: the database has everything.
-                    Ok(_) | Err(RecvError::Lagged(_)) => Box::pin(self.replay(false)).await?,
-                    Err(RecvError::Closed) => return Err(Stop::Gone),
-                },
+                }
+                Err(RecvError::Closed) => return Err(Stop::Gone),
             }
         }
     }
 
-    /// Catch-up while live: like [`Feed::replay`], but a full buffer closes the subscriber.
     fn heartbeat_message(&self) -> Message {
         Message::Heartbeat(v1::Heartbeat {
             head_seq: self.cursor,
             server_time: Some(convert::timestamp(self.clock.now())),
         })
-    }
-
-    async fn heartbeat(&mut self) -> Result<(), Stop> {
-        self.send(self.heartbeat_message()).await
-    }
-
-    /// Waits for room; two slots, so the reserved one stays free.
-    async fn send(&self, message: Message) -> Result<(), Stop> {
-        let mut permits = tokio::select! {
-            permits = self.tx.reserve_many(2) => permits.map_err(|_| Stop::Gone)?,
-            () = self.hub.closed() => return Err(Stop::Gone),
-        };
-        if let Some(permit) = permits.next() {
-            permit.send(Ok(response(message)));
-        }
-        Ok(())
-    }
-
-    /// Sends without waiting; a subscriber whose buffer is full is too slow.
-    fn offer(&self, message: Message) -> Result<(), Stop> {
-        match self.tx.try_reserve_many(2) {
-            Ok(mut permits) => {
-                if let Some(permit) = permits.next() {
-                    permit.send(Ok(response(message)));
-                }
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                self.hub.metrics().subscriber_too_slow();
-                Err(Stop::Fail(Error::SubscriberTooSlow))
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Stop::Gone),
-        }
     }
 }
 
