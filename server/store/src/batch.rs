@@ -18,8 +18,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
+use crate::issuance::Completion;
 use crate::metrics::Done;
-use crate::write::WriteTx;
 use crate::{Writer, unavailable};
 
 /// Most writes in one transaction. Bounds the time a batch holds the writer lock.
@@ -52,40 +52,6 @@ pub(crate) enum Outcome {
     Inserted(Inserted),
     Completed,
     Moved(bool),
-}
-
-impl Op {
-    async fn apply(self, tx: &mut WriteTx<'_>) -> Result<Outcome, StoreError> {
-        match self {
-            Op::InsertRequest {
-                request,
-                token,
-                audit,
-            } => tx
-                .insert_request(request, token, audit)
-                .await
-                .map(Outcome::Inserted),
-            Op::CompleteIssuance {
-                pk,
-                cert,
-                supersedes,
-                audit,
-            } => tx
-                .complete_issuance(pk, cert, supersedes, audit)
-                .await
-                .map(|()| Outcome::Completed),
-            Op::MoveRequest {
-                pk,
-                from,
-                to,
-                now,
-                audit,
-            } => tx
-                .move_request(pk, from, to, now, audit)
-                .await
-                .map(Outcome::Moved),
-        }
-    }
 }
 
 struct Job {
@@ -172,10 +138,10 @@ async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
 
 type Applied = Result<(Outcome, Done), StoreError>;
 
-/// Applies the ops, then commits them all. The common shapes (a request without a join token,
-/// a completion that supersedes nothing) go in set-based statements for the whole batch; the
-/// rest one by one. An op refused with [`StoreError::Conflict`] has written nothing and is left
-/// out; any other error leaves the transaction half-applied, so none of the batch commits.
+/// Applies the ops, then commits them all. Requests without a join token and all completions
+/// go in set-based statements for the whole batch; requests with a token and moves one by one.
+/// An op refused with [`StoreError::Conflict`] has written nothing and is left out; any other
+/// error leaves the transaction half-applied, so none of the batch commits.
 async fn apply_and_commit(
     writer: &Writer,
     ops: Vec<Op>,
@@ -193,20 +159,58 @@ async fn apply_and_commit(
     let mut applied = Vec::with_capacity(count);
     let (mut inserts, mut completions) = (Vec::new(), Vec::new());
     for ((i, op), span) in ops.into_iter().enumerate().zip(spans) {
-        match op {
+        let one = match op {
             Op::InsertRequest {
                 request,
                 token: None,
                 audit,
-            } => inserts.push((i, request, audit)),
+            } => {
+                inserts.push((i, request, audit));
+                continue;
+            }
             Op::CompleteIssuance {
                 pk,
                 cert,
-                supersedes: None,
+                supersedes,
                 audit,
-            } => completions.push((i, pk, cert, audit)),
-            op => applied.push((i, apply_one(&mut tx, op).instrument(span.clone()).await?)),
-        }
+            } => {
+                completions.push(Completion {
+                    tag: i,
+                    pk,
+                    cert,
+                    supersedes,
+                    audit,
+                });
+                continue;
+            }
+            Op::InsertRequest {
+                request,
+                token: Some(token),
+                audit,
+            } => tx
+                .insert_request_with_token(request, token, audit)
+                .instrument(span.clone())
+                .await
+                .map(Outcome::Inserted),
+            Op::MoveRequest {
+                pk,
+                from,
+                to,
+                now,
+                audit,
+            } => tx
+                .move_request(pk, from, to, now, audit)
+                .instrument(span.clone())
+                .await
+                .map(Outcome::Moved),
+        };
+        // A refusal has written nothing; any other error fails the batch.
+        let answer = match one {
+            Ok(outcome) => Ok((outcome, tx.take_done())),
+            Err(refused @ StoreError::Conflict(_)) => Err(refused),
+            Err(e) => return Err(e),
+        };
+        applied.push((i, answer));
     }
     for (i, answer) in tx.insert_requests(inserts).await? {
         applied.push((
@@ -226,17 +230,4 @@ async fn apply_and_commit(
     // Back in submission order, one answer per op.
     applied.sort_unstable_by_key(|(i, _)| *i);
     Ok(applied.into_iter().map(|(_, answer)| answer).collect())
-}
-
-/// One op on its own; a refusal rewinds what it noted.
-async fn apply_one(tx: &mut WriteTx<'_>, op: Op) -> Result<Applied, StoreError> {
-    let mark = tx.mark();
-    match op.apply(tx).await {
-        Ok(outcome) => Ok(Ok((outcome, tx.take_done()))),
-        Err(refused @ StoreError::Conflict(_)) => {
-            tx.rewind(mark);
-            Ok(Err(refused))
-        }
-        Err(e) => Err(e),
-    }
 }

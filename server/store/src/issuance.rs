@@ -1,6 +1,6 @@
 //! The issuance path's writes, as the group-commit writer ([`crate::batch`]) applies them in
-//! its shared transaction: the common shapes in set-based statements for a whole batch, the
-//! others one by one. None of them commits, and each refusal ([`StoreError::Conflict`]) comes
+//! its shared transaction: new requests and completions in set-based statements for a whole
+//! batch, a request with a join token on its own. None of them commits, and each refusal ([`StoreError::Conflict`]) comes
 //! before anything is written for it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,31 +21,19 @@ use crate::unavailable;
 use crate::write::{WriteTx, request_model, serial_hex};
 
 impl WriteTx<'_> {
-    /// Reads which of `identities` are blocked, for [`is_blocked`](Self::is_blocked) to
-    /// answer from for the rest of the transaction.
+    /// Reads which of `identities` are blocked, for the completions of this batch to check
+    /// (nothing in a batch adds a block).
     pub(crate) async fn load_blocks(&mut self, identities: Vec<String>) -> Result<(), StoreError> {
-        let blocked = if identities.is_empty() {
-            Vec::new()
-        } else {
-            identity_block::Entity::find()
-                .filter(identity_block::Column::SpiffeId.is_in(identities))
-                .all(&self.txn)
-                .await
-                .map_err(unavailable)?
-        };
-        self.blocks = Some(blocked.into_iter().map(|b| b.spiffe_id).collect());
-        Ok(())
-    }
-
-    async fn is_blocked(&self, spiffe_id: &str) -> Result<bool, StoreError> {
-        if let Some(blocks) = &self.blocks {
-            return Ok(blocks.contains(spiffe_id));
+        if identities.is_empty() {
+            return Ok(());
         }
-        let block = identity_block::Entity::find_by_id(spiffe_id.to_owned())
-            .one(&self.txn)
+        let blocked = identity_block::Entity::find()
+            .filter(identity_block::Column::SpiffeId.is_in(identities))
+            .all(&self.txn)
             .await
             .map_err(unavailable)?;
-        Ok(block.is_some())
+        self.blocks.extend(blocked.into_iter().map(|b| b.spiffe_id));
+        Ok(())
     }
 
     /// Inserts requests with one statement. Each answers `New`, or `Duplicate` when its key
@@ -93,27 +81,33 @@ impl WriteTx<'_> {
         Ok(answers)
     }
 
-    /// Moves APPROVED requests to ISSUED and records their certificates (none superseding
-    /// another) with one UPDATE per issuance second. Each refusal comes before that UPDATE.
+    /// Moves APPROVED requests to ISSUED and records their certificates, with one UPDATE per
+    /// issuance second; a renewal also moves the certificate it supersedes. Each refusal comes
+    /// before that UPDATE.
     pub(crate) async fn complete_issuances<T>(
         &mut self,
-        items: Vec<(T, i64, NewCertificate, Vec<AuditEvent>)>,
+        items: Vec<Completion<T>>,
     ) -> Result<Vec<(T, Result<Done, StoreError>)>, StoreError> {
         let mut answers = Vec::with_capacity(items.len());
         let mut eligible = Vec::with_capacity(items.len());
-        for (tag, pk, cert, audit) in items {
-            if self.is_blocked(&cert.spiffe_id).await? {
-                answers.push((tag, Err(StoreError::Conflict("identity blocked"))));
+        for c in items {
+            // A block committed after the request was approved wins: nothing is issued for it.
+            if self.blocks.contains(&c.cert.spiffe_id) {
+                answers.push((c.tag, Err(StoreError::Conflict("identity blocked"))));
+            } else if let Some(old) = &c.supersedes
+                && !self.is_active(old).await?
+            {
+                answers.push((c.tag, Err(StoreError::Conflict("certificate"))));
             } else {
-                eligible.push((tag, pk, cert, audit));
+                eligible.push(c);
             }
         }
         let mut by_second = BTreeMap::<i64, Vec<(i64, String)>>::new();
-        for (_, pk, cert, _) in &eligible {
+        for c in &eligible {
             let second = by_second
-                .entry(cert.issued_at.unix_timestamp())
+                .entry(c.cert.issued_at.unix_timestamp())
                 .or_default();
-            second.push((*pk, cert.serial.to_hex()));
+            second.push((c.pk, c.cert.serial.to_hex()));
         }
         let mut moved = HashSet::new();
         for (now, requests) in by_second {
@@ -140,26 +134,51 @@ impl WriteTx<'_> {
                 moved.extend(rows.into_iter().map(|r| r.pk));
             }
         }
-        for (tag, pk, cert, audit) in eligible {
+        for c in eligible {
             // `remove`: one certificate per request, even if a batch held two completions.
-            if !moved.remove(&pk) {
-                answers.push((tag, Err(StoreError::Conflict("request"))));
+            if !moved.remove(&c.pk) {
+                answers.push((c.tag, Err(StoreError::Conflict("request"))));
                 continue;
+            }
+            if let Some(old) = &c.supersedes {
+                let now = c.cert.issued_at;
+                if !self
+                    .move_certificate(old, CertState::Active, CertState::Superseded, now)
+                    .await?
+                {
+                    // Not a refusal: the request row has moved already, so the batch must fail.
+                    return Err(StoreError::Corrupt(
+                        "certificate changed under the writer lock".into(),
+                    ));
+                }
             }
             self.done.requests += 1;
             self.done.states.push(RequestState::Issued);
-            self.pending_certificates.push(certificate_model(pk, cert));
-            self.append(audit).await?;
-            answers.push((tag, Ok(self.take_done())));
+            self.pending_certificates
+                .push(certificate_model(c.pk, c.cert));
+            self.append(c.audit).await?;
+            answers.push((c.tag, Ok(self.take_done())));
         }
         Ok(answers)
     }
 
-    /// One request, with or without a join token to mark used.
-    pub(crate) async fn insert_request(
+    /// Whether `serial` is ACTIVE. Under the writer lock, a later update in this transaction
+    /// finds what this finds.
+    async fn is_active(&self, serial: &Serial) -> Result<bool, StoreError> {
+        let active = certificate::Entity::find()
+            .filter(certificate::Column::Serial.eq(serial.to_hex()))
+            .filter(certificate::Column::State.eq(CertState::Active.as_str()))
+            .count(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        Ok(active == 1)
+    }
+
+    /// One request that uses a join token: marked used in the same transaction.
+    pub(crate) async fn insert_request_with_token(
         &mut self,
         request: NewRequest,
-        token: Option<TokenUse>,
+        t: TokenUse,
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
         if let Some(existing) = self
@@ -168,90 +187,23 @@ impl WriteTx<'_> {
         {
             return Ok(Inserted::Duplicate(Box::new(existing)));
         }
-        if let Some(t) = token {
-            let now = t.now.unix_timestamp();
-            let used = join_token::Entity::update_many()
-                .col_expr(join_token::Column::UsedAt, Expr::value(now))
-                .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
-                .filter(join_token::Column::TokenId.eq(t.token_id))
-                .filter(join_token::Column::UsedAt.is_null())
-                .filter(join_token::Column::ExpiresAt.gt(now))
-                .exec(&self.txn)
-                .await
-                .map_err(unavailable)?;
-            if used.rows_affected != 1 {
-                return Err(StoreError::Conflict("join token"));
-            }
+        let now = t.now.unix_timestamp();
+        let used = join_token::Entity::update_many()
+            .col_expr(join_token::Column::UsedAt, Expr::value(now))
+            .col_expr(join_token::Column::UsedBy, Expr::value(t.used_by))
+            .filter(join_token::Column::TokenId.eq(t.token_id))
+            .filter(join_token::Column::UsedAt.is_null())
+            .filter(join_token::Column::ExpiresAt.gt(now))
+            .exec(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        if used.rows_affected != 1 {
+            return Err(StoreError::Conflict("join token"));
         }
         self.done.states.push(request.state);
         let pk = self.insert_request_row(request).await?;
         self.append(audit).await?;
         Ok(Inserted::New(pk))
-    }
-
-    pub(crate) async fn complete_issuance(
-        &mut self,
-        pk: i64,
-        cert: NewCertificate,
-        supersedes: Option<Serial>,
-        audit: Vec<AuditEvent>,
-    ) -> Result<(), StoreError> {
-        let now = cert.issued_at.unix_timestamp();
-        // Every refusal comes before the first write (see `crate::batch`).
-        // A block committed after the request was approved wins: nothing is issued for it.
-        if self.is_blocked(&cert.spiffe_id).await? {
-            return Err(StoreError::Conflict("identity blocked"));
-        }
-        if let Some(old) = &supersedes {
-            // Under the writer lock, the update below finds what this count finds.
-            let active = certificate::Entity::find()
-                .filter(certificate::Column::Serial.eq(old.to_hex()))
-                .filter(certificate::Column::State.eq(CertState::Active.as_str()))
-                .count(&self.txn)
-                .await
-                .map_err(unavailable)?;
-            if active != 1 {
-                return Err(StoreError::Conflict("certificate"));
-            }
-        }
-        let moved = request::Entity::update_many()
-            .col_expr(
-                request::Column::State,
-                Expr::value(RequestState::Issued.as_str()),
-            )
-            .col_expr(request::Column::UpdatedAt, Expr::value(now))
-            .filter(request::Column::Pk.eq(pk))
-            .filter(request::Column::State.eq(RequestState::Approved.as_str()))
-            .filter(request::Column::Serial.eq(cert.serial.to_hex()))
-            .exec(&self.txn)
-            .await
-            .map_err(unavailable)?;
-        if moved.rows_affected != 1 {
-            return Err(StoreError::Conflict("request"));
-        }
-        self.done.requests += 1;
-        self.done.states.push(RequestState::Issued);
-        if let Some(old) = supersedes {
-            let moved = certificate::Entity::update_many()
-                .col_expr(
-                    certificate::Column::State,
-                    Expr::value(CertState::Superseded.as_str()),
-                )
-                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-                .filter(certificate::Column::Serial.eq(old.to_hex()))
-                .filter(certificate::Column::State.eq(CertState::Active.as_str()))
-                .exec(&self.txn)
-                .await
-                .map_err(unavailable)?;
-            if moved.rows_affected != 1 {
-                // Not a refusal: the request row has moved already, so the batch must fail.
-                return Err(StoreError::Corrupt(
-                    "certificate changed under the writer lock".into(),
-                ));
-            }
-        }
-        self.pending_certificates.push(certificate_model(pk, cert));
-        self.append(audit).await
     }
 
     pub(crate) async fn move_request(
@@ -284,6 +236,15 @@ impl WriteTx<'_> {
         self.append(audit).await?;
         Ok(true)
     }
+}
+
+/// A certificate to record, as the batch submitted it.
+pub(crate) struct Completion<T> {
+    pub(crate) tag: T,
+    pub(crate) pk: i64,
+    pub(crate) cert: NewCertificate,
+    pub(crate) supersedes: Option<Serial>,
+    pub(crate) audit: Vec<AuditEvent>,
 }
 
 fn certificate_model(request_pk: i64, cert: NewCertificate) -> certificate::ActiveModel {

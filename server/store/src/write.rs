@@ -48,15 +48,8 @@ pub(crate) struct WriteTx<'a> {
     /// Rows nothing in the transaction reads back, inserted together just before commit.
     pending_audit: Vec<audit_event::ActiveModel>,
     pub(crate) pending_certificates: Vec<certificate::ActiveModel>,
-    /// Blocked identities among those loaded by `load_blocks`; `None` asks the database.
-    pub(crate) blocks: Option<HashSet<String>>,
-}
-
-/// Where a transaction stood before an op, to rewind to if the op is refused.
-pub(crate) struct Mark {
-    audit_head: Option<(i64, [u8; 32])>,
-    pending_audit: usize,
-    pending_certificates: usize,
+    /// Blocked identities among those `load_blocks` asked about.
+    pub(crate) blocks: HashSet<String>,
 }
 
 impl Writer {
@@ -84,7 +77,7 @@ impl Writer {
             audit_head: None,
             pending_audit: Vec::new(),
             pending_certificates: Vec::new(),
-            blocks: None,
+            blocks: HashSet::new(),
         })
     }
 
@@ -103,23 +96,6 @@ impl WriteTx<'_> {
     /// What was done since the last call.
     pub(crate) fn take_done(&mut self) -> Done {
         std::mem::take(&mut self.done)
-    }
-
-    pub(crate) fn mark(&self) -> Mark {
-        Mark {
-            audit_head: self.audit_head,
-            pending_audit: self.pending_audit.len(),
-            pending_certificates: self.pending_certificates.len(),
-        }
-    }
-
-    /// Forgets what was noted since `mark`: for an op refused before it wrote anything.
-    pub(crate) fn rewind(&mut self, mark: Mark) {
-        self.audit_head = mark.audit_head;
-        self.pending_audit.truncate(mark.pending_audit);
-        self.pending_certificates
-            .truncate(mark.pending_certificates);
-        self.done = Done::default();
     }
 
     /// Inserts the pending rows, then commits, making `requests` client requests durable at
@@ -170,6 +146,28 @@ impl WriteTx<'_> {
         }
         self.audit_head = Some((seq, prev));
         Ok(())
+    }
+
+    /// Moves `serial` from `from` to `to`, conditionally; whether it was in `from`.
+    pub(crate) async fn move_certificate(
+        &self,
+        serial: &Serial,
+        from: CertState,
+        to: CertState,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let moved = certificate::Entity::update_many()
+            .col_expr(certificate::Column::State, Expr::value(to.as_str()))
+            .col_expr(
+                certificate::Column::UpdatedAt,
+                Expr::value(now.unix_timestamp()),
+            )
+            .filter(certificate::Column::Serial.eq(serial.to_hex()))
+            .filter(certificate::Column::State.eq(from.as_str()))
+            .exec(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        Ok(moved.rows_affected == 1)
     }
 
     /// The newest revocation sequence number ever assigned (pruning never lowers it).
@@ -370,7 +368,8 @@ impl CertificateStore for SqlStore {
         if let Some(existing) = tx.existing_request(&request).await? {
             return Ok(Revoked::Duplicate(Box::new(existing)));
         }
-        let now = request.now.unix_timestamp();
+        let revoked_at = request.now;
+        let now = revoked_at.unix_timestamp();
         let revoked_by = request.caller.clone();
         let request_pk = tx.insert_request_row(request).await?;
         // The writer lock is held until commit, so head + 1 becomes visible only after every
@@ -383,18 +382,10 @@ impl CertificateStore for SqlStore {
                 .await
                 .map_err(unavailable)?
                 .ok_or(StoreError::Conflict("certificate"))?;
-            let moved = certificate::Entity::update_many()
-                .col_expr(
-                    certificate::Column::State,
-                    Expr::value(CertState::Revoked.as_str()),
-                )
-                .col_expr(certificate::Column::UpdatedAt, Expr::value(now))
-                .filter(certificate::Column::Serial.eq(r.serial.to_hex()))
-                .filter(certificate::Column::State.eq(r.from.as_str()))
-                .exec(&tx.txn)
-                .await
-                .map_err(unavailable)?;
-            if moved.rows_affected != 1 {
+            if !tx
+                .move_certificate(&r.serial, r.from, CertState::Revoked, revoked_at)
+                .await?
+            {
                 return Err(StoreError::Conflict("certificate"));
             }
             seq += 1;
