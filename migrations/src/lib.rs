@@ -7,6 +7,7 @@ pub use sea_orm_migration::MigratorTrait;
 
 mod m20261125_000001_initial;
 mod m20261125_000002_revocation;
+mod m20261203_000003_store_probe;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261125_000002_revocation::Migration),
+            Box::new(m20261203_000003_store_probe::Migration),
         ]
     }
 }

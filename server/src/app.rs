@@ -117,12 +117,16 @@ impl Application {
             })?;
 
         let store_metrics = StoreMetrics::new(&*metrics.recorder());
-        let store = SqlStore::connect_with_metrics(&settings.database_url, store_metrics)
-            .await
-            .map_err(|source| BuildError::Store {
-                url: redact_url(&settings.database_url),
-                source,
-            })?;
+        let store = SqlStore::connect_with_metrics(
+            &settings.database_url,
+            store_metrics,
+            settings.store_probe,
+        )
+        .await
+        .map_err(|source| BuildError::Store {
+            url: redact_url(&settings.database_url),
+            source,
+        })?;
         store.migrate().await.map_err(|source| BuildError::Store {
             url: redact_url(&settings.database_url),
             source,

@@ -12,6 +12,7 @@ use figment::providers::{Format, Serialized, Toml};
 use mintgate_api::HubConfig;
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
+use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
 /// The dev trust domain used by `--dev`.
@@ -62,6 +63,8 @@ pub struct FileConfig {
     pub revocation: RevocationFile,
     #[serde(default)]
     pub telemetry: TelemetryFile,
+    #[serde(default)]
+    pub readiness: ReadinessFile,
     /// Operator SPIFFE ID → roles (`admin` holds every role).
     #[serde(default)]
     pub operators: HashMap<String, Vec<String>>,
@@ -105,6 +108,29 @@ pub struct RevocationFile {
     pub poll_interval_ms: Option<u64>,
 }
 
+/// `[readiness]`: how `/readyz` learns whether the database can commit. Every key is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessFile {
+    /// How often the store is probed (a read, and a committed write unless one succeeded
+    /// lately), in ms (default 1000).
+    pub probe_interval_ms: Option<u64>,
+    /// How long a probe may take before the store counts as unready, in ms (default 800).
+    pub probe_timeout_ms: Option<u64>,
+}
+
+impl ReadinessFile {
+    fn probe_settings(&self) -> Result<ProbeSettings, ConfigError> {
+        let d = ProbeSettings::default();
+        Ok(ProbeSettings {
+            interval: positive(self.probe_interval_ms, "readiness.probe_interval_ms")?
+                .map_or(d.interval, Duration::from_millis),
+            timeout: positive(self.probe_timeout_ms, "readiness.probe_timeout_ms")?
+                .map_or(d.timeout, Duration::from_millis),
+        })
+    }
+}
+
 /// `[telemetry]`: optional trace export. Metrics are always on `/metrics`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,16 +165,16 @@ impl RevocationFile {
     fn hub_config(&self) -> Result<HubConfig, ConfigError> {
         let d = HubConfig::default();
         Ok(HubConfig {
-            heartbeat: positive(self.heartbeat_seconds, "heartbeat_seconds")?
+            heartbeat: positive(self.heartbeat_seconds, "revocation.heartbeat_seconds")?
                 .map_or(d.heartbeat, Duration::from_secs),
-            subscriber_buffer: positive(self.subscriber_buffer, "subscriber_buffer")?
+            subscriber_buffer: positive(self.subscriber_buffer, "revocation.subscriber_buffer")?
                 .unwrap_or(d.subscriber_buffer),
             max_streams_per_identity: positive(
                 self.max_streams_per_identity,
-                "max_streams_per_identity",
+                "revocation.max_streams_per_identity",
             )?
             .unwrap_or(d.max_streams_per_identity),
-            poll_interval: positive(self.poll_interval_ms, "poll_interval_ms")?
+            poll_interval: positive(self.poll_interval_ms, "revocation.poll_interval_ms")?
                 .map_or(d.poll_interval, Duration::from_millis),
             ..d
         })
@@ -189,6 +215,8 @@ pub struct Settings {
     pub crl_url: Option<String>,
     /// The revocation registry's stream and polling behaviour.
     pub revocation: HubConfig,
+    /// How the store's health (what `/readyz` reports) is kept current.
+    pub store_probe: ProbeSettings,
     /// Where spans are exported over OTLP/gRPC; none by default.
     pub otlp_endpoint: Option<String>,
     /// Dev material is accepted only when this is set (`--dev`).
@@ -276,6 +304,7 @@ impl Settings {
             join_token_secret,
             crl_url: c.crl_url,
             revocation: c.revocation.hub_config()?,
+            store_probe: c.readiness.probe_settings()?,
             otlp_endpoint: c.telemetry.otlp_endpoint()?,
             dev: false,
         })
@@ -330,6 +359,7 @@ impl Settings {
             join_token_secret,
             crl_url,
             revocation: HubConfig::default(),
+            store_probe: ProbeSettings::default(),
             otlp_endpoint: overrides
                 .telemetry
                 .as_ref()
@@ -373,9 +403,7 @@ fn positive<T: Default + PartialEq>(
     field: &str,
 ) -> Result<Option<T>, ConfigError> {
     match value {
-        Some(v) if v == T::default() => {
-            Err(invalid(&format!("revocation.{field}"), "must be positive"))
-        }
+        Some(v) if v == T::default() => Err(invalid(field, "must be positive")),
         v => Ok(v),
     }
 }

@@ -53,7 +53,11 @@ pub struct TestDatabase {
 #[derive(Debug)]
 enum Kind {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { name: String },
+    Postgres {
+        name: String,
+        /// A tablespace made for this database alone, dropped with it.
+        tablespace: Option<String>,
+    },
     Placeholder,
 }
 
@@ -71,24 +75,57 @@ impl TestDatabase {
                     kind: Kind::Sqlite(dir),
                 }
             }
-            Backend::Postgres => {
-                let name = format!("mintgate_test_{}", hex::encode(rand_bytes()));
-                let admin = Database::connect(admin_url()).await.unwrap();
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .unwrap();
-                let _ = admin.close().await;
-                let base = admin_url();
-                let url = match base.rfind('/') {
-                    Some(i) if i > "postgres://".len() => format!("{}/{name}", &base[..i]),
-                    _ => format!("{base}/{name}"),
-                };
-                Self {
-                    url,
-                    kind: Kind::Postgres { name },
-                }
+            Backend::Postgres => Self::create_postgres(None).await,
+        }
+    }
+
+    /// A database of `backend` whose files live in `dir`, which is made: for SQLite the file,
+    /// for PostgreSQL a tablespace (the server must run on this host as user `postgres`).
+    pub async fn create_in(backend: Backend, dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}?mode=rwc", dir.join("mintgate.db").display()),
+                kind: Kind::Placeholder,
+            },
+            Backend::Postgres => Self::create_postgres(Some(dir)).await,
+        }
+    }
+
+    async fn create_postgres(dir: Option<&std::path::Path>) -> Self {
+        let name = format!("mintgate_test_{}", hex::encode(rand_bytes()));
+        let admin = Database::connect(admin_url()).await.unwrap();
+        let tablespace = match dir {
+            Some(dir) => {
+                let owned = std::process::Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(dir)
+                    .status();
+                assert!(owned.is_ok_and(|s| s.success()), "chown {}", dir.display());
+                let tablespace = format!("{name}_space");
+                let sql = format!(
+                    "CREATE TABLESPACE {tablespace} LOCATION '{}'",
+                    dir.display()
+                );
+                admin.execute_unprepared(&sql).await.unwrap();
+                Some(tablespace)
             }
+            None => None,
+        };
+        let create = match &tablespace {
+            Some(t) => format!("CREATE DATABASE {name} TABLESPACE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        admin.execute_unprepared(&create).await.unwrap();
+        let _ = admin.close().await;
+        let base = admin_url();
+        let url = match base.rfind('/') {
+            Some(i) if i > "postgres://".len() => format!("{}/{name}", &base[..i]),
+            _ => format!("{base}/{name}"),
+        };
+        Self {
+            url,
+            kind: Kind::Postgres { name, tablespace },
         }
     }
 
@@ -100,8 +137,10 @@ impl TestDatabase {
     }
 
     pub async fn drop_database(mut self) {
-        if let Kind::Postgres { name } = std::mem::replace(&mut self.kind, Kind::Placeholder) {
-            drop_postgres(&name).await;
+        if let Kind::Postgres { name, tablespace } =
+            std::mem::replace(&mut self.kind, Kind::Placeholder)
+        {
+            drop_postgres(&name, tablespace.as_deref()).await;
         }
     }
 }
@@ -110,13 +149,15 @@ impl Drop for TestDatabase {
     /// A test that panicked never reached [`TestDatabase::drop_database`]: its PostgreSQL
     /// database goes here, on a thread of its own (this may run inside the test's runtime).
     fn drop(&mut self) {
-        if let Kind::Postgres { name } = std::mem::replace(&mut self.kind, Kind::Placeholder) {
+        if let Kind::Postgres { name, tablespace } =
+            std::mem::replace(&mut self.kind, Kind::Placeholder)
+        {
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
                 if let Ok(runtime) = runtime {
-                    runtime.block_on(drop_postgres(&name));
+                    runtime.block_on(drop_postgres(&name, tablespace.as_deref()));
                 }
             })
             .join();
@@ -124,11 +165,16 @@ impl Drop for TestDatabase {
     }
 }
 
-async fn drop_postgres(name: &str) {
+async fn drop_postgres(name: &str, tablespace: Option<&str>) {
     if let Ok(admin) = Database::connect(admin_url()).await {
         let _ = admin
             .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await;
+        if let Some(t) = tablespace {
+            let _ = admin
+                .execute_unprepared(&format!("DROP TABLESPACE IF EXISTS {t}"))
+                .await;
+        }
         let _ = admin.close().await;
     }
 }

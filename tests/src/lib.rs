@@ -8,6 +8,7 @@ pub mod bad_csr;
 pub mod clock;
 pub mod csr;
 pub mod db;
+pub mod disk;
 pub mod logs;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
 use mintgate_sdk::{Client, TlsMaterial, v1};
 use mintgate_server::{Application, Settings};
-use mintgate_store::SqlStore;
+use mintgate_store::{ProbeSettings, SqlStore};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -125,6 +126,10 @@ pub struct Options {
     pub revocation: HubConfig,
     /// Where gRPC listens (port 0: any free port).
     pub grpc_addr: std::net::SocketAddr,
+    /// How often the store's health is probed, and for how long.
+    pub store_probe: ProbeSettings,
+    /// Connect through this URL instead of the test database's own (a proxy in front of it).
+    pub database_url: Option<String>,
 }
 
 impl Options {
@@ -135,6 +140,8 @@ impl Options {
             reuse: None,
             revocation: HubConfig::default(),
             grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            store_probe: ProbeSettings::default(),
+            database_url: None,
         }
     }
 }
@@ -163,7 +170,7 @@ impl TestServer {
             .unwrap();
         let settings = Settings {
             trust_domain: td.clone(),
-            database_url: db.url.clone(),
+            database_url: options.database_url.unwrap_or_else(|| db.url.clone()),
             grpc_addr: options.grpc_addr,
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ca_cert_pem: pki.ca.cert_pem.clone(),
@@ -177,6 +184,7 @@ impl TestServer {
             join_token_secret: secret,
             crl_url: None,
             revocation: options.revocation.clone(),
+            store_probe: options.store_probe,
             otlp_endpoint: None,
             dev: true,
         };

@@ -18,9 +18,10 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
+use crate::Writer;
+use crate::health::Unready;
 use crate::issuance::Completion;
 use crate::metrics::Done;
-use crate::{Writer, unavailable};
 
 /// Most writes in one transaction. Bounds the time a batch holds the writer lock.
 const MAX_BATCH: usize = 512;
@@ -128,6 +129,8 @@ async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
         }
         Err(e) => {
             // Nothing in the batch is durable; every caller hears why.
+            tracing::error!(error = %e, writes = waiters.len(), "a group-commit batch failed");
+            writer.health.failed(Unready::WriteFailed);
             let e = Arc::new(e);
             for (_, reply) in waiters {
                 let _ = reply.send(Err(StoreError::Unavailable(Box::new(e.clone()))));
@@ -148,7 +151,7 @@ async fn apply_and_commit(
     spans: impl Iterator<Item = &tracing::Span>,
 ) -> Result<Vec<Applied>, StoreError> {
     let count = ops.len();
-    let mut tx = writer.begin().await.map_err(unavailable)?;
+    let mut tx = writer.begin().await?;
     // One look at the identity blocks for the whole batch: nothing in a batch adds one.
     let identities = ops.iter().filter_map(|op| match op {
         Op::CompleteIssuance { cert, .. } => Some(cert.spiffe_id.clone()),
@@ -226,7 +229,7 @@ async fn apply_and_commit(
         .iter()
         .map(|(_, r)| r.as_ref().map_or(0, |(_, done)| done.requests))
         .sum();
-    tx.commit(requests).await.map_err(unavailable)?;
+    tx.commit(requests).await?;
     // Back in submission order, one answer per op.
     applied.sort_unstable_by_key(|(i, _)| *i);
     Ok(applied.into_iter().map(|(_, answer)| answer).collect())

@@ -6,13 +6,20 @@
 //! replicas sharing a database serialise too): it applies its conditional updates, appends its
 //! audit events to the hash chain, and commits — or leaves nothing behind. The issuance path's
 //! writes share transactions (group commit, in the `batch` module).
+//!
+//! A write is reported done only after a commit that really ended its transaction: the events
+//! it appended are read back on another connection, and a write connection that saw any failure
+//! is replaced before the next write (see the `write` module). The `health` module keeps what
+//! `/readyz` reports.
 
 mod batch;
 mod convert;
 mod entity;
+mod health;
 mod issuance;
 pub mod metrics;
 mod read;
+mod solo;
 mod write;
 
 use std::sync::Arc;
@@ -31,6 +38,8 @@ use sea_orm::{
 use time::OffsetDateTime;
 
 use crate::entity::{audit_event, certificate, join_token, request};
+use crate::health::HealthCell;
+pub use crate::health::{ProbeSettings, Unready};
 pub use crate::metrics::StoreMetrics;
 
 /// A database-backed store. Cheap to clone; clones share the pool and the writer.
@@ -41,12 +50,26 @@ pub struct SqlStore {
     group: batch::GroupCommit,
 }
 
-/// What every write goes through: the writer lock, and what commits are counted in.
+/// What every write goes through: the writer lock, its connection, and where commits are
+/// counted and health is kept.
 pub(crate) struct Writer {
-    db: DatabaseConnection,
-    lock: tokio::sync::Mutex<()>,
+    /// Where a replaced write connection is opened again. Holds credentials: never logged.
+    url: String,
+    /// The writer lock, over the write connection.
+    conn: tokio::sync::Mutex<WriteConn>,
+    /// The read pool, where a commit is checked from outside its connection.
+    readers: DatabaseConnection,
     metrics: StoreMetrics,
     commits: AtomicU64,
+    health: HealthCell,
+}
+
+/// The connection writes use: open, condemned by a failure (a fresh one is opened before the
+/// next write), or closed with the store.
+pub(crate) enum WriteConn {
+    Open(DatabaseConnection),
+    Condemned,
+    Closed,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -89,30 +112,30 @@ impl SqlStore {
     /// `synchronous = FULL`: a commit is durable before it is acknowledged. Records nothing in
     /// metrics.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with_metrics(url, StoreMetrics::default()).await
+        Self::connect_with_metrics(url, StoreMetrics::default(), ProbeSettings::default()).await
     }
 
-    /// [`connect`](Self::connect), recording commits into `metrics`. Starts the group-commit
-    /// writer on the current tokio runtime.
+    /// [`connect`](Self::connect), recording commits into `metrics` and probing the database
+    /// as `probe` says. Starts the group-commit writer and the probe on the current tokio
+    /// runtime.
     pub async fn connect_with_metrics(
         url: &str,
         metrics: StoreMetrics,
+        probe: ProbeSettings,
     ) -> Result<Self, StoreError> {
-        // Writes have a connection of their own, so a batch never queues for one behind the
-        // readers (the writer lock lets one write transaction run at a time anyway).
         let db = Database::connect(connect_options(url, READERS))
             .await
             .map_err(unavailable)?;
-        let write_db = Database::connect(connect_options(url, 1))
-            .await
-            .map_err(unavailable)?;
         let writer = Arc::new(Writer {
-            db: write_db,
-            lock: tokio::sync::Mutex::new(()),
+            url: url.to_owned(),
+            conn: tokio::sync::Mutex::new(WriteConn::Open(Writer::open(url).await?)),
+            readers: db.clone(),
             metrics,
             commits: AtomicU64::new(0),
+            health: HealthCell::new(probe),
         });
         let group = batch::GroupCommit::start(writer.clone());
+        tokio::spawn(health::probe(Arc::downgrade(&writer)));
         Ok(Self { db, writer, group })
     }
 
@@ -121,10 +144,13 @@ impl SqlStore {
         Migrator::up(&self.db, None).await.map_err(unavailable)
     }
 
-    /// Whether the database answers and the group-commit writer runs (for `/readyz`). The
-    /// writer's own connection is not pinged: it may be busy with a batch.
-    pub async fn ping(&self) -> bool {
-        self.group.is_running() && self.db.ping().await.is_ok()
+    /// Whether the store can take writes, as last seen by a write or the probe (for `/readyz`).
+    /// Never waits on the database.
+    pub fn health(&self) -> Result<(), Unready> {
+        if !self.group.is_running() {
+            return Err(Unready::WriterStopped);
+        }
+        self.writer.health.current()
     }
 
     /// Write transactions committed through this store (and its clones) since it was opened:
@@ -162,7 +188,10 @@ impl SqlStore {
 
     pub async fn close(self) {
         let _ = self.db.close().await;
-        let _ = self.writer.db.clone().close().await;
+        let write = std::mem::replace(&mut *self.writer.conn.lock().await, WriteConn::Closed);
+        if let WriteConn::Open(write) = write {
+            let _ = write.close().await;
+        }
     }
 
     async fn find_request_row(

@@ -1,4 +1,5 @@
-//! The store's writes: each is one transaction under the writer lock.
+//! The store's writes: each is one transaction under the writer lock, on the writer's own
+//! connection, reported done only once its commit is seen from outside that connection.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -15,22 +16,21 @@ use mintgate_domain::store::{
     TokenUse, Unblocked,
 };
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
 use crate::batch::{Op, Outcome};
-use crate::entity::{
-    audit_event, certificate, identity_block, join_token, request, revocation, revocation_floor,
-};
+use crate::entity::{audit_event, certificate, request, store_probe};
+use crate::health::Unready;
 use crate::metrics::{Done, StoreMetrics};
-use crate::read::{bounds, live_states};
-use crate::{SqlStore, Writer, convert, unavailable};
+use crate::read::bounds;
+use crate::{SqlStore, WriteConn, Writer, connect_options, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
 const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
@@ -39,12 +39,17 @@ const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
 const INSERT_CHUNK: usize = 1000;
 
 pub(crate) struct WriteTx<'a> {
-    _guard: MutexGuard<'a, ()>,
+    // Dropped before the lease, so its rollback is queued before the lock is released.
     pub(crate) txn: DatabaseTransaction,
+    lease: Lease<'a>,
     writer: &'a Writer,
     pub(crate) done: Done,
     /// The audit chain's head (seq, hash), once read in this transaction.
     audit_head: Option<(i64, [u8; 32])>,
+    /// The last event this transaction appended: what [`WriteTx::commit`] reads back.
+    appended: Option<(i64, [u8; 32])>,
+    /// Whether its commit counts in [`SqlStore::write_commits`] (the probe's does not).
+    counted: bool,
     /// Rows nothing in the transaction reads back, inserted together just before commit.
     pending_audit: Vec<audit_event::ActiveModel>,
     pub(crate) pending_certificates: Vec<certificate::ActiveModel>,
@@ -52,29 +57,81 @@ pub(crate) struct WriteTx<'a> {
     pub(crate) blocks: HashSet<String>,
 }
 
+/// The writer lock, held for one transaction. A transaction that ends any other way than a
+/// commit or rollback that succeeded (an error, a panic, a cancelled future) condemns the
+/// connection: after a failed COMMIT or ROLLBACK the driver's idea of whether a transaction is
+/// open can be wrong (sqlx then turns the next BEGIN into a SAVEPOINT and its COMMIT into a
+/// RELEASE, and nothing is ever committed again), so the next write opens a fresh connection.
+struct Lease<'a> {
+    conn: MutexGuard<'a, WriteConn>,
+    ended: bool,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.ended && matches!(*self.conn, WriteConn::Open(_)) {
+            tracing::warn!("a write did not end cleanly; its connection will be replaced");
+            *self.conn = WriteConn::Condemned;
+        }
+    }
+}
+
 impl Writer {
+    /// Opens a write connection.
+    pub(crate) async fn open(url: &str) -> Result<DatabaseConnection, StoreError> {
+        // Writes have a connection of their own, so a batch never queues for one behind the
+        // readers (the writer lock lets one write transaction run at a time anyway).
+        Database::connect(connect_options(url, 1))
+            .await
+            .map_err(unavailable)
+    }
+
     /// Takes the writer lock (and, on PostgreSQL, the advisory lock every replica shares) and
-    /// opens a transaction.
-    pub(crate) async fn begin(&self) -> Result<WriteTx<'_>, DbErr> {
-        let guard = self.lock.lock().await;
-        let txn = self
-            .db
+    /// opens a transaction, on a fresh connection if the last one was condemned.
+    pub(crate) async fn begin(&self) -> Result<WriteTx<'_>, StoreError> {
+        let begun = self.try_begin().await;
+        if let Err(e) = &begun {
+            tracing::warn!(error = %e, "could not begin a write");
+            self.health.failed(Unready::WriteFailed);
+        }
+        begun
+    }
+
+    async fn try_begin(&self) -> Result<WriteTx<'_>, StoreError> {
+        let mut conn = self.conn.lock().await;
+        let db = match &*conn {
+            WriteConn::Open(db) => db.clone(),
+            WriteConn::Condemned => {
+                let db = Self::open(&self.url).await?;
+                *conn = WriteConn::Open(db.clone());
+                db
+            }
+            WriteConn::Closed => {
+                return Err(StoreError::Unavailable("the store is closed".into()));
+            }
+        };
+        let lease = Lease { conn, ended: false };
+        let txn = db
             .begin_with_options(TransactionOptions {
                 isolation_level: None,
                 access_mode: None,
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             })
-            .await?;
+            .await
+            .map_err(unavailable)?;
         if txn.get_database_backend() == DbBackend::Postgres {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"))
-                .await?;
+                .await
+                .map_err(unavailable)?;
         }
         Ok(WriteTx {
-            _guard: guard,
             txn,
+            lease,
             writer: self,
             done: Done::default(),
             audit_head: None,
+            appended: None,
+            counted: true,
             pending_audit: Vec::new(),
             pending_certificates: Vec::new(),
             blocks: HashSet::new(),
@@ -84,11 +141,40 @@ impl Writer {
     pub(crate) fn metrics(&self) -> &StoreMetrics {
         &self.metrics
     }
+
+    /// Whether the event `(seq, hash)` is visible from the read pool, i.e. was really committed.
+    async fn committed_event(&self, (seq, hash): (i64, [u8; 32])) -> Result<(), DbErr> {
+        let stored = audit_event::Entity::find_by_id(seq)
+            .one(&self.readers)
+            .await?;
+        if stored.is_some_and(|e| e.hash == hex::encode(hash)) {
+            Ok(())
+        } else {
+            Err(DbErr::Custom(format!(
+                "the commit reported success but audit event {seq} is not in the database"
+            )))
+        }
+    }
+
+    /// The probe's write: one row updated and committed like any other write.
+    pub(crate) async fn probe_write(&self) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        tx.counted = false;
+        let probed = store_probe::Entity::update_many()
+            .col_expr(
+                store_probe::Column::Probes,
+                Expr::col(store_probe::Column::Probes).add(Expr::value(1)),
+            )
+            .exec(&tx.txn)
+            .await;
+        let probed = probed.map(|_| ()).map_err(unavailable);
+        tx.end(probed).await
+    }
 }
 
 impl SqlStore {
     async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
-        self.writer.begin().await.map_err(unavailable)
+        self.writer.begin().await
     }
 }
 
@@ -99,23 +185,58 @@ impl WriteTx<'_> {
     }
 
     /// Inserts the pending rows, then commits, making `requests` client requests durable at
-    /// once.
-    pub(crate) async fn commit(mut self, requests: usize) -> Result<(), DbErr> {
-        insert_all(&self.txn, std::mem::take(&mut self.pending_certificates)).await?;
-        insert_all(&self.txn, std::mem::take(&mut self.pending_audit)).await?;
-        self.txn.commit().await?;
-        self.writer.commits.fetch_add(1, Ordering::Relaxed);
-        self.writer.metrics.record_commit(requests);
+    /// once. The commit counts only once the last event appended is seen from another
+    /// connection: a COMMIT that reported success without ending the transaction is a failure.
+    pub(crate) async fn commit(mut self, requests: usize) -> Result<(), StoreError> {
+        let writer = self.writer;
+        let committed = async {
+            insert_all(&self.txn, std::mem::take(&mut self.pending_certificates)).await?;
+            insert_all(&self.txn, std::mem::take(&mut self.pending_audit)).await?;
+            self.txn.commit().await?;
+            match self.appended {
+                Some(last) => writer.committed_event(last).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "a write failed to commit; nothing of it is kept");
+            writer.health.failed(Unready::WriteFailed);
+            return Err(unavailable(e));
+        }
+        self.lease.ended = true;
+        writer.health.committed();
+        if self.counted {
+            writer.commits.fetch_add(1, Ordering::Relaxed);
+            writer.metrics.record_commit(requests);
+        }
         Ok(())
     }
 
-    /// Commits a write of its own, then reports what it did (see [`Done`]).
-    async fn finish(mut self) -> Result<(), StoreError> {
-        let done = self.take_done();
-        let writer = self.writer;
-        self.commit(done.requests).await.map_err(unavailable)?;
-        done.report(&writer.metrics);
-        Ok(())
+    /// Ends a write of its own as `result` says: commits it on success (then reports what it
+    /// did, see [`Done`]), rolls it back on a refusal, and leaves any other failure to condemn
+    /// the connection.
+    async fn end<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                let done = self.take_done();
+                let writer = self.writer;
+                self.commit(done.requests).await?;
+                done.report(&writer.metrics);
+                Ok(value)
+            }
+            Err(refused @ StoreError::Conflict(_)) => {
+                let WriteTx { txn, mut lease, .. } = self;
+                if txn.rollback().await.is_ok() {
+                    lease.ended = true;
+                }
+                Err(refused)
+            }
+            Err(e) => {
+                self.writer.health.failed(Unready::WriteFailed);
+                Err(e)
+            }
+        }
     }
 
     /// Appends events to the hash chain, numbering them after the current head. They are
@@ -142,6 +263,7 @@ impl WriteTx<'_> {
             let sealed = ChainedEvent::seal(event, prev);
             prev = sealed.hash;
             self.pending_audit.push(convert::audit_model(&sealed));
+            self.appended = Some((seq, sealed.hash));
             self.done.events.push(sealed.event);
         }
         self.audit_head = Some((seq, prev));
@@ -171,7 +293,7 @@ impl WriteTx<'_> {
     }
 
     /// The newest revocation sequence number ever assigned (pruning never lowers it).
-    async fn revocation_head(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn revocation_head(&self) -> Result<i64, StoreError> {
         Ok(bounds(&self.txn).await?.head)
     }
 
@@ -191,7 +313,10 @@ impl WriteTx<'_> {
     }
 
     /// Like [`find_request`](Self::find_request), for the key of `r`.
-    async fn existing_request(&self, r: &NewRequest) -> Result<Option<RequestRecord>, StoreError> {
+    pub(crate) async fn existing_request(
+        &self,
+        r: &NewRequest,
+    ) -> Result<Option<RequestRecord>, StoreError> {
         self.find_request(&r.caller, &r.request_id).await
     }
 
@@ -323,34 +448,14 @@ impl CertificateStore for SqlStore {
         audit: Vec<AuditEvent>,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.begin_write().await?;
-        if let Some(existing) = tx.existing_request(&request).await? {
-            return Ok(Inserted::Duplicate(Box::new(existing)));
-        }
-        let created_at = request.now.unix_timestamp();
-        let pk = tx.insert_request_row(request).await?;
-        let row = join_token::ActiveModel {
-            token_id: Set(token.token_id),
-            token_hash: Set(token.token_hash),
-            spiffe_id: Set(token.spiffe_id),
-            created_by: Set(token.created_by),
-            created_at: Set(created_at),
-            expires_at: Set(token.expires_at.unix_timestamp()),
-            used_at: Set(None),
-            used_by: Set(None),
-        };
-        join_token::Entity::insert(row)
-            .exec_without_returning(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        tx.append(audit).await?;
-        tx.finish().await?;
-        Ok(Inserted::New(pk))
+        let result = tx.insert_join_token(request, token, audit).await;
+        tx.end(result).await
     }
 
     async fn append_audit(&self, audit: Vec<AuditEvent>) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        tx.append(audit).await?;
-        tx.finish().await
+        let result = tx.append(audit).await;
+        tx.end(result).await
     }
 
     async fn audit_chain(&self) -> Result<Vec<ChainedEvent>, StoreError> {
@@ -365,83 +470,8 @@ impl CertificateStore for SqlStore {
         audit: Vec<AuditEvent>,
     ) -> Result<Revoked, StoreError> {
         let mut tx = self.begin_write().await?;
-        if let Some(existing) = tx.existing_request(&request).await? {
-            return Ok(Revoked::Duplicate(Box::new(existing)));
-        }
-        let revoked_at = request.now;
-        let now = revoked_at.unix_timestamp();
-        let revoked_by = request.caller.clone();
-        let request_pk = tx.insert_request_row(request).await?;
-        // The writer lock is held until commit, so head + 1 becomes visible only after every
-        // smaller sequence number has: watchers reading `seq > cursor` can never skip one.
-        let mut seq = tx.revocation_head().await?;
-        let mut recorded = Vec::with_capacity(revocations.len());
-        for r in revocations {
-            let cert = certificate::Entity::find_by_id(r.serial.to_hex())
-                .one(&tx.txn)
-                .await
-                .map_err(unavailable)?
-                .ok_or(StoreError::Conflict("certificate"))?;
-            if !tx
-                .move_certificate(&r.serial, r.from, CertState::Revoked, revoked_at)
-                .await?
-            {
-                return Err(StoreError::Conflict("certificate"));
-            }
-            seq += 1;
-            let row = revocation::Model {
-                seq,
-                serial: r.serial.to_hex(),
-                spiffe_id: cert.spiffe_id,
-                reason: r.reason.as_str().to_owned(),
-                revoked_at: now,
-                not_after: cert.not_after,
-                issuer_key_id: r.issuer_key_id,
-                revoked_by: r.revoked_by,
-                request_pk,
-            };
-            revocation::Entity::insert(revocation::ActiveModel::from(row.clone()))
-                .exec_without_returning(&tx.txn)
-                .await
-                .map_err(unavailable)?;
-            recorded.push(convert::revocation(row)?);
-            tx.done.revocations += 1;
-        }
-        if let Some(scope) = scope {
-            // Nothing of the identity may stay live: a certificate issued after the caller
-            // looked would otherwise escape the revocation (and the block).
-            let left = certificate::Entity::find()
-                .filter(certificate::Column::SpiffeId.eq(scope.spiffe_id.as_str()))
-                .filter(certificate::Column::State.is_in(live_states()))
-                .filter(certificate::Column::NotAfter.gt(now))
-                .one(&tx.txn)
-                .await
-                .map_err(unavailable)?;
-            if left.is_some() {
-                return Err(StoreError::Conflict("certificate"));
-            }
-            if let Some(reason) = scope.block {
-                let blocked = identity_block::Entity::find_by_id(scope.spiffe_id.clone())
-                    .one(&tx.txn)
-                    .await
-                    .map_err(unavailable)?;
-                if blocked.is_none() {
-                    let row = identity_block::ActiveModel {
-                        spiffe_id: Set(scope.spiffe_id),
-                        reason: Set(reason.as_str().to_owned()),
-                        blocked_by: Set(revoked_by),
-                        blocked_at: Set(now),
-                    };
-                    identity_block::Entity::insert(row)
-                        .exec_without_returning(&tx.txn)
-                        .await
-                        .map_err(unavailable)?;
-                }
-            }
-        }
-        tx.append(audit).await?;
-        tx.finish().await?;
-        Ok(Revoked::New(recorded))
+        let result = tx.revoke(request, revocations, scope, audit).await;
+        tx.end(result).await
     }
 
     async fn revocations_of_request(
@@ -465,32 +495,12 @@ impl CertificateStore for SqlStore {
 
     async fn unblock(
         &self,
-        mut request: NewRequest,
+        request: NewRequest,
         audit: Vec<AuditEvent>,
     ) -> Result<Unblocked, StoreError> {
         let mut tx = self.begin_write().await?;
-        if let Some(existing) = tx.existing_request(&request).await? {
-            return Ok(Unblocked::Duplicate(Box::new(existing)));
-        }
-        let deleted = identity_block::Entity::delete_by_id(request.spiffe_id.clone())
-            .exec(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        let was_blocked = deleted.rows_affected == 1;
-        request.reason = Some(
-            if was_blocked {
-                "UNBLOCKED"
-            } else {
-                "NOT_BLOCKED"
-            }
-            .to_owned(),
-        );
-        tx.insert_request_row(request).await?;
-        if was_blocked {
-            tx.append(audit).await?;
-        }
-        tx.finish().await?;
-        Ok(Unblocked::Done { was_blocked })
+        let result = tx.unblock(request, audit).await;
+        tx.end(result).await
     }
 
     async fn certificate_statuses(
@@ -521,31 +531,7 @@ impl CertificateStore for SqlStore {
 
     async fn prune_revocations(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let tx = self.begin_write().await?;
-        let expired = revocation::Column::NotAfter.lt(before.unix_timestamp());
-        let Some(newest) = revocation::Entity::find()
-            .filter(expired.clone())
-            .order_by_desc(revocation::Column::Seq)
-            .one(&tx.txn)
-            .await
-            .map_err(unavailable)?
-        else {
-            return Ok(0);
-        };
-        let deleted = revocation::Entity::delete_many()
-            .filter(expired)
-            .exec(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        revocation_floor::Entity::update_many()
-            .col_expr(
-                revocation_floor::Column::PrunedThrough,
-                Expr::value(newest.seq),
-            )
-            .filter(revocation_floor::Column::PrunedThrough.lt(newest.seq))
-            .exec(&tx.txn)
-            .await
-            .map_err(unavailable)?;
-        tx.finish().await?;
-        Ok(deleted.rows_affected)
+        let result = tx.prune_revocations(before).await;
+        tx.end(result).await
     }
 }

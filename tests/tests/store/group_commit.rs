@@ -5,6 +5,7 @@ use futures_util::future::join_all;
 use mintgate_domain::audit::verify_chain;
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::store::{CertificateStore, Inserted, StoreError};
+use mintgate_store::Unready;
 use mintgate_tests::{Backend, both_backends};
 use sea_orm::{
     ConnectionTrait, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
@@ -166,15 +167,22 @@ async fn failed_batch(backend: Backend) {
     }
     let kept = usize::from(r2.is_some());
     assert_eq!(h.chain().await.len(), chain.len() + kept);
+    // Until a write commits again, the store says it cannot (what /readyz reports).
+    let again = h.issue(pk, &reserved, None, &["certificate.issued"]).await;
+    assert!(
+        matches!(again, Err(StoreError::Unavailable(_))),
+        "{again:?}"
+    );
+    assert_eq!(h.store.health(), Err(Unready::WriteFailed));
 
     // The writer goes on once the table is back.
     h.execute("ALTER TABLE certificates_away RENAME TO certificates")
         .await
         .unwrap();
-    assert!(h.store.ping().await);
     h.issue(pk, &serial(1), None, &["certificate.issued"])
         .await
         .unwrap();
+    assert_eq!(h.store.health(), Ok(()));
     assert_eq!(h.count("certificates").await, 1);
     assert_eq!(
         verify_chain(h.chain().await),

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod disk_full;
 mod group_commit;
 mod requests;
 mod tokens;
@@ -16,7 +17,7 @@ use mintgate_domain::audit::{AuditEvent, ChainedEvent};
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::model::{NewRequest, RequestKind};
 use mintgate_domain::store::{CertificateStore, Inserted, NewCertificate, StoreError};
-use mintgate_store::SqlStore;
+use mintgate_store::{ProbeSettings, SqlStore};
 use mintgate_tests::Backend;
 use mintgate_tests::db::TestDatabase;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbErr, Statement, TryGetable};
@@ -37,6 +38,11 @@ pub struct Harness {
 impl Harness {
     pub async fn open(backend: Backend) -> Self {
         Self::on(TestDatabase::create(backend).await).await
+    }
+
+    /// A harness on a database of `backend` whose files live in `dir`.
+    pub async fn open_in(backend: Backend, dir: &std::path::Path) -> Self {
+        Self::on(TestDatabase::create_in(backend, dir).await).await
     }
 
     async fn on(db: TestDatabase) -> Self {
@@ -134,8 +140,17 @@ impl Harness {
     }
 }
 
+/// The store's health is probed often, so that a test sees it recover promptly.
+pub const PROBE: ProbeSettings = ProbeSettings {
+    interval: std::time::Duration::from_millis(50),
+    timeout: std::time::Duration::from_secs(2),
+};
+
 async fn connect(url: &str) -> SqlStore {
-    let store = SqlStore::connect(url).await.unwrap();
+    let metrics = mintgate_store::StoreMetrics::default();
+    let store = SqlStore::connect_with_metrics(url, metrics, PROBE)
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     store
 }

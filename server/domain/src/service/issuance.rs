@@ -314,11 +314,17 @@ impl<S: CertificateStore> Mintgate<S> {
                     .await;
                 Err(Error::IdentityBlocked)
             }
-            Err(StoreError::Conflict(_)) => {
+            Err(StoreError::Conflict("certificate")) => {
                 // The certificate being renewed was revoked or renewed meanwhile.
                 self.fail(caller, pk, request_id, &serial, "CERTIFICATE_CHANGED")
                     .await;
                 Err(Error::CertificateChanged)
+            }
+            Err(StoreError::Conflict(_)) => {
+                // Another attempt with this request id completed or took over the request
+                // meanwhile: its answer is the one to give, and a retry gets it. Not the
+                // caller's fault, and not this attempt's to mark FAILED.
+                Err(Error::InProgress)
             }
             Err(e) => {
                 self.fail(caller, pk, request_id, &serial, "STORE_FAILED")
