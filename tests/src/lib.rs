@@ -128,8 +128,8 @@ pub struct Options {
     pub grpc_addr: std::net::SocketAddr,
     /// How often the store's health is probed, and for how long.
     pub store_probe: ProbeSettings,
-    /// Connect through this URL instead of the test database's own (a proxy in front of it).
-    pub database_url: Option<String>,
+    /// Use this database instead of a fresh one.
+    pub database: Option<db::TestDatabase>,
 }
 
 impl Options {
@@ -141,7 +141,7 @@ impl Options {
             revocation: HubConfig::default(),
             grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             store_probe: ProbeSettings::default(),
-            database_url: None,
+            database: None,
         }
     }
 }
@@ -159,7 +159,11 @@ impl TestServer {
             None => {
                 let clock = Arc::new(ManualClock::new());
                 let pki = mintgate_ca::generate_pki(&td, clock.now_odt()).unwrap();
-                (db::TestDatabase::create(options.backend).await, pki, clock)
+                let db = match options.database {
+                    Some(db) => db,
+                    None => db::TestDatabase::create(options.backend).await,
+                };
+                (db, pki, clock)
             }
         };
         let mut operator_roles = HashMap::new();
@@ -170,7 +174,7 @@ impl TestServer {
             .unwrap();
         let settings = Settings {
             trust_domain: td.clone(),
-            database_url: options.database_url.unwrap_or_else(|| db.url.clone()),
+            database_url: db.url.clone(),
             grpc_addr: options.grpc_addr,
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ca_cert_pem: pki.ca.cert_pem.clone(),

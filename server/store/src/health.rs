@@ -4,7 +4,10 @@
 //! reads on a timer whenever no write has succeeded lately, so the answer stays current when
 //! traffic stops and recovers by itself once the database does. A probe that does not finish
 //! within its timeout counts as a failure: a hung database makes the store unready within one
-//! interval plus one timeout, and reading the health never waits.
+//! interval plus one timeout, and reading the health never waits. A failed write keeps the
+//! store unready for three intervals even if other writes succeed meanwhile: a database that
+//! refuses some writes (a full PostgreSQL tablespace still fits rows into pages it has) is
+//! taken out of rotation rather than flapping.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -67,6 +70,8 @@ pub(crate) struct HealthCell {
 struct State {
     last: Result<(), Unready>,
     at: Instant,
+    /// When a write last failed.
+    failed_at: Option<Instant>,
 }
 
 impl HealthCell {
@@ -76,6 +81,7 @@ impl HealthCell {
             state: Mutex::new(State {
                 last: Ok(()),
                 at: Instant::now(),
+                failed_at: None,
             }),
         }
     }
@@ -97,17 +103,24 @@ impl HealthCell {
                 Err(why) => tracing::warn!(reason = why.as_str(), "the store is not ready"),
             }
         }
-        *state = State {
-            last,
-            at: Instant::now(),
-        };
+        let now = Instant::now();
+        state.last = last;
+        state.at = now;
+        if last == Err(Unready::WriteFailed) {
+            state.failed_at = Some(now);
+        }
     }
 
-    /// The last outcome, unless it is older than three probe intervals.
+    /// The last outcome, unless it is older than three probe intervals or a write failed
+    /// within them.
     pub(crate) fn current(&self) -> Result<(), Unready> {
         let state = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.at.elapsed() > 3 * self.settings.interval + self.settings.timeout {
+        let window = 3 * self.settings.interval;
+        if state.at.elapsed() > window + self.settings.timeout {
             return Err(Unready::Stale);
+        }
+        if state.failed_at.is_some_and(|at| at.elapsed() < window) {
+            return Err(Unready::WriteFailed);
         }
         state.last
     }

@@ -1,0 +1,159 @@
+//! Faults an operator's chaos test injects: a full disk and a database that stops answering.
+//! The server never answers OK for what it did not store, says so on `/readyz` at once, and
+//! recovers by itself.
+
+use std::time::Duration;
+
+use mintgate_domain::audit::verify_chain;
+use mintgate_domain::store::CertificateStore;
+use mintgate_sdk::v1;
+use mintgate_store::ProbeSettings;
+use mintgate_tests::csr::{check_issued, csr};
+use mintgate_tests::db::TestDatabase;
+use mintgate_tests::disk::SmallDisk;
+use mintgate_tests::{Backend, Options, TestServer, both_backends};
+use sea_orm::{
+    ConnectionTrait, Database, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::issuance::{WORKLOAD, enroll_request};
+
+/// A probe quick enough that a test sees the health change promptly.
+const PROBE: ProbeSettings = ProbeSettings {
+    interval: Duration::from_millis(100),
+    timeout: Duration::from_millis(300),
+};
+
+both_backends!(
+    a_full_disk_fails_enroll_as_unavailable_and_readyz_until_space_returns,
+    disk_full
+);
+async fn disk_full(backend: Backend) {
+    let Some(disk) = SmallDisk::mount(24 * 1024 * 1024) else {
+        return;
+    };
+    let server = TestServer::spawn_with(Options {
+        database: Some(TestDatabase::create_in(backend, &disk.path().join("db")).await),
+        store_probe: PROBE,
+        ..Options::new(backend)
+    })
+    .await;
+    let now = server.clock.now_odt().unix_timestamp();
+    let mut node = server.node_provisioning().await;
+    let (csr_pem, _) = csr(WORKLOAD, &[]);
+    node.enroll(enroll_request("before", &csr_pem)).await.unwrap();
+    assert_eq!(readyz(&server).await.0, 200);
+
+    disk.fill();
+    // PostgreSQL may still fit a few rows in pages it has; the first refusal is what counts.
+    let mut refused = None;
+    for i in 0..200 {
+        let id = format!("full-{i}");
+        match node.enroll(enroll_request(&id, &csr_pem)).await {
+            Ok(_) => continue,
+            Err(status) => {
+                refused = Some((id, status));
+                break;
+            }
+        }
+    }
+    let (id, status) = refused.expect("every Enroll answered OK on a full disk");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.domain, "mintgate");
+    assert_eq!(info.metadata.get("fault").map(String::as_str), Some("system"));
+    let (code, body) = readyz(&server).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("commit") || body.contains("in time"), "{body}");
+
+    // Space returns: readiness comes back without any client write, and the same request id
+    // now gets its certificate.
+    disk.free();
+    wait_for_readyz(&server, 200).await;
+    let issued = node
+        .enroll(enroll_request(&id, &csr_pem))
+        .await
+        .unwrap()
+        .into_inner();
+    check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        now,
+    );
+    let status = node
+        .get_request(v1::GetRequestRequest { request_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state(), v1::RequestState::Issued);
+    let chain = server.store().audit_chain().await.unwrap();
+    assert!(verify_chain(chain).is_ok());
+    drop(disk);
+    server.shutdown().await;
+}
+
+both_backends!(
+    readyz_answers_at_once_and_says_503_while_the_database_hangs,
+    hung_database
+);
+async fn hung_database(backend: Backend) {
+    let server = TestServer::spawn_with(Options {
+        store_probe: PROBE,
+        ..Options::new(backend)
+    })
+    .await;
+    wait_for_readyz(&server, 200).await;
+
+    // Another client takes the database's write lock and keeps it: the store's writes hang.
+    let outsider = Database::connect(&server.database_url).await.unwrap();
+    // On SQLite an IMMEDIATE transaction (in WAL mode readers go on; only writers wait).
+    let lock = outsider
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    if backend == Backend::Postgres {
+        // The lock every replica's writer takes (see mintgate-store's write.rs).
+        let key = 0x6d69_6e74_6761_7465_i64;
+        lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
+            .await
+            .unwrap();
+    }
+    let (code, body) = wait_for_readyz(&server, 503).await;
+    assert!(body.contains("in time"), "{code} {body}");
+
+    lock.rollback().await.unwrap();
+    wait_for_readyz(&server, 200).await;
+    let _ = outsider.close().await;
+    server.shutdown().await;
+}
+
+/// GET /readyz, which must answer within a second whatever the database does.
+async fn readyz(server: &TestServer) -> (u16, String) {
+    let (code, body) = tokio::time::timeout(Duration::from_secs(1), server.http_get("/readyz"))
+        .await
+        .expect("/readyz took more than a second to answer");
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Asks `/readyz` until it answers `code` (bounded: the probe's interval and timeout are
+/// fractions of a second).
+async fn wait_for_readyz(server: &TestServer, code: u16) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = readyz(server).await;
+        if answer.0 == code {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still answers {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
