@@ -18,6 +18,12 @@ use time::OffsetDateTime;
 pub const CA_EXPIRY: &str = "mintgate_ca_expiry_seconds";
 /// Join tokens neither used nor expired.
 pub const JOIN_TOKENS: &str = "mintgate_join_tokens_outstanding";
+/// 1 while the store commits writes (what `/readyz` reports), else 0.
+pub const STORE_READY: &str = "mintgate_store_ready";
+
+/// How long a scrape waits for the database before it leaves the database-backed gauges at
+/// their last values.
+const SCRAPE_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Bucket bounds: histograms are exported as Prometheus histograms (not summaries), so they
 /// aggregate across replicas and `histogram_quantile` works on them.
@@ -35,6 +41,7 @@ pub(crate) struct Exporter {
     handle: PrometheusHandle,
     ca_expiry: Gauge,
     join_tokens: Gauge,
+    store_ready: Gauge,
     ca_not_after: OffsetDateTime,
     clock: Arc<dyn Clock>,
 }
@@ -59,20 +66,25 @@ impl Exporter {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let recorder: Arc<dyn Recorder + Send + Sync> = Arc::new(recorder);
-        let (ca_expiry, join_tokens) = with_local_recorder(&*recorder, || {
+        let (ca_expiry, join_tokens, store_ready) = with_local_recorder(&*recorder, || {
             describe_gauge!(
                 CA_EXPIRY,
                 Unit::Seconds,
                 "Seconds until the issuing CA certificate expires."
             );
             describe_gauge!(JOIN_TOKENS, "Join tokens neither used nor expired.");
-            (gauge!(CA_EXPIRY), gauge!(JOIN_TOKENS))
+            describe_gauge!(
+                STORE_READY,
+                "1 while the database commits writes (what /readyz reports), else 0."
+            );
+            (gauge!(CA_EXPIRY), gauge!(JOIN_TOKENS), gauge!(STORE_READY))
         });
         Self {
             recorder,
             handle,
             ca_expiry,
             join_tokens,
+            store_ready,
             ca_not_after,
             clock,
         }
@@ -90,14 +102,19 @@ impl Exporter {
     }
 
     /// Refreshes the read-on-scrape gauges and renders the text exposition format. A database
-    /// that does not answer leaves the join-token gauge at its last value (and `/readyz` fails).
+    /// that does not answer within [`SCRAPE_DB_TIMEOUT`] leaves the join-token gauge at its last
+    /// value (and `/readyz` fails).
     pub(crate) async fn render(&self, store: &SqlStore) -> String {
         let now = self.clock.now();
         self.ca_expiry
             .set((self.ca_not_after - now).as_seconds_f64());
-        match store.outstanding_join_tokens(now).await {
-            Ok(n) => self.join_tokens.set(n as f64),
-            Err(e) => tracing::warn!(error = %e, "counting outstanding join tokens failed"),
+        self.store_ready
+            .set(if store.health().is_ok() { 1.0 } else { 0.0 });
+        let tokens = tokio::time::timeout(SCRAPE_DB_TIMEOUT, store.outstanding_join_tokens(now));
+        match tokens.await {
+            Ok(Ok(n)) => self.join_tokens.set(n as f64),
+            Ok(Err(e)) => tracing::warn!(error = %e, "counting outstanding join tokens failed"),
+            Err(_) => tracing::warn!("counting outstanding join tokens timed out"),
         }
         self.handle.render()
     }

@@ -136,6 +136,34 @@ impl TestDatabase {
         }
     }
 
+    /// The same PostgreSQL database, reached through `addr` (a proxy in front of the server).
+    pub fn through(mut self, addr: std::net::SocketAddr) -> Self {
+        let rest = self
+            .url
+            .split_once('@')
+            .map(|(user, rest)| (user.to_owned(), rest.to_owned()));
+        if let Some((user, rest)) = rest {
+            let path = rest.find('/').map_or("", |i| &rest[i..]);
+            self.url = format!("{user}@{addr}{path}");
+        }
+        self
+    }
+
+    /// The host and port of a PostgreSQL database's server.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let rest = self.url.split_once('@').map_or("", |(_, rest)| rest);
+        let host = rest.split('/').next().unwrap_or_default();
+        let host = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:5432")
+        };
+        std::net::ToSocketAddrs::to_socket_addrs(&host)
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
     pub async fn drop_database(mut self) {
         if let Kind::Postgres { name, tablespace } =
             std::mem::replace(&mut self.kind, Kind::Placeholder)

@@ -10,6 +10,7 @@ pub mod csr;
 pub mod db;
 pub mod disk;
 pub mod logs;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -11,6 +11,7 @@ use mintgate_store::ProbeSettings;
 use mintgate_tests::csr::{check_issued, csr};
 use mintgate_tests::db::TestDatabase;
 use mintgate_tests::disk::SmallDisk;
+use mintgate_tests::proxy::Proxy;
 use mintgate_tests::{Backend, Options, TestServer, both_backends};
 use sea_orm::{
     ConnectionTrait, Database, SqliteTransactionMode, TransactionOptions, TransactionTrait,
@@ -43,7 +44,9 @@ async fn disk_full(backend: Backend) {
     let now = server.clock.now_odt().unix_timestamp();
     let mut node = server.node_provisioning().await;
     let (csr_pem, _) = csr(WORKLOAD, &[]);
-    node.enroll(enroll_request("before", &csr_pem)).await.unwrap();
+    node.enroll(enroll_request("before", &csr_pem))
+        .await
+        .unwrap();
     assert_eq!(readyz(&server).await.0, 200);
 
     disk.fill();
@@ -63,15 +66,31 @@ async fn disk_full(backend: Backend) {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let info = status.get_details_error_info().expect("ErrorInfo");
     assert_eq!(info.domain, "mintgate");
-    assert_eq!(info.metadata.get("fault").map(String::as_str), Some("system"));
+    assert_eq!(
+        info.metadata.get("fault").map(String::as_str),
+        Some("system")
+    );
     let (code, body) = readyz(&server).await;
     assert_eq!(code, 503, "{body}");
-    assert!(body.contains("commit") || body.contains("in time"), "{body}");
+    assert!(
+        body.contains("commit") || body.contains("in time"),
+        "{body}"
+    );
+    assert!(
+        store_ready_gauge(&server)
+            .await
+            .contains("mintgate_store_ready 0")
+    );
 
     // Space returns: readiness comes back without any client write, and the same request id
     // now gets its certificate.
     disk.free();
     wait_for_readyz(&server, 200).await;
+    assert!(
+        store_ready_gauge(&server)
+            .await
+            .contains("mintgate_store_ready 1")
+    );
     let issued = node
         .enroll(enroll_request(&id, &csr_pem))
         .await
@@ -131,6 +150,48 @@ async fn hung_database(backend: Backend) {
     wait_for_readyz(&server, 200).await;
     let _ = outsider.close().await;
     server.shutdown().await;
+}
+
+/// A PostgreSQL outage that makes every query hang (a network partition): `/readyz` keeps
+/// answering at once and says 503 within the probe's interval and timeout, and readiness
+/// returns, and issuance works again, when the network does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_503_at_once_during_a_postgresql_outage() {
+    if !mintgate_tests::db::postgres_available().await {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let proxy = Proxy::start(db.server_addr()).await;
+    let server = TestServer::spawn_with(Options {
+        database: Some(db.through(proxy.addr())),
+        store_probe: PROBE,
+        ..Options::new(Backend::Postgres)
+    })
+    .await;
+    wait_for_readyz(&server, 200).await;
+
+    proxy.partition();
+    let (_, body) = wait_for_readyz(&server, 503).await;
+    assert!(body.contains("in time"), "{body}");
+    // Still 503, still at once, while the outage lasts.
+    assert_eq!(readyz(&server).await.0, 503);
+
+    proxy.heal();
+    wait_for_readyz(&server, 200).await;
+    let mut node = server.node_provisioning().await;
+    let (csr_pem, _) = csr(WORKLOAD, &[]);
+    node.enroll(enroll_request("after-outage", &csr_pem))
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
+
+async fn store_ready_gauge(server: &TestServer) -> String {
+    let (_, body) = server.http_get("/metrics").await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("mintgate_store_ready"))
+        .collect()
 }
 
 /// GET /readyz, which must answer within a second whatever the database does.
