@@ -131,6 +131,9 @@ pub(crate) fn status_report(report: StatusReport) -> v1::CheckStatusResponse {
                 CertificateStatus::Good { not_after } => {
                     (v1::CertificateStatus::Good, None, Some(not_after))
                 }
+                CertificateStatus::Superseded { not_after } => {
+                    (v1::CertificateStatus::Superseded, None, Some(not_after))
+                }
                 CertificateStatus::Revoked(r) => (
                     v1::CertificateStatus::Revoked,
                     Some(revocation_event(&r)),

@@ -86,6 +86,22 @@ async fn enroll_and_renew(backend: Backend) {
         (tonic::Code::FailedPrecondition, "CERTIFICATE_SUPERSEDED")
     );
 
+    // CheckStatus tells the superseded certificate from the current one.
+    let report = server
+        .admin()
+        .await
+        .check_status(vec![issued.serial.clone(), renewed.serial.clone()])
+        .await
+        .unwrap();
+    let statuses: Vec<_> = report.statuses.iter().map(|s| s.status()).collect();
+    assert_eq!(
+        statuses,
+        [
+            v1::CertificateStatus::Superseded,
+            v1::CertificateStatus::Good
+        ]
+    );
+
     // The request is visible to its caller.
     let status = server.node().await.get_request("e-1").await.unwrap();
     assert_eq!(status.state(), v1::RequestState::Issued);

@@ -37,6 +37,9 @@ pub struct RevokeInput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateStatus {
     Good { not_after: OffsetDateTime },
+    /// Renewed: a newer certificate of the identity exists. Still valid until its notAfter
+    /// unless revoked (connections it authenticates keep working); it cannot be renewed again.
+    Superseded { not_after: OffsetDateTime },
     Revoked(RevocationRecord),
     Expired { not_after: OffsetDateTime },
     Unknown,
@@ -178,6 +181,9 @@ impl<S: CertificateStore> Mintgate<S> {
                     },
                 },
                 Some(c) if now >= c.not_after => CertificateStatus::Expired {
+                    not_after: c.not_after,
+                },
+                Some(c) if c.state == CertState::Superseded => CertificateStatus::Superseded {
                     not_after: c.not_after,
                 },
                 Some(c) => CertificateStatus::Good {
