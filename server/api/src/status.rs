@@ -1,5 +1,5 @@
 //! The one mapping from domain errors to gRPC `Status`: a code from the error class, a safe
-//! message, and `google.rpc.ErrorInfo { reason, domain: "mintgate" }`. System faults are logged
+//! message prefixed with the RPC's name, and `google.rpc.ErrorInfo { reason, domain: "mintgate" }`. System faults are logged
 //! here with the request id and their cause; the client sees only a generic message.
 
 use std::collections::HashMap;
@@ -41,7 +41,8 @@ pub fn to_status(error: &Error, rpc: &str, request_id: &str) -> Status {
         .to_owned(),
     );
     let details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
-    Status::with_error_details(code, error.to_string(), details)
+    // The message names the call: the same reason can come from several RPCs.
+    Status::with_error_details(code, format!("{rpc}: {error}"), details)
 }
 
 /// A request that never reached the domain because the peer could not be identified.

@@ -126,7 +126,7 @@ pub enum AttestationError {
     JoinTokenWrongIdentity,
     #[error("this caller cannot use the {0} attestation")]
     WrongCallerKind(&'static str),
-    #[error("workloads may only renew their own identity")]
+    #[error("a workload may only act on its own identity's certificates")]
     IdentityMismatch,
     #[error("caller lacks the operator role {0}")]
     RoleMissing(&'static str),

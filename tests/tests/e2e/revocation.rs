@@ -221,6 +221,11 @@ async fn revoke_and_watch(backend: Backend) {
         (err.code(), reason(&err).as_str()),
         (Code::PermissionDenied, "IDENTITY_MISMATCH")
     );
+    // The message says which call was refused and why, in terms of that call.
+    assert_eq!(
+        err.message(),
+        "Revoke: a workload may only act on its own identity's certificates"
+    );
     let own = db_conn
         .revoke(revoke_request(
             "self",
