@@ -109,3 +109,26 @@ fn serve_dev_starts_from_nothing_and_stops_on_sigterm() {
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
 }
+
+/// What `serve --dev` writes into a checkout (the dev PKI with its keys, the SQLite files) is
+/// ignored by git, so it cannot be committed by accident.
+#[test]
+fn what_serve_dev_writes_into_the_checkout_is_git_ignored() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join(".git").exists() {
+        eprintln!("note: not a git checkout; skipping");
+        return;
+    }
+    let written = DEV_FILES
+        .iter()
+        .map(|f| format!("certs-dev/{f}"))
+        .chain(["mintgate.db", "mintgate.db-wal", "mintgate.db-shm"].map(String::from));
+    for path in written {
+        let ignored = Command::new("git")
+            .args(["check-ignore", "-q", &path])
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(ignored.success(), "{path} is not git-ignored");
+    }
+}
