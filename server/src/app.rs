@@ -9,6 +9,7 @@ use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
 use mintgate_api::{GrpcServer, Metrics, RevocationHub};
 use mintgate_ca::CertificateAuthority;
+use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
 use mintgate_domain::ports::{Clock, Signer};
@@ -17,6 +18,7 @@ use mintgate_domain::store::StoreError;
 use mintgate_store::{SqlStore, StoreMetrics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 
 use crate::clock::OsRandom;
@@ -41,6 +43,12 @@ pub enum BuildError {
     },
     #[error("ca: {0}")]
     Ca(#[source] mintgate_ca::CaError),
+    /// The CA expired or expires within `ca.min_lifetime_seconds`: it could issue nothing.
+    #[error(
+        "ca.cert: the issuing CA \"{subject}\" {}; it can issue nothing: replace ca.cert and ca.key",
+        ca_end(source)
+    )]
+    CaExpiring { subject: String, source: CaExpiring },
     #[error("tls: {0}")]
     Tls(#[source] tls::TlsError),
     #[error("database {url}: {source}")]
@@ -57,7 +65,12 @@ impl BuildError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Policy(_) | Self::DevMaterial(_) | Self::Pem { .. } | Self::Ca(_) | Self::Tls(_)
+            Self::Policy(_)
+                | Self::DevMaterial(_)
+                | Self::Pem { .. }
+                | Self::Ca(_)
+                | Self::CaExpiring { .. }
+                | Self::Tls(_)
         )
     }
 }
@@ -72,6 +85,7 @@ pub struct Application {
     store: SqlStore,
     crl: Arc<CrlPublisher>,
     metrics: Arc<Exporter>,
+    ca_window: CaWindow,
 }
 
 impl Application {
@@ -108,6 +122,16 @@ impl Application {
             settings.crl_url.clone(),
         )
         .map_err(BuildError::Ca)?;
+        let ca_window = CaWindow {
+            not_after: ca.not_after(),
+            min_lifetime: settings.ca_min_lifetime,
+        };
+        ca_window
+            .check(clock.now())
+            .map_err(|source| BuildError::CaExpiring {
+                subject: ca.subject().to_owned(),
+                source,
+            })?;
         let metrics = Arc::new(Exporter::new(ca.not_after(), clock.clone()));
         let edge_metrics = Metrics::new(metrics.recorder());
         let server_key = PrivateKeyDer::from_pem_slice(settings.server_key_pem.as_bytes())
@@ -188,6 +212,7 @@ impl Application {
             policy: Arc::new(policy),
             trust_domain: settings.trust_domain.clone(),
             token_secret: JoinTokenSecret::new(settings.join_token_secret),
+            min_lifetime: settings.ca_min_lifetime,
         });
 
         let bind = |addr: SocketAddr| async move {
@@ -219,6 +244,7 @@ impl Application {
             store,
             crl,
             metrics,
+            ca_window,
         })
     }
 
@@ -265,6 +291,8 @@ impl Application {
             store: self.store.clone(),
             crl: self.crl,
             metrics: self.metrics,
+            ca_window: self.ca_window,
+            clock: self.server.clock.clone(),
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {
@@ -290,6 +318,23 @@ impl Application {
         let _ = upkeep.await;
         self.store.close().await;
         Ok(())
+    }
+}
+
+/// When the CA ends, for [`BuildError::CaExpiring`].
+fn ca_end(e: &CaExpiring) -> String {
+    let not_after = e
+        .not_after
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| e.not_after.to_string());
+    if e.expired() {
+        format!("expired at {not_after} (notAfter)")
+    } else {
+        format!(
+            "expires at {not_after} (notAfter), in {}s, less than ca.min_lifetime_seconds ({})",
+            (e.not_after - e.now).whole_seconds(),
+            e.min_lifetime.as_secs()
+        )
     }
 }
 

@@ -180,6 +180,7 @@ impl TestServer {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ca_cert_pem: pki.ca.cert_pem.clone(),
             ca_key_pem: pki.ca.key_pem.clone(),
+            ca_min_lifetime: mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME,
             server_cert_pem: pki.server.cert_pem.clone(),
             server_key_pem: pki.server.key_pem.clone(),
             bootstrap_cas_pem: vec![pki.bootstrap_ca.cert_pem.clone()],
