@@ -18,7 +18,6 @@ use mintgate_domain::store::StoreError;
 use mintgate_store::{SqlStore, StoreMetrics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 
 use crate::clock::OsRandom;
@@ -45,8 +44,8 @@ pub enum BuildError {
     Ca(#[source] mintgate_ca::CaError),
     /// The CA expired or expires within `ca.min_lifetime_seconds`: it could issue nothing.
     #[error(
-        "ca.cert: the issuing CA \"{subject}\" {}; it can issue nothing: replace ca.cert and ca.key",
-        ca_end(source)
+        "ca.cert \"{subject}\": {source} (ca.min_lifetime_seconds: {}); replace ca.cert and ca.key",
+        source.min_lifetime.as_secs()
     )]
     CaExpiring { subject: String, source: CaExpiring },
     #[error("tls: {0}")]
@@ -318,23 +317,6 @@ impl Application {
         let _ = upkeep.await;
         self.store.close().await;
         Ok(())
-    }
-}
-
-/// When the CA ends, for [`BuildError::CaExpiring`].
-fn ca_end(e: &CaExpiring) -> String {
-    let not_after = e
-        .not_after
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| e.not_after.to_string());
-    if e.expired() {
-        format!("expired at {not_after} (notAfter)")
-    } else {
-        format!(
-            "expires at {not_after} (notAfter), in {}s, less than ca.min_lifetime_seconds ({})",
-            (e.not_after - e.now).whole_seconds(),
-            e.min_lifetime.as_secs()
-        )
     }
 }
 

@@ -130,10 +130,10 @@ fn a_ca_within_its_minimum_lifetime_stops_serve_with_64_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
-        err.contains("ca.cert: the issuing CA")
+        err.contains("ca.cert \"")
             && err.contains("CN=Mintgate Dev Issuing CA")
-            && err.contains("(notAfter)")
-            && err.contains("ca.min_lifetime_seconds"),
+            && err.contains("the issuing CA expires at")
+            && err.contains("ca.min_lifetime_seconds: 300"),
         "{err}"
     );
     assert!(!dir.path().join("t.db").exists(), "nothing was started");

@@ -190,8 +190,8 @@ async fn a_server_whose_ca_is_expired_or_expiring_does_not_start() {
     let text = err.to_string();
     assert!(
         text.contains("Mintgate Dev Issuing CA")
-            && text.contains("(notAfter)")
-            && text.contains("ca.min_lifetime_seconds (300)"),
+            && text.contains("expires at")
+            && text.contains("ca.min_lifetime_seconds: 300"),
         "{text}"
     );
 

@@ -96,11 +96,6 @@ impl<S: CertificateStore> Mintgate<S> {
         &self.trust_domain
     }
 
-    /// When the issuing CA may sign.
-    pub fn ca_window(&self) -> CaWindow {
-        self.ca_window
-    }
-
     fn new_serial(&self) -> Serial {
         let mut bytes = [0u8; 17];
         self.random.fill(&mut bytes);
