@@ -9,6 +9,7 @@ use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
 use mintgate_api::{GrpcServer, Metrics, RevocationHub};
 use mintgate_ca::CertificateAuthority;
+use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
 use mintgate_domain::ports::{Clock, Signer};
@@ -41,6 +42,12 @@ pub enum BuildError {
     },
     #[error("ca: {0}")]
     Ca(#[source] mintgate_ca::CaError),
+    /// The CA expired or expires within `ca.min_lifetime_seconds`: it could issue nothing.
+    #[error(
+        "ca.cert \"{subject}\": {source} (ca.min_lifetime_seconds: {}); replace ca.cert and ca.key",
+        source.min_lifetime.as_secs()
+    )]
+    CaExpiring { subject: String, source: CaExpiring },
     #[error("tls: {0}")]
     Tls(#[source] tls::TlsError),
     #[error("database {url}: {source}")]
@@ -57,7 +64,12 @@ impl BuildError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Policy(_) | Self::DevMaterial(_) | Self::Pem { .. } | Self::Ca(_) | Self::Tls(_)
+            Self::Policy(_)
+                | Self::DevMaterial(_)
+                | Self::Pem { .. }
+                | Self::Ca(_)
+                | Self::CaExpiring { .. }
+                | Self::Tls(_)
         )
     }
 }
@@ -72,6 +84,7 @@ pub struct Application {
     store: SqlStore,
     crl: Arc<CrlPublisher>,
     metrics: Arc<Exporter>,
+    ca_window: CaWindow,
 }
 
 impl Application {
@@ -108,6 +121,16 @@ impl Application {
             settings.crl_url.clone(),
         )
         .map_err(BuildError::Ca)?;
+        let ca_window = CaWindow {
+            not_after: ca.not_after(),
+            min_lifetime: settings.ca_min_lifetime,
+        };
+        ca_window
+            .check(clock.now())
+            .map_err(|source| BuildError::CaExpiring {
+                subject: ca.subject().to_owned(),
+                source,
+            })?;
         let metrics = Arc::new(Exporter::new(ca.not_after(), clock.clone()));
         let edge_metrics = Metrics::new(metrics.recorder());
         let server_key = PrivateKeyDer::from_pem_slice(settings.server_key_pem.as_bytes())
@@ -188,6 +211,7 @@ impl Application {
             policy: Arc::new(policy),
             trust_domain: settings.trust_domain.clone(),
             token_secret: JoinTokenSecret::new(settings.join_token_secret),
+            min_lifetime: settings.ca_min_lifetime,
         });
 
         let bind = |addr: SocketAddr| async move {
@@ -219,6 +243,7 @@ impl Application {
             store,
             crl,
             metrics,
+            ca_window,
         })
     }
 
@@ -265,6 +290,8 @@ impl Application {
             store: self.store.clone(),
             crl: self.crl,
             metrics: self.metrics,
+            ca_window: self.ca_window,
+            clock: self.server.clock.clone(),
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {

@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use mintgate_api::HubConfig;
 use mintgate_domain::TrustDomain;
+use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
 use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,19 @@ pub struct TlsFiles {
 pub struct CaFiles {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Nothing is issued, `/readyz` fails and the server does not start while the CA's notAfter
+    /// is less than this many seconds away (default 300).
+    pub min_lifetime_seconds: Option<u64>,
+}
+
+impl CaFiles {
+    fn min_lifetime(&self) -> Result<Duration, ConfigError> {
+        match self.min_lifetime_seconds {
+            None => Ok(DEFAULT_MIN_LIFETIME),
+            Some(0) => Err(invalid("ca.min_lifetime_seconds", "must be positive")),
+            Some(s) => Ok(Duration::from_secs(s)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -205,6 +219,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub ca_cert_pem: String,
     pub ca_key_pem: String,
+    /// Nothing is issued while the CA's notAfter is less than this away (`ca.min_lifetime_seconds`).
+    pub ca_min_lifetime: Duration,
     pub server_cert_pem: String,
     pub server_key_pem: String,
     pub bootstrap_cas_pem: Vec<String>,
@@ -231,6 +247,7 @@ impl std::fmt::Debug for Settings {
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
             .field("policy_version", &self.policy.version)
+            .field("ca_min_lifetime", &self.ca_min_lifetime)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("dev", &self.dev)
             .finish_non_exhaustive()
@@ -269,6 +286,7 @@ impl Settings {
     fn from_file_config(c: FileConfig) -> Result<Self, ConfigError> {
         let td = required(c.trust_domain, "trust_domain")?;
         let trust_domain = TrustDomain::parse(&td).map_err(|e| invalid("trust_domain", e))?;
+        let ca_min_lifetime = c.ca.min_lifetime()?;
         let policy_path = required(c.policy_file, "policy_file")?;
         let policy = load_policy(&policy_path)?;
         let secret_path = required(c.join_token_secret_file, "join_token_secret_file")?;
@@ -288,6 +306,7 @@ impl Settings {
             grpc_addr: required(c.grpc_addr, "grpc_addr")?,
             http_addr: required(c.http_addr, "http_addr")?,
             ca_cert_pem: read(&required(c.ca.cert, "ca.cert")?, "ca.cert")?,
+            ca_min_lifetime,
             ca_key_pem: read(&required(c.ca.key, "ca.key")?, "ca.key")?,
             server_cert_pem: read(
                 &required(c.tls.server_cert, "tls.server_cert")?,
@@ -350,6 +369,7 @@ impl Settings {
             http_addr,
             ca_cert_pem: read(&file("ca.pem"), "ca.cert")?,
             ca_key_pem: read(&file("ca.key"), "ca.key")?,
+            ca_min_lifetime: DEFAULT_MIN_LIFETIME,
             server_cert_pem: read(&file("server.pem"), "tls.server_cert")?,
             server_key_pem: read(&file("server.key"), "tls.server_key")?,
             bootstrap_cas_pem: vec![read(&file("bootstrap-ca.pem"), "trust.bootstrap_cas")?],
@@ -428,6 +448,17 @@ mod tests {
             .unwrap();
         assert_eq!(parsed.trust_domain.as_deref(), Some("prod.example"));
         assert!(!parsed.trust.bootstrap_cas.is_empty());
+        assert_eq!(parsed.ca.min_lifetime().unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            CaFiles::default().min_lifetime().unwrap(),
+            DEFAULT_MIN_LIFETIME
+        );
+        let zero = CaFiles {
+            min_lifetime_seconds: Some(0),
+            ..CaFiles::default()
+        };
+        let err = zero.min_lifetime().unwrap_err().to_string();
+        assert!(err.contains("ca.min_lifetime_seconds"), "{err}");
         let hub = parsed.revocation.hub_config().unwrap();
         assert_eq!(hub.heartbeat, Duration::from_secs(5));
         assert_eq!(hub.max_streams_per_identity, 4);

@@ -1,4 +1,5 @@
-//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits),
+//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits and
+//! the issuing CA is not within its minimum lifetime of its notAfter),
 //! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA) and
 //! `/metrics` (Prometheus text format; see `docs/slo.md`).
 
@@ -11,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mintgate_api::RevocationHub;
+use mintgate_domain::lifetime::CaWindow;
 use mintgate_domain::ports::{Clock, CrlSpec, Signer};
 use mintgate_domain::service::EXPIRY_SKEW;
 use mintgate_domain::store::CertificateStore;
@@ -28,6 +30,8 @@ pub(crate) struct HttpState {
     pub(crate) store: SqlStore,
     pub(crate) crl: Arc<CrlPublisher>,
     pub(crate) metrics: Arc<Exporter>,
+    pub(crate) ca_window: CaWindow,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -42,6 +46,10 @@ pub(crate) fn router(state: HttpState) -> Router {
 /// Answers from the store's cached health at once: a hung database makes the probe time out
 /// and this say 503, never hang (see `mintgate_store::SqlStore::health`).
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    // A CA this close to its end issues nothing (CA_EXPIRING), so this replica cannot serve.
+    if let Err(e) = state.ca_window.check(state.clock.now()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+    }
     match state.store.health() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(why) => (

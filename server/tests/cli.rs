@@ -93,3 +93,48 @@ fn dev_material_is_refused_without_dev() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_key"));
 }
+
+#[test]
+fn a_ca_within_its_minimum_lifetime_stops_serve_with_64_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs-dev");
+    std::fs::create_dir(&certs).unwrap();
+    // A dev PKI made a year ago, less a minute: every certificate in it ends in a minute.
+    let td = mintgate_domain::TrustDomain::parse("dev.mintgate.local").unwrap();
+    let made = time::OffsetDateTime::now_utc() - mintgate_ca::DEV_VALIDITY + time::Duration::MINUTE;
+    let pki = mintgate_ca::generate_pki(&td, made).unwrap();
+    for (name, contents) in [
+        ("ca.pem", &pki.ca.cert_pem),
+        ("ca.key", &pki.ca.key_pem),
+        ("server.pem", &pki.server.cert_pem),
+        ("server.key", &pki.server.key_pem),
+        ("bootstrap-ca.pem", &pki.bootstrap_ca.cert_pem),
+        ("operator-ca.pem", &pki.operator_ca.cert_pem),
+        ("join-token.key", &pki.join_token_key_hex),
+    ] {
+        std::fs::write(certs.join(name), contents).unwrap();
+    }
+    let out = mintgate(
+        &[
+            "serve",
+            "--dev",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite://t.db?mode=rwc",
+        ],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("ca.cert \"")
+            && err.contains("CN=Mintgate Dev Issuing CA")
+            && err.contains("the issuing CA expires at")
+            && err.contains("ca.min_lifetime_seconds: 300"),
+        "{err}"
+    );
+    assert!(!dir.path().join("t.db").exists(), "nothing was started");
+}

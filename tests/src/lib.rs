@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mintgate_api::HubConfig;
-use mintgate_ca::DevPki;
+use mintgate_ca::{DEV_VALIDITY, DevPki, generate_pki};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
 use mintgate_sdk::{Client, TlsMaterial, v1};
-use mintgate_server::{Application, Settings};
+use mintgate_server::{Application, BuildError, Settings};
 use mintgate_store::{ProbeSettings, SqlStore};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -106,6 +106,30 @@ impl StoppedServer {
         .await
     }
 
+    /// The clock it had, and will have again.
+    pub fn clock(&self) -> Arc<ManualClock> {
+        self.clock.clone()
+    }
+
+    /// Starts it again, failing as the application does.
+    pub async fn try_start(self) -> Result<TestServer, BuildError> {
+        TestServer::try_spawn_with(Options {
+            reuse: Some((self.db, self.pki, self.clock)),
+            ..Options::new(self.backend)
+        })
+        .await
+    }
+
+    /// What an operator does when the issuing CA nears its end: a new issuing CA (and server
+    /// certificate from it), valid for a year from the wall clock's now (test clients check the
+    /// server's certificate by the wall clock). The node and operator PKI stay.
+    pub fn replace_issuing_ca(&mut self) {
+        let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
+        let fresh = generate_pki(&td, time::OffsetDateTime::now_utc()).unwrap();
+        self.pki.ca = fresh.ca;
+        self.pki.server = fresh.server;
+    }
+
     /// Like [`StoppedServer::start`], on the gRPC address it had (clients configured with it
     /// reach the new server).
     pub async fn start_on_same_port(self) -> TestServer {
@@ -131,6 +155,9 @@ pub struct Options {
     pub store_probe: ProbeSettings,
     /// Use this database instead of a fresh one.
     pub database: Option<db::TestDatabase>,
+    /// Give the server an issuing CA (and a server certificate from it) that ends this long
+    /// after the clock's now, instead of in a year; the node and operator PKI are as usual.
+    pub ca_expires_in: Option<std::time::Duration>,
 }
 
 impl Options {
@@ -143,6 +170,7 @@ impl Options {
             grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             store_probe: ProbeSettings::default(),
             database: None,
+            ca_expires_in: None,
         }
     }
 }
@@ -153,13 +181,24 @@ impl TestServer {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
+        Self::try_spawn_with(options).await.unwrap()
+    }
+
+    /// [`TestServer::spawn_with`], returning what `Application::build` refused (the database
+    /// is dropped then).
+    pub async fn try_spawn_with(options: Options) -> Result<Self, BuildError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
         let (db, pki, clock) = match options.reuse {
             Some(r) => r,
             None => {
                 let clock = Arc::new(ManualClock::new());
-                let pki = mintgate_ca::generate_pki(&td, clock.now_odt()).unwrap();
+                let mut pki = generate_pki(&td, clock.now_odt()).unwrap();
+                if let Some(left) = options.ca_expires_in {
+                    let old = generate_pki(&td, clock.now_odt() - DEV_VALIDITY + left).unwrap();
+                    pki.ca = old.ca;
+                    pki.server = old.server;
+                }
                 let db = match options.database {
                     Some(db) => db,
                     None => db::TestDatabase::create(options.backend).await,
@@ -180,6 +219,7 @@ impl TestServer {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ca_cert_pem: pki.ca.cert_pem.clone(),
             ca_key_pem: pki.ca.key_pem.clone(),
+            ca_min_lifetime: mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME,
             server_cert_pem: pki.server.cert_pem.clone(),
             server_key_pem: pki.server.key_pem.clone(),
             bootstrap_cas_pem: vec![pki.bootstrap_ca.cert_pem.clone()],
@@ -193,7 +233,13 @@ impl TestServer {
             otlp_endpoint: None,
             dev: true,
         };
-        let app = Application::build(settings, clock.clone()).await.unwrap();
+        let app = match Application::build(settings, clock.clone()).await {
+            Ok(app) => app,
+            Err(e) => {
+                db.drop_database().await;
+                return Err(e);
+            }
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let grpc_addr = app.grpc_addr();
         let http_addr = app.http_addr();
@@ -205,7 +251,7 @@ impl TestServer {
             .await
             .unwrap();
         });
-        Self {
+        Ok(Self {
             grpc_addr,
             http_addr,
             clock,
@@ -216,7 +262,7 @@ impl TestServer {
             task: Some(task),
             db,
             pki,
-        }
+        })
     }
 
     /// Stops the server and starts a new one on the same database, PKI and clock.

@@ -2,6 +2,7 @@
 
 use mintgate_domain::InputError;
 use mintgate_domain::lifecycle::RequestState;
+use mintgate_domain::lifetime::Clamp;
 use mintgate_domain::model::{RequestRecord, RevocationReason, RevocationRecord};
 use mintgate_domain::service::{
     CertificateStatus, CreatedJoinToken, IssueInput, Issued, StatusReport,
@@ -47,6 +48,15 @@ pub(crate) fn issue_response(i: Issued) -> v1::IssueResponse {
         not_after: Some(timestamp(i.not_after)),
         renew_after: Some(timestamp(i.renew_after)),
         trust_bundle_pem: i.trust_bundle_pem,
+        granted_ttl: Some(prost_types::Duration {
+            seconds: i64::try_from(i.granted.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        clamp_reason: match i.clamp {
+            None => v1::ClampReason::None,
+            Some(Clamp::CaNotAfter) => v1::ClampReason::CaNotAfter,
+        }
+        .into(),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::signer::{FileKey, LeafProfile, parse_certificate};
 pub const DEV_ORGANIZATION: &str = "Mintgate Dev PKI (insecure)";
 
 /// How long the dev CAs and the certificates they issue are valid.
-const DEV_VALIDITY: Duration = Duration::days(365);
+pub const DEV_VALIDITY: Duration = Duration::days(365);
 /// How far dev certificates are backdated to absorb clock skew.
 const DEV_BACKDATE: Duration = Duration::seconds(60);
 

@@ -17,7 +17,8 @@ mod signer;
 mod tests;
 
 pub use dev_pki::{
-    CertAndKey, DEV_ORGANIZATION, DevPki, DevPkiPaths, generate_pki, is_dev_material, write_dev_pki,
+    CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki, is_dev_material,
+    write_dev_pki,
 };
 pub use error::CaError;
 pub use signer::{CertificateAuthority, FileKey, KeyBackend};

@@ -233,6 +233,11 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         self.not_after
     }
 
+    /// The CA certificate's subject, as text (for messages that name the CA).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
     /// The CRL distribution point stamped into issued certificates, if any.
     pub fn crl_url(&self) -> Option<&str> {
         self.crl_url.as_deref()
@@ -293,6 +298,10 @@ impl<K: KeyBackend> Signer for CertificateAuthority<K> {
 
     fn issuer_key_id(&self) -> &str {
         &self.key_id_hex
+    }
+
+    fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 }
 

@@ -62,6 +62,8 @@ pub enum Error {
     CursorAhead { cursor: i64, head: i64 },
     #[error("the server is shutting down; resume from your cursor")]
     ShuttingDown,
+    #[error(transparent)]
+    CaExpiring(#[from] crate::lifetime::CaExpiring),
     #[error("storage is unavailable; retry")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -83,7 +85,9 @@ impl Error {
             Self::IdentityBlocked => ErrorClass::PermissionDenied,
             Self::TooManyStreams { .. } | Self::SubscriberTooSlow => ErrorClass::ResourceExhausted,
             Self::CursorAhead { .. } => ErrorClass::OutOfRange,
-            Self::InProgress | Self::ShuttingDown | Self::Unavailable(_) => ErrorClass::Unavailable,
+            Self::InProgress | Self::ShuttingDown | Self::CaExpiring(_) | Self::Unavailable(_) => {
+                ErrorClass::Unavailable
+            }
             Self::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -107,6 +111,7 @@ impl Error {
             Self::CertificateChanged => "CERTIFICATE_CHANGED",
             Self::RequestClosed { .. } => "REQUEST_CLOSED",
             Self::ShuttingDown => "SERVER_SHUTTING_DOWN",
+            Self::CaExpiring(_) => "CA_EXPIRING",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }

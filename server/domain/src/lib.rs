@@ -10,6 +10,7 @@ pub mod audit;
 pub mod csr;
 pub mod error;
 pub mod lifecycle;
+pub mod lifetime;
 pub mod model;
 pub mod policy;
 pub mod ports;

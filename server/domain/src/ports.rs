@@ -32,7 +32,8 @@ pub struct IssueSpec<'a> {
     pub dns_names: &'a [String],
     pub serial: &'a Serial,
     pub not_before: OffsetDateTime,
-    /// Requested end of validity; the signer clamps it to its own certificate's notAfter.
+    /// End of validity, already cut to [`Signer::not_after`] by the caller; the signer cuts it
+    /// there too, should a caller not have.
     pub not_after: OffsetDateTime,
     /// Add the serverAuth EKU (only where policy grants it).
     pub server_auth: bool,
@@ -76,6 +77,8 @@ pub trait Signer: Send + Sync + 'static {
     fn trust_bundle_pem(&self) -> &str;
     /// Hex subject key identifier of the issuing CA (the AKI of what it signs).
     fn issuer_key_id(&self) -> &str;
+    /// The issuing CA certificate's notAfter: nothing it signs outlives it.
+    fn not_after(&self) -> OffsetDateTime;
     /// How far certificates are backdated to absorb clock skew.
     fn backdate(&self) -> Duration {
         Duration::from_secs(30)

@@ -6,6 +6,7 @@ mod agent;
 mod audit;
 mod bad_input;
 mod bench;
+mod ca_expiry;
 mod faults;
 mod idempotency;
 mod issuance;

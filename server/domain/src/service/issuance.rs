@@ -12,6 +12,7 @@ use crate::error::AttestationError;
 use crate::lifecycle::{
     CertEvent, RequestEvent, RequestState, transition_cert, transition_request,
 };
+use crate::lifetime::{Clamp, renew_after};
 use crate::model::{Caller, CallerKind, NewRequest, RequestKind, RequestRecord};
 use crate::policy::{DecisionInput, Grant, Requester};
 use crate::ports::IssueSpec;
@@ -41,6 +42,11 @@ pub struct Issued {
     pub spiffe_id: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// The lifetime given, from issuance (not the backdated notBefore) to notAfter.
+    pub granted: Duration,
+    /// Why `granted` is shorter than asked for, if it is.
+    pub clamp: Option<Clamp>,
+    /// Half-way through the lifetime, and never before the answer is sent.
     pub renew_after: OffsetDateTime,
     pub trust_bundle_pem: String,
 }
@@ -50,6 +56,8 @@ struct Approval {
     csr: ValidatedCsr,
     grant: Grant,
     ttl: Ttl,
+    /// The end of validity as of the decision (cut to the CA's notAfter).
+    not_after: OffsetDateTime,
     token: Option<String>,
     /// The attestors that vouched for the caller.
     via: Vec<&'static str>,
@@ -221,10 +229,14 @@ impl<S: CertificateStore> Mintgate<S> {
             Some((s, n)) => Ttl::from_parts(s, n, grant.max_ttl)?,
             None => Ttl::from_policy(grant.max_ttl),
         };
+        // Last, and before anything is recorded: a CA too close to its end is a system fault,
+        // so the request stays unrecorded and its id can be retried once the CA is replaced.
+        let not_after = self.ca_window.end_of(now, ttl.as_duration())?;
         Ok(Approval {
             csr,
             grant,
             ttl,
+            not_after,
             token: attested.join_token_id,
             via: attested.via,
             supersedes,
@@ -240,6 +252,16 @@ impl<S: CertificateStore> Mintgate<S> {
         approval: &Approval,
     ) -> Result<Issued, Error> {
         let now = self.clock.now();
+        let not_after = match self.ca_window.end_of(now, approval.ttl.as_duration()) {
+            Ok(t) => t,
+            Err(e) => {
+                // The CA's last minimum lifetime began since the decision: FAILED, so a retry
+                // with the same request id takes the request over once the CA is replaced.
+                self.fail(caller, pk, request_id, &serial, "CA_EXPIRING")
+                    .await;
+                return Err(e.into());
+            }
+        };
         let backdate = self.signer.backdate();
         let spec = IssueSpec {
             spki_der: &approval.csr.spki_der,
@@ -248,7 +270,7 @@ impl<S: CertificateStore> Mintgate<S> {
             dns_names: &approval.csr.dns_names,
             serial: &serial,
             not_before: now - backdate,
-            not_after: now + approval.ttl.as_duration(),
+            not_after,
             server_auth: approval.grant.server_auth,
         };
         let signed = match self.signer.sign(&spec) {
@@ -273,7 +295,10 @@ impl<S: CertificateStore> Mintgate<S> {
         event.not_after = Some(signed.not_after.unix_timestamp());
         event.policy_rule = Some(approval.grant.rule.clone());
         event.request_id = Some(request_id.to_string());
-        event.detail = Some("APPROVED->ISSUED".into());
+        event.detail = Some(match self.ca_window.clamp(signed.not_after) {
+            None => "APPROVED->ISSUED".into(),
+            Some(clamp) => format!("APPROVED->ISSUED, lifetime cut ({clamp})"),
+        });
         let mut events = vec![event];
         if let Some(old) = &approval.supersedes {
             let mut e = self.audit(
@@ -558,7 +583,7 @@ impl<S: CertificateStore> Mintgate<S> {
         event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
         event.dns_names = approval.csr.dns_names.clone();
         event.key_type = Some(approval.csr.key_type.to_string());
-        event.not_after = Some((now + approval.ttl.as_duration()).unix_timestamp());
+        event.not_after = Some(approval.not_after.unix_timestamp());
         event.policy_rule = Some(approval.grant.rule.clone());
         event.request_id = Some(request_id.to_string());
         let mut via = approval.via.join("+");
@@ -571,6 +596,9 @@ impl<S: CertificateStore> Mintgate<S> {
         vec![event]
     }
 
+    /// The answer for a certificate, fresh or stored. It was issued `backdate` after its
+    /// notBefore (both whole seconds), and only the CA's notAfter cuts a lifetime (see
+    /// [`crate::lifetime::CaWindow::clamp`]), so both paths tell the same story.
     fn issued(
         &self,
         serial: Serial,
@@ -579,13 +607,16 @@ impl<S: CertificateStore> Mintgate<S> {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Issued {
+        let issued_at = not_before + self.signer.backdate();
         Issued {
             chain_pem,
             serial,
             spiffe_id,
             not_before,
             not_after,
-            renew_after: not_before + (not_after - not_before) / 2,
+            granted: Duration::try_from(not_after - issued_at).unwrap_or_default(),
+            clamp: self.ca_window.clamp(not_after),
+            renew_after: renew_after(not_before, not_after, self.clock.now()),
             trust_bundle_pem: self.signer.trust_bundle_pem().to_owned(),
         }
     }

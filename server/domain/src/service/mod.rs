@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::audit::AuditEvent;
+use crate::lifetime::CaWindow;
 use crate::policy::Policy;
 use crate::ports::{Clock, Random, Signer};
 use crate::store::CertificateStore;
@@ -35,6 +36,8 @@ pub struct Mintgate<S> {
     store: S,
     attestors: Vec<Box<dyn Attestor<S>>>,
     signer: Arc<dyn Signer>,
+    /// When the signer may sign (its notAfter and the minimum lifetime).
+    ca_window: CaWindow,
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
     policy: Arc<Policy>,
@@ -51,6 +54,9 @@ pub struct Parts<S> {
     pub policy: Arc<Policy>,
     pub trust_domain: TrustDomain,
     pub token_secret: JoinTokenSecret,
+    /// Nothing is issued once the CA's notAfter is less than this away
+    /// ([`crate::lifetime::DEFAULT_MIN_LIFETIME`] unless configured).
+    pub min_lifetime: Duration,
 }
 
 impl<S: CertificateStore> Mintgate<S> {
@@ -63,11 +69,17 @@ impl<S: CertificateStore> Mintgate<S> {
             policy,
             trust_domain,
             token_secret,
+            min_lifetime,
         } = parts;
+        let ca_window = CaWindow {
+            not_after: signer.not_after(),
+            min_lifetime,
+        };
         Self {
             store,
             attestors: default_attestors(),
             signer,
+            ca_window,
             clock,
             random,
             policy,
