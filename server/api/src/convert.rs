@@ -55,6 +55,7 @@ pub(crate) fn issue_response(i: Issued) -> v1::IssueResponse {
         clamp_reason: match i.clamp {
             None => v1::ClampReason::None,
             Some(Clamp::CaNotAfter) => v1::ClampReason::CaNotAfter,
+            Some(Clamp::PolicyMaxTtl) => v1::ClampReason::PolicyMaxTtl,
         }
         .into(),
     }

@@ -22,6 +22,8 @@ pub const DEFAULT_MIN_LIFETIME: Duration = Duration::from_secs(5 * 60);
 pub enum Clamp {
     /// It ends when the issuing CA's certificate does.
     CaNotAfter,
+    /// The lifetime asked for was longer than the policy grants: it got the policy maximum.
+    PolicyMaxTtl,
 }
 
 impl Clamp {
@@ -29,6 +31,7 @@ impl Clamp {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CaNotAfter => "CA_NOT_AFTER",
+            Self::PolicyMaxTtl => "POLICY_MAX_TTL",
         }
     }
 }

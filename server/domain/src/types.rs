@@ -137,6 +137,10 @@ impl Ttl {
         if nanos >= 1_000_000_000 {
             return Err(InputError::TtlOutOfRange);
         }
+        // google.protobuf.Duration's own range: about 10,000 years.
+        if seconds > 315_576_000_000 {
+            return Err(InputError::TtlOutOfRange);
+        }
         let secs = u64::try_from(seconds).map_err(|_| InputError::TtlOutOfRange)?;
         let d = Duration::new(secs, nanos);
         if d > max {
@@ -149,6 +153,16 @@ impl Ttl {
             return Err(InputError::TtlNotPositive);
         }
         Ok(Self(d))
+    }
+
+    /// Like [`Ttl::from_parts`], but a lifetime longer than `max` is cut to it (and says so)
+    /// instead of refused: what a certificate's requested lifetime gets.
+    pub fn at_most(seconds: i64, nanos: i32, max: Duration) -> Result<(Self, bool), InputError> {
+        match Self::from_parts(seconds, nanos, max) {
+            Ok(ttl) => Ok((ttl, false)),
+            Err(InputError::TtlTooLong { .. }) => Ok((Self(max), true)),
+            Err(e) => Err(e),
+        }
     }
 
     /// A lifetime already known to be valid (policy defaults).
@@ -216,6 +230,28 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
+    fn at_most_cuts_an_overlong_ttl_and_refuses_the_rest() {
+        let hour = Ttl::from_policy(HOUR);
+        assert_eq!(Ttl::at_most(7200, 0, HOUR), Ok((hour, true)));
+        assert_eq!(Ttl::at_most(3600, 0, HOUR), Ok((hour, false)));
+        assert_eq!(
+            Ttl::at_most(86_400 * 365, 0, HOUR),
+            Ok((hour, true)),
+            "any valid length is cut"
+        );
+        assert_eq!(
+            Ttl::at_most(i64::MAX, 999_999_999, HOUR),
+            Err(InputError::TtlOutOfRange),
+            "beyond what a protobuf Duration may hold"
+        );
+        assert_eq!(Ttl::at_most(0, 0, HOUR), Err(InputError::TtlNotPositive));
+        assert_eq!(
+            Ttl::at_most(1, 2_000_000_000, HOUR),
+            Err(InputError::TtlOutOfRange)
+        );
+    }
+
+    #[test]
     fn ttl_refuses_zero_negative_overlong_and_overflowing() {
         assert_eq!(Ttl::from_parts(0, 0, HOUR), Err(InputError::TtlNotPositive));
         assert_eq!(
@@ -232,7 +268,7 @@ mod tests {
         ));
         assert!(matches!(
             Ttl::from_parts(i64::MAX, 999_999_999, HOUR),
-            Err(InputError::TtlTooLong { .. })
+            Err(InputError::TtlOutOfRange)
         ));
         assert_eq!(
             Ttl::from_parts(1, 2_000_000_000, HOUR),

@@ -110,6 +110,44 @@ async fn enroll_and_renew(backend: Backend) {
 }
 
 both_backends!(
+    a_ttl_above_the_policy_maximum_is_cut_to_it_and_the_answer_says_so,
+    ttl_cut
+);
+async fn ttl_cut(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let now = server.clock.now_odt().unix_timestamp();
+    let mut node = server.node_provisioning().await;
+    let (csr_pem, _) = csr(WORKLOAD, &[]);
+    let asked = v1::EnrollRequest {
+        ttl: Some(mintgate_sdk::seconds(7200)),
+        ..enroll_request("long", &csr_pem)
+    };
+    let issued = node.enroll(asked.clone()).await.unwrap().into_inner();
+    // The dev policy grants at most an hour.
+    let checked = check_issued(
+        &issued.certificate_chain_pem,
+        &server.pki.ca.cert_pem,
+        WORKLOAD,
+        now,
+    );
+    assert_eq!(checked.not_after - now, 3600);
+    assert_eq!(issued.granted_ttl, Some(mintgate_sdk::seconds(3600)));
+    assert_eq!(issued.clamp_reason(), v1::ClampReason::PolicyMaxTtl);
+    // A retry gets the same answer, cut and all.
+    let again = node.enroll(asked).await.unwrap().into_inner();
+    assert_eq!(again, issued);
+    // What fits is not cut.
+    let (csr_pem, _) = csr(WORKLOAD, &[]);
+    let fits = v1::EnrollRequest {
+        ttl: Some(mintgate_sdk::seconds(3600)),
+        ..enroll_request("fits", &csr_pem)
+    };
+    let fits = node.enroll(fits).await.unwrap().into_inner();
+    assert_eq!(fits.clamp_reason(), v1::ClampReason::None);
+    server.shutdown().await;
+}
+
+both_backends!(
     join_tokens_are_one_time_and_bound_to_one_identity,
     join_tokens
 );

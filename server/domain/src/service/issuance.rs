@@ -56,6 +56,8 @@ struct Approval {
     csr: ValidatedCsr,
     grant: Grant,
     ttl: Ttl,
+    /// Whether the ttl asked for was cut to the policy maximum.
+    ttl_cut: bool,
     /// The end of validity as of the decision (cut to the CA's notAfter).
     not_after: OffsetDateTime,
     token: Option<String>,
@@ -225,9 +227,9 @@ impl<S: CertificateStore> Mintgate<S> {
             dns_names: &csr.dns_names,
             key_type: csr.key_type,
         })?;
-        let ttl = match input.ttl {
-            Some((s, n)) => Ttl::from_parts(s, n, grant.max_ttl)?,
-            None => Ttl::from_policy(grant.max_ttl),
+        let (ttl, ttl_cut) = match input.ttl {
+            Some((s, n)) => Ttl::at_most(s, n, grant.max_ttl)?,
+            None => (Ttl::from_policy(grant.max_ttl), false),
         };
         // Last, and before anything is recorded: a CA too close to its end is a system fault,
         // so the request stays unrecorded and its id can be retried once the CA is replaced.
@@ -236,6 +238,7 @@ impl<S: CertificateStore> Mintgate<S> {
             csr,
             grant,
             ttl,
+            ttl_cut,
             not_after,
             token: attested.join_token_id,
             via: attested.via,
@@ -295,7 +298,7 @@ impl<S: CertificateStore> Mintgate<S> {
         event.not_after = Some(signed.not_after.unix_timestamp());
         event.policy_rule = Some(approval.grant.rule.clone());
         event.request_id = Some(request_id.to_string());
-        event.detail = Some(match self.ca_window.clamp(signed.not_after) {
+        event.detail = Some(match self.clamp(signed.not_after, approval.ttl_cut) {
             None => "APPROVED->ISSUED".into(),
             Some(clamp) => format!("APPROVED->ISSUED, lifetime cut ({clamp})"),
         });
@@ -333,6 +336,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 signed.chain_pem,
                 signed.not_before,
                 signed.not_after,
+                approval.ttl_cut,
             )),
             Err(StoreError::Conflict("identity blocked")) => {
                 self.fail(caller, pk, request_id, &serial, "IDENTITY_BLOCKED")
@@ -376,7 +380,7 @@ impl<S: CertificateStore> Mintgate<S> {
         loop {
             let now = self.clock.now();
             match existing.state {
-                RequestState::Issued => return self.stored_answer(&existing).await,
+                RequestState::Issued => return self.stored_answer(&existing, input).await,
                 RequestState::Failed => return self.retake(caller, kind, input, existing).await,
                 RequestState::Approved if now - existing.updated_at > APPROVAL_LEASE => {
                     return self.retake(caller, kind, input, existing).await;
@@ -401,7 +405,13 @@ impl<S: CertificateStore> Mintgate<S> {
         }
     }
 
-    async fn stored_answer(&self, request: &RequestRecord) -> Result<Issued, Error> {
+    /// The answer a retry of `request` gets: its certificate, and what cut its lifetime (the
+    /// retry asks for the same ttl, its payload being the same).
+    async fn stored_answer(
+        &self,
+        request: &RequestRecord,
+        input: &IssueInput,
+    ) -> Result<Issued, Error> {
         let serial = request
             .serial
             .clone()
@@ -411,12 +421,17 @@ impl<S: CertificateStore> Mintgate<S> {
             .certificate(&serial)
             .await?
             .ok_or(Error::Internal("issued request without certificate".into()))?;
+        let granted = cert.not_after - (cert.not_before + self.signer.backdate());
+        let ttl_cut = input
+            .ttl
+            .is_some_and(|(secs, _)| secs > granted.whole_seconds());
         Ok(self.issued(
             serial,
             cert.spiffe_id,
             cert.chain_pem,
             cert.not_before,
             cert.not_after,
+            ttl_cut,
         ))
     }
 
@@ -596,9 +611,15 @@ impl<S: CertificateStore> Mintgate<S> {
         vec![event]
     }
 
+    /// What cut a certificate ending at `not_after` short: the CA's notAfter (see
+    /// [`crate::lifetime::CaWindow::clamp`]), else the policy maximum when `ttl_cut`.
+    fn clamp(&self, not_after: OffsetDateTime, ttl_cut: bool) -> Option<Clamp> {
+        let policy = ttl_cut.then_some(Clamp::PolicyMaxTtl);
+        self.ca_window.clamp(not_after).or(policy)
+    }
+
     /// The answer for a certificate, fresh or stored. It was issued `backdate` after its
-    /// notBefore (both whole seconds), and only the CA's notAfter cuts a lifetime (see
-    /// [`crate::lifetime::CaWindow::clamp`]), so both paths tell the same story.
+    /// notBefore (both whole seconds), so both paths tell the same story.
     fn issued(
         &self,
         serial: Serial,
@@ -606,6 +627,7 @@ impl<S: CertificateStore> Mintgate<S> {
         chain_pem: String,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
+        ttl_cut: bool,
     ) -> Issued {
         let issued_at = not_before + self.signer.backdate();
         Issued {
@@ -615,7 +637,7 @@ impl<S: CertificateStore> Mintgate<S> {
             not_before,
             not_after,
             granted: Duration::try_from(not_after - issued_at).unwrap_or_default(),
-            clamp: self.ca_window.clamp(not_after),
+            clamp: self.clamp(not_after, ttl_cut),
             renew_after: renew_after(not_before, not_after, self.clock.now()),
             trust_bundle_pem: self.signer.trust_bundle_pem().to_owned(),
         }
