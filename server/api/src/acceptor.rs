@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::{Accept, TlsAcceptor};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 
@@ -111,12 +111,17 @@ impl Acceptor {
         admitted: Handshaking,
         tx: mpsc::Sender<Result<AuthedConn, io::Error>>,
     ) {
-        let tls = match self.handshake(tcp, &admitted).await {
+        let accept = self.tls.accept(tcp);
+        tokio::pin!(accept);
+        let tls = match self.handshake(accept.as_mut(), &admitted).await {
             Ok(tls) => tls,
             Err(failure) => {
                 let reason = failure.reason();
                 tracing::debug!(%remote, reason, error = %failure, "TLS handshake failed");
                 self.metrics.handshake_failed(reason);
+                // Counted and released before the socket (in `accept`) closes: whoever sees it
+                // closed sees the counts too.
+                drop(admitted);
                 return;
             }
         };
@@ -145,17 +150,15 @@ impl Acceptor {
     /// server has been under pressure at any moment of it.
     async fn handshake(
         &self,
-        tcp: TcpStream,
+        mut accept: Pin<&mut Accept<TcpStream>>,
         admitted: &Handshaking,
     ) -> Result<TlsStream<TcpStream>, HandshakeFailure> {
         let started = admitted.started();
         let mut pressure = self.admission.pressure();
-        let accept = self.tls.accept(tcp);
-        tokio::pin!(accept);
         if !*pressure.borrow_and_update() {
             let deadline = started + self.admission.handshake_timeout(false);
             tokio::select! {
-                done = &mut accept => return done.map_err(HandshakeFailure::Tls),
+                done = accept.as_mut() => return done.map_err(HandshakeFailure::Tls),
                 () = tokio::time::sleep_until(deadline.into()) => {
                     return Err(HandshakeFailure::TimedOut { under_pressure: false });
                 }
@@ -165,7 +168,7 @@ impl Acceptor {
         }
         let deadline = started + self.admission.handshake_timeout(true);
         tokio::select! {
-            done = &mut accept => done.map_err(HandshakeFailure::Tls),
+            done = accept => done.map_err(HandshakeFailure::Tls),
             () = tokio::time::sleep_until(deadline.into()) => {
                 Err(HandshakeFailure::TimedOut { under_pressure: true })
             }

@@ -44,6 +44,8 @@ pub(crate) struct Admission {
     max_connections: usize,
     counts: Mutex<Counts>,
     pressure: watch::Sender<bool>,
+    /// Pressure starting is worth a warning, but not every time under a sustained flood.
+    pressure_log: Throttle,
     metrics: Metrics,
 }
 
@@ -118,6 +120,7 @@ impl Admission {
             max_connections,
             counts: Mutex::new(Counts::default()),
             pressure: watch::Sender::new(false),
+            pressure_log: Throttle::new(Duration::from_secs(10)),
             metrics,
         })
     }
@@ -196,20 +199,21 @@ impl Admission {
         } else {
             counts.handshakes >= self.pressure_at
         };
-        if now != was {
-            self.pressure.send_replace(now);
-            if now {
+        if now == was {
+            return;
+        }
+        self.pressure.send_replace(now);
+        if now {
+            if let Some(times) = self.pressure_log.tick() {
                 tracing::warn!(
                     handshakes = counts.handshakes,
+                    times,
                     timeout_ms = self.pressure_handshake_timeout.as_millis(),
                     "many TLS handshakes in progress: shortening the handshake timeout"
                 );
-            } else {
-                tracing::info!(
-                    handshakes = counts.handshakes,
-                    "handshakes back to normal: the handshake timeout is restored"
-                );
             }
+        } else {
+            tracing::debug!(handshakes = counts.handshakes, "handshake pressure over");
         }
     }
 
