@@ -36,12 +36,18 @@ pub struct RevokeInput {
 /// What the registry knows about one serial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertificateStatus {
-    Good { not_after: OffsetDateTime },
+    Good {
+        not_after: OffsetDateTime,
+    },
     /// Renewed: a newer certificate of the identity exists. Still valid until its notAfter
     /// unless revoked (connections it authenticates keep working); it cannot be renewed again.
-    Superseded { not_after: OffsetDateTime },
+    Superseded {
+        not_after: OffsetDateTime,
+    },
     Revoked(RevocationRecord),
-    Expired { not_after: OffsetDateTime },
+    Expired {
+        not_after: OffsetDateTime,
+    },
     Unknown,
 }
 
