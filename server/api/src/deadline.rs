@@ -120,6 +120,7 @@ mod tests {
             .unwrap();
         let status = Status::from_header_map(response.headers()).unwrap();
         assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(status.message().starts_with("Enroll: "), "{status:?}");
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.reason, "SERVER_TIMEOUT");
         assert_eq!(info.domain, "mintgate");

@@ -61,7 +61,10 @@ pub(crate) fn unauthenticated() -> Status {
 /// (a stuck database, a writer lock held elsewhere), and worth retrying.
 pub(crate) fn server_timeout(path: &str, timeout: Duration) -> Status {
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    // `/mintgate.v1.Provisioning/Enroll` → `Enroll`, as `to_status` names it.
+    let rpc = path.rsplit('/').next().unwrap_or(path);
     tracing::error!(
+        rpc,
         path,
         reason = "SERVER_TIMEOUT",
         timeout_ms,
@@ -71,7 +74,7 @@ pub(crate) fn server_timeout(path: &str, timeout: Duration) -> Status {
     let details = ErrorDetails::with_error_info("SERVER_TIMEOUT", ERROR_DOMAIN, metadata);
     Status::with_error_details(
         Code::DeadlineExceeded,
-        format!("no answer within the server's deadline of {timeout_ms} ms; retry"),
+        format!("{rpc}: no answer within the server's deadline of {timeout_ms} ms; retry"),
         details,
     )
 }
