@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use mintgate_api::HubConfig;
+use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 /// The dev trust domain used by `--dev`.
 pub const DEV_TRUST_DOMAIN: &str = "dev.mintgate.local";
+/// File descriptors the gRPC port leaves for the rest of the process by default.
+pub const DEFAULT_DESCRIPTOR_RESERVE: u64 = 128;
 /// Where `--dev` keeps its PKI.
 pub const DEV_CERTS_DIR: &str = "certs-dev";
 /// The database `--dev` uses.
@@ -62,6 +64,8 @@ pub struct FileConfig {
     pub trust: TrustFiles,
     #[serde(default)]
     pub revocation: RevocationFile,
+    #[serde(default)]
+    pub grpc: GrpcFile,
     #[serde(default)]
     pub telemetry: TelemetryFile,
     #[serde(default)]
@@ -142,6 +146,84 @@ impl ReadinessFile {
             timeout: positive(self.probe_timeout_ms, "readiness.probe_timeout_ms")?
                 .map_or(d.timeout, Duration::from_millis),
         })
+    }
+}
+
+/// `[grpc]`: how the gRPC port bounds its connections and calls. Every key is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcFile {
+    /// A call unanswered after this many ms ends DEADLINE_EXCEEDED / SERVER_TIMEOUT (30000).
+    pub call_timeout_ms: Option<u64>,
+    /// How long a new connection has to finish its TLS handshake, in ms (10000).
+    pub handshake_timeout_ms: Option<u64>,
+    /// The same under pressure (1000); at most `handshake_timeout_ms`.
+    pub pressure_handshake_timeout_ms: Option<u64>,
+    /// Handshakes in progress from which the server is under pressure (128), or half of
+    /// the connection limit if that is lower.
+    pub pressure_handshakes: Option<usize>,
+    /// Handshakes in progress from one IPv4 address or IPv6 /64 (64).
+    pub max_handshakes_per_source: Option<usize>,
+    /// Handshakes in progress in all (1024).
+    pub max_handshakes: Option<usize>,
+    /// Connections open in all (default: the open-file limit minus `descriptor_reserve`).
+    pub max_connections: Option<usize>,
+    /// File descriptors kept back from the gRPC port for the HTTP port, the database and
+    /// the rest of the process (128).
+    pub descriptor_reserve: Option<u64>,
+}
+
+impl GrpcFile {
+    fn config(&self) -> Result<GrpcConfig, ConfigError> {
+        let d = GrpcConfig::default();
+        let ms = |v: Option<u64>, field, default| {
+            positive(v, field).map(|v| v.map_or(default, Duration::from_millis))
+        };
+        let count =
+            |v: Option<usize>, field, default| positive(v, field).map(|v| v.unwrap_or(default));
+        let config = GrpcConfig {
+            call_timeout: ms(self.call_timeout_ms, "grpc.call_timeout_ms", d.call_timeout)?,
+            handshake_timeout: ms(
+                self.handshake_timeout_ms,
+                "grpc.handshake_timeout_ms",
+                d.handshake_timeout,
+            )?,
+            pressure_handshake_timeout: ms(
+                self.pressure_handshake_timeout_ms,
+                "grpc.pressure_handshake_timeout_ms",
+                d.pressure_handshake_timeout,
+            )?,
+            pressure_handshakes: count(
+                self.pressure_handshakes,
+                "grpc.pressure_handshakes",
+                d.pressure_handshakes,
+            )?,
+            max_handshakes_per_source: count(
+                self.max_handshakes_per_source,
+                "grpc.max_handshakes_per_source",
+                d.max_handshakes_per_source,
+            )?,
+            max_handshakes: count(self.max_handshakes, "grpc.max_handshakes", d.max_handshakes)?,
+            max_connections: count(
+                self.max_connections,
+                "grpc.max_connections",
+                d.max_connections,
+            )?,
+        };
+        if config.pressure_handshake_timeout > config.handshake_timeout {
+            return Err(invalid(
+                "grpc.pressure_handshake_timeout_ms",
+                "must not exceed grpc.handshake_timeout_ms",
+            ));
+        }
+        Ok(config)
+    }
+
+    fn descriptor_reserve(&self) -> Result<u64, ConfigError> {
+        Ok(
+            positive(self.descriptor_reserve, "grpc.descriptor_reserve")?
+                .unwrap_or(DEFAULT_DESCRIPTOR_RESERVE),
+        )
     }
 }
 
@@ -233,6 +315,10 @@ pub struct Settings {
     pub revocation: HubConfig,
     /// How the store's health (what `/readyz` reports) is kept current.
     pub store_probe: ProbeSettings,
+    /// The gRPC port's limits on connections, handshakes and calls.
+    pub grpc: GrpcConfig,
+    /// File descriptors the gRPC port leaves free (see [`crate::Application::build`]).
+    pub descriptor_reserve: u64,
     /// Where spans are exported over OTLP/gRPC; none by default.
     pub otlp_endpoint: Option<String>,
     /// Dev material is accepted only when this is set (`--dev`).
@@ -246,6 +332,8 @@ impl std::fmt::Debug for Settings {
             .field("database_url", &redact_url(&self.database_url))
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
+            .field("grpc", &self.grpc)
+            .field("descriptor_reserve", &self.descriptor_reserve)
             .field("policy_version", &self.policy.version)
             .field("ca_min_lifetime", &self.ca_min_lifetime)
             .field("otlp_endpoint", &self.otlp_endpoint)
@@ -324,6 +412,8 @@ impl Settings {
             crl_url: c.crl_url,
             revocation: c.revocation.hub_config()?,
             store_probe: c.readiness.probe_settings()?,
+            grpc: c.grpc.config()?,
+            descriptor_reserve: c.grpc.descriptor_reserve()?,
             otlp_endpoint: c.telemetry.otlp_endpoint()?,
             dev: false,
         })
@@ -380,6 +470,8 @@ impl Settings {
             crl_url,
             revocation: HubConfig::default(),
             store_probe: ProbeSettings::default(),
+            grpc: GrpcConfig::default(),
+            descriptor_reserve: DEFAULT_DESCRIPTOR_RESERVE,
             otlp_endpoint: overrides
                 .telemetry
                 .as_ref()
@@ -478,6 +570,30 @@ mod tests {
             let err = telemetry.otlp_endpoint().unwrap_err().to_string();
             assert!(err.contains("telemetry.otlp_endpoint"), "{bad}: {err}");
         }
+
+        let grpc = parsed.grpc.config().unwrap();
+        assert_eq!(grpc.call_timeout, Duration::from_secs(30));
+        assert_eq!(grpc.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(grpc.pressure_handshake_timeout, Duration::from_secs(1));
+        assert_eq!(grpc.max_handshakes_per_source, 64);
+        assert_eq!(
+            grpc.max_connections,
+            usize::MAX,
+            "unset: the open-file limit decides"
+        );
+        assert_eq!(parsed.grpc.descriptor_reserve().unwrap(), 128);
+        let slow_pressure = GrpcFile {
+            pressure_handshake_timeout_ms: Some(20_000),
+            ..GrpcFile::default()
+        };
+        let err = slow_pressure.config().unwrap_err().to_string();
+        assert!(err.contains("grpc.pressure_handshake_timeout_ms"), "{err}");
+        let no_reserve = GrpcFile {
+            descriptor_reserve: Some(0),
+            ..GrpcFile::default()
+        };
+        let err = no_reserve.descriptor_reserve().unwrap_err().to_string();
+        assert!(err.contains("grpc.descriptor_reserve"), "{err}");
 
         let zero = RevocationFile {
             heartbeat_seconds: Some(0),

@@ -15,7 +15,7 @@ pub mod proxy;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mintgate_api::HubConfig;
+use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_ca::{DEV_VALIDITY, DevPki, generate_pki};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::{PolicyDocument, dev_policy};
@@ -62,6 +62,23 @@ pub fn tool_available(name: &str) -> bool {
         eprintln!("note: {name} not installed; skipping");
     }
     found
+}
+
+/// GET `path` from the HTTP server at `addr`: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: mintgate\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
 }
 
 /// A running server and what a test needs to talk to it.
@@ -149,6 +166,8 @@ pub struct Options {
     /// Reuse this database and PKI (a restart).
     pub reuse: Option<(db::TestDatabase, DevPki, Arc<ManualClock>)>,
     pub revocation: HubConfig,
+    /// The gRPC port's limits on connections, handshakes and calls.
+    pub grpc: GrpcConfig,
     /// Where gRPC listens (port 0: any free port).
     pub grpc_addr: std::net::SocketAddr,
     /// How often the store's health is probed, and for how long.
@@ -167,6 +186,7 @@ impl Options {
             policy: None,
             reuse: None,
             revocation: HubConfig::default(),
+            grpc: GrpcConfig::default(),
             grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             store_probe: ProbeSettings::default(),
             database: None,
@@ -230,6 +250,8 @@ impl TestServer {
             crl_url: None,
             revocation: options.revocation.clone(),
             store_probe: options.store_probe,
+            grpc: options.grpc.clone(),
+            descriptor_reserve: mintgate_server::config::DEFAULT_DESCRIPTOR_RESERVE,
             otlp_endpoint: None,
             dev: true,
         };
@@ -374,21 +396,7 @@ impl TestServer {
 
     /// GET `path` on the HTTP port: (status code, body).
     pub async fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.http_addr)
-            .await
-            .unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: mintgate\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP response");
-        let head = String::from_utf8_lossy(&response[..split]).into_owned();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, response[split + 4..].to_vec())
+        http_get(self.http_addr, path).await
     }
 
     /// Every stored request as (caller, request_id, state), in insertion order, and every stored

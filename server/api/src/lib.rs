@@ -6,8 +6,11 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod acceptor;
 mod admin;
+mod admission;
 mod convert;
+mod deadline;
 pub mod metrics;
 pub mod peer;
 mod provisioning;
@@ -20,5 +23,5 @@ pub mod tls;
 
 pub use metrics::Metrics;
 pub use registry::{HubConfig, RevocationHub, run_tailer};
-pub use server::{GrpcServer, serve};
+pub use server::{GrpcConfig, GrpcServer, serve};
 pub use status::to_status;

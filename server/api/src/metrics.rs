@@ -30,6 +30,18 @@ pub const SUBSCRIBERS: &str = "mintgate_revocation_subscribers";
 /// Subscribers closed with `SUBSCRIBER_TOO_SLOW`.
 pub const SLOW_SUBSCRIBERS: &str = "mintgate_revocation_slow_subscribers_total";
 
+/// gRPC connections closed before their TLS handshake, by `reason` (`source_limit`,
+/// `handshake_limit`, `connection_limit`; see the `admission` module).
+pub const CONNECTIONS_REFUSED: &str = "mintgate_grpc_connections_refused_total";
+/// TLS handshakes that did not complete, by `reason` (`tls`, `timeout`, `pressure_timeout`).
+pub const HANDSHAKE_FAILURES: &str = "mintgate_grpc_handshake_failures_total";
+/// gRPC connections open: handshaking or authenticated (each holds a file descriptor).
+pub const CONNECTIONS: &str = "mintgate_grpc_connections";
+/// TLS handshakes in progress on the gRPC port.
+pub const HANDSHAKES: &str = "mintgate_grpc_handshakes";
+/// `accept` calls on the gRPC port that failed for want of resources (file descriptors).
+pub const ACCEPT_ERRORS: &str = "mintgate_grpc_accept_errors_total";
+
 /// The RPCs whose success is an issued certificate.
 const ISSUING: [&str; 2] = ["Enroll", "Renew"];
 
@@ -64,12 +76,35 @@ struct Inner {
     subscribers: Gauge,
     slow_subscribers: Counter,
     propagation: Histogram,
+    connections: Gauge,
+    handshakes: Gauge,
+    accept_errors: Counter,
 }
 
 impl Metrics {
     /// Describes the series to `recorder` and registers those with fixed labels.
     pub fn new(recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
         let (subscribers, slow_subscribers, propagation) = with_local_recorder(&*recorder, || {
+            describe_counter!(
+                CONNECTIONS_REFUSED,
+                "gRPC connections closed before their TLS handshake because a limit in [grpc] \
+                 was reached, by reason (source_limit, handshake_limit, connection_limit)."
+            );
+            describe_counter!(
+                HANDSHAKE_FAILURES,
+                "TLS handshakes on the gRPC port that did not complete, by reason (tls, \
+                 timeout, pressure_timeout)."
+            );
+            describe_gauge!(
+                CONNECTIONS,
+                "gRPC connections open (handshaking or authenticated); each holds a file \
+                 descriptor."
+            );
+            describe_gauge!(HANDSHAKES, "TLS handshakes in progress on the gRPC port.");
+            describe_counter!(
+                ACCEPT_ERRORS,
+                "accept() failures on the gRPC port for want of resources (file descriptors)."
+            );
             describe_counter!(
                 RPC_OUTCOMES,
                 "Finished Mintgate RPCs by rpc, fault class (ok, user, system) and reason."
@@ -102,12 +137,22 @@ impl Metrics {
                 histogram!(PROPAGATION),
             )
         });
+        let (connections, handshakes, accept_errors) = with_local_recorder(&*recorder, || {
+            (
+                gauge!(CONNECTIONS),
+                gauge!(HANDSHAKES),
+                counter!(ACCEPT_ERRORS),
+            )
+        });
         Self {
             inner: Arc::new(Inner {
                 recorder,
                 subscribers,
                 slow_subscribers,
                 propagation,
+                connections,
+                handshakes,
+                accept_errors,
             }),
         }
     }
@@ -151,6 +196,30 @@ impl Metrics {
 
     pub(crate) fn subscriber_too_slow(&self) {
         self.inner.slow_subscribers.increment(1);
+    }
+
+    /// A connection closed before its handshake, for `reason`.
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        with_local_recorder(&*self.inner.recorder, || {
+            counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+        });
+    }
+
+    /// A handshake that did not complete, for `reason`.
+    pub(crate) fn handshake_failed(&self, reason: &'static str) {
+        with_local_recorder(&*self.inner.recorder, || {
+            counter!(HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+        });
+    }
+
+    pub(crate) fn accept_failed(&self) {
+        self.inner.accept_errors.increment(1);
+    }
+
+    /// The gRPC port's open connections and handshakes in progress, now.
+    pub(crate) fn grpc_connections(&self, open: usize, handshakes: usize) {
+        self.inner.connections.set(open as f64);
+        self.inner.handshakes.set(handshakes as f64);
     }
 
     /// A live revocation queued for one subscriber, `lag` after the hub applied it.

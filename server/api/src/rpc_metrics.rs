@@ -3,15 +3,16 @@
 //! The outcome is read back from the response: tonic answers a failed call with a trailers-only
 //! response whose headers carry the status and the `ErrorInfo` that [`crate::to_status`]
 //! attached, so the reason and fault class counted are exactly what the client was sent. That
-//! also covers refusals that never reach a handler (an unidentified peer, an oversized message).
-//! tonic's own call deadline sits outside this layer and drops the call's future when it fires;
-//! a call dropped unfinished is counted as `DEADLINE_EXCEEDED` (system) once our deadline has
-//! passed, otherwise as `CANCELLED` (user: the client gave up or its own deadline passed).
+//! also covers refusals that never reach a handler (an unidentified peer, an oversized message),
+//! and the server's own deadline, which answers `DEADLINE_EXCEEDED` / `SERVER_TIMEOUT` from
+//! inside this layer (see [`crate::deadline`]). A call dropped unfinished is counted as
+//! `CANCELLED` (user): the client went away, or its own `grpc-timeout` passed and tonic, outside
+//! this layer, ended the call.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::codegen::http::{HeaderMap, Request, Response};
 use tonic::{Code, Status};
@@ -40,13 +41,11 @@ const RPCS: [&str; 9] = [
 #[derive(Clone)]
 pub(crate) struct RpcMetricsLayer {
     metrics: Metrics,
-    /// The server's own call deadline.
-    deadline: Duration,
 }
 
 impl RpcMetricsLayer {
-    pub(crate) fn new(metrics: Metrics, deadline: Duration) -> Self {
-        Self { metrics, deadline }
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        Self { metrics }
     }
 }
 
@@ -126,13 +125,9 @@ impl Drop for Call {
         if self.finished {
             return;
         }
-        let elapsed = self.started.elapsed();
-        let (class, reason) = if elapsed >= self.layer.deadline {
-            (Class::System, "DEADLINE_EXCEEDED")
-        } else {
-            (Class::User, "CANCELLED")
-        };
-        self.layer.metrics.rpc(self.rpc, elapsed, class, reason);
+        self.layer
+            .metrics
+            .rpc(self.rpc, self.started.elapsed(), Class::User, "CANCELLED");
     }
 }
 
@@ -216,11 +211,11 @@ mod tests {
         }
     }
 
-    /// What is counted for an Enroll dropped unfinished, with our deadline at `deadline`.
-    fn dropped_with_deadline(deadline: Duration) -> String {
+    /// What is counted for an Enroll dropped unfinished.
+    fn dropped() -> String {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let layer = RpcMetricsLayer::new(Metrics::new(Arc::new(recorder)), deadline);
+        let layer = RpcMetricsLayer::new(Metrics::new(Arc::new(recorder)));
         let request = Request::builder()
             .uri("/mintgate.v1.Provisioning/Enroll")
             .body(())
@@ -230,21 +225,13 @@ mod tests {
     }
 
     #[test]
-    fn a_call_dropped_unfinished_is_a_cancellation_or_our_deadline() {
-        let outcome = |class, reason| {
-            format!(
-                "mintgate_rpc_outcomes_total{{rpc=\"Enroll\",class=\"{class}\",reason=\"{reason}\"}} 1"
-            )
-        };
-        let cancelled = dropped_with_deadline(Duration::from_secs(30));
+    fn a_call_dropped_unfinished_is_a_cancellation() {
+        let cancelled = dropped();
         assert!(
-            cancelled.contains(&outcome("user", "CANCELLED")),
+            cancelled.contains(
+                "mintgate_rpc_outcomes_total{rpc=\"Enroll\",class=\"user\",reason=\"CANCELLED\"} 1"
+            ),
             "{cancelled}"
-        );
-        let timed_out = dropped_with_deadline(Duration::ZERO);
-        assert!(
-            timed_out.contains(&outcome("system", "DEADLINE_EXCEEDED")),
-            "{timed_out}"
         );
     }
 

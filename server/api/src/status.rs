@@ -3,6 +3,7 @@
 //! here with the request id and their cause; the client sees only a generic message.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use mintgate_domain::{Error, ErrorClass};
 use tonic::{Code, Status};
@@ -52,6 +53,28 @@ pub(crate) fn unauthenticated() -> Status {
     Status::with_error_details(
         Code::Unauthenticated,
         "the client certificate does not identify a known caller",
+        details,
+    )
+}
+
+/// A call still unanswered at the server's own deadline (see [`crate::deadline`]): ours to fix
+/// (a stuck database, a writer lock held elsewhere), and worth retrying.
+pub(crate) fn server_timeout(path: &str, timeout: Duration) -> Status {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    // `/mintgate.v1.Provisioning/Enroll` → `Enroll`, as `to_status` names it.
+    let rpc = path.rsplit('/').next().unwrap_or(path);
+    tracing::error!(
+        rpc,
+        path,
+        reason = "SERVER_TIMEOUT",
+        timeout_ms,
+        "failed: no answer within the server's call deadline"
+    );
+    let metadata = HashMap::from([("fault".to_owned(), "system".to_owned())]);
+    let details = ErrorDetails::with_error_info("SERVER_TIMEOUT", ERROR_DOMAIN, metadata);
+    Status::with_error_details(
+        Code::DeadlineExceeded,
+        format!("{rpc}: no answer within the server's deadline of {timeout_ms} ms; retry"),
         details,
     )
 }

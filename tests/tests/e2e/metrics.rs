@@ -17,19 +17,23 @@ use crate::revocation::{enroll, revoke_request};
 
 const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
 const NOT_GRANTED: &str = "spiffe://dev.mintgate.local/payments/api";
-const OUTCOMES: &str = "mintgate_rpc_outcomes_total";
+pub const OUTCOMES: &str = "mintgate_rpc_outcomes_total";
 
 /// One scrape of `/metrics`.
-struct Scrape {
+pub struct Scrape {
     text: String,
     series: Vec<(String, BTreeMap<String, String>, f64)>,
 }
 
 impl Scrape {
-    async fn take(server: &TestServer) -> Self {
+    pub async fn take(server: &TestServer) -> Self {
         let (status, body) = server.http_get("/metrics").await;
         assert_eq!(status, 200);
-        let text = String::from_utf8(body).unwrap();
+        Self::parse(String::from_utf8(body).unwrap())
+    }
+
+    /// Reads Prometheus text format.
+    pub fn parse(text: String) -> Self {
         let series = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -52,7 +56,7 @@ impl Scrape {
     }
 
     /// The sum of the series called `name` whose labels include `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.series
             .iter()
             .filter(|(n, l, _)| {

@@ -1,0 +1,81 @@
+//! The server's own call deadline (`[grpc] call_timeout_ms`): a call it cannot answer in time —
+//! here an Enroll whose write waits behind another replica's writer lock — ends as
+//! DEADLINE_EXCEEDED with ErrorInfo reason SERVER_TIMEOUT, fault=system, and is counted as a
+//! system fault.
+
+use std::time::Duration;
+
+use mintgate_api::GrpcConfig;
+use mintgate_tests::csr::csr;
+use mintgate_tests::{Backend, Options, TestServer, both_backends};
+use sea_orm::{
+    ConnectionTrait, Database, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::issuance::{WORKLOAD, enroll_request};
+use crate::metrics::{OUTCOMES, Scrape};
+
+/// The store's writer lock on PostgreSQL: `pg_advisory_xact_lock` of "mintgate" as a big-endian
+/// i64 (see mintgate-store's write.rs).
+const WRITER_LOCK_KEY: i64 = i64::from_be_bytes(*b"mintgate");
+
+both_backends!(
+    a_call_past_the_server_deadline_is_deadline_exceeded_and_a_system_fault,
+    stuck_call
+);
+async fn stuck_call(backend: Backend) {
+    let server = TestServer::spawn_with(Options {
+        grpc: GrpcConfig {
+            call_timeout: Duration::from_millis(300),
+            ..GrpcConfig::default()
+        },
+        ..Options::new(backend)
+    })
+    .await;
+    let mut node = server.node_provisioning().await;
+
+    // Another replica holds the database's write lock, as the store itself takes it.
+    let other = Database::connect(&server.database_url).await.unwrap();
+    let lock = other
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    if backend == Backend::Postgres {
+        lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"))
+            .await
+            .unwrap();
+    }
+
+    let (csr_pem, _key) = csr(WORKLOAD, &[]);
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        node.enroll(enroll_request("stuck-1", &csr_pem)),
+    )
+    .await
+    .expect("the server answers at its deadline")
+    .unwrap_err();
+    lock.rollback().await.unwrap();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "SERVER_TIMEOUT");
+    assert_eq!(info.domain, "mintgate");
+    assert_eq!(
+        info.metadata.get("fault").map(String::as_str),
+        Some("system")
+    );
+
+    let scrape = Scrape::take(&server).await;
+    let timed_out = [
+        ("rpc", "Enroll"),
+        ("class", "system"),
+        ("reason", "SERVER_TIMEOUT"),
+    ];
+    assert_eq!(scrape.value(OUTCOMES, &timed_out), 1.0);
+    let _ = other.close().await;
+    server.shutdown().await;
+}
