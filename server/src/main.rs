@@ -250,9 +250,13 @@ fn write_dev_pki(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints what to try next. A closed stdout (`serve --dev | head`) must not stop the server, so
+/// a failed write is ignored rather than `println!`'s panic.
 fn print_dev_tour(grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
+    use std::io::Write as _;
     let tls = "-cacert certs-dev/ca.pem -cert certs-dev/admin.pem -key certs-dev/admin.key";
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "\nMintgate is running in --dev mode (trust domain {DEV_TRUST_DOMAIN}).\n\
          Try next, in another terminal:\n\n  \
          curl http://{http}/readyz\n  \
