@@ -200,7 +200,10 @@ impl WriteTx<'_> {
         }
         .await;
         if let Err(e) = committed {
-            tracing::error!(error = %e, "a write failed to commit; nothing of it is kept");
+            // Nothing of it was committed, or (if only the read-back failed) it is not known to
+            // have been: either way the callers hear a retryable failure, and a retry with the
+            // same request id gets whatever was kept.
+            tracing::error!(error = %e, "a write could not be confirmed committed");
             writer.health.failed(Unready::WriteFailed);
             return Err(unavailable(e));
         }

@@ -252,10 +252,18 @@ async fn credential_manager(backend: Backend) {
     let status = server
         .admin()
         .await
-        .check_status(vec![first.serial.clone()])
+        .check_status(vec![first.serial.clone(), renewed.serial.clone()])
         .await
         .unwrap();
-    assert_eq!(status.statuses[0].status(), v1::CertificateStatus::Good);
+    // The first certificate was superseded, not revoked: it stays valid until its notAfter.
+    let statuses: Vec<_> = status.statuses.iter().map(|s| s.status()).collect();
+    assert_eq!(
+        statuses,
+        [
+            v1::CertificateStatus::Superseded,
+            v1::CertificateStatus::Good
+        ]
+    );
     server.shutdown().await;
 }
 
