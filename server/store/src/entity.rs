@@ -20,6 +20,8 @@ pub mod request {
         pub token_expires_at: Option<i64>,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The instance that took the request to APPROVED (inserted or moved it there).
+        pub lease_holder: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
