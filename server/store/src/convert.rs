@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::entity::{audit_event, certificate, identity_block, join_token, request, revocation};
 
-fn corrupt(what: &'static str) -> StoreError {
+pub(crate) fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt(format!("stored {what} does not decode").into())
 }
 

@@ -12,6 +12,7 @@
 //! is replaced before the next write (see the `write` module). The `health` module keeps what
 //! `/readyz` reports.
 
+mod audit;
 mod batch;
 mod convert;
 mod entity;
@@ -38,6 +39,7 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
+pub use crate::audit::AuditSnapshot;
 use crate::entity::{audit_event, certificate, join_token, request};
 use crate::health::HealthCell;
 pub use crate::health::{ProbeSettings, Unready};
