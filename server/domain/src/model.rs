@@ -108,9 +108,9 @@ pub struct RequestRecord {
     pub token_expires_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
-    /// The server instance that took the request to APPROVED (recorded it, or took it over): while
-    /// the request is APPROVED, the holder of its approval lease. `None` for rows written by a
-    /// server that did not record holders.
+    /// The server instance that last recorded or moved the request: while the request is
+    /// APPROVED, the holder of its approval lease. `None` for rows written by a server that did
+    /// not record holders.
     pub lease_holder: Option<InstanceId>,
 }
 

@@ -20,7 +20,7 @@ pub mod request {
         pub token_expires_at: Option<i64>,
         pub created_at: i64,
         pub updated_at: i64,
-        /// The instance that took the request to APPROVED (inserted or moved it there).
+        /// The instance that last inserted or moved the request (its lease holder while APPROVED).
         pub lease_holder: Option<i64>,
     }
 
