@@ -20,6 +20,7 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::unavailable;
 
@@ -34,8 +35,15 @@ const ID_ATTEMPTS: usize = 8;
 
 pub(crate) struct Instance {
     id: InstanceId,
-    /// PostgreSQL: the one connection holding the lock, and the keeper's stop signal.
-    lock: Option<(DatabaseConnection, watch::Sender<bool>)>,
+    /// PostgreSQL: the lock and its keeper.
+    lock: Option<Held>,
+}
+
+/// The one connection holding the lock, and the task that keeps it.
+struct Held {
+    db: DatabaseConnection,
+    stop: watch::Sender<bool>,
+    keeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Instance {
@@ -63,10 +71,14 @@ impl Instance {
             let id = InstanceId(random_id());
             if try_lock(&db, id).await? {
                 let (stop, stopped) = watch::channel(false);
-                tokio::spawn(keep(db.clone(), id, stopped));
+                let keeper = tokio::spawn(keep(db.clone(), id, stopped));
                 return Ok(Self {
                     id,
-                    lock: Some((db, stop)),
+                    lock: Some(Held {
+                        db,
+                        stop,
+                        keeper: std::sync::Mutex::new(Some(keeper)),
+                    }),
                 });
             }
         }
@@ -97,12 +109,25 @@ impl Instance {
         Ok(granted > 0)
     }
 
-    /// Stops the keeper and ends the lock's session: the instance is gone.
+    /// Stops the keeper, releases the lock and ends its session: once this returns, every
+    /// replica finds the instance gone. (Ending the session alone releases the lock only once
+    /// the server has noticed, a moment later.)
     pub(crate) async fn close(&self) {
-        if let Some((db, stop)) = &self.lock {
-            let _ = stop.send(true);
-            let _ = db.close_by_ref().await;
+        let Some(held) = &self.lock else {
+            return;
+        };
+        let _ = held.stop.send(true);
+        let keeper = held.keeper.lock().map(|mut k| k.take()).unwrap_or_default();
+        if let Some(keeper) = keeper {
+            // It stops after the check it may be in, so it cannot take the lock again below.
+            let _ = keeper.await;
         }
+        let unlock = Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_unlock_all()".to_owned(),
+        );
+        let _ = held.db.execute_raw(unlock).await;
+        let _ = held.db.close_by_ref().await;
     }
 }
 
