@@ -108,6 +108,21 @@ pub struct RequestRecord {
     pub token_expires_at: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// The server instance that last recorded or moved the request: while the request is
+    /// APPROVED, the holder of its approval lease. `None` for rows written by a server that did
+    /// not record holders.
+    pub lease_holder: Option<InstanceId>,
+}
+
+/// One run of a server process, as the store knows it: a server that restarts is a new instance.
+/// Assigned by the store when it opens; the store alone can tell whether an instance still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InstanceId(pub i64);
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// A new request row, written with its decision in one transaction.

@@ -10,8 +10,8 @@ use crate::audit::{AuditEvent, ChainedEvent};
 use crate::error::Cause;
 use crate::lifecycle::RequestState;
 use crate::model::{
-    BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
-    RequestRecord, RevocationRecord, StoredStatus,
+    BlockRecord, CertificateRecord, IdentityScope, InstanceId, JoinTokenRecord, NewRequest,
+    NewRevocation, RequestRecord, RevocationRecord, StoredStatus,
 };
 
 /// Why a store operation failed.
@@ -85,8 +85,9 @@ pub trait CertificateStore: Send + Sync + 'static {
         request_id: &str,
     ) -> impl Future<Output = Result<Option<RequestRecord>, StoreError>> + Send;
 
-    /// Inserts a request with its decision. With `token`, the join token must be unused and
-    /// unexpired, or nothing is written and `Conflict("join token")` is returned.
+    /// Inserts a request with its decision, with this store's instance as its lease holder. With
+    /// `token`, the join token must be unused and unexpired, or nothing is written and
+    /// `Conflict("join token")` is returned.
     fn insert_request(
         &self,
         request: NewRequest,
@@ -105,7 +106,8 @@ pub trait CertificateStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Moves request `pk` from `from` (with serial `old_serial`) to `to`, optionally reserving a
-    /// new serial. Returns false if the request was not in that state.
+    /// new serial, with this store's instance as its lease holder. Returns false if the request
+    /// was not in that state.
     fn move_request(
         &self,
         pk: i64,
@@ -113,6 +115,15 @@ pub trait CertificateStore: Send + Sync + 'static {
         to: (RequestState, Option<Serial>),
         now: OffsetDateTime,
         audit: Vec<AuditEvent>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether the server instance `holder` still runs, so that the approval leases it holds
+    /// protect its requests. This store's own instance always does. An instance that is gone
+    /// never comes back (a restarted server is a new instance), so its APPROVED requests may be
+    /// taken over at once.
+    fn lease_holder_alive(
+        &self,
+        holder: InstanceId,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn certificate(

@@ -4,15 +4,15 @@ use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent};
 use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::{
-    BlockRecord, CertificateRecord, JoinTokenRecord, RequestKind, RequestRecord, RevocationReason,
-    RevocationRecord,
+    BlockRecord, CertificateRecord, InstanceId, JoinTokenRecord, RequestKind, RequestRecord,
+    RevocationReason, RevocationRecord,
 };
 use mintgate_domain::store::StoreError;
 use time::OffsetDateTime;
 
 use crate::entity::{audit_event, certificate, identity_block, join_token, request, revocation};
 
-fn corrupt(what: &'static str) -> StoreError {
+pub(crate) fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt(format!("stored {what} does not decode").into())
 }
 
@@ -39,6 +39,7 @@ pub(crate) fn request(m: request::Model) -> Result<RequestRecord, StoreError> {
         reason: m.reason,
         spiffe_id: m.spiffe_id,
         token_id: m.token_id,
+        lease_holder: m.lease_holder.map(InstanceId),
     })
 }
 

@@ -20,6 +20,8 @@ pub mod request {
         pub token_expires_at: Option<i64>,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The instance that last inserted or moved the request (its lease holder while APPROVED).
+        pub lease_holder: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -47,7 +47,7 @@ impl WriteTx<'_> {
         for (tag, request, audit) in items {
             let key = (request.caller.clone(), request.request_id.clone());
             keys.push((tag, key, request.state, audit));
-            rows.push(request_model(request));
+            rows.push(request_model(request, self.instance()));
         }
         let mut inserted = HashMap::new();
         if !rows.is_empty() {
@@ -221,6 +221,7 @@ impl WriteTx<'_> {
                 request::Column::UpdatedAt,
                 Expr::value(now.unix_timestamp()),
             )
+            .col_expr(request::Column::LeaseHolder, Expr::value(self.instance().0))
             .filter(request::Column::Pk.eq(pk))
             .filter(request::Column::State.eq(from.0.as_str()));
         update = match serial_hex(&from.1) {

@@ -12,10 +12,12 @@
 //! is replaced before the next write (see the `write` module). The `health` module keeps what
 //! `/readyz` reports.
 
+mod audit;
 mod batch;
 mod convert;
 mod entity;
 mod health;
+mod instance;
 mod issuance;
 pub mod metrics;
 mod read;
@@ -28,7 +30,7 @@ use std::time::Duration;
 
 use mintgate_domain::Serial;
 use mintgate_domain::audit::ChainedEvent;
-use mintgate_domain::model::{CertificateRecord, JoinTokenRecord, RequestRecord};
+use mintgate_domain::model::{CertificateRecord, InstanceId, JoinTokenRecord, RequestRecord};
 use mintgate_domain::store::StoreError;
 use mintgate_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
@@ -37,9 +39,11 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
+pub use crate::audit::AuditSnapshot;
 use crate::entity::{audit_event, certificate, join_token, request};
 use crate::health::HealthCell;
 pub use crate::health::{ProbeSettings, Unready};
+use crate::instance::Instance;
 pub use crate::metrics::StoreMetrics;
 
 /// A database-backed store. Cheap to clone; clones share the pool and the writer.
@@ -48,6 +52,7 @@ pub struct SqlStore {
     db: DatabaseConnection,
     writer: Arc<Writer>,
     group: batch::GroupCommit,
+    instance: Arc<Instance>,
 }
 
 /// What every write goes through: the writer lock, its connection, and where commits are
@@ -62,6 +67,8 @@ pub(crate) struct Writer {
     metrics: StoreMetrics,
     commits: AtomicU64,
     health: HealthCell,
+    /// Recorded as the lease holder of the requests this store takes to APPROVED.
+    instance: InstanceId,
 }
 
 /// The connection writes use: open, condemned by a failure (a fresh one is opened before the
@@ -126,6 +133,7 @@ impl SqlStore {
         let db = Database::connect(connect_options(url, READERS))
             .await
             .map_err(unavailable)?;
+        let instance = Arc::new(Instance::start(url, db.get_database_backend()).await?);
         let writer = Arc::new(Writer {
             url: url.to_owned(),
             conn: tokio::sync::Mutex::new(WriteConn::Open(Writer::open(url).await?)),
@@ -133,10 +141,22 @@ impl SqlStore {
             metrics,
             commits: AtomicU64::new(0),
             health: HealthCell::new(probe),
+            instance: instance.id(),
         });
         let group = batch::GroupCommit::start(writer.clone());
         tokio::spawn(health::probe(Arc::downgrade(&writer)));
-        Ok(Self { db, writer, group })
+        Ok(Self {
+            db,
+            writer,
+            group,
+            instance,
+        })
+    }
+
+    /// This store's server instance: a new one each time a store is opened. It holds the
+    /// approval leases of the requests this store takes to APPROVED.
+    pub fn instance_id(&self) -> InstanceId {
+        self.instance.id()
     }
 
     /// Applies pending migrations.
@@ -186,12 +206,15 @@ impl SqlStore {
             .map_err(unavailable)
     }
 
+    /// Closes the connections; the instance is gone from then on, and other replicas may take
+    /// over its leases.
     pub async fn close(self) {
         let _ = self.db.close().await;
         let write = std::mem::replace(&mut *self.writer.conn.lock().await, WriteConn::Closed);
         if let WriteConn::Open(write) = write {
             let _ = write.close().await;
         }
+        self.instance.close().await;
     }
 
     async fn find_request_row(

@@ -8,8 +8,8 @@ use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent, GENESIS};
 use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::{
-    BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
-    RequestRecord, RevocationRecord, StoredStatus,
+    BlockRecord, CertificateRecord, IdentityScope, InstanceId, JoinTokenRecord, NewRequest,
+    NewRevocation, RequestRecord, RevocationRecord, StoredStatus,
 };
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
@@ -323,9 +323,14 @@ impl WriteTx<'_> {
         self.find_request(&r.caller, &r.request_id).await
     }
 
+    /// The instance this transaction records as the holder of the requests it writes.
+    pub(crate) fn instance(&self) -> InstanceId {
+        self.writer.instance
+    }
+
     pub(crate) async fn insert_request_row(&mut self, r: NewRequest) -> Result<i64, StoreError> {
         self.done.requests += 1;
-        let row = request_model(r);
+        let row = request_model(r, self.instance());
         let res = request::Entity::insert(row)
             .exec(&self.txn)
             .await
@@ -334,8 +339,8 @@ impl WriteTx<'_> {
     }
 }
 
-/// A new request row; the database assigns its pk.
-pub(crate) fn request_model(r: NewRequest) -> request::ActiveModel {
+/// A new request row held by `holder`; the database assigns its pk.
+pub(crate) fn request_model(r: NewRequest, holder: InstanceId) -> request::ActiveModel {
     let now = r.now.unix_timestamp();
     request::ActiveModel {
         pk: NotSet,
@@ -351,6 +356,7 @@ pub(crate) fn request_model(r: NewRequest) -> request::ActiveModel {
         token_expires_at: Set(r.token_expires_at.map(OffsetDateTime::unix_timestamp)),
         created_at: Set(now),
         updated_at: Set(now),
+        lease_holder: Set(Some(holder.0)),
     }
 }
 
@@ -434,6 +440,10 @@ impl CertificateStore for SqlStore {
             Outcome::Moved(moved) => Ok(moved),
             _ => unreachable!("a move answers Moved"),
         }
+    }
+
+    async fn lease_holder_alive(&self, holder: InstanceId) -> Result<bool, StoreError> {
+        self.instance.alive(&self.db, holder).await
     }
 
     async fn certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {

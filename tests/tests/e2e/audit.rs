@@ -1,14 +1,18 @@
 //! The audit trail: every step recorded with who, what, scope and policy; the database refuses
-//! edits; `mintgate audit verify` names the first broken link when someone gets around that.
+//! edits; `mintgate audit verify` names the first broken link when someone gets around that, and
+//! the records without their events when the chain was cut short.
 
 use std::process::Command;
+use std::time::Duration;
 
 use mintgate_domain::audit::verify_chain;
 use mintgate_domain::store::CertificateStore;
+use mintgate_sdk::v1;
 use mintgate_tests::csr::{check_issued, csr};
-use mintgate_tests::{Backend, NODE_ID, TestServer, both_backends};
+use mintgate_tests::{ADMIN_ID, Backend, NODE_ID, TestServer, both_backends};
 
 use crate::issuance::{WORKLOAD, enroll_request};
+use crate::revocation::revoke_request;
 
 both_backends!(issuance_is_audited_and_the_database_refuses_edits, audited);
 async fn audited(backend: Backend) {
@@ -163,6 +167,92 @@ async fn tampering(backend: Backend) {
     sql("DELETE FROM audit_events WHERE seq = 3".into()).await;
     broken("broken at seq 4: expected seq 3");
     server.shutdown().await;
+}
+
+both_backends!(audit_verify_reports_a_chain_cut_short, truncation);
+async fn truncation(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let node = server.node().await;
+    let admin = server.admin().await;
+    let enroll = |request_id: &'static str| {
+        let node = node.clone();
+        let (csr_pem, _) = csr(WORKLOAD, &[]);
+        let (ca, now) = (
+            server.pki.ca.cert_pem.clone(),
+            server.clock.now_odt().unix_timestamp(),
+        );
+        async move {
+            let issued = node
+                .enroll(enroll_request(request_id, &csr_pem))
+                .await
+                .unwrap();
+            check_issued(&issued.certificate_chain_pem, &ca, WORKLOAD, now);
+            issued.serial
+        }
+    };
+    let revoke = |request_id: &'static str, serial: String| {
+        let admin = admin.clone();
+        async move {
+            let reason = v1::RevocationReason::KeyCompromise;
+            admin
+                .revoke(revoke_request(request_id, &serial, reason))
+                .await
+                .unwrap()
+        }
+    };
+    let first = enroll("k-1").await;
+    let second = enroll("k-2").await;
+    revoke("v-1", first).await;
+    let kept = server.store().audit_chain().await.unwrap().len();
+
+    // Later: one more certificate, and a second revocation.
+    server.clock.advance(Duration::from_secs(60));
+    let late = enroll("k-3").await;
+    revoke("v-2", second.clone()).await;
+    let url = server.database_url.clone();
+    let (ok, text) = verify(&url);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("intact") && text.contains("covering every certificate"),
+        "{text}"
+    );
+
+    // Someone with database access cuts the chain after the first revocation. What is left
+    // still links up, so only the records without their events give it away.
+    let drop_guard = match backend {
+        Backend::Sqlite => "DROP TRIGGER audit_events_no_delete",
+        Backend::Postgres => "DROP TRIGGER audit_events_no_update ON audit_events",
+    };
+    server.store().execute_raw(drop_guard).await.unwrap();
+    let cut = format!("DELETE FROM audit_events WHERE seq > {kept}");
+    server.store().execute_raw(&cut).await.unwrap();
+    let left = server.store().audit_chain().await.unwrap();
+    assert_eq!(verify_chain(&left), Ok(kept as u64));
+
+    let (ok, text) = verify(&url);
+    assert!(!ok, "verify passed a cut chain: {text}");
+    assert!(!text.contains("broken"), "{text}");
+    for expected in [
+        "audit chain incomplete: 5 records have no audit event".to_owned(),
+        format!("the chain may have been truncated after seq {kept}"),
+        format!("certificate {late} (ACTIVE, issued "),
+        format!("certificate {second} (REVOKED "),
+        format!("revocation 2 of certificate {second} (revoked "),
+        format!("request k-3 of {NODE_ID} (ENROLL ISSUED, "),
+        format!("request v-2 of {ADMIN_ID} (REVOKE ISSUED, "),
+    ] {
+        assert!(text.contains(&expected), "{expected}: {text}");
+    }
+    assert!(text.contains("has no certificate.issued event"), "{text}");
+    assert!(text.contains("has no certificate.revoked event"), "{text}");
+    server.shutdown().await;
+}
+
+/// `mintgate audit verify` on `url`: whether it passed, and what it said.
+fn verify(url: &str) -> (bool, String) {
+    let out = mintgate(&["audit", "verify", "--database-url", url]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), text)
 }
 
 fn mintgate(args: &[&str]) -> std::process::Output {

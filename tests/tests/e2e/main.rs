@@ -7,6 +7,7 @@ mod audit;
 mod bad_input;
 mod bench;
 mod ca_expiry;
+mod crash;
 mod deadline;
 mod faults;
 mod flood;

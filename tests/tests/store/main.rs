@@ -8,6 +8,7 @@
 mod audit;
 mod disk_full;
 mod group_commit;
+mod leases;
 mod requests;
 mod tokens;
 mod transitions;

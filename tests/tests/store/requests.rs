@@ -46,6 +46,7 @@ async fn round_trip(backend: Backend) {
         token_expires_at: Some(at(900)),
         created_at: at(5),
         updated_at: at(5),
+        lease_holder: Some(h.store.instance_id()),
     };
     assert_eq!(
         h.store.find_request(NODE, "r-1").await.unwrap(),

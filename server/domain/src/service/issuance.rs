@@ -6,7 +6,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::attest::{Attested, Evidence};
-use super::{APPROVAL_LEASE, Mintgate, payload_hash};
+use super::lease::{Holders, Lapse};
+use super::{Mintgate, payload_hash};
 use crate::csr::{ValidatedCsr, validate_csr};
 use crate::error::AttestationError;
 use crate::lifecycle::{
@@ -377,15 +378,21 @@ impl<S: CertificateStore> Mintgate<S> {
             return Err(Error::IdempotencyKeyReused);
         }
         let deadline = self.clock.now() + DUPLICATE_WAIT;
+        let mut holders = Holders::default();
         loop {
             let now = self.clock.now();
             match existing.state {
                 RequestState::Issued => return self.stored_answer(&existing, input).await,
-                RequestState::Failed => return self.retake(caller, kind, input, existing).await,
-                RequestState::Approved if now - existing.updated_at > APPROVAL_LEASE => {
-                    return self.retake(caller, kind, input, existing).await;
+                RequestState::Failed => {
+                    return self.retake(caller, kind, input, existing, None).await;
                 }
-                RequestState::Approved => {}
+                RequestState::Approved => {
+                    if let Some(lapse) = self.lease_lapse(&existing, now, &mut holders).await? {
+                        return self
+                            .retake(caller, kind, input, existing, Some(lapse))
+                            .await;
+                    }
+                }
                 other => {
                     return Err(Error::RequestClosed {
                         state: other.as_str(),
@@ -436,13 +443,15 @@ impl<S: CertificateStore> Mintgate<S> {
     }
 
     /// Decides again and reserves a fresh serial; the abandoned one stays in the audit trail
-    /// (it may have been signed by a process that died, so it is never reused).
+    /// (it may have been signed by a process that died, so it is never reused). `lapse` says why
+    /// an APPROVED request is taken over.
     async fn retake(
         &self,
         caller: &Caller,
         kind: RequestKind,
         input: &IssueInput,
         existing: RequestRecord,
+        lapse: Option<Lapse>,
     ) -> Result<Issued, Error> {
         let now = self.clock.now();
         let request_id = RequestId::parse(&existing.request_id)?;
@@ -466,8 +475,9 @@ impl<S: CertificateStore> Mintgate<S> {
             request_subject(caller, &request_id),
         );
         event.request_id = Some(request_id.to_string());
+        let why = lapse.map(|l| format!(" ({l})")).unwrap_or_default();
         event.detail = Some(format!(
-            "{}->APPROVED serial {serial}, abandoned serial {abandoned}",
+            "{}->APPROVED serial {serial}, abandoned serial {abandoned}{why}",
             existing.state.as_str()
         ));
         let moved = self

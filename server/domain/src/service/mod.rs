@@ -3,6 +3,7 @@
 
 mod attest;
 mod issuance;
+mod lease;
 mod revocation;
 mod tokens;
 
@@ -28,7 +29,8 @@ pub use revocation::{
 pub use tokens::{CreatedJoinToken, JoinTokenInput, JoinTokenSecret};
 
 /// How long an APPROVED request may stay unsigned before a retry takes it over (the process
-/// that approved it is presumed dead).
+/// that approved it is presumed stuck). A retry takes it over at once when the server instance
+/// that approved it is gone (see `lease`).
 pub const APPROVAL_LEASE: Duration = Duration::from_secs(30);
 
 /// The application service behind the Provisioning and Admin RPCs.
