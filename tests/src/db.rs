@@ -238,3 +238,27 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Key of the PostgreSQL advisory lock every replica's writer takes (mintgate-store's
+/// `write.rs`).
+pub const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465;
+
+/// Takes the database's write lock on `db` as another replica's writer would, and keeps it
+/// until the returned transaction ends: an IMMEDIATE transaction on SQLite (readers go on in
+/// WAL mode), the writers' advisory lock on PostgreSQL.
+pub async fn hold_write_lock(db: &sea_orm::DatabaseConnection) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    let lock = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    if lock.get_database_backend() == sea_orm::DbBackend::Postgres {
+        lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"))
+            .await
+            .unwrap();
+    }
+    lock
+}

@@ -7,19 +7,14 @@ use std::time::Duration;
 
 use mintgate_api::GrpcConfig;
 use mintgate_tests::csr::csr;
+use mintgate_tests::db::hold_write_lock;
 use mintgate_tests::{Backend, Options, TestServer, both_backends};
-use sea_orm::{
-    ConnectionTrait, Database, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-};
+use sea_orm::Database;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::issuance::{WORKLOAD, enroll_request};
 use crate::metrics::{OUTCOMES, Scrape};
-
-/// The store's writer lock on PostgreSQL: `pg_advisory_xact_lock` of "mintgate" as a big-endian
-/// i64 (see mintgate-store's write.rs).
-const WRITER_LOCK_KEY: i64 = i64::from_be_bytes(*b"mintgate");
 
 both_backends!(
     a_call_past_the_server_deadline_is_deadline_exceeded_and_a_system_fault,
@@ -38,18 +33,7 @@ async fn stuck_call(backend: Backend) {
 
     // Another replica holds the database's write lock, as the store itself takes it.
     let other = Database::connect(&server.database_url).await.unwrap();
-    let lock = other
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    if backend == Backend::Postgres {
-        lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})"))
-            .await
-            .unwrap();
-    }
+    let lock = hold_write_lock(&other).await;
 
     let (csr_pem, _key) = csr(WORKLOAD, &[]);
     let status = tokio::time::timeout(

@@ -9,13 +9,11 @@ use mintgate_domain::store::CertificateStore;
 use mintgate_sdk::v1;
 use mintgate_store::ProbeSettings;
 use mintgate_tests::csr::{check_issued, csr};
-use mintgate_tests::db::TestDatabase;
+use mintgate_tests::db::{TestDatabase, hold_write_lock};
 use mintgate_tests::disk::SmallDisk;
 use mintgate_tests::proxy::Proxy;
 use mintgate_tests::{Backend, Options, TestServer, both_backends};
-use sea_orm::{
-    ConnectionTrait, Database, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-};
+use sea_orm::Database;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -146,21 +144,7 @@ async fn hung_database(backend: Backend) {
 
     // Another client takes the database's write lock and keeps it: the store's writes hang.
     let outsider = Database::connect(&server.database_url).await.unwrap();
-    // On SQLite an IMMEDIATE transaction (in WAL mode readers go on; only writers wait).
-    let lock = outsider
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    if backend == Backend::Postgres {
-        // The lock every replica's writer takes (see mintgate-store's write.rs).
-        let key = 0x6d69_6e74_6761_7465_i64;
-        lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
-            .await
-            .unwrap();
-    }
+    let lock = hold_write_lock(&outsider).await;
     let (code, body) = wait_for_readyz(&server, 503).await;
     assert!(body.contains("in time"), "{code} {body}");
 

@@ -6,10 +6,8 @@ use mintgate_domain::audit::verify_chain;
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::store::{CertificateStore, Inserted, StoreError};
 use mintgate_store::Unready;
+use mintgate_tests::db::hold_write_lock;
 use mintgate_tests::{Backend, both_backends};
-use sea_orm::{
-    ConnectionTrait, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-};
 
 use crate::{Harness, NODE, WORKLOAD, actions, event, request, serial, subject};
 
@@ -25,24 +23,7 @@ async fn shared_commit(backend: Backend) {
     let commits = h.store.write_commits();
 
     // Hold the database's write lock so that every write below queues before any commits.
-    let lock = h
-        .raw
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    if backend == Backend::Postgres {
-        // The key every replica's writer takes (see mintgate-store's write.rs).
-        let key = 0x6d69_6e74_6761_7465_i64;
-        lock.execute_raw(sea_orm::Statement::from_string(
-            DbBackend::Postgres,
-            format!("SELECT pg_advisory_xact_lock({key})"),
-        ))
-        .await
-        .unwrap();
-    }
+    let lock = hold_write_lock(&h.raw).await;
 
     let inserts = (0..WRITES).map(|i| {
         let id = format!("r-{i}");

@@ -11,11 +11,9 @@ use mintgate_domain::audit::verify_chain;
 use mintgate_domain::store::{CertificateStore, LogBounds};
 use mintgate_sdk::v1;
 use mintgate_sdk::v1::watch_revocations_response::Message;
+use mintgate_tests::db::hold_write_lock;
 use mintgate_tests::{Backend, TestServer, both_backends};
-use sea_orm::{
-    ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -23,10 +21,6 @@ use super::{
     WAIT, enroll, heartbeat_every, hub, next_event, only_heartbeats, quiet, report, revoke, seqs,
     status, through, watch,
 };
-
-/// The store's writer lock on PostgreSQL: `pg_advisory_xact_lock` of "mintgate" as a big-endian
-/// i64 (0x6d696e7467617465 = 7883954068918465637).
-const WRITER_LOCK_KEY: i64 = i64::from_be_bytes(*b"mintgate");
 
 both_backends!(
     a_watcher_resumes_after_a_restart_with_nothing_lost_or_repeated,
@@ -192,18 +186,7 @@ async fn concurrent_revocations(backend: Backend) {
 /// open transaction, as the store itself takes it.
 async fn other_writer(server: &TestServer) -> (DatabaseConnection, DatabaseTransaction) {
     let db = Database::connect(&server.database_url).await.unwrap();
-    let txn = db
-        .begin_with_options(TransactionOptions {
-            isolation_level: None,
-            access_mode: None,
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        })
-        .await
-        .unwrap();
-    if server.backend == Backend::Postgres {
-        let lock = format!("SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})");
-        txn.execute_unprepared(&lock).await.unwrap();
-    }
+    let txn = hold_write_lock(&db).await;
     (db, txn)
 }
 
