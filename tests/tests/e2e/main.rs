@@ -16,6 +16,7 @@ mod metrics;
 mod mtls;
 mod otlp;
 mod queue;
+mod refusals;
 mod renewal;
 mod revocation;
 mod revocation_stream;
