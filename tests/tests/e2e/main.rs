@@ -20,5 +20,6 @@ mod refusals;
 mod renewal;
 mod revocation;
 mod revocation_stream;
+mod revoked_client;
 mod sdk;
 mod tools;
