@@ -174,4 +174,33 @@ mod tests {
             ErrorKind::FailedPrecondition
         );
     }
+
+    #[test]
+    fn a_refused_certificate_is_named_and_not_retried_however_deep_the_alert_is() {
+        let refused = transport::ConnectError::Refused(AlertDescription::CertificateRevoked);
+        // As tonic hands a failed reconnect to a call: a status whose source is the error.
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(std::sync::Arc::new(std::io::Error::other(refused)));
+        let err = Error::from(status);
+        assert_eq!(
+            (err.code, err.reason.as_str()),
+            (tonic::Code::Unauthenticated, "CERTIFICATE_REVOKED")
+        );
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+        assert!(!err.is_retryable());
+        assert!(err.is_user_fault());
+
+        for (alert, reason) in [
+            (AlertDescription::CertificateExpired, "CERTIFICATE_EXPIRED"),
+            (AlertDescription::UnknownCA, "CERTIFICATE_REFUSED"),
+            (AlertDescription::AccessDenied, "CERTIFICATE_REFUSED"),
+        ] {
+            assert_eq!(Error::refused(alert).reason, reason, "{alert:?}");
+        }
+
+        // Without an alert, a broken connection stays what it was.
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(std::sync::Arc::new(transport::ConnectError::Closed));
+        assert_eq!(Error::from(status).code, tonic::Code::Unavailable);
+    }
 }

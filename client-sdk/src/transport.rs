@@ -82,7 +82,12 @@ pub(crate) fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Al
         if let Some(ConnectError::Refused(alert)) = e.downcast_ref::<ConnectError>() {
             return Some(*alert);
         }
-        next = e.source();
+        // An `io::Error`'s `source()` skips the error it wraps: look at that one too.
+        let wrapped = e
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        next = wrapped.or_else(|| e.source());
     }
     None
 }
