@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use mintgate_proto::v1;
 use tonic::Streaming;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
-use crate::Error;
+use crate::{Error, transport};
 
 /// PEM material for a mutual-TLS connection.
 #[derive(Clone)]
@@ -53,17 +53,13 @@ pub struct Client {
 
 impl Client {
     /// Connects to `https://host:port`; `server_name` must be in the server certificate.
+    ///
+    /// Returns once the server has accepted this client's certificate. If it refuses it, this
+    /// fails at once with code `UNAUTHENTICATED` and reason `CERTIFICATE_REVOKED`,
+    /// `CERTIFICATE_EXPIRED` or `CERTIFICATE_REFUSED` (never retryable), the TLS alert the
+    /// server sent named in the message.
     pub async fn connect(url: &str, server_name: &str, tls: &TlsMaterial) -> Result<Self, Error> {
-        let config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-            .domain_name(server_name);
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::invalid("BAD_URL", e.to_string()))?
-            .tls_config(config)?
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
+        let channel = transport::channel(url, server_name, tls, Duration::from_secs(10)).await?;
         Ok(Self::from_channel(channel))
     }
 

@@ -1,6 +1,9 @@
 //! The SDK's error: the gRPC code, Mintgate's stable reason, and what a caller can do about it.
 
+use rustls::AlertDescription;
 use tonic_types::StatusExt;
+
+use crate::transport;
 
 /// What kind of failure an [`Error`] is, which decides what the caller should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,7 +42,8 @@ pub struct Error {
     pub reason: String,
     /// A message safe to show; never contains secrets.
     pub message: String,
-    /// `user` or `system`, from `ErrorInfo.metadata["fault"]`; `None` without an answer.
+    /// `user` or `system`, from `ErrorInfo.metadata["fault"]` (or `user` when the server
+    /// refused this client's certificate at the handshake); `None` without an answer.
     pub fault: Option<String>,
 }
 
@@ -76,6 +80,23 @@ impl Error {
         self.fault.as_deref() == Some("user")
     }
 
+    /// The server refused this client's certificate at the handshake with `alert`.
+    fn refused(alert: AlertDescription) -> Self {
+        let reason = match alert {
+            AlertDescription::CertificateRevoked => "CERTIFICATE_REVOKED",
+            AlertDescription::CertificateExpired => "CERTIFICATE_EXPIRED",
+            _ => "CERTIFICATE_REFUSED",
+        };
+        Self {
+            code: tonic::Code::Unauthenticated,
+            reason: reason.to_owned(),
+            message: format!(
+                "the server refused this client's certificate at the TLS handshake (alert {alert:?})"
+            ),
+            fault: Some("user".to_owned()),
+        }
+    }
+
     pub(crate) fn invalid(reason: &str, message: impl Into<String>) -> Self {
         Self {
             code: tonic::Code::InvalidArgument,
@@ -89,6 +110,14 @@ impl Error {
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         let info = status.get_details_error_info();
+        // A call on a channel that reconnected, and whose new connection was refused.
+        if let Some(alert) = info
+            .is_none()
+            .then(|| transport::refusal_in(&status))
+            .flatten()
+        {
+            return Self::refused(alert);
+        }
         let fault = info.as_ref().and_then(|i| i.metadata.get("fault").cloned());
         let reason = info
             .map(|i| i.reason)
@@ -104,6 +133,9 @@ impl From<tonic::Status> for Error {
 
 impl From<tonic::transport::Error> for Error {
     fn from(e: tonic::transport::Error) -> Self {
+        if let Some(alert) = transport::refusal_in(&e) {
+            return Self::refused(alert);
+        }
         Self {
             code: tonic::Code::Unavailable,
             reason: "TRANSPORT".to_owned(),
@@ -141,5 +173,34 @@ mod tests {
             error(Code::FailedPrecondition, "ALREADY_REVOKED").kind(),
             ErrorKind::FailedPrecondition
         );
+    }
+
+    #[test]
+    fn a_refused_certificate_is_named_and_not_retried_however_deep_the_alert_is() {
+        let refused = transport::ConnectError::Refused(AlertDescription::CertificateRevoked);
+        // As tonic hands a failed reconnect to a call: a status whose source is the error.
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(std::sync::Arc::new(std::io::Error::other(refused)));
+        let err = Error::from(status);
+        assert_eq!(
+            (err.code, err.reason.as_str()),
+            (tonic::Code::Unauthenticated, "CERTIFICATE_REVOKED")
+        );
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+        assert!(!err.is_retryable());
+        assert!(err.is_user_fault());
+
+        for (alert, reason) in [
+            (AlertDescription::CertificateExpired, "CERTIFICATE_EXPIRED"),
+            (AlertDescription::UnknownCA, "CERTIFICATE_REFUSED"),
+            (AlertDescription::AccessDenied, "CERTIFICATE_REFUSED"),
+        ] {
+            assert_eq!(Error::refused(alert).reason, reason, "{alert:?}");
+        }
+
+        // Without an alert, a broken connection stays what it was.
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(std::sync::Arc::new(transport::ConnectError::Closed));
+        assert_eq!(Error::from(status).code, tonic::Code::Unavailable);
     }
 }

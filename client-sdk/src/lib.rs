@@ -24,6 +24,7 @@ mod credentials;
 mod error;
 mod fs;
 mod queue;
+mod transport;
 mod verify;
 mod watcher;
 

@@ -11,6 +11,7 @@ pub mod db;
 pub mod disk;
 pub mod logs;
 pub mod proxy;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::{Accept, TlsAcceptor};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
+use tracing::Instrument as _;
 
 use crate::admission::{Admission, Handshaking, Open, Throttle};
 use crate::metrics::Metrics;
@@ -99,7 +100,14 @@ impl Acceptor {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%remote, error = %e, "TCP_NODELAY not set");
             }
-            tokio::spawn(this.clone().connect(tcp, remote, admitted, tx.clone()));
+            // The span names the peer in whatever the handshake logs, such as a refusal of its
+            // certificate by the verifier (which knows the serial but not the address).
+            let span = tracing::info_span!("handshake", %remote);
+            tokio::spawn(
+                this.clone()
+                    .connect(tcp, remote, admitted, tx.clone())
+                    .instrument(span),
+            );
         }
     }
 
@@ -187,9 +195,12 @@ enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    /// The `reason` label of the failed-handshakes counter.
+    /// The `reason` label of the failed-handshakes counter: `certificate_revoked` when the
+    /// verifier found the client certificate revoked (rustls then sent the peer the
+    /// `certificate_revoked` alert), `tls` for every other TLS failure.
     fn reason(&self) -> &'static str {
         match self {
+            Self::Tls(e) if is_revoked(e) => "certificate_revoked",
             Self::Tls(_) => "tls",
             Self::TimedOut {
                 under_pressure: false,
@@ -199,6 +210,19 @@ impl HandshakeFailure {
             } => "pressure_timeout",
         }
     }
+}
+
+/// Whether a handshake failed because the client certificate is revoked. tokio-rustls hands
+/// rustls's error back inside the `io::Error`.
+fn is_revoked(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            )
+        })
 }
 
 /// `accept` errors about the one pending connection (it was reset before we took it), after

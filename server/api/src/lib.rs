@@ -14,6 +14,7 @@ mod deadline;
 pub mod metrics;
 pub mod peer;
 mod provisioning;
+mod refusals;
 pub mod registry;
 mod revocation;
 mod rpc_metrics;

@@ -33,7 +33,8 @@ pub const SLOW_SUBSCRIBERS: &str = "mintgate_revocation_slow_subscribers_total";
 /// gRPC connections closed before their TLS handshake, by `reason` (`source_limit`,
 /// `handshake_limit`, `connection_limit`; see the `admission` module).
 pub const CONNECTIONS_REFUSED: &str = "mintgate_grpc_connections_refused_total";
-/// TLS handshakes that did not complete, by `reason` (`tls`, `timeout`, `pressure_timeout`).
+/// TLS handshakes that did not complete, by `reason` (`certificate_revoked`, `tls`, `timeout`,
+/// `pressure_timeout`).
 pub const HANDSHAKE_FAILURES: &str = "mintgate_grpc_handshake_failures_total";
 /// gRPC connections open: handshaking or authenticated (each holds a file descriptor).
 pub const CONNECTIONS: &str = "mintgate_grpc_connections";
@@ -92,8 +93,8 @@ impl Metrics {
             );
             describe_counter!(
                 HANDSHAKE_FAILURES,
-                "TLS handshakes on the gRPC port that did not complete, by reason (tls, \
-                 timeout, pressure_timeout)."
+                "TLS handshakes on the gRPC port that did not complete, by reason \
+                 (certificate_revoked, tls, timeout, pressure_timeout)."
             );
             describe_gauge!(
                 CONNECTIONS,

@@ -4,10 +4,11 @@
 //! response whose headers carry the status and the `ErrorInfo` that [`crate::to_status`]
 //! attached, so the reason and fault class counted are exactly what the client was sent. That
 //! also covers refusals that never reach a handler (an unidentified peer, an oversized message),
-//! and the server's own deadline, which answers `DEADLINE_EXCEEDED` / `SERVER_TIMEOUT` from
-//! inside this layer (see [`crate::deadline`]). A call dropped unfinished is counted as
-//! `CANCELLED` (user): the client went away, or its own `grpc-timeout` passed and tonic, outside
-//! this layer, ended the call.
+//! and the deadlines, which answer `DEADLINE_EXCEEDED` / `SERVER_TIMEOUT` or `CLIENT_TIMEOUT` from
+//! inside this layer (see [`crate::deadline`]). Refusals tonic makes by itself (an oversized or
+//! malformed message, an unknown method) get their `ErrorInfo` from [`crate::refusals`], also
+//! inside this layer. A call dropped unfinished is counted as `CANCELLED` (user): the client
+//! went away.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,8 +22,15 @@ use tower::{Layer, Service};
 
 use crate::metrics::{Class, Metrics};
 
-/// The package whose calls are measured; health and reflection are not.
+/// The package whose calls are measured under their own name.
 const PACKAGE: &str = "/mintgate.v1.";
+
+/// The other services this server runs, which are not measured.
+const UNMEASURED: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
 
 /// Mintgate's RPCs: the only values of the `rpc` label (a client cannot mint new series).
 const RPCS: [&str; 9] = [
@@ -131,12 +139,19 @@ impl Drop for Call {
     }
 }
 
-/// The `rpc` label of a request path, for Mintgate's package only.
+/// The `rpc` label of a request path: a Mintgate RPC by name, and `other` for every path no
+/// service here answers (an unknown method or service: a client's mistake, counted with reason
+/// `METHOD_UNKNOWN`). Health and reflection are not measured.
 fn rpc_of(path: &str) -> Option<&'static str> {
-    let method = path.strip_prefix(PACKAGE)?.rsplit('/').next()?;
+    if UNMEASURED.iter().any(|service| path.starts_with(service)) {
+        return None;
+    }
+    let method = path
+        .strip_prefix(PACKAGE)
+        .and_then(|rest| rest.rsplit('/').next());
     Some(
         RPCS.into_iter()
-            .find(|rpc| *rpc == method)
+            .find(|rpc| Some(*rpc) == method)
             .unwrap_or("other"),
     )
 }
@@ -160,8 +175,9 @@ fn outcome(headers: &HeaderMap) -> (Class, String) {
     }
 }
 
-/// A reason and class for statuses without `ErrorInfo` (made by tonic, not by us).
-fn by_code(code: Code) -> (&'static str, Class) {
+/// A reason and class for statuses without `ErrorInfo` (made by tonic, not by us; the
+/// refusals layer gives them one, with the same reason and class).
+pub(crate) fn by_code(code: Code) -> (&'static str, Class) {
     match code {
         Code::Ok => ("OK", Class::Ok),
         Code::Cancelled => ("CANCELLED", Class::User),
@@ -243,7 +259,12 @@ mod tests {
             Some("WatchRevocations")
         );
         assert_eq!(rpc_of("/mintgate.v1.Admin/Anything"), Some("other"));
+        assert_eq!(rpc_of("/no.such.Service/Enroll"), Some("other"));
         assert_eq!(rpc_of("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            rpc_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            None
+        );
     }
 
     #[test]

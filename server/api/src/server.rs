@@ -28,6 +28,7 @@ use crate::deadline::DeadlineLayer;
 use crate::metrics::Metrics;
 use crate::peer::PeerClassifier;
 use crate::provisioning::ProvisioningService;
+use crate::refusals::RefusalLayer;
 use crate::registry::RevocationHub;
 use crate::revocation::RevocationService;
 use crate::rpc_metrics::RpcMetricsLayer;
@@ -152,11 +153,14 @@ where
     };
 
     // Request shaping: a bounded number of concurrent calls per connection, a deadline for every
-    // call (ours, inside the metrics layer so that it counts the answer), and messages no larger
-    // than the biggest valid request needs (a 16 KiB CSR).
+    // call (the server's or the client's, whichever is sooner), and messages no larger than the
+    // biggest valid request needs (a 16 KiB CSR). What tonic refuses by itself gets our
+    // `ErrorInfo` on the way out; both layers sit inside the metrics layer so that it counts
+    // the answer the client was sent.
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
         .layer(RpcMetricsLayer::new(server.metrics.clone()))
+        .layer(RefusalLayer::new(MAX_MESSAGE_BYTES))
         .layer(DeadlineLayer::new(server.config.call_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)

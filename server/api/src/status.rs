@@ -57,12 +57,42 @@ pub(crate) fn unauthenticated() -> Status {
     )
 }
 
+/// A call still unanswered when the deadline its client set (`grpc-timeout`) passed (see
+/// [`crate::deadline`]): the client's own choice, so a user fault; by then the client has
+/// usually stopped waiting, but the outcome is counted with this reason.
+pub(crate) fn client_timeout(path: &str, timeout: Duration) -> Status {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let rpc = rpc_name(path);
+    tracing::info!(
+        rpc,
+        path,
+        reason = "CLIENT_TIMEOUT",
+        timeout_ms,
+        "refused: no answer within the client's deadline"
+    );
+    let metadata = HashMap::from([
+        ("fault".to_owned(), "user".to_owned()),
+        ("timeout_ms".to_owned(), timeout_ms.to_string()),
+    ]);
+    let details = ErrorDetails::with_error_info("CLIENT_TIMEOUT", ERROR_DOMAIN, metadata);
+    Status::with_error_details(
+        Code::DeadlineExceeded,
+        format!("{rpc}: no answer within the client's deadline (grpc-timeout) of {timeout_ms} ms"),
+        details,
+    )
+}
+
+/// The RPC's name in a request path, as `to_status` names it: `/mintgate.v1.Provisioning/Enroll`
+/// → `Enroll`.
+pub(crate) fn rpc_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 /// A call still unanswered at the server's own deadline (see [`crate::deadline`]): ours to fix
 /// (a stuck database, a writer lock held elsewhere), and worth retrying.
 pub(crate) fn server_timeout(path: &str, timeout: Duration) -> Status {
     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    // `/mintgate.v1.Provisioning/Enroll` → `Enroll`, as `to_status` names it.
-    let rpc = path.rsplit('/').next().unwrap_or(path);
+    let rpc = rpc_name(path);
     tracing::error!(
         rpc,
         path,

@@ -131,6 +131,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         }
         let serial = Serial::from_der_bytes(cert.raw_serial()).map_err(|_| refuse())?;
         if self.revocations.is_revoked(&serial) {
+            // Logged here, where the serial is known; the acceptor's `handshake` span adds the
+            // peer's address. (This runs before the client proves it holds the key, so whoever
+            // shows a revoked certificate is named by it, not identified.)
+            tracing::info!(
+                serial = %serial,
+                spiffe_id = %id,
+                reason = "certificate_revoked",
+                "handshake refused: the client certificate is revoked"
+            );
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(ClientCertVerified::assertion())

@@ -288,15 +288,24 @@ struct Grpcurl {
 
 impl Grpcurl {
     fn admin(server: &TestServer) -> Self {
+        Self::holding(
+            server,
+            &server.pki.admin.cert_pem,
+            &server.pki.admin.key_pem,
+        )
+    }
+
+    /// grpcurl holding `cert_pem`/`key_pem`.
+    fn holding(server: &TestServer, cert_pem: &str, key_pem: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pem = |name: &str, text: &str| write(dir.path(), name, text);
         let tls = vec![
             "-cacert".into(),
             pem("ca.pem", &server.pki.ca.cert_pem),
             "-cert".into(),
-            pem("admin.pem", &server.pki.admin.cert_pem),
+            pem("client.pem", cert_pem),
             "-key".into(),
-            pem("admin.key", &server.pki.admin.key_pem),
+            pem("client.key", key_pem),
         ];
         Self {
             tls,
@@ -426,5 +435,19 @@ async fn grpcurl_revokes_watches_and_checks_status() {
     assert_eq!(status["status"], "CERTIFICATE_STATUS_REVOKED", "{report:?}");
     assert_eq!(&status["revocation"], event);
     assert_eq!(report[0]["headSeq"], "1");
+
+    // The revoked certificate is refused. grpcurl (grpc-go) does not say why: it treats the
+    // alert that follows its TLS 1.3 handshake as a transient failure and redials until its
+    // -connect-timeout (10 s unless set), then reports "context deadline exceeded" (see the
+    // README's table of what each client shows).
+    let revoked = Grpcurl::holding(&server, &web.chain_pem, &web.key_pem);
+    let started = std::time::Instant::now();
+    let out = revoked.call(&["-connect-timeout", "2"], &["list"]);
+    let elapsed = started.elapsed();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Failed to dial target host"), "{stderr}");
+    assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
     server.shutdown().await;
 }
