@@ -20,6 +20,10 @@ pub mod request {
         pub token_expires_at: Option<i64>,
         pub created_at: i64,
         pub updated_at: i64,
+        /// SHA-256 (hex) of the policy that decided, if policy was asked.
+        pub policy_version: Option<String>,
+        /// The `@id`s of the determining policies, comma-separated.
+        pub policy_ids: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@ use mintgate_domain::model::{
     BlockRecord, CertificateRecord, IdentityScope, JoinTokenRecord, NewRequest, NewRevocation,
     RequestRecord, RevocationRecord, StoredStatus,
 };
+use mintgate_domain::policy::PolicyDecision;
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
     TokenUse, Unblocked,
@@ -348,6 +349,8 @@ pub(crate) fn request_model(r: NewRequest) -> request::ActiveModel {
         token_expires_at: Set(r.token_expires_at.map(OffsetDateTime::unix_timestamp)),
         created_at: Set(now),
         updated_at: Set(now),
+        policy_ids: Set(r.decision.as_ref().map(PolicyDecision::policies_text)),
+        policy_version: Set(r.decision.map(|d| d.policy_version)),
     }
 }
 

@@ -15,6 +15,7 @@ mod issuance;
 mod metrics;
 mod mtls;
 mod otlp;
+mod policy;
 mod queue;
 mod renewal;
 mod revocation;
