@@ -9,6 +9,7 @@ mod m20261125_000001_initial;
 mod m20261125_000002_revocation;
 mod m20261203_000003_store_probe;
 mod m20261203_000004_lease_holder;
+mod m20261203_000005_policy_decisions;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_revocation::Migration),
             Box::new(m20261203_000003_store_probe::Migration),
             Box::new(m20261203_000004_lease_holder::Migration),
+            Box::new(m20261203_000005_policy_decisions::Migration),
         ]
     }
 }

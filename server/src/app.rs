@@ -31,8 +31,12 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("policy: {0}")]
-    Policy(#[source] Box<mintgate_domain::policy::PolicyError>),
+    /// The policy directory does not load; the source lists every problem.
+    #[error("policy_dir {origin}: {source}")]
+    Policy {
+        origin: String,
+        source: mintgate_domain::policy::LoadError,
+    },
     #[error("{0} is dev material (made by `mintgate dev-certs`); it is accepted only with --dev")]
     DevMaterial(&'static str),
     #[error("{field}: no usable PEM {what} found")]
@@ -69,7 +73,7 @@ impl BuildError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Policy(_)
+            Self::Policy { .. }
                 | Self::DevMaterial(_)
                 | Self::Pem { .. }
                 | Self::Ca(_)
@@ -119,8 +123,22 @@ impl Application {
                 }
             }
         }
-        let policy = Policy::from_document(settings.policy.clone(), &settings.trust_domain)
-            .map_err(|e| BuildError::Policy(Box::new(e)))?;
+        let policy = Policy::load(&settings.policy, Some(&settings.trust_domain))
+            .map_err(|source| BuildError::Policy {
+                origin: settings.policy_origin.clone(),
+                source,
+            })?
+            .with_environment(settings.environment.clone());
+        for warning in policy.warnings() {
+            tracing::warn!(policy = %settings.policy_origin, "{warning}");
+        }
+        tracing::info!(
+            policy = %settings.policy_origin,
+            version = policy.version(),
+            policies = policy.policy_count(),
+            environment = %settings.environment,
+            "policy loaded"
+        );
         let ca = CertificateAuthority::from_pem(
             &settings.ca_cert_pem,
             &settings.ca_key_pem,

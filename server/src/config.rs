@@ -12,7 +12,9 @@ use figment::providers::{Format, Serialized, Toml};
 use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
-use mintgate_domain::policy::{PolicyDocument, dev_policy};
+use mintgate_domain::policy::{
+    DEFAULT_ENVIRONMENT, POLICY_EXTENSION, PolicyFile, PolicySource, SCHEMA_FILE,
+};
 use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,8 @@ pub const DEFAULT_DESCRIPTOR_RESERVE: u64 = 128;
 pub const DEV_CERTS_DIR: &str = "certs-dev";
 /// The database `--dev` uses.
 pub const DEV_DATABASE_URL: &str = "sqlite://mintgate.db?mode=rwc";
+/// The `environment` of `--dev`.
+pub const DEV_ENVIRONMENT: &str = "dev";
 
 /// A configuration problem. The process exits 64 with this message.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +42,6 @@ pub enum ConfigError {
     },
     #[error("config: {field}: {problem}")]
     Invalid { field: String, problem: String },
-    #[error("policy {path}: {source}")]
-    Policy {
-        path: PathBuf,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
 }
 
 /// The file format of `mintgate.toml`. See `mintgate.example.toml` for every key.
@@ -53,7 +52,10 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
-    pub policy_file: Option<PathBuf>,
+    /// A directory with `schema.cedarschema` and `*.cedar` files.
+    pub policy_dir: Option<PathBuf>,
+    /// The `environment` every policy decision sees in its context (default "production").
+    pub environment: Option<String>,
     pub join_token_secret_file: Option<PathBuf>,
     pub crl_url: Option<String>,
     #[serde(default)]
@@ -287,7 +289,7 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy_file: Option<PathBuf>,
+    pub policy_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<TelemetryFile>,
 }
@@ -308,7 +310,12 @@ pub struct Settings {
     pub bootstrap_cas_pem: Vec<String>,
     pub operator_cas_pem: Vec<String>,
     pub operator_roles: HashMap<String, Vec<String>>,
-    pub policy: PolicyDocument,
+    /// The policy directory's text, validated when the application is built.
+    pub policy: PolicySource,
+    /// Where `policy` came from, as problems with it are reported.
+    pub policy_origin: String,
+    /// The `environment` in every policy decision's context.
+    pub environment: String,
     pub join_token_secret: [u8; 32],
     pub crl_url: Option<String>,
     /// The revocation registry's stream and polling behaviour.
@@ -334,7 +341,8 @@ impl std::fmt::Debug for Settings {
             .field("http_addr", &self.http_addr)
             .field("grpc", &self.grpc)
             .field("descriptor_reserve", &self.descriptor_reserve)
-            .field("policy_version", &self.policy.version)
+            .field("policy_origin", &self.policy_origin)
+            .field("environment", &self.environment)
             .field("ca_min_lifetime", &self.ca_min_lifetime)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("dev", &self.dev)
@@ -375,8 +383,14 @@ impl Settings {
         let td = required(c.trust_domain, "trust_domain")?;
         let trust_domain = TrustDomain::parse(&td).map_err(|e| invalid("trust_domain", e))?;
         let ca_min_lifetime = c.ca.min_lifetime()?;
-        let policy_path = required(c.policy_file, "policy_file")?;
-        let policy = load_policy(&policy_path)?;
+        let policy_dir = required(c.policy_dir, "policy_dir")?;
+        let policy = load_policy_dir(&policy_dir)?;
+        let environment = c
+            .environment
+            .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_owned());
+        if environment.trim().is_empty() {
+            return Err(invalid("environment", "must not be empty"));
+        }
         let secret_path = required(c.join_token_secret_file, "join_token_secret_file")?;
         let join_token_secret = parse_secret(&read(&secret_path, "join_token_secret_file")?)
             .ok_or_else(|| {
@@ -408,6 +422,8 @@ impl Settings {
             operator_cas_pem: read_all(&c.trust.operator_cas, "trust.operator_cas")?,
             operator_roles: c.operators,
             policy,
+            policy_origin: policy_dir.display().to_string(),
+            environment,
             join_token_secret,
             crl_url: c.crl_url,
             revocation: c.revocation.hub_config()?,
@@ -425,9 +441,9 @@ impl Settings {
         let trust_domain =
             TrustDomain::parse(DEV_TRUST_DOMAIN).map_err(|e| invalid("trust_domain", e))?;
         let file = |name: &str| dir.join(name);
-        let policy = match &overrides.policy_file {
-            Some(p) => load_policy(p)?,
-            None => dev_policy(&trust_domain),
+        let (policy, policy_origin) = match &overrides.policy_dir {
+            Some(dir) => (load_policy_dir(dir)?, dir.display().to_string()),
+            None => (PolicySource::dev(), "the built-in dev policy".to_owned()),
         };
         let join_token_secret =
             parse_secret(&read(&file("join-token.key"), "join_token_secret_file")?).ok_or_else(
@@ -466,6 +482,8 @@ impl Settings {
             operator_cas_pem: vec![read(&file("operator-ca.pem"), "trust.operator_cas")?],
             operator_roles,
             policy,
+            policy_origin,
+            environment: DEV_ENVIRONMENT.to_owned(),
             join_token_secret,
             crl_url,
             revocation: HubConfig::default(),
@@ -484,13 +502,33 @@ impl Settings {
     }
 }
 
-/// Reads and parses a policy file (TOML).
-pub fn load_policy(path: &Path) -> Result<PolicyDocument, ConfigError> {
-    let text = read(path, "policy_file")?;
-    toml::from_str(&text).map_err(|e| ConfigError::Policy {
-        path: path.to_owned(),
-        source: Box::new(e),
-    })
+/// Reads a policy directory: its `schema.cedarschema` and every `*.cedar` file in it (not in
+/// subdirectories); anything else there is ignored. Whether it is a valid policy is the
+/// domain's to say ([`mintgate_domain::policy::Policy::load`]).
+pub fn load_policy_dir(dir: &Path) -> Result<PolicySource, ConfigError> {
+    let field = "policy_dir";
+    let schema = read(&dir.join(SCHEMA_FILE), field)?;
+    let unreadable = |source| ConfigError::Read {
+        field,
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        if path.extension().is_some_and(|e| e == POLICY_EXTENSION) && path.is_file() {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push(PolicyFile {
+                name,
+                text: read(&path, field)?,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(PolicySource { schema, files })
 }
 
 fn parse_secret(text: &str) -> Option<[u8; 32]> {
@@ -539,6 +577,7 @@ mod tests {
             .extract()
             .unwrap();
         assert_eq!(parsed.trust_domain.as_deref(), Some("prod.example"));
+        assert_eq!(parsed.environment.as_deref(), Some("production"));
         assert!(!parsed.trust.bootstrap_cas.is_empty());
         assert_eq!(parsed.ca.min_lifetime().unwrap(), Duration::from_secs(300));
         assert_eq!(
@@ -611,11 +650,25 @@ mod tests {
     }
 
     #[test]
-    fn the_sample_policy_parses() {
-        let doc: PolicyDocument =
-            toml::from_str(include_str!("../../policy.example.toml")).unwrap();
+    fn the_example_policy_directory_loads_and_validates() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/example");
+        let source = load_policy_dir(&dir).unwrap();
+        assert_eq!(source.files.len(), 1);
         let td = TrustDomain::parse("prod.example").unwrap();
-        mintgate_domain::policy::Policy::from_document(doc, &td).unwrap();
+        let policy = mintgate_domain::policy::Policy::load(&source, Some(&td)).unwrap();
+        assert_eq!(policy.policy_count(), 2);
+
+        // The dev directory on disk is what --dev embeds.
+        let dev = load_policy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/dev"));
+        assert_eq!(dev.unwrap(), PolicySource::dev());
+
+        let missing = load_policy_dir(&dir.join("nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("policy_dir") && missing.contains("schema.cedarschema"),
+            "{missing}"
+        );
     }
 
     #[test]

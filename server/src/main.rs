@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use mintgate_domain::TrustDomain;
+use mintgate_domain::policy::{Policy, Problem};
 use mintgate_domain::store::CertificateStore;
 use mintgate_server::config::{
-    DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides, TelemetryFile,
+    DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides, TelemetryFile, load_policy_dir,
 };
 use mintgate_server::telemetry::{LogFormat, Tracing};
 use mintgate_server::{Application, Settings, clock::SystemClock};
@@ -45,6 +46,24 @@ enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Work with policy directories (Cedar: schema.cedarschema plus *.cedar files).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory as `serve` would (strict mode against its schema, a unique
+    /// @id per policy, known annotations, one trust domain). Prints every problem as
+    /// DIR/FILE:LINE:COLUMN: MESSAGE and exits 64 if there is any; otherwise prints the policy
+    /// version.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+        /// The trust domain the policy must serve; without it, its policies must agree on one.
+        #[arg(long)]
+        trust_domain: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -64,9 +83,10 @@ struct ServeArgs {
     /// 127.0.0.1:8080).
     #[arg(long, env = "MINTGATE_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
-    /// Policy file (TOML); with --dev, replaces the dev policy.
-    #[arg(long, env = "MINTGATE_POLICY_FILE")]
-    policy_file: Option<PathBuf>,
+    /// Policy directory (schema.cedarschema plus *.cedar files); with --dev, replaces the dev
+    /// policy.
+    #[arg(long, env = "MINTGATE_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
     #[arg(long, env = "MINTGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Export spans over OTLP/gRPC to this collector (http://host:4317); overrides
@@ -174,6 +194,59 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(PolicyCommand::Check { dir, trust_domain }) => {
+            Ok(policy_check(&dir, trust_domain.as_deref()))
+        }
+    }
+}
+
+/// `mintgate policy check`: every problem on its own line, each naming its file.
+fn policy_check(dir: &Path, trust_domain: Option<&str>) -> ExitCode {
+    let td = match trust_domain.map(TrustDomain::parse).transpose() {
+        Ok(td) => td,
+        Err(e) => {
+            eprintln!("mintgate: --trust-domain: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let source = match load_policy_dir(dir) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("mintgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let in_dir = |p: &Problem| Problem {
+        file: dir.join(&p.file).display().to_string(),
+        ..p.clone()
+    };
+    match Policy::load(&source, td.as_ref()) {
+        Ok(policy) => {
+            for w in policy.warnings() {
+                eprintln!("warning: {}", in_dir(w));
+            }
+            let files = source.files.len();
+            println!(
+                "{}: valid, {} policies in {files} file{}; version {}",
+                dir.display(),
+                policy.policy_count(),
+                if files == 1 { "" } else { "s" },
+                policy.version()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}", in_dir(p));
+            }
+            let n = e.problems.len();
+            eprintln!(
+                "mintgate: {}: {n} problem{}; the policy is refused whole",
+                dir.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -182,7 +255,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         database_url: args.database_url,
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
-        policy_file: args.policy_file,
+        policy_dir: args.policy_dir,
         telemetry: args.otlp_endpoint.map(|e| TelemetryFile {
             otlp_endpoint: Some(e),
         }),

@@ -21,6 +21,7 @@ fn every_subcommand_has_help() {
         &["migrate", "--help"],
         &["audit", "verify", "--help"],
         &["audit", "export", "--help"],
+        &["policy", "check", "--help"],
     ] {
         let out = mintgate(sub, dir.path());
         assert!(out.status.success(), "{sub:?}");
@@ -34,20 +35,121 @@ fn serve_without_config_exits_64() {
     assert_eq!(out.status.code(), Some(64));
 }
 
-#[test]
-fn a_bad_policy_stops_the_server_with_64_naming_the_entry() {
-    let dir = tempfile::tempdir().unwrap();
+/// A copy of the shipped dev policy directory in `dir`.
+fn dev_policy_dir(dir: &std::path::Path) {
+    std::fs::create_dir(dir).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/dev");
+    for name in ["schema.cedarschema", "issuance.cedar"] {
+        std::fs::copy(shipped.join(name), dir.join(name)).unwrap();
+    }
+}
+
+/// Two broken files: a syntax error in one, a type error and a foreign trust domain in the
+/// other.
+fn broken_policy_dir(dir: &std::path::Path) {
+    dev_policy_dir(dir);
     std::fs::write(
-        dir.path().join("policy.toml"),
-        "version = \"1\"\n[[rules]]\nname = \"web\"\nnodes = [\"spiffe://dev.mintgate.local/node/*\"]\nallow = [\"spiffe://dev.mintgate.local/a/../b\"]\n",
+        dir.join("a-syntax.cedar"),
+        "@id(\"a\")\npermit (principal, action, resource)\nwhen { resource.path == };\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.join("b-types.cedar"),
+        "// two problems\n@id(\"b\")\npermit (principal, action == Action::\"Issue\", resource in TrustDomain::\"prod.example\")\nwhen { context.ttl_seconds < 600 };\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn policy_check_passes_a_good_directory_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    dev_policy_dir(&dir.path().join("policy"));
+    let out = mintgate(
+        &[
+            "policy",
+            "check",
+            "policy",
+            "--trust-domain",
+            "dev.mintgate.local",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("policy: valid, 2 policies in 1 file; version "),
+        "{stdout}"
+    );
+    // Without a trust domain the policies need only agree on one.
+    let out = mintgate(&["policy", "check", "policy"], dir.path());
+    assert!(out.status.success());
+    let out = mintgate(
+        &[
+            "policy",
+            "check",
+            "policy",
+            "--trust-domain",
+            "prod.example",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn policy_check_prints_every_problem_with_file_and_line_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    broken_policy_dir(&dir.path().join("policy"));
+    let out = mintgate(
+        &[
+            "policy",
+            "check",
+            "policy",
+            "--trust-domain",
+            "dev.mintgate.local",
+        ],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines[0].starts_with("policy/a-syntax.cedar:3:"), "{err}");
+    assert_eq!(
+        lines[1],
+        "policy/b-types.cedar:2:1: names trust domain prod.example, but this server's trust \
+         domain is dev.mintgate.local",
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("policy/b-types.cedar:4:8: for policy `b`")
+            && lines[2].contains("ttl_seconds"),
+        "{err}"
+    );
+    assert_eq!(
+        lines[3],
+        "mintgate: policy: 3 problems; the policy is refused whole"
+    );
+    assert_eq!(lines.len(), 4, "{err}");
+
+    let out = mintgate(&["policy", "check", "nowhere"], dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy_dir"));
+}
+
+#[test]
+fn a_bad_policy_stops_the_server_with_64_naming_each_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    broken_policy_dir(&dir.path().join("policy"));
     let out = mintgate(
         &[
             "serve",
             "--dev",
-            "--policy-file",
-            "policy.toml",
+            "--policy-dir",
+            "policy",
             "--grpc-addr",
             "127.0.0.1:0",
             "--http-addr",
@@ -65,9 +167,13 @@ fn a_bad_policy_stops_the_server_with_64_naming_the_entry() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("rules[0]") && err.contains("allow[0]"),
+        err.contains("policy_dir policy: the policy does not validate (3 problems):")
+            && err.contains("\n  a-syntax.cedar:3:")
+            && err.contains("\n  b-types.cedar:2:1: names trust domain prod.example")
+            && err.contains("\n  b-types.cedar:4:8: "),
         "{err}"
     );
+    assert!(!dir.path().join("t.db").exists(), "nothing was started");
 }
 
 #[test]
@@ -75,8 +181,8 @@ fn dev_material_is_refused_without_dev() {
     let dir = tempfile::tempdir().unwrap();
     let out = mintgate(&["dev-certs", "--dir", "certs"], dir.path());
     assert!(out.status.success());
-    std::fs::write(dir.path().join("policy.toml"), "version = \"1\"\n").unwrap();
-    let config = "trust_domain = \"dev.mintgate.local\"\ndatabase_url = \"sqlite://t.db?mode=rwc\"\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npolicy_file = \"policy.toml\"\njoin_token_secret_file = \"certs/join-token.key\"\n[tls]\nserver_cert = \"certs/server.pem\"\nserver_key = \"certs/server.key\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca.key\"\n";
+    dev_policy_dir(&dir.path().join("policy"));
+    let config = "trust_domain = \"dev.mintgate.local\"\ndatabase_url = \"sqlite://t.db?mode=rwc\"\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npolicy_dir = \"policy\"\njoin_token_secret_file = \"certs/join-token.key\"\n[tls]\nserver_cert = \"certs/server.pem\"\nserver_key = \"certs/server.key\"\n[ca]\ncert = \"certs/ca.pem\"\nkey = \"certs/ca.key\"\n";
     std::fs::write(dir.path().join("mintgate.toml"), config).unwrap();
     let out = mintgate(&["serve", "--config", "mintgate.toml"], dir.path());
     assert_eq!(

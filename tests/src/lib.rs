@@ -19,7 +19,7 @@ use std::sync::Arc;
 use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_ca::{DEV_VALIDITY, DevPki, generate_pki};
 use mintgate_domain::TrustDomain;
-use mintgate_domain::policy::{PolicyDocument, dev_policy};
+use mintgate_domain::policy::PolicySource;
 use mintgate_sdk::{Client, TlsMaterial, v1};
 use mintgate_server::{Application, BuildError, Settings};
 use mintgate_store::{ProbeSettings, SqlStore};
@@ -163,7 +163,8 @@ impl StoppedServer {
 /// Knobs for [`TestServer::spawn_with`].
 pub struct Options {
     pub backend: Backend,
-    pub policy: Option<PolicyDocument>,
+    /// The policy directory's text (default: the dev policy).
+    pub policy: Option<PolicySource>,
     /// Reuse this database and PKI (a restart).
     pub reuse: Option<(db::TestDatabase, DevPki, Arc<ManualClock>)>,
     pub revocation: HubConfig,
@@ -246,7 +247,9 @@ impl TestServer {
             bootstrap_cas_pem: vec![pki.bootstrap_ca.cert_pem.clone()],
             operator_cas_pem: vec![pki.operator_ca.cert_pem.clone()],
             operator_roles,
-            policy: options.policy.unwrap_or_else(|| dev_policy(&td)),
+            policy: options.policy.unwrap_or_else(PolicySource::dev),
+            policy_origin: "the test policy".to_owned(),
+            environment: "test".to_owned(),
             join_token_secret: secret,
             crl_url: None,
             revocation: options.revocation.clone(),

@@ -1,5 +1,7 @@
 //! The one mapping from domain errors to gRPC `Status`: a code from the error class, a safe
-//! message prefixed with the RPC's name, and `google.rpc.ErrorInfo { reason, domain: "mintgate" }`. System faults are logged
+//! message prefixed with the RPC's name, and `google.rpc.ErrorInfo { reason, domain: "mintgate" }`
+//! whose metadata says `fault` (`user` or `system`) plus what the error adds (a refusal by policy:
+//! `policy_version`, `determining_policies`). System faults are logged
 //! here with the request id and their cause; the client sees only a generic message.
 
 use std::collections::HashMap;
@@ -40,6 +42,12 @@ pub fn to_status(error: &Error, rpc: &str, request_id: &str) -> Status {
             "system"
         }
         .to_owned(),
+    );
+    metadata.extend(
+        error
+            .metadata()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value)),
     );
     let details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
     // The message names the call: the same reason can come from several RPCs.

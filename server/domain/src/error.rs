@@ -70,6 +70,15 @@ pub enum Error {
     Internal(#[source] Cause),
 }
 
+impl From<crate::policy::DecideError> for Error {
+    fn from(e: crate::policy::DecideError) -> Self {
+        match e {
+            crate::policy::DecideError::Denied(denied) => Self::Denied(denied),
+            crate::policy::DecideError::Engine(cause) => Self::Internal(cause),
+        }
+    }
+}
+
 impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -115,6 +124,19 @@ impl Error {
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
+    }
+
+    /// What `google.rpc.ErrorInfo.metadata` carries besides `fault`: for a refusal by policy,
+    /// `policy_version` and `determining_policies` (the `@id`s of the forbids that refused it,
+    /// comma-separated; empty when no permit applied).
+    pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        let Self::Denied(denied) = self else {
+            return Vec::new();
+        };
+        vec![
+            ("policy_version", denied.decision.policy_version.clone()),
+            ("determining_policies", denied.decision.policies_text()),
+        ]
     }
 }
 

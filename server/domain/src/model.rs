@@ -5,6 +5,7 @@ use std::fmt;
 use time::OffsetDateTime;
 
 use crate::lifecycle::{CertState, RequestState};
+use crate::policy::PolicyDecision;
 use crate::{Serial, SpiffeId};
 
 /// The kind of caller, decided by the CA that issued its client certificate (DESIGN §3).
@@ -106,6 +107,8 @@ pub struct RequestRecord {
     /// The join token created by a JOIN_TOKEN request.
     pub token_id: Option<String>,
     pub token_expires_at: Option<OffsetDateTime>,
+    /// The policy decision that approved or denied it; none when it never reached policy.
+    pub decision: Option<PolicyDecision>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     /// The server instance that last recorded or moved the request: while the request is
@@ -138,6 +141,8 @@ pub struct NewRequest {
     pub serial: Option<Serial>,
     pub token_id: Option<String>,
     pub token_expires_at: Option<OffsetDateTime>,
+    /// The policy decision that approved or denied it, if policy was asked.
+    pub decision: Option<PolicyDecision>,
     pub now: OffsetDateTime,
 }
 

@@ -1,179 +1,276 @@
-//! Issuance policy: which caller may obtain a certificate for which SPIFFE ID, with which DNS
-//! names, key types and maximum lifetime. Deny by default: a request is granted only by a rule
-//! that matches it, and a policy without rules grants nothing.
+//! Issuance policy as code (DESIGN §11): Cedar. A policy is a directory of text, a
+//! `schema.cedarschema` plus `*.cedar` files ([`PolicySource`]), loaded whole by
+//! [`Policy::load`]: parsed, checked and validated in strict mode against its schema, and refused
+//! whole with the file, line and message of every problem.
 //!
-//! An operator writes a [`PolicyDocument`] (the server reads it from TOML);
-//! [`Policy::from_document`] validates it once against the server's trust domain, so
-//! [`Policy::decide`] never meets a malformed pattern. Rules are tried in order and the first
-//! rule that matches decides:
+//! [`Policy::decide`] asks Cedar whether a principal may take an action on the SPIFFE ID asked
+//! for: a [`Principal::Node`] enrolling (`Action::"Issue"`) or a [`Principal::Workload`]
+//! renewing its own ID (`Action::"Renew"`), with the facts of the request as context (ttl, key
+//! type, DNS names, attestors, join token, environment). Deny by default: a request is granted
+//! only if a permit applies and no forbid does. Cedar alone decides; the annotations of the
+//! permits that granted it only shape what is granted (`@max_ttl_seconds`, `@server_auth`).
 //!
-//! - A **node** (bootstrap identity) is matched by a rule whose `nodes` match the node's ID and
-//!   whose `allow` matches the requested ID. If that rule has `require_join_token`, the node must
-//!   also have presented a valid join token bound to exactly the requested ID.
-//! - A **workload** renews its own ID: the first rule whose `allow` matches it decides; `nodes`
-//!   and join tokens do not apply.
-//!
-//! The deciding rule then checks the key type and every requested DNS name. This module is pure:
-//! no files, no TOML, no clock.
+//! Every decision carries the policy version (SHA-256 of the schema and the sorted policy texts)
+//! and the `@id`s of the policies that determined it, for the request record, the audit trail and
+//! the refusal. Cedar types never leave this module; it does no I/O (the server reads the
+//! directory).
 
-mod document;
-mod pattern;
+mod cedar;
+mod load;
 
+use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
-pub use document::{
-    DEFAULT_MAX_TTL_SECONDS, MAX_MAX_TTL_SECONDS, MIN_MAX_TTL_SECONDS, PolicyDocument, PolicyError,
-    RuleAt, RuleDocument, dev_policy,
-};
-pub use pattern::{DnsPattern, DnsPatternError, IdPattern, PatternError};
+pub use load::{LoadError, Problem};
 
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::types::KeyType;
 
-/// The policy refused a request. Each variant has a stable reason code.
+/// The schema's file name in a policy directory; every other policy file ends in `.cedar`.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+/// The extension of a policy file.
+pub const POLICY_EXTENSION: &str = "cedar";
+/// `@max_ttl_seconds` of a permit that does not set it: one hour.
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 3600;
+/// Smallest `@max_ttl_seconds` a permit may set: one minute.
+pub const MIN_MAX_TTL_SECONDS: u64 = 60;
+/// Largest `@max_ttl_seconds` a permit may set: 30 days.
+pub const MAX_MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// The `environment` in every decision's context unless the server sets another.
+pub const DEFAULT_ENVIRONMENT: &str = "production";
+/// The reason code of every refusal by policy.
+pub const POLICY_DENIED: &str = "POLICY_DENIED";
+
+/// A policy directory as text: what [`Policy::load`] takes. The server reads it from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    /// The text of [`SCHEMA_FILE`].
+    pub schema: String,
+    /// The `*.cedar` files, in any order.
+    pub files: Vec<PolicyFile>,
+}
+
+/// One `*.cedar` file: its name (as problems name it) and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl PolicySource {
+    /// The policy `mintgate serve --dev` runs with (trust domain `dev.mintgate.local`), shipped
+    /// in `server/policy/dev/`: nodes `/node/<name>` may enroll `/workload/...` identities with
+    /// DNS names one label under `svc.cluster.local`, and `/joined/...` identities with a join
+    /// token bound to the identity asked for; those workloads renew themselves.
+    pub fn dev() -> Self {
+        Self {
+            schema: include_str!("../../policy/dev/schema.cedarschema").to_owned(),
+            files: vec![PolicyFile {
+                name: "issuance.cedar".to_owned(),
+                text: include_str!("../../policy/dev/issuance.cedar").to_owned(),
+            }],
+        }
+    }
+}
+
+/// Who is asking, as attestation established it. Each principal has one action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal<'a> {
+    /// A node (bootstrap) identity calling Enroll: `Node`, `Action::"Issue"`.
+    Node(&'a SpiffeId),
+    /// A workload renewing its own identity: `Workload`, `Action::"Renew"`.
+    Workload(&'a SpiffeId),
+}
+
+/// What a decision needs: who asks, what for, and how the caller was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionInput<'a> {
+    pub principal: Principal<'a>,
+    /// The SPIFFE ID asked for (the resource).
+    pub spiffe_id: &'a SpiffeId,
+    /// The lifetime asked for, if any.
+    pub ttl: Option<Duration>,
+    pub key_type: KeyType,
+    /// Lower-case DNS names asked for.
+    pub dns_names: &'a [String],
+    /// Names of the attestors that vouched for the caller.
+    pub attestors: &'a [&'a str],
+    /// A valid join token bound to exactly `spiffe_id` came with the request.
+    pub join_token: bool,
+}
+
+/// Which policy decided: the version of the policy set and the `@id`s of the policies that
+/// determined the decision (the permits that granted it, or the forbids that refused it; none
+/// when nothing permitted it). Recorded with the request, in the audit trail and in refusals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    pub policy_version: String,
+    /// Sorted; `@id`s never contain a comma, so [`PolicyDecision::policies_text`] is unambiguous.
+    pub policies: Vec<String>,
+}
+
+impl PolicyDecision {
+    /// The ids joined by commas (empty when there are none), as stored and sent.
+    pub fn policies_text(&self) -> String {
+        self.policies.join(",")
+    }
+}
+
+/// What the policy granted, and under which decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub decision: PolicyDecision,
+    /// The longest `@max_ttl_seconds` of the permits that granted it.
+    pub max_ttl: Duration,
+    /// One of the permits that granted it has `@server_auth("true")`.
+    pub server_auth: bool,
+}
+
+/// The policy refused a request: no permit applied, or a forbid did.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    #[error("no policy rule grants {0} to this caller")]
-    SpiffeIdNotGranted(SpiffeId),
-    #[error("the policy rule that grants this SPIFFE ID does not grant the DNS name {0:?}")]
-    DnsNameNotGranted(String),
-    #[error("the policy rule that grants this SPIFFE ID does not allow {0} keys")]
-    KeyTypeNotAllowed(KeyType),
-    #[error("the policy requires a join token bound to the requested SPIFFE ID")]
-    JoinTokenRequired,
+#[error("{}", self.describe())]
+pub struct Denied {
+    pub decision: PolicyDecision,
+    /// A forbid applied (its ids are the decision's policies), rather than no permit.
+    pub forbidden: bool,
 }
 
 impl Denied {
     /// The stable reason code sent in `google.rpc.ErrorInfo`.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Self::SpiffeIdNotGranted(_) => "SPIFFE_ID_NOT_GRANTED",
-            Self::DnsNameNotGranted(_) => "DNS_NAME_NOT_GRANTED",
-            Self::KeyTypeNotAllowed(_) => "KEY_TYPE_NOT_ALLOWED_BY_POLICY",
-            Self::JoinTokenRequired => "JOIN_TOKEN_REQUIRED",
+        POLICY_DENIED
+    }
+
+    fn describe(&self) -> String {
+        if self.forbidden {
+            format!(
+                "the policy forbids this request ({})",
+                self.decision.policies.join(", ")
+            )
+        } else {
+            "no policy permits this request".to_owned()
         }
     }
 }
 
-/// Who is asking, as established by the handshake and attestation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requester<'a> {
-    /// A node (bootstrap) identity. `join_token_for` is the SPIFFE ID a valid join token it
-    /// presented is bound to, if it presented one.
-    Node {
-        id: &'a SpiffeId,
-        join_token_for: Option<&'a SpiffeId>,
-    },
-    /// A workload renewing its own identity.
-    Workload { id: &'a SpiffeId },
+/// Why [`Policy::decide`] gave no grant.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// Cedar refused a request Mintgate built: a bug, since every load proves the schema
+    /// accepts them.
+    #[error("the policy engine refused the request it was given")]
+    Engine(#[source] crate::error::Cause),
 }
 
-/// What a decision needs: the requester and what the CSR asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecisionInput<'a> {
-    pub requester: Requester<'a>,
-    pub spiffe_id: &'a SpiffeId,
-    pub dns_names: &'a [String],
-    pub key_type: KeyType,
-}
-
-/// What the policy granted, and which rule of which policy version granted it (for the audit
-/// trail).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    pub rule: String,
-    pub policy_version: String,
-    pub max_ttl: Duration,
-    pub server_auth: bool,
-}
-
-/// A validated policy. Built only by [`Policy::from_document`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A loaded, validated policy set. Built only by [`Policy::load`]; decides without I/O.
 pub struct Policy {
     version: String,
-    rules: Vec<Rule>,
+    environment: String,
+    engine: cedar::Engine,
+    /// What each permit grants, by `@id`.
+    limits: HashMap<String, Limits>,
+    warnings: Vec<Problem>,
 }
 
-/// A validated rule: patterns parsed, defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Rule {
-    name: String,
-    nodes: Vec<IdPattern>,
-    allow: Vec<IdPattern>,
-    require_join_token: bool,
+/// What a permit's annotations grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limits {
     max_ttl: Duration,
-    key_types: Vec<KeyType>,
-    dns_names: Vec<DnsPattern>,
     server_auth: bool,
 }
 
 impl Policy {
-    /// Decides a request: the first matching rule grants or refuses it; no rule refuses it.
-    pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Grant, Denied> {
-        let wanted = input.spiffe_id;
-        let not_granted = || Denied::SpiffeIdNotGranted(wanted.clone());
-        let rule = match input.requester {
-            Requester::Node { id, join_token_for } => {
-                let rule = self
-                    .rules
-                    .iter()
-                    .find(|rule| rule.applies_to_node(id) && rule.allows(wanted))
-                    .ok_or_else(not_granted)?;
-                if rule.require_join_token && join_token_for != Some(wanted) {
-                    return Err(Denied::JoinTokenRequired);
-                }
-                rule
-            }
-            Requester::Workload { id } => {
-                // A workload may only renew its own identity; attestation checks this too.
-                if id != wanted {
-                    return Err(not_granted());
-                }
-                self.rules
-                    .iter()
-                    .find(|rule| rule.allows(wanted))
-                    .ok_or_else(not_granted)?
-            }
-        };
-        rule.check_request(input)?;
-        Ok(Grant {
-            rule: rule.name.clone(),
-            policy_version: self.version.clone(),
-            max_ttl: rule.max_ttl,
-            server_auth: rule.server_auth,
+    /// Loads a policy directory: every file parsed, every policy checked (a unique `@id`, known
+    /// annotations with valid values, no trust domain but `trust_domain`'s, or with `None` no
+    /// two different ones), the whole set validated in strict mode against the schema, and the
+    /// schema proved to accept the requests Mintgate makes. Any problem refuses the whole
+    /// directory, naming the file and line of each.
+    pub fn load(
+        source: &PolicySource,
+        trust_domain: Option<&TrustDomain>,
+    ) -> Result<Self, LoadError> {
+        let loaded = load::load(source, trust_domain)?;
+        Ok(Self {
+            version: loaded.version,
+            environment: DEFAULT_ENVIRONMENT.to_owned(),
+            engine: loaded.engine,
+            limits: loaded.limits,
+            warnings: loaded.warnings,
         })
     }
 
-    /// The version label of the document this policy was built from.
+    /// The `environment` decisions see in their context (default [`DEFAULT_ENVIRONMENT`]).
+    pub fn with_environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = environment.into();
+        self
+    }
+
+    /// Decides a request. Granted only if a permit applies and no forbid does; a forbid that
+    /// fails to evaluate counts as applying (Cedar would skip it).
+    pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Grant, DecideError> {
+        let outcome = self.engine.decide(input, &self.environment)?;
+        let decision = |mut policies: Vec<String>| {
+            policies.sort();
+            PolicyDecision {
+                policy_version: self.version.clone(),
+                policies,
+            }
+        };
+        if !outcome.errored_forbids.is_empty() || !outcome.allowed {
+            let forbidden = !outcome.errored_forbids.is_empty() || !outcome.determining.is_empty();
+            let mut ids = outcome.errored_forbids;
+            if ids.is_empty() {
+                ids = outcome.determining;
+            }
+            return Err(Denied {
+                decision: decision(ids),
+                forbidden,
+            }
+            .into());
+        }
+        let granted = outcome
+            .determining
+            .iter()
+            .filter_map(|id| self.limits.get(id));
+        let max_ttl = granted
+            .clone()
+            .map(|l| l.max_ttl)
+            .max()
+            .unwrap_or(Duration::from_secs(DEFAULT_MAX_TTL_SECONDS));
+        let server_auth = granted.clone().any(|l| l.server_auth);
+        Ok(Grant {
+            decision: decision(outcome.determining),
+            max_ttl,
+            server_auth,
+        })
+    }
+
+    /// SHA-256 (hex) of the schema and the sorted policy texts, each length-prefixed: the same
+    /// texts give the same version whatever the files are called.
     pub fn version(&self) -> &str {
         &self.version
     }
 
-    pub fn rule_count(&self) -> usize {
-        self.rules.len()
+    pub fn policy_count(&self) -> usize {
+        self.engine.len()
+    }
+
+    /// What the validator warns about (never a reason to refuse the policy).
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
     }
 }
 
-impl Rule {
-    fn applies_to_node(&self, node: &SpiffeId) -> bool {
-        self.nodes.iter().any(|pattern| pattern.matches(node))
-    }
-
-    fn allows(&self, id: &SpiffeId) -> bool {
-        self.allow.iter().any(|pattern| pattern.matches(id))
-    }
-
-    /// The checks made by the deciding rule once it is chosen: key type, then DNS names.
-    fn check_request(&self, input: &DecisionInput<'_>) -> Result<(), Denied> {
-        if !self.key_types.contains(&input.key_type) {
-            return Err(Denied::KeyTypeNotAllowed(input.key_type));
-        }
-        for name in input.dns_names {
-            if !self.dns_names.iter().any(|pattern| pattern.matches(name)) {
-                return Err(Denied::DnsNameNotGranted(name.clone()));
-            }
-        }
-        Ok(())
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("version", &self.version)
+            .field("environment", &self.environment)
+            .field("policies", &self.policy_count())
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,6 +7,7 @@ use mintgate_domain::model::{
     BlockRecord, CertificateRecord, InstanceId, JoinTokenRecord, RequestKind, RequestRecord,
     RevocationReason, RevocationRecord,
 };
+use mintgate_domain::policy::PolicyDecision;
 use mintgate_domain::store::StoreError;
 use time::OffsetDateTime;
 
@@ -31,6 +32,16 @@ pub(crate) fn request(m: request::Model) -> Result<RequestRecord, StoreError> {
         state: RequestState::parse(&m.state).ok_or_else(|| corrupt("request state"))?,
         serial: m.serial.as_deref().map(serial).transpose()?,
         token_expires_at: m.token_expires_at.map(ts).transpose()?,
+        decision: m.policy_version.map(|policy_version| PolicyDecision {
+            policy_version,
+            policies: m
+                .policy_ids
+                .iter()
+                .flat_map(|ids| ids.split(','))
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }),
         created_at: ts(m.created_at)?,
         updated_at: ts(m.updated_at)?,
         caller: m.caller,

@@ -22,6 +22,10 @@ pub mod request {
         pub updated_at: i64,
         /// The instance that last inserted or moved the request (its lease holder while APPROVED).
         pub lease_holder: Option<i64>,
+        /// SHA-256 (hex) of the policy that decided, if policy was asked.
+        pub policy_version: Option<String>,
+        /// The `@id`s of the determining policies, comma-separated.
+        pub policy_ids: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

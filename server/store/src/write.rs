@@ -11,6 +11,7 @@ use mintgate_domain::model::{
     BlockRecord, CertificateRecord, IdentityScope, InstanceId, JoinTokenRecord, NewRequest,
     NewRevocation, RequestRecord, RevocationRecord, StoredStatus,
 };
+use mintgate_domain::policy::PolicyDecision;
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
     TokenUse, Unblocked,
@@ -357,6 +358,8 @@ pub(crate) fn request_model(r: NewRequest, holder: InstanceId) -> request::Activ
         created_at: Set(now),
         updated_at: Set(now),
         lease_holder: Set(Some(holder.0)),
+        policy_ids: Set(r.decision.as_ref().map(PolicyDecision::policies_text)),
+        policy_version: Set(r.decision.map(|d| d.policy_version)),
     }
 }
 

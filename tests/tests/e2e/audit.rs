@@ -64,7 +64,7 @@ async fn audited(backend: Backend) {
             .detail
             .as_deref()
             .unwrap()
-            .contains("SPIFFE_ID_NOT_GRANTED")
+            .contains("POLICY_DENIED")
     );
 
     // The database itself refuses UPDATE and DELETE.

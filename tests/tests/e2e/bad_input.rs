@@ -248,7 +248,7 @@ async fn not_granted(backend: Backend) {
         &node,
         enroll_request("not-granted", &other),
         Code::PermissionDenied,
-        "SPIFFE_ID_NOT_GRANTED",
+        "POLICY_DENIED",
     )
     .await;
     let (dns, _) = csr(WORKLOAD, &["evil.example.com"]);
@@ -256,7 +256,7 @@ async fn not_granted(backend: Backend) {
         &node,
         enroll_request("dns", &dns),
         Code::PermissionDenied,
-        "DNS_NAME_NOT_GRANTED",
+        "POLICY_DENIED",
     )
     .await;
 

@@ -12,7 +12,7 @@ use mintgate_api::peer::PeerClassifier;
 use mintgate_ca::{CertificateAuthority, DevPki};
 use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::model::{Caller, CallerKind};
-use mintgate_domain::policy::{Policy, dev_policy};
+use mintgate_domain::policy::{Policy, PolicySource};
 use mintgate_domain::ports::{CrlSpec, IssueSpec, SignedCertificate, Signer, SignerError};
 use mintgate_domain::service::{APPROVAL_LEASE, IssueInput, JoinTokenSecret, Mintgate, Parts};
 use mintgate_domain::store::CertificateStore;
@@ -195,7 +195,7 @@ impl FirstServer {
             }),
             clock,
             random: Arc::new(OsRandom),
-            policy: Arc::new(Policy::from_document(dev_policy(&td), &td).unwrap()),
+            policy: Arc::new(Policy::load(&PolicySource::dev(), Some(&td)).unwrap()),
             trust_domain: td,
             token_secret: JoinTokenSecret::new(secret),
             min_lifetime: DEFAULT_MIN_LIFETIME,

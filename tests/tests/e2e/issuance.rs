@@ -166,7 +166,7 @@ async fn join_tokens(backend: Backend) {
     assert_eq!(token.spiffe_id, joined);
     let node = server.node().await;
 
-    // The dev policy asks for a token for joined/**.
+    // The dev policy asks for a token for joined/... (policy "join-token").
     let (csr_pem, _) = csr(joined, &[]);
     let err = node
         .enroll(enroll_request("j-0", &csr_pem))
@@ -174,7 +174,7 @@ async fn join_tokens(backend: Backend) {
         .unwrap_err();
     assert_eq!(
         (err.code, err.reason.as_str()),
-        (tonic::Code::PermissionDenied, "JOIN_TOKEN_REQUIRED")
+        (tonic::Code::PermissionDenied, "POLICY_DENIED")
     );
 
     // A token for another identity does not help.

@@ -16,6 +16,7 @@ mod issuance;
 mod metrics;
 mod mtls;
 mod otlp;
+mod policy;
 mod queue;
 mod refusals;
 mod renewal;

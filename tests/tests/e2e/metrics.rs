@@ -110,7 +110,7 @@ async fn metrics_move(backend: Backend) {
         .enroll(enroll_request("metrics-refused", &denied))
         .await
         .unwrap_err();
-    assert_eq!(err.reason, "SPIFFE_ID_NOT_GRANTED");
+    assert_eq!(err.reason, "POLICY_DENIED");
     admin
         .revoke(revoke_request(
             "metrics-revoke",
@@ -137,7 +137,7 @@ async fn metrics_move(backend: Backend) {
     let refused = [
         ("rpc", "Enroll"),
         ("class", "user"),
-        ("reason", "SPIFFE_ID_NOT_GRANTED"),
+        ("reason", "POLICY_DENIED"),
     ];
     assert_eq!(delta(OUTCOMES, &refused), 1.0);
     assert_eq!(delta(OUTCOMES, &[("class", "system")]), 0.0);
@@ -255,11 +255,11 @@ async fn rpc_spans_carry_the_request_id_the_caller_and_each_transition() {
 
     let refused = of("spans-refused");
     let steps = transitions(&refused);
-    assert_eq!(steps, ["ENROLL RECEIVED->DENIED SPIFFE_ID_NOT_GRANTED"]);
+    assert_eq!(steps, ["ENROLL RECEIVED->DENIED POLICY_DENIED"]);
     assert!(
         refused
             .iter()
-            .any(|e| e.field("reason") == Some("SPIFFE_ID_NOT_GRANTED")),
+            .any(|e| e.field("reason") == Some("POLICY_DENIED")),
         "the refusal is logged with its reason: {refused:?}"
     );
     server.shutdown().await;

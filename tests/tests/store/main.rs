@@ -190,6 +190,7 @@ pub fn request(
         serial,
         token_id: None,
         token_expires_at: None,
+        decision: None,
         now: at(0),
     }
 }

@@ -4,6 +4,7 @@
 use mintgate_domain::audit::{AuditEvent, verify_chain};
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::model::{NewRequest, RequestKind, RequestRecord};
+use mintgate_domain::policy::PolicyDecision;
 use mintgate_domain::store::{CertificateStore, Inserted};
 use mintgate_tests::{Backend, both_backends};
 use tokio::task::JoinSet;
@@ -19,6 +20,10 @@ async fn round_trip(backend: Backend) {
         reason: Some("POLICY_DENIED".to_owned()),
         token_id: Some("tok-1".to_owned()),
         token_expires_at: Some(at(900)),
+        decision: Some(PolicyDecision {
+            policy_version: "ab".repeat(32),
+            policies: vec!["no-db".to_owned(), "web:2".to_owned()],
+        }),
         now: at(5),
         ..request(NODE, "r-1", RequestState::PendingApproval, Some(serial(1)))
     };
@@ -44,6 +49,7 @@ async fn round_trip(backend: Backend) {
         serial: Some(serial(1)),
         token_id: Some("tok-1".to_owned()),
         token_expires_at: Some(at(900)),
+        decision: new.decision.clone(),
         created_at: at(5),
         updated_at: at(5),
         lease_holder: Some(h.store.instance_id()),

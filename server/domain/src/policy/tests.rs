@@ -1,9 +1,49 @@
-//! Decision tests: what a node or workload is granted or refused, and why.
+//! Decision tests: what a node or workload is granted or refused, with which limits, and which
+//! policies decided.
 
 use super::*;
-use crate::spiffe::TrustDomain;
 
 const TD: &str = "prod.example";
+
+/// Limits from annotations and context conditions, two permits that can both apply, a join
+/// token requirement, and a forbid on the ttl asked for.
+const POLICY: &str = r#"
+@id("web")
+@max_ttl_seconds("900")
+@server_auth("true")
+permit (
+  principal,
+  action in [Action::"Issue", Action::"Renew"],
+  resource in TrustDomain::"prod.example"
+)
+when {
+  (principal is Workload ||
+   (principal.path like "/node/web/*" && principal.segments == 3)) &&
+  resource.path like "/web/*" && resource.segments == 2 &&
+  ["P-256", "Ed25519"].contains(context.key_type) &&
+  ["*.web.svc.cluster.local"].containsAll(context.dns_wildcards)
+};
+
+@id("api-names")
+permit (principal is Node, action == Action::"Issue", resource)
+when {
+  principal.path like "/node/web/*" && resource.path == "/web/api" &&
+  ["api.example.com", "www.example.com"].containsAll(context.dns_names)
+};
+
+@id("joined")
+@max_ttl_seconds("300")
+permit (principal, action in [Action::"Issue", Action::"Renew"], resource)
+when {
+  (principal is Workload || (principal.path like "/node/*" && context.join_token)) &&
+  resource.path like "/joined/*" &&
+  context.dns_names.isEmpty()
+};
+
+@id("no-long-ttls")
+forbid (principal, action, resource)
+when { context has ttl_seconds && context.ttl_seconds > 86400 };
+"#;
 
 fn td() -> TrustDomain {
     TrustDomain::parse(TD).unwrap()
@@ -13,304 +53,341 @@ fn id(path: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://{TD}{path}")).unwrap()
 }
 
-fn rule(name: &str, nodes: &[&str], allow: &[&str]) -> RuleDocument {
-    let full = |paths: &[&str]| {
-        paths
-            .iter()
-            .map(|p| format!("spiffe://{TD}{p}"))
-            .collect::<Vec<_>>()
+fn policy(text: &str) -> Policy {
+    let source = PolicySource {
+        schema: PolicySource::dev().schema,
+        files: vec![PolicyFile {
+            name: "test.cedar".to_owned(),
+            text: text.to_owned(),
+        }],
     };
-    RuleDocument {
-        name: name.to_owned(),
-        nodes: full(nodes),
-        allow: full(allow),
-        require_join_token: false,
-        max_ttl_seconds: None,
-        key_types: None,
-        dns_names: Vec::new(),
-        server_auth: false,
+    Policy::load(&source, Some(&td())).unwrap()
+}
+
+/// One request of the table.
+struct Ask {
+    node: Option<&'static str>,
+    wanted: &'static str,
+    ttl: Option<u64>,
+    key: KeyType,
+    dns: &'static [&'static str],
+    token: bool,
+}
+
+/// A node enrolling `wanted` with a P-256 key and nothing else.
+fn node(node: &'static str, wanted: &'static str) -> Ask {
+    Ask {
+        node: Some(node),
+        wanted,
+        ttl: None,
+        key: KeyType::EcdsaP256,
+        dns: &[],
+        token: false,
     }
 }
 
-fn policy(rules: Vec<RuleDocument>) -> Policy {
-    let doc = PolicyDocument {
-        version: "v7".to_owned(),
-        rules,
-    };
-    Policy::from_document(doc, &td()).unwrap()
+/// `wanted` renewing itself.
+fn workload(wanted: &'static str) -> Ask {
+    Ask {
+        node: None,
+        ..node("", wanted)
+    }
 }
 
-fn node_asks(
-    policy: &Policy,
-    node: &SpiffeId,
-    token: Option<&SpiffeId>,
-    wanted: &SpiffeId,
-    dns: &[String],
-    key_type: KeyType,
-) -> Result<Grant, Denied> {
-    policy.decide(&DecisionInput {
-        requester: Requester::Node {
-            id: node,
-            join_token_for: token,
-        },
-        spiffe_id: wanted,
-        dns_names: dns,
-        key_type,
-    })
+impl Ask {
+    fn dns(self, dns: &'static [&'static str]) -> Self {
+        Self { dns, ..self }
+    }
+
+    fn key(self, key: KeyType) -> Self {
+        Self { key, ..self }
+    }
+
+    fn ttl(self, secs: u64) -> Self {
+        Self {
+            ttl: Some(secs),
+            ..self
+        }
+    }
+
+    fn token(self) -> Self {
+        Self {
+            token: true,
+            ..self
+        }
+    }
+
+    fn decide(&self, policy: &Policy) -> Result<Grant, Denied> {
+        let node = self.node.map(id);
+        let wanted = id(self.wanted);
+        let dns: Vec<String> = self.dns.iter().map(|d| (*d).to_owned()).collect();
+        let (principal, attestors): (_, &[&str]) = match &node {
+            Some(n) if self.token => (Principal::Node(n), &["node_cert", "join_token"]),
+            Some(n) => (Principal::Node(n), &["node_cert"]),
+            None => (Principal::Workload(&wanted), &["workload_cert"]),
+        };
+        policy
+            .decide(&DecisionInput {
+                principal,
+                spiffe_id: &wanted,
+                ttl: self.ttl.map(Duration::from_secs),
+                key_type: self.key,
+                dns_names: &dns,
+                attestors,
+                join_token: self.token,
+            })
+            .map_err(|e| match e {
+                DecideError::Denied(d) => d,
+                DecideError::Engine(e) => panic!("engine: {e}"),
+            })
+    }
 }
 
-fn node_asks_simply(policy: &Policy, node: &str, wanted: &str) -> Result<Grant, Denied> {
-    node_asks(
-        policy,
-        &id(node),
-        None,
-        &id(wanted),
-        &[],
-        KeyType::EcdsaP256,
-    )
+/// What a row expects: granted by these ids with (max ttl, serverAuth), or denied.
+enum Expect {
+    Granted(&'static [&'static str], u64, bool),
+    NoPermit,
+    Forbidden(&'static [&'static str]),
 }
 
-fn workload_renews(policy: &Policy, who: &SpiffeId, wanted: &SpiffeId) -> Result<Grant, Denied> {
-    policy.decide(&DecisionInput {
-        requester: Requester::Workload { id: who },
-        spiffe_id: wanted,
-        dns_names: &[],
-        key_type: KeyType::Ed25519,
-    })
+#[test]
+fn the_decision_table() {
+    use Expect::*;
+    let p = policy(POLICY);
+    let rows: Vec<(&str, Ask, Expect)> = vec![
+        // Per-node paths: `*` is one segment where `segments` pins it.
+        (
+            "a web node enrolls a web ID with the permit's limits",
+            node("/node/web/n1", "/web/shop"),
+            Granted(&["web"], 900, true),
+        ),
+        (
+            "another pool's node",
+            node("/node/db/n1", "/web/shop"),
+            NoPermit,
+        ),
+        (
+            "a node one level too deep",
+            node("/node/web/rack/n1", "/web/shop"),
+            NoPermit,
+        ),
+        (
+            "an ID one level too deep",
+            node("/node/web/n1", "/web/shop/v1"),
+            NoPermit,
+        ),
+        (
+            "an ID nobody grants",
+            node("/node/web/n1", "/db/main"),
+            NoPermit,
+        ),
+        // Key types.
+        (
+            "Ed25519 is in the permit's list",
+            node("/node/web/n1", "/web/shop").key(KeyType::Ed25519),
+            Granted(&["web"], 900, true),
+        ),
+        (
+            "RSA-2048 is not",
+            node("/node/web/n1", "/web/shop").key(KeyType::Rsa2048),
+            NoPermit,
+        ),
+        // DNS names: one label under a wildcard, or exactly listed.
+        (
+            "one label under the wildcard",
+            node("/node/web/n1", "/web/shop")
+                .dns(&["shop.web.svc.cluster.local", "cart.web.svc.cluster.local"]),
+            Granted(&["web"], 900, true),
+        ),
+        (
+            "two labels under the wildcard",
+            node("/node/web/n1", "/web/shop").dns(&["a.shop.web.svc.cluster.local"]),
+            NoPermit,
+        ),
+        (
+            "one name outside the wildcard",
+            node("/node/web/n1", "/web/shop")
+                .dns(&["shop.web.svc.cluster.local", "evil.example.com"]),
+            NoPermit,
+        ),
+        (
+            "a one-label name",
+            node("/node/web/n1", "/web/shop").dns(&["localhost"]),
+            NoPermit,
+        ),
+        (
+            "exactly listed names, under another permit with default limits",
+            node("/node/web/n1", "/web/api").dns(&["api.example.com"]),
+            Granted(&["api-names"], 3600, false),
+        ),
+        (
+            "a name the list lacks",
+            node("/node/web/n1", "/web/api").dns(&["api.example.com", "x.example.com"]),
+            NoPermit,
+        ),
+        // Two permits apply: the most generous limits of either.
+        (
+            "both permits",
+            node("/node/web/n1", "/web/api"),
+            Granted(&["api-names", "web"], 3600, true),
+        ),
+        // The join token requirement.
+        ("no token", node("/node/batch/n1", "/joined/job"), NoPermit),
+        (
+            "a token bound to the ID",
+            node("/node/batch/n1", "/joined/job").token(),
+            Granted(&["joined"], 300, false),
+        ),
+        (
+            "a token does not widen what a node may ask for",
+            node("/node/batch/n1", "/web/shop").token(),
+            NoPermit,
+        ),
+        // Renewal: the workload's own ID, no node and no token.
+        (
+            "a web workload renews",
+            workload("/web/shop"),
+            Granted(&["web"], 900, true),
+        ),
+        (
+            "a joined workload renews without a token",
+            workload("/joined/job"),
+            Granted(&["joined"], 300, false),
+        ),
+        (
+            "api-names permits Issue only",
+            workload("/web/api").dns(&["api.example.com"]),
+            NoPermit,
+        ),
+        // TTL: a permit's maximum is a limit (the service cuts to it); a forbid can refuse.
+        (
+            "a ttl above the maximum is still granted the maximum",
+            node("/node/web/n1", "/web/shop").ttl(7200),
+            Granted(&["web"], 900, true),
+        ),
+        (
+            "a forbid on the ttl asked for wins over the permit",
+            node("/node/web/n1", "/web/shop").ttl(2 * 86400),
+            Forbidden(&["no-long-ttls"]),
+        ),
+    ];
+    for (what, ask, expect) in rows {
+        let got = ask.decide(&p);
+        match (expect, got) {
+            (Granted(ids, max_ttl, server_auth), Ok(grant)) => {
+                assert_eq!(grant.decision.policies, ids, "{what}");
+                assert_eq!(grant.decision.policy_version, p.version(), "{what}");
+                assert_eq!(grant.max_ttl, Duration::from_secs(max_ttl), "{what}");
+                assert_eq!(grant.server_auth, server_auth, "{what}");
+            }
+            (NoPermit, Err(denied)) => {
+                assert!(!denied.forbidden, "{what}");
+                assert!(denied.decision.policies.is_empty(), "{what}");
+                assert_eq!(denied.decision.policy_version, p.version(), "{what}");
+                assert_eq!(denied.reason(), "POLICY_DENIED");
+                assert_eq!(denied.to_string(), "no policy permits this request");
+            }
+            (Forbidden(ids), Err(denied)) => {
+                assert!(denied.forbidden, "{what}");
+                assert_eq!(denied.decision.policies, ids, "{what}");
+                assert_eq!(denied.reason(), "POLICY_DENIED");
+            }
+            (_, got) => panic!("{what}: got {got:?}"),
+        }
+    }
 }
 
 #[test]
 fn an_empty_policy_denies_everything() {
-    let p = policy(Vec::new());
-    assert_eq!(p.rule_count(), 0);
-    let err = node_asks_simply(&p, "/node/n1", "/workload/a").unwrap_err();
-    assert_eq!(err, Denied::SpiffeIdNotGranted(id("/workload/a")));
-    assert_eq!(err.reason(), "SPIFFE_ID_NOT_GRANTED");
-    let w = id("/workload/a");
-    assert!(workload_renews(&p, &w, &w).is_err());
+    let p = policy("");
+    assert_eq!(p.policy_count(), 0);
+    let err = node("/node/web/n1", "/web/shop").decide(&p).unwrap_err();
+    assert!(!err.forbidden && err.decision.policies.is_empty());
+    assert!(workload("/web/shop").decide(&p).is_err());
 }
 
 #[test]
-fn a_matching_rule_grants_with_its_limits() {
-    let mut r = rule("web", &["/node/*"], &["/web/**"]);
-    r.max_ttl_seconds = Some(900);
-    r.server_auth = true;
-    let grant = node_asks_simply(&policy(vec![r]), "/node/n1", "/web/api").unwrap();
+fn a_forbid_that_fails_to_evaluate_refuses() {
+    // Overflows for any ttl of 2 s or more: Cedar skips an erroring policy; Mintgate does not.
+    let p = policy(&format!(
+        r#"{POLICY}
+@id("overflows")
+forbid (principal, action, resource)
+when {{ context has ttl_seconds && context.ttl_seconds * 4611686018427387904 > 0 }};
+"#
+    ));
+    let denied = node("/node/web/n1", "/web/shop")
+        .ttl(600)
+        .decide(&p)
+        .unwrap_err();
+    assert!(denied.forbidden);
+    assert_eq!(denied.decision.policies, ["overflows"]);
     assert_eq!(
-        grant,
-        Grant {
-            rule: "web".to_owned(),
-            policy_version: "v7".to_owned(),
-            max_ttl: Duration::from_secs(900),
-            server_auth: true,
-        }
+        denied.to_string(),
+        "the policy forbids this request (overflows)"
     );
+    assert!(node("/node/web/n1", "/web/shop").decide(&p).is_ok());
 }
 
 #[test]
-fn ids_outside_every_rule_are_not_granted() {
-    let p = policy(vec![rule("web", &["/node/*"], &["/web/*"])]);
-    for wanted in ["/web", "/web/api/v1", "/db/main", "/webx/api"] {
-        let err = node_asks_simply(&p, "/node/n1", wanted).unwrap_err();
-        assert_eq!(err.reason(), "SPIFFE_ID_NOT_GRANTED", "{wanted}");
-    }
-    let foreign = SpiffeId::parse("spiffe://other.example/web/api").unwrap();
-    let err = node_asks(&p, &id("/node/n1"), None, &foreign, &[], KeyType::EcdsaP256);
-    assert_eq!(err, Err(Denied::SpiffeIdNotGranted(foreign)));
+fn the_environment_is_in_the_context() {
+    let text = r#"
+@id("dev-only")
+permit (principal, action, resource) when { context.environment == "dev" };
+"#;
+    let ask = node("/node/web/n1", "/web/shop");
+    assert!(ask.decide(&policy(text)).is_err(), "default: production");
+    let dev = policy(text).with_environment("dev");
+    assert_eq!(ask.decide(&dev).unwrap().decision.policies, ["dev-only"]);
 }
 
 #[test]
-fn the_node_must_match_the_rule() {
-    let p = policy(vec![rule("web", &["/node/web-pool/*"], &["/web/**"])]);
-    assert!(node_asks_simply(&p, "/node/web-pool/n1", "/web/api").is_ok());
-    let err = node_asks_simply(&p, "/node/db-pool/n1", "/web/api").unwrap_err();
-    assert_eq!(err.reason(), "SPIFFE_ID_NOT_GRANTED");
-    let foreign_node = SpiffeId::parse("spiffe://other.example/node/web-pool/n1").unwrap();
-    let err = node_asks(
-        &p,
-        &foreign_node,
-        None,
-        &id("/web/api"),
-        &[],
-        KeyType::EcdsaP256,
-    );
-    assert_eq!(err.unwrap_err().reason(), "SPIFFE_ID_NOT_GRANTED");
+fn attestors_are_in_the_context() {
+    let text = r#"
+@id("tokens-only")
+permit (principal, action, resource) when { context.attestors.contains("join_token") };
+"#;
+    let p = policy(text);
+    assert!(node("/node/a", "/x").decide(&p).is_err());
+    assert!(node("/node/a", "/x").token().decide(&p).is_ok());
 }
 
 #[test]
-fn the_first_matching_rule_decides() {
-    let mut narrow = rule("narrow", &["/node/*"], &["/web/admin"]);
-    narrow.max_ttl_seconds = Some(300);
-    narrow.key_types = Some(vec!["P-384".to_owned()]);
-    let broad = rule("broad", &["/node/*"], &["/web/**"]);
-    let p = policy(vec![narrow.clone(), broad.clone()]);
-
-    let grant = node_asks(
-        &p,
-        &id("/node/n"),
-        None,
-        &id("/web/admin"),
-        &[],
-        KeyType::EcdsaP384,
+fn the_dev_policy_grants_workloads_and_joined_ids() {
+    let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
+    let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
+    let id = |path: &str| SpiffeId::parse(&format!("spiffe://dev.mintgate.local{path}")).unwrap();
+    let (worker, web, joined) = (
+        id("/node/worker-1"),
+        id("/workload/ns/web"),
+        id("/joined/laptop"),
     );
-    assert_eq!(grant.unwrap().rule, "narrow");
-    assert_eq!(
-        node_asks_simply(&p, "/node/n", "/web/api").unwrap().rule,
-        "broad"
-    );
-    // The deciding rule refuses P-256 even though the later rule would allow it.
-    assert_eq!(
-        node_asks_simply(&p, "/node/n", "/web/admin"),
-        Err(Denied::KeyTypeNotAllowed(KeyType::EcdsaP256))
-    );
-
-    let reversed = policy(vec![broad, narrow]);
-    let grant = node_asks_simply(&reversed, "/node/n", "/web/admin").unwrap();
-    assert_eq!(
-        (grant.rule.as_str(), grant.max_ttl.as_secs()),
-        ("broad", 3600)
-    );
-}
-
-#[test]
-fn rules_for_other_nodes_are_skipped() {
-    let other = rule("other-nodes", &["/node/other/*"], &["/web/**"]);
-    let mine = rule("mine", &["/node/mine/*"], &["/web/**"]);
-    let grant = node_asks_simply(&policy(vec![other, mine]), "/node/mine/n", "/web/a").unwrap();
-    assert_eq!(grant.rule, "mine");
-}
-
-#[test]
-fn key_types_outside_the_rule_are_refused() {
-    let mut r = rule("ec-only", &["/node/*"], &["/web/**"]);
-    r.key_types = Some(vec!["P-256".to_owned(), "Ed25519".to_owned()]);
-    let p = policy(vec![r]);
-    let (node, wanted) = (id("/node/n"), id("/web/a"));
-    assert!(node_asks(&p, &node, None, &wanted, &[], KeyType::Ed25519).is_ok());
-    let err = node_asks(&p, &node, None, &wanted, &[], KeyType::Rsa2048).unwrap_err();
-    assert_eq!(err, Denied::KeyTypeNotAllowed(KeyType::Rsa2048));
-    assert_eq!(err.reason(), "KEY_TYPE_NOT_ALLOWED_BY_POLICY");
-    assert_eq!(
-        err.to_string(),
-        "the policy rule that grants this SPIFFE ID does not allow RSA-2048 keys"
-    );
-}
-
-#[test]
-fn dns_names_must_each_be_granted() {
-    let mut r = rule("web", &["/node/*"], &["/web/**"]);
-    r.dns_names = vec![
-        "*.svc.cluster.local".to_owned(),
-        "api.example.com".to_owned(),
-    ];
-    let p = policy(vec![r]);
-    let (node, wanted) = (id("/node/n"), id("/web/a"));
-    let ask = |names: &[&str]| {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        node_asks(&p, &node, None, &wanted, &names, KeyType::EcdsaP256)
+    let ask = |principal, wanted: &SpiffeId, dns: &[String], token| {
+        p.decide(&DecisionInput {
+            principal,
+            spiffe_id: wanted,
+            ttl: None,
+            key_type: KeyType::Rsa4096,
+            dns_names: dns,
+            attestors: &["node_cert"],
+            join_token: token,
+        })
     };
-    assert!(ask(&[]).is_ok());
-    assert!(ask(&["web.svc.cluster.local", "api.example.com"]).is_ok());
-    let err = ask(&["web.svc.cluster.local", "evil.example.com"]).unwrap_err();
-    assert_eq!(
-        err,
-        Denied::DnsNameNotGranted("evil.example.com".to_owned())
-    );
-    assert_eq!(err.reason(), "DNS_NAME_NOT_GRANTED");
-    assert!(ask(&["a.b.svc.cluster.local"]).is_err());
-    assert!(ask(&["*.svc.cluster.local"]).is_err());
-}
-
-#[test]
-fn without_dns_patterns_no_dns_name_is_granted() {
-    let p = policy(vec![rule("web", &["/node/*"], &["/web/**"])]);
-    let err = node_asks(
-        &p,
-        &id("/node/n"),
-        None,
-        &id("/web/a"),
-        &["web.example.com".to_owned()],
-        KeyType::EcdsaP256,
-    );
-    assert_eq!(err.unwrap_err().reason(), "DNS_NAME_NOT_GRANTED");
-}
-
-#[test]
-fn join_token_rules_need_a_token_bound_to_the_requested_id() {
-    let mut r = rule("joined", &["/node/*"], &["/joined/**"]);
-    r.require_join_token = true;
-    let p = policy(vec![r]);
-    let (node, wanted, other) = (id("/node/n"), id("/joined/a"), id("/joined/b"));
-
-    let no_token = node_asks(&p, &node, None, &wanted, &[], KeyType::EcdsaP256).unwrap_err();
-    assert_eq!(no_token, Denied::JoinTokenRequired);
-    assert_eq!(no_token.reason(), "JOIN_TOKEN_REQUIRED");
-    let wrong = node_asks(&p, &node, Some(&other), &wanted, &[], KeyType::EcdsaP256);
-    assert_eq!(wrong, Err(Denied::JoinTokenRequired));
-    let granted = node_asks(&p, &node, Some(&wanted), &wanted, &[], KeyType::EcdsaP256);
-    assert_eq!(granted.unwrap().rule, "joined");
-}
-
-#[test]
-fn a_token_does_not_widen_what_a_node_may_ask_for() {
-    let mut r = rule("joined", &["/node/*"], &["/joined/**"]);
-    r.require_join_token = true;
-    let p = policy(vec![r]);
-    let wanted = id("/admin/root");
-    let err = node_asks(
-        &p,
-        &id("/node/n"),
-        Some(&wanted),
-        &wanted,
-        &[],
-        KeyType::EcdsaP256,
-    );
-    assert_eq!(err.unwrap_err().reason(), "SPIFFE_ID_NOT_GRANTED");
-}
-
-#[test]
-fn workloads_renew_their_own_id_without_nodes_or_tokens() {
-    let mut r = rule("joined", &["/node/*"], &["/joined/**"]);
-    r.require_join_token = true;
-    let p = policy(vec![r, rule("web", &["/node/*"], &["/web/**"])]);
-    let joined = id("/joined/a");
-    assert_eq!(
-        workload_renews(&p, &joined, &joined).unwrap().rule,
-        "joined"
-    );
-    let web = id("/web/a");
-    assert_eq!(workload_renews(&p, &web, &web).unwrap().rule, "web");
-
-    let err = workload_renews(&p, &web, &id("/web/b")).unwrap_err();
-    assert_eq!(err, Denied::SpiffeIdNotGranted(id("/web/b")));
-    let stray = id("/db/a");
-    assert_eq!(
-        workload_renews(&p, &stray, &stray).unwrap_err().reason(),
-        "SPIFFE_ID_NOT_GRANTED"
-    );
-}
-
-#[test]
-fn dev_policy_grants_workloads_and_joined_ids() {
-    let p = Policy::from_document(dev_policy(&td()), &td()).unwrap();
-    let node = id("/node/worker-1");
     let dns = ["web.svc.cluster.local".to_owned()];
-    let grant = node_asks(
-        &p,
-        &node,
-        None,
-        &id("/workload/ns/web"),
-        &dns,
-        KeyType::EcdsaP256,
-    );
-    assert_eq!(grant.unwrap().rule, "dev-nodes");
+    let grant = ask(Principal::Node(&worker), &web, &dns, false).unwrap();
+    assert_eq!(grant.decision.policies, ["dev-nodes"]);
+    assert_eq!(grant.max_ttl, Duration::from_secs(3600));
+    assert!(!grant.server_auth);
+    let evil = ["evil.example.com".to_owned()];
+    assert!(ask(Principal::Node(&worker), &web, &evil, false).is_err());
+    assert!(ask(Principal::Workload(&web), &web, &dns, false).is_ok());
 
-    let joined = id("/joined/laptop");
-    let err = node_asks(&p, &node, None, &joined, &[], KeyType::EcdsaP256);
-    assert_eq!(err, Err(Denied::JoinTokenRequired));
-    let grant = node_asks(&p, &node, Some(&joined), &joined, &[], KeyType::EcdsaP256);
-    assert_eq!(grant.unwrap().rule, "join-token");
+    assert!(ask(Principal::Node(&worker), &joined, &[], false).is_err());
+    let grant = ask(Principal::Node(&worker), &joined, &[], true).unwrap();
+    assert_eq!(grant.decision.policies, ["join-token"]);
+    assert!(ask(Principal::Workload(&joined), &joined, &[], false).is_ok());
 
-    let err = node_asks_simply(&p, "/workload/x", "/workload/y").unwrap_err();
-    assert_eq!(err.reason(), "SPIFFE_ID_NOT_GRANTED");
+    let not_a_node = id("/workload/x");
+    assert!(ask(Principal::Node(&not_a_node), &web, &[], false).is_err());
+    assert!(ask(Principal::Node(&worker), &id("/payments/api"), &[], false).is_err());
 }

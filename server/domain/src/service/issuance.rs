@@ -15,7 +15,7 @@ use crate::lifecycle::{
 };
 use crate::lifetime::{Clamp, renew_after};
 use crate::model::{Caller, CallerKind, NewRequest, RequestKind, RequestRecord};
-use crate::policy::{DecisionInput, Grant, Requester};
+use crate::policy::{DecisionInput, Grant, PolicyDecision, Principal};
 use crate::ports::IssueSpec;
 use crate::store::{CertificateStore, Inserted, NewCertificate, StoreError, TokenUse};
 use crate::{Error, ErrorClass, RequestId, Serial, Ttl};
@@ -138,6 +138,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: Some(serial.clone()),
             token_id: approval.token.clone(),
             token_expires_at: None,
+            decision: Some(approval.grant.decision.clone()),
             now,
         };
         let token = approval.token.as_ref().map(|token_id| TokenUse {
@@ -169,6 +170,11 @@ impl<S: CertificateStore> Mintgate<S> {
         consumed_by_this_request: Option<&str>,
     ) -> Result<Approval, Error> {
         let csr = validate_csr(&input.csr, &self.trust_domain)?;
+        // Any valid lifetime; the policy's maximum cuts it once policy has decided.
+        let requested = input
+            .ttl
+            .map(|(s, n)| Ttl::from_parts(s, n, Duration::MAX))
+            .transpose()?;
         if self
             .store
             .identity_block(csr.spiffe_id.as_str())
@@ -179,7 +185,7 @@ impl<S: CertificateStore> Mintgate<S> {
         }
         let mut attested = Attested::default();
         let mut supersedes = None;
-        let requester = match (kind, caller.kind) {
+        let principal = match (kind, caller.kind) {
             (RequestKind::Enroll, CallerKind::Node) => {
                 let evidence = Evidence {
                     wanted: &csr.spiffe_id,
@@ -198,10 +204,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 let Some(node) = &attested.node else {
                     return Err(AttestationError::WrongCallerKind(caller.kind.as_str()).into());
                 };
-                Requester::Node {
-                    id: node,
-                    join_token_for: attested.bound_identity.as_ref(),
-                }
+                Principal::Node(node)
             }
             (RequestKind::Renew, CallerKind::Workload) => {
                 if csr.spiffe_id != caller.id {
@@ -215,7 +218,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 transition_cert(current.state, CertEvent::Supersede, current.not_after, now)?;
                 supersedes = Some(current.serial);
                 attested.via.push("workload_cert");
-                Requester::Workload { id: &caller.id }
+                Principal::Workload(&caller.id)
             }
             (RequestKind::Enroll, CallerKind::Workload) if csr.spiffe_id != caller.id => {
                 return Err(AttestationError::IdentityMismatch.into());
@@ -223,13 +226,17 @@ impl<S: CertificateStore> Mintgate<S> {
             (_, other) => return Err(AttestationError::WrongCallerKind(other.as_str()).into()),
         };
         let grant = self.policy.decide(&DecisionInput {
-            requester,
+            principal,
             spiffe_id: &csr.spiffe_id,
-            dns_names: &csr.dns_names,
+            ttl: requested.map(|t| t.as_duration()),
             key_type: csr.key_type,
+            dns_names: &csr.dns_names,
+            attestors: &attested.via,
+            join_token: attested.bound_identity.as_ref() == Some(&csr.spiffe_id),
         })?;
-        let (ttl, ttl_cut) = match input.ttl {
-            Some((s, n)) => Ttl::at_most(s, n, grant.max_ttl)?,
+        let (ttl, ttl_cut) = match requested {
+            Some(t) if t.as_duration() > grant.max_ttl => (Ttl::from_policy(grant.max_ttl), true),
+            Some(t) => (t, false),
             None => (Ttl::from_policy(grant.max_ttl), false),
         };
         // Last, and before anything is recorded: a CA too close to its end is a system fault,
@@ -297,7 +304,7 @@ impl<S: CertificateStore> Mintgate<S> {
         event.key_type = Some(approval.csr.key_type.to_string());
         event.not_before = Some(signed.not_before.unix_timestamp());
         event.not_after = Some(signed.not_after.unix_timestamp());
-        event.policy_rule = Some(approval.grant.rule.clone());
+        event.policy_rule = Some(approval.grant.decision.policies_text());
         event.request_id = Some(request_id.to_string());
         event.detail = Some(match self.clamp(signed.not_after, approval.ttl_cut) {
             None => "APPROVED->ISSUED".into(),
@@ -476,6 +483,7 @@ impl<S: CertificateStore> Mintgate<S> {
         );
         event.request_id = Some(request_id.to_string());
         let why = lapse.map(|l| format!(" ({l})")).unwrap_or_default();
+        event.policy_rule = Some(approval.grant.decision.policies_text());
         event.detail = Some(format!(
             "{}->APPROVED serial {serial}, abandoned serial {abandoned}{why}",
             existing.state.as_str()
@@ -552,6 +560,11 @@ impl<S: CertificateStore> Mintgate<S> {
             RequestState::Rejected => "request.rejected",
             _ => "request.denied",
         };
+        let decision = if let Error::Denied(denied) = &error {
+            Some(denied.decision.clone())
+        } else {
+            None
+        };
         let mut audit = self.audit(
             now,
             caller.id.as_str(),
@@ -560,6 +573,10 @@ impl<S: CertificateStore> Mintgate<S> {
         );
         audit.spiffe_id = Some(spiffe_id.clone()).filter(|s| !s.is_empty());
         audit.request_id = Some(request_id.to_string());
+        audit.policy_rule = decision
+            .as_ref()
+            .map(PolicyDecision::policies_text)
+            .filter(|ids| !ids.is_empty());
         audit.detail = Some(format!(
             "{kind} RECEIVED->{} {}",
             state.as_str(),
@@ -576,6 +593,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: None,
             token_id: None,
             token_expires_at: None,
+            decision,
             now,
         };
         match self
@@ -609,7 +627,7 @@ impl<S: CertificateStore> Mintgate<S> {
         event.dns_names = approval.csr.dns_names.clone();
         event.key_type = Some(approval.csr.key_type.to_string());
         event.not_after = Some(approval.not_after.unix_timestamp());
-        event.policy_rule = Some(approval.grant.rule.clone());
+        event.policy_rule = Some(approval.grant.decision.policies_text());
         event.request_id = Some(request_id.to_string());
         let mut via = approval.via.join("+");
         if let Some(t) = &approval.token {

@@ -118,6 +118,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: Some(serial.clone()),
             token_id: None,
             token_expires_at: None,
+            decision: None,
             now,
         };
         let revocation = NewRevocation {
@@ -305,6 +306,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 serial: None,
                 token_id: None,
                 token_expires_at: None,
+                decision: None,
                 now,
             };
             let scope = IdentityScope {
@@ -399,6 +401,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: None,
             token_id: None,
             token_expires_at: None,
+            decision: None,
             now,
         };
         match self.store.unblock(request, vec![event]).await? {

@@ -156,6 +156,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: None,
             token_id: Some(token_id.clone()),
             token_expires_at: Some(expires_at),
+            decision: None,
             now,
         };
         let stored = NewJoinToken {
