@@ -114,7 +114,6 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
 
     use tonic::Code;
     use tonic::Status;
@@ -122,22 +121,7 @@ mod tests {
 
     use super::*;
 
-    /// A route that never answers.
-    struct Stuck;
-
-    impl Service<Request<()>> for Stuck {
-        type Response = Response<()>;
-        type Error = Infallible;
-        type Future = std::future::Pending<Result<Response<()>, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            std::future::pending()
-        }
-    }
+    use crate::test_support::Stuck;
 
     fn enroll(grpc_timeout: Option<&str>) -> Request<()> {
         let mut request = Request::builder().uri("/mintgate.v1.Provisioning/Enroll");

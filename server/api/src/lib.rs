@@ -22,6 +22,9 @@ mod server;
 mod status;
 pub mod tls;
 
+#[cfg(test)]
+mod test_support;
+
 pub use metrics::Metrics;
 pub use registry::{HubConfig, RevocationHub, run_tailer};
 pub use server::{GrpcConfig, GrpcServer, serve};

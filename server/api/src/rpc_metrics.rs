@@ -202,7 +202,6 @@ pub(crate) fn by_code(code: Code) -> (&'static str, Class) {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::convert::Infallible;
     use std::sync::Arc;
 
     use metrics_exporter_prometheus::PrometheusBuilder;
@@ -210,22 +209,7 @@ mod tests {
 
     use super::*;
 
-    /// A route that never answers.
-    struct Stuck;
-
-    impl Service<Request<()>> for Stuck {
-        type Response = Response<()>;
-        type Error = Infallible;
-        type Future = std::future::Pending<Result<Response<()>, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            std::future::pending()
-        }
-    }
+    use crate::test_support::Stuck;
 
     /// What is counted for an Enroll dropped unfinished.
     fn dropped() -> String {
