@@ -10,6 +10,7 @@ mod m20261125_000002_revocation;
 mod m20261203_000003_store_probe;
 mod m20261203_000004_lease_holder;
 mod m20261203_000005_policy_decisions;
+mod m20261203_000006_governance;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000003_store_probe::Migration),
             Box::new(m20261203_000004_lease_holder::Migration),
             Box::new(m20261203_000005_policy_decisions::Migration),
+            Box::new(m20261203_000006_governance::Migration),
         ]
     }
 }

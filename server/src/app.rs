@@ -28,6 +28,9 @@ use crate::metrics::Exporter;
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often a server looks for a policy version activated on another replica.
+const POLICY_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -66,6 +69,13 @@ pub enum BuildError {
          under the open-file limit of {limit} (raise `ulimit -n` or lower the reserve)"
     )]
     NoDescriptors { reserve: u64, limit: u64 },
+    /// Change control could not start: an operator entry is invalid (a configuration fault),
+    /// or the store failed or holds an active policy that no longer loads.
+    #[error("policy and operators ({origin}): {source}")]
+    Governance {
+        origin: String,
+        source: mintgate_domain::Error,
+    },
 }
 
 impl BuildError {
@@ -80,7 +90,7 @@ impl BuildError {
                 | Self::CaExpiring { .. }
                 | Self::Tls(_)
                 | Self::NoDescriptors { .. }
-        )
+        ) || matches!(self, Self::Governance { source, .. } if source.class().is_user_fault())
     }
 }
 
@@ -219,7 +229,7 @@ impl Application {
             hub.clone(),
         )
         .map_err(BuildError::Tls)?;
-        let classifier = PeerClassifier::new(classified, settings.operator_roles.clone());
+        let classifier = PeerClassifier::new(classified);
 
         let signer: Arc<dyn Signer> = Arc::new(ca);
         let crl = Arc::new(CrlPublisher::new(
@@ -233,10 +243,31 @@ impl Application {
             clock: clock.clone(),
             random: Arc::new(OsRandom),
             policy: Arc::new(policy),
+            environment: settings.environment.clone(),
+            observer: Arc::new(edge_metrics.clone()),
             trust_domain: settings.trust_domain.clone(),
             token_secret: JoinTokenSecret::new(settings.join_token_secret),
             min_lifetime: settings.ca_min_lifetime,
         });
+        let operators = settings
+            .operator_roles
+            .iter()
+            .map(|(id, roles)| (id.clone(), roles.clone()))
+            .collect();
+        let governance = app
+            .start_governance(&settings.policy, &settings.policy_origin, &operators)
+            .await
+            .map_err(|source| BuildError::Governance {
+                origin: settings.policy_origin.clone(),
+                source,
+            })?;
+        if governance.bootstrapped {
+            tracing::info!(
+                version = %governance.active_version,
+                policy = %settings.policy_origin,
+                "first start: the configured policy and operators are now active"
+            );
+        }
 
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -317,6 +348,20 @@ impl Application {
                 }
             }
         });
+        let mut refresh_stop = stop_rx.clone();
+        let app = self.server.app.clone();
+        let refresh = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLICY_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = refresh_stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = app.refresh_policy().await {
+                    tracing::error!(error = %e, "the active policy could not be refreshed");
+                }
+            }
+        });
         let mut http_stop = stop_rx.clone();
         let state = HttpState {
             store: self.store.clone(),
@@ -347,6 +392,7 @@ impl Application {
         let _ = http.await;
         let _ = tailer.await;
         let _ = upkeep.await;
+        let _ = refresh.await;
         self.store.close().await;
         Ok(())
     }

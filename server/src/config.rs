@@ -72,7 +72,9 @@ pub struct FileConfig {
     pub telemetry: TelemetryFile,
     #[serde(default)]
     pub readiness: ReadinessFile,
-    /// Operator SPIFFE ID → roles (`admin` holds every role).
+    /// Operator SPIFFE ID → roles: the first role bindings, taken only by the first server
+    /// that starts on an empty database (with the policy directory). After that, roles change
+    /// only through two-person proposals (Admin/ProposeRoleBinding).
     #[serde(default)]
     pub operators: HashMap<String, Vec<String>>,
 }
@@ -454,11 +456,7 @@ impl Settings {
                     )
                 },
             )?;
-        let mut operator_roles = HashMap::new();
-        operator_roles.insert(
-            format!("spiffe://{DEV_TRUST_DOMAIN}/operator/admin"),
-            vec!["admin".to_owned()],
-        );
+        let operator_roles = dev_operators();
         let http_addr = overrides
             .http_addr
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -529,6 +527,21 @@ pub fn load_policy_dir(dir: &Path) -> Result<PolicySource, ConfigError> {
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(PolicySource { schema, files })
+}
+
+/// The dev operators and their roles: `admin` (break-glass), `alice` who proposes and `bob`
+/// who approves, so that the two-person rule can be tried with the dev certificates.
+pub fn dev_operators() -> HashMap<String, Vec<String>> {
+    let id = |name: &str| format!("spiffe://{DEV_TRUST_DOMAIN}/operator/{name}");
+    let roles = |roles: &[&str]| roles.iter().map(|r| (*r).to_owned()).collect();
+    HashMap::from([
+        (id("admin"), roles(&["admin"])),
+        (id("alice"), roles(&["policy-author", "issuer", "revoker"])),
+        (
+            id("bob"),
+            roles(&["policy-approver", "approver", "revoker", "auditor"]),
+        ),
+    ])
 }
 
 fn parse_secret(text: &str) -> Option<[u8; 32]> {

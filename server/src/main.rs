@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use mintgate_domain::TrustDomain;
-use mintgate_domain::policy::{Policy, Problem};
+use mintgate_domain::governance::GovernanceStore as _;
+use mintgate_domain::policy::{Policy, PolicySource, Problem};
 use mintgate_domain::store::CertificateStore;
 use mintgate_server::config::{
     DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides, TelemetryFile, load_policy_dir,
@@ -63,6 +64,16 @@ enum PolicyCommand {
         /// The trust domain the policy must serve; without it, its policies must agree on one.
         #[arg(long)]
         trust_domain: Option<String>,
+    },
+    /// Compare a policy directory with the active policy version in the database. The server
+    /// never replaces the active policy with its directory by itself: a change is proposed and
+    /// approved (Admin/ProposePolicy). Prints a unified diff (active -> directory) and exits 1
+    /// if they differ, 0 if not.
+    Diff {
+        /// The policy directory (with --dev and no DIR: the built-in dev policy).
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -197,7 +208,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { dir, trust_domain }) => {
             Ok(policy_check(&dir, trust_domain.as_deref()))
         }
+        Command::Policy(PolicyCommand::Diff { dir, db }) => policy_diff(dir.as_deref(), &db).await,
     }
+}
+
+/// `mintgate policy diff`: the directory against the active version.
+async fn policy_diff(dir: Option<&Path>, db: &DbArgs) -> anyhow::Result<ExitCode> {
+    let (source, name) = match dir {
+        Some(dir) => (load_policy_dir(dir)?, dir.display().to_string()),
+        None if db.dev => (PolicySource::dev(), "the built-in dev policy".to_owned()),
+        None => anyhow::bail!("give the policy directory to compare (or --dev)"),
+    };
+    let version = Policy::load(&source, None)
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+        .version()
+        .to_owned();
+    let store = SqlStore::connect(&db.url()).await.context("database")?;
+    let active = store.active_policy().await.context("reading the active policy");
+    store.close().await;
+    let Some((activation, stored)) = active? else {
+        println!("no policy is active yet: the first server to start activates its directory");
+        return Ok(ExitCode::FAILURE);
+    };
+    if stored.version == version {
+        println!("{name} is the active policy version {version}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{name} (version {version}) differs from the active version {} (activated by {} at {}):",
+        stored.version,
+        activation.activated_by,
+        activation.activated_at
+    );
+    print!(
+        "{}",
+        mintgate_domain::governance::diff(&stored.source, &source)
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 /// `mintgate policy check`: every problem on its own line, each naming its file.

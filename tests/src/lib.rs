@@ -32,6 +32,10 @@ pub use crate::db::Backend;
 pub const TRUST_DOMAIN: &str = "dev.mintgate.local";
 pub const NODE_ID: &str = "spiffe://dev.mintgate.local/node/dev-node-1";
 pub const ADMIN_ID: &str = "spiffe://dev.mintgate.local/operator/admin";
+/// The dev policy author (policy-author, issuer, revoker).
+pub const ALICE_ID: &str = "spiffe://dev.mintgate.local/operator/alice";
+/// The dev policy approver (policy-approver, approver, revoker, auditor).
+pub const BOB_ID: &str = "spiffe://dev.mintgate.local/operator/bob";
 
 /// The `mintgate` binary of this build (built by `cargo test --workspace` for the server
 /// package's own CLI tests, next to this test executable's `deps/` directory).
@@ -124,6 +128,16 @@ impl StoppedServer {
         .await
     }
 
+    /// Starts a new server on the same database, PKI and clock, with `options` otherwise
+    /// (another policy directory or other operators, for example).
+    pub async fn start_with(self, options: Options) -> TestServer {
+        TestServer::spawn_with(Options {
+            reuse: Some((self.db, self.pki, self.clock)),
+            ..options
+        })
+        .await
+    }
+
     /// The clock it had, and will have again.
     pub fn clock(&self) -> Arc<ManualClock> {
         self.clock.clone()
@@ -179,6 +193,8 @@ pub struct Options {
     /// Give the server an issuing CA (and a server certificate from it) that ends this long
     /// after the clock's now, instead of in a year; the node and operator PKI are as usual.
     pub ca_expires_in: Option<std::time::Duration>,
+    /// The operators' first role bindings (default: the dev operators admin, alice and bob).
+    pub operators: Option<HashMap<String, Vec<String>>>,
 }
 
 impl Options {
@@ -193,6 +209,7 @@ impl Options {
             store_probe: ProbeSettings::default(),
             database: None,
             ca_expires_in: None,
+            operators: None,
         }
     }
 }
@@ -228,8 +245,9 @@ impl TestServer {
                 (db, pki, clock)
             }
         };
-        let mut operator_roles = HashMap::new();
-        operator_roles.insert(ADMIN_ID.to_owned(), vec!["admin".to_owned()]);
+        let operator_roles = options
+            .operators
+            .unwrap_or_else(mintgate_server::config::dev_operators);
         let secret: [u8; 32] = hex::decode(pki.join_token_key_hex.trim())
             .unwrap()
             .try_into()
@@ -443,6 +461,22 @@ impl TestServer {
             requests,
             certificates,
         }
+    }
+
+    /// An mTLS channel of the dev operator `name` (admin, alice or bob).
+    pub async fn operator_channel(&self, name: &str) -> Channel {
+        let cert = match name {
+            "admin" => &self.pki.admin,
+            "alice" => &self.pki.alice,
+            "bob" => &self.pki.bob,
+            other => panic!("no dev operator {other}"),
+        };
+        self.channel(&cert.cert_pem, &cert.key_pem).await.unwrap()
+    }
+
+    /// The Admin client of the dev operator `name` (admin, alice or bob).
+    pub async fn admin_as(&self, name: &str) -> v1::admin_client::AdminClient<Channel> {
+        v1::admin_client::AdminClient::new(self.operator_channel(name).await)
     }
 
     /// A client holding the operator (admin) certificate.

@@ -1,6 +1,7 @@
 //! Protobuf ↔ domain conversions.
 
 use mintgate_domain::InputError;
+use mintgate_domain::governance::{Change, ProposalRecord, ProposalStatus, RoleBinding};
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::lifetime::Clamp;
 use mintgate_domain::model::{RequestRecord, RevocationReason, RevocationRecord};
@@ -167,4 +168,73 @@ pub(crate) fn status_report(report: StatusReport) -> v1::CheckStatusResponse {
         statuses,
         head_seq: report.head_seq,
     }
+}
+
+pub(crate) fn proposal(p: &ProposalRecord, status: ProposalStatus) -> v1::Proposal {
+    let state = match status {
+        ProposalStatus::Open => v1::ProposalState::Open,
+        ProposalStatus::Applied => v1::ProposalState::Applied,
+        ProposalStatus::Expired => v1::ProposalState::Expired,
+        ProposalStatus::Superseded => v1::ProposalState::Superseded,
+    };
+    let mut out = v1::Proposal {
+        id: p.id.clone(),
+        state: state.into(),
+        author: p.author.clone(),
+        created_at: Some(timestamp(p.created_at)),
+        expires_at: Some(timestamp(p.expires_at)),
+        approved_by: p.approved_by.clone().unwrap_or_default(),
+        approved_at: p.approved_at.map(timestamp),
+        superseded_by: p.superseded_by.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    match &p.change {
+        Change::Policy {
+            version,
+            base_version,
+            label,
+        } => {
+            out.kind = v1::ProposalKind::Policy.into();
+            out.policy_version = version.clone();
+            out.base_version = base_version.clone();
+            out.label = label.clone().unwrap_or_default();
+        }
+        Change::RoleBinding {
+            operator,
+            role,
+            valid_until,
+            remove,
+        } => {
+            out.kind = v1::ProposalKind::RoleBinding.into();
+            out.subject = operator.clone();
+            out.role = role.clone();
+            out.valid_until = valid_until.map(timestamp);
+            out.remove = *remove;
+        }
+        Change::Unblock { spiffe_id } => {
+            out.kind = v1::ProposalKind::Unblock.into();
+            out.subject = spiffe_id.clone();
+        }
+    }
+    out
+}
+
+pub(crate) fn role_binding(b: &RoleBinding) -> v1::RoleBinding {
+    v1::RoleBinding {
+        operator: b.operator.clone(),
+        role: b.role.clone(),
+        valid_until: b.valid_until.map(timestamp),
+    }
+}
+
+/// A protobuf timestamp as a time; out of range is a bad argument.
+pub(crate) fn time_of(
+    t: Option<prost_types::Timestamp>,
+    field: &'static str,
+) -> Result<Option<OffsetDateTime>, InputError> {
+    t.map(|t| {
+        OffsetDateTime::from_unix_timestamp(t.seconds)
+            .map_err(|_| InputError::TimestampInvalid { field })
+    })
+    .transpose()
 }

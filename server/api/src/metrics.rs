@@ -44,6 +44,12 @@ pub const HANDSHAKES: &str = "mintgate_grpc_handshakes";
 pub const ACCEPT_ERRORS: &str = "mintgate_grpc_accept_errors_total";
 
 /// The RPCs whose success is an issued certificate.
+/// Issuance decisions where a shadowed policy and the active one differ, by each one's verdict.
+pub const SHADOW_DISAGREEMENTS: &str = "mintgate_policy_shadow_disagreements_total";
+/// Operator actions that only the break-glass `admin` role allowed, by operation.
+pub const BREAK_GLASS: &str = "mintgate_break_glass_total";
+/// 1 while the configured policy directory differs from the active policy version.
+pub const POLICY_DRIFT: &str = "mintgate_policy_drift";
 const ISSUING: [&str; 2] = ["Enroll", "Renew"];
 
 /// Who a call's outcome is on (the `fault` of its `ErrorInfo`, or none).
@@ -128,6 +134,21 @@ impl Metrics {
                  a subscriber's stream, per subscriber."
             );
             describe_gauge!(SUBSCRIBERS, "Open WatchRevocations streams.");
+            describe_counter!(
+                SHADOW_DISAGREEMENTS,
+                "Enroll/Renew decisions where the shadowed policy (Admin/ShadowPolicy) and the \
+                 active one differ, by each one's verdict (allow, deny)."
+            );
+            describe_counter!(
+                BREAK_GLASS,
+                "Operator RPCs that only the break-glass admin role allowed, by operation."
+            );
+            describe_gauge!(
+                POLICY_DRIFT,
+                "1 while the policy directory the server was started with differs from the \
+                 active policy version (mintgate policy diff shows how); the server never \
+                 replaces the active policy by itself."
+            );
             describe_counter!(
                 SLOW_SUBSCRIBERS,
                 "Subscribers closed with SUBSCRIBER_TOO_SLOW because their buffer was full."
@@ -232,5 +253,67 @@ impl Metrics {
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl mintgate_domain::ports::Observer for Metrics {
+    fn shadow_disagreement(&self, d: &mintgate_domain::service::ShadowDisagreement) {
+        let verdict = |allowed: bool| if allowed { "allow" } else { "deny" };
+        let policies = |v: &mintgate_domain::service::Verdict| {
+            v.decision
+                .as_ref()
+                .map(|d| d.policies_text())
+                .unwrap_or_default()
+        };
+        tracing::warn!(
+            spiffe_id = %d.spiffe_id,
+            active = verdict(d.active.allowed),
+            active_policies = %policies(&d.active),
+            active_limits = ?d.active.limits,
+            shadow = verdict(d.shadow.allowed),
+            shadow_policies = %policies(&d.shadow),
+            shadow_limits = ?d.shadow.limits,
+            shadow_version = d.shadow.decision.as_ref().map(|d| d.policy_version.as_str()),
+            "the shadowed policy decides differently"
+        );
+        with_local_recorder(&*self.inner.recorder, || {
+            counter!(
+                SHADOW_DISAGREEMENTS,
+                "active" => verdict(d.active.allowed),
+                "shadow" => verdict(d.shadow.allowed)
+            )
+            .increment(1);
+        });
+    }
+
+    fn break_glass(
+        &self,
+        operator: &mintgate_domain::SpiffeId,
+        operation: mintgate_domain::policy::Operation,
+    ) {
+        tracing::warn!(
+            operator = %operator,
+            operation = operation.as_str(),
+            "break-glass: allowed only by the admin role"
+        );
+        with_local_recorder(&*self.inner.recorder, || {
+            counter!(BREAK_GLASS, "operation" => operation.as_str()).increment(1);
+        });
+    }
+
+    fn policy_active(&self, version: &str, drift: bool) {
+        if drift {
+            tracing::warn!(
+                active = version,
+                "the configured policy directory differs from the active policy version; it \
+                 takes effect only through a proposal (mintgate policy diff shows the \
+                 difference)"
+            );
+        } else {
+            tracing::info!(active = version, "active policy version");
+        }
+        with_local_recorder(&*self.inner.recorder, || {
+            gauge!(POLICY_DRIFT).set(if drift { 1.0 } else { 0.0 });
+        });
     }
 }

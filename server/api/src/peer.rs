@@ -1,7 +1,7 @@
 //! Who is calling: the caller kind is decided by which configured CA signed the client
-//! certificate (DESIGN §3); operator roles come from config.
+//! certificate (DESIGN §3). An operator's roles are its role bindings in the store, read when
+//! the policy is asked.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mintgate_domain::Serial;
@@ -15,18 +15,13 @@ use crate::tls::spiffe_id_of;
 #[derive(Debug, Clone)]
 pub struct PeerClassifier {
     cas: Vec<(CallerKind, Vec<u8>)>,
-    operator_roles: HashMap<String, Vec<String>>,
 }
 
 impl PeerClassifier {
     /// `cas` pairs each trusted CA certificate (DER) with the caller kind it vouches for.
-    pub fn new(
-        cas: Vec<(CallerKind, CertificateDer<'static>)>,
-        operator_roles: HashMap<String, Vec<String>>,
-    ) -> Self {
+    pub fn new(cas: Vec<(CallerKind, CertificateDer<'static>)>) -> Self {
         Self {
             cas: cas.into_iter().map(|(k, c)| (k, c.to_vec())).collect(),
-            operator_roles,
         }
     }
 
@@ -41,19 +36,6 @@ impl PeerClassifier {
                 && leaf.verify_signature(Some(ca.public_key())).is_ok();
             issued_by.then_some(*kind)
         })?;
-        let roles = match kind {
-            CallerKind::Operator => self
-                .operator_roles
-                .get(id.as_str())
-                .cloned()
-                .unwrap_or_default(),
-            CallerKind::Workload | CallerKind::Node => Vec::new(),
-        };
-        Some(Arc::new(Caller {
-            id,
-            kind,
-            serial,
-            roles,
-        }))
+        Some(Arc::new(Caller { id, kind, serial }))
     }
 }

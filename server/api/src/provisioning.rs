@@ -92,5 +92,7 @@ request_id_field!(
     v1::CreateJoinTokenRequest,
     v1::RevokeRequest,
     v1::RevokeIdentityRequest,
-    v1::UnblockIdentityRequest
+    v1::UnblockIdentityRequest,
+    v1::ProposePolicyRequest,
+    v1::ProposeRoleBindingRequest
 );

@@ -109,10 +109,15 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
         request: Request<v1::UnblockIdentityRequest>,
     ) -> Result<Response<v1::UnblockIdentityResponse>, Status> {
         let (caller, body) = open_request(request)?;
+        let now = self.clock.now();
         self.app
-            .unblock_identity(&caller, &body.request_id, &body.spiffe_id)
+            .propose_unblock(&caller, &body.request_id, &body.spiffe_id)
             .await
-            .map(|was_blocked| Response::new(v1::UnblockIdentityResponse { was_blocked }))
+            .map(|p| {
+                Response::new(v1::UnblockIdentityResponse {
+                    proposal: Some(convert::proposal(&p, p.status(now))),
+                })
+            })
             .map_err(|e| to_status(&e, "UnblockIdentity", &body.request_id))
     }
 
@@ -121,9 +126,9 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
         &self,
         request: Request<v1::CheckStatusRequest>,
     ) -> Result<Response<v1::CheckStatusResponse>, Status> {
-        caller(&request)?;
+        let caller = caller(&request)?;
         self.app
-            .check_status(&request.into_inner().serials)
+            .check_status(&caller, &request.into_inner().serials)
             .await
             .map(|r| Response::new(convert::status_report(r)))
             .map_err(|e| to_status(&e, "CheckStatus", ""))
@@ -142,6 +147,7 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
         if cursor < 0 {
             return Err(status(InputError::CursorInvalid.into()));
         }
+        self.app.authorize_watch(&caller).await.map_err(status)?;
         let permit = self
             .hub
             .acquire_stream(caller.id.as_str())

@@ -175,12 +175,15 @@ where
             RevocationServer::new(RevocationService {
                 app: server.app.clone(),
                 hub: server.hub.clone(),
-                clock: server.clock,
+                clock: server.clock.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServer::new(AdminService { app: server.app })
+            AdminServer::new(AdminService {
+                app: server.app,
+                clock: server.clock,
+            })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)

@@ -1,5 +1,5 @@
 //! The dev PKI behind `mintgate dev-certs` and `mintgate serve --dev`: three P-256 CAs (Mintgate's
-//! issuing CA, a bootstrap/node CA and an operator CA), the server, node and admin certificates
+//! issuing CA, a bootstrap/node CA and an operator CA), the server, node and operator (admin, alice, bob) certificates
 //! they issue, and the join-token HMAC secret.
 //!
 //! [`generate_pki`] makes it in memory (tests use it for an ephemeral PKI); [`write_dev_pki`]
@@ -64,6 +64,10 @@ pub struct DevPki {
     pub operator_ca: CertAndKey,
     /// clientAuth `spiffe://<td>/operator/admin`, issued by the operator CA.
     pub admin: CertAndKey,
+    /// clientAuth `spiffe://<td>/operator/alice` (the dev policy author), by the operator CA.
+    pub alice: CertAndKey,
+    /// clientAuth `spiffe://<td>/operator/bob` (the dev policy approver), by the operator CA.
+    pub bob: CertAndKey,
     /// 32 random bytes, lower-case hex: the HMAC secret for join tokens.
     pub join_token_key_hex: String,
 }
@@ -77,6 +81,8 @@ impl fmt::Debug for DevPki {
             .field("node", &self.node)
             .field("operator_ca", &self.operator_ca)
             .field("admin", &self.admin)
+            .field("alice", &self.alice)
+            .field("bob", &self.bob)
             .field("join_token_key_hex", &"[redacted]")
             .finish()
     }
@@ -98,6 +104,10 @@ pub struct DevPkiPaths {
     pub operator_ca_key: PathBuf,
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
+    pub alice_cert: PathBuf,
+    pub alice_key: PathBuf,
+    pub bob_cert: PathBuf,
+    pub bob_key: PathBuf,
     pub join_token_key: PathBuf,
     /// Whether [`write_dev_pki`] generated the files (`false`: they were already there).
     pub created: bool,
@@ -120,13 +130,17 @@ impl DevPkiPaths {
             operator_ca_key: dir.join("operator-ca.key"),
             admin_cert: dir.join("admin.pem"),
             admin_key: dir.join("admin.key"),
+            alice_cert: dir.join("alice.pem"),
+            alice_key: dir.join("alice.key"),
+            bob_cert: dir.join("bob.pem"),
+            bob_key: dir.join("bob.key"),
             join_token_key: dir.join("join-token.key"),
             created: false,
         }
     }
 
     /// Every file and whether it holds a secret, in the order of [`DevPki::file_contents`].
-    fn entries(&self) -> [(&Path, Secrecy); 13] {
+    fn entries(&self) -> [(&Path, Secrecy); 17] {
         use Secrecy::{Public, Secret};
         [
             (&self.ca_cert, Public),
@@ -141,6 +155,10 @@ impl DevPkiPaths {
             (&self.operator_ca_key, Secret),
             (&self.admin_cert, Public),
             (&self.admin_key, Secret),
+            (&self.alice_cert, Public),
+            (&self.alice_key, Secret),
+            (&self.bob_cert, Public),
+            (&self.bob_key, Secret),
             (&self.join_token_key, Secret),
         ]
     }
@@ -148,7 +166,7 @@ impl DevPkiPaths {
 
 impl DevPki {
     /// What goes in each file, in the order of [`DevPkiPaths::entries`].
-    fn file_contents(&self) -> [&str; 13] {
+    fn file_contents(&self) -> [&str; 17] {
         [
             &self.ca.cert_pem,
             &self.ca.key_pem,
@@ -162,6 +180,10 @@ impl DevPki {
             &self.operator_ca.key_pem,
             &self.admin.cert_pem,
             &self.admin.key_pem,
+            &self.alice.cert_pem,
+            &self.alice.key_pem,
+            &self.bob.cert_pem,
+            &self.bob.key_pem,
             &self.join_token_key_hex,
         ]
     }
@@ -192,6 +214,8 @@ pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<D
     let node = bootstrap_ca.issue(&leaf(&id("/node/dev-node-1"), false), &rng)?;
     let operator_ca = DevCa::generate("Mintgate Dev Operator CA", not_before, not_after, &rng)?;
     let admin = operator_ca.issue(&leaf(&id("/operator/admin"), false), &rng)?;
+    let alice = operator_ca.issue(&leaf(&id("/operator/alice"), false), &rng)?;
+    let bob = operator_ca.issue(&leaf(&id("/operator/bob"), false), &rng)?;
 
     let mut secret = [0u8; 32];
     rng.fill(&mut secret).map_err(CaError::Random)?;
@@ -203,6 +227,8 @@ pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<D
         node,
         operator_ca: operator_ca.into_cert_and_key(),
         admin,
+        alice,
+        bob,
         join_token_key_hex: format!("{}\n", hex::encode(secret)),
     })
 }

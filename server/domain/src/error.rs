@@ -42,6 +42,8 @@ pub enum Error {
     Transition(#[from] crate::lifecycle::TransitionError),
     #[error(transparent)]
     Attestation(#[from] AttestationError),
+    #[error(transparent)]
+    Governance(#[from] crate::governance::GovernanceError),
     #[error("request_id was already used with a different payload")]
     IdempotencyKeyReused,
     #[error("{0} not found")]
@@ -87,6 +89,7 @@ impl Error {
             }
             Self::Denied(_) => ErrorClass::PermissionDenied,
             Self::Attestation(e) => e.class(),
+            Self::Governance(e) => e.class(),
             Self::Transition(_) | Self::CertificateChanged | Self::RequestClosed { .. } => {
                 ErrorClass::FailedPrecondition
             }
@@ -110,6 +113,7 @@ impl Error {
             Self::Denied(e) => e.reason(),
             Self::Transition(e) => e.reason(),
             Self::Attestation(e) => e.reason(),
+            Self::Governance(e) => e.reason(),
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::NotFound(_) => "NOT_FOUND",
             Self::IdentityBlocked => "IDENTITY_BLOCKED",
@@ -155,8 +159,6 @@ pub enum AttestationError {
     WrongCallerKind(&'static str),
     #[error("a workload may only act on its own identity's certificates")]
     IdentityMismatch,
-    #[error("caller lacks the operator role {0}")]
-    RoleMissing(&'static str),
 }
 
 impl AttestationError {
@@ -172,7 +174,6 @@ impl AttestationError {
             Self::JoinTokenWrongIdentity => "JOIN_TOKEN_WRONG_IDENTITY",
             Self::WrongCallerKind(_) => "CALLER_KIND_NOT_ALLOWED",
             Self::IdentityMismatch => "IDENTITY_MISMATCH",
-            Self::RoleMissing(_) => "OPERATOR_ROLE_MISSING",
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod csr;
 pub mod error;
+pub mod governance;
 pub mod lifecycle;
 pub mod lifetime;
 pub mod model;

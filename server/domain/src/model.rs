@@ -35,14 +35,6 @@ pub struct Caller {
     pub id: SpiffeId,
     pub kind: CallerKind,
     pub serial: Serial,
-    /// Operator roles bound to this identity in config; empty for other kinds.
-    pub roles: Vec<String>,
-}
-
-impl Caller {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.kind == CallerKind::Operator && self.roles.iter().any(|r| r == role || r == "admin")
-    }
 }
 
 /// Which RPC created a request.

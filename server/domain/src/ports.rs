@@ -84,3 +84,19 @@ pub trait Signer: Send + Sync + 'static {
         Duration::from_secs(30)
     }
 }
+
+/// What the service reports beside its answers, for metrics and logs (the server counts and
+/// logs; tests may listen). Every method has a default that does nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// A shadowed policy decided an issuance request differently from the active one.
+    fn shadow_disagreement(&self, _disagreement: &crate::service::ShadowDisagreement) {}
+    /// An operator acted on the strength of the break-glass `admin` role alone.
+    fn break_glass(&self, _operator: &SpiffeId, _operation: crate::policy::Operation) {}
+    /// The active policy version changed (at start, by approval here or on another replica).
+    fn policy_active(&self, _version: &str, _drift: bool) {}
+}
+
+/// An [`Observer`] that ignores everything.
+pub struct Unobserved;
+
+impl Observer for Unobserved {}

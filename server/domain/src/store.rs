@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use crate::Serial;
 use crate::audit::{AuditEvent, ChainedEvent};
 use crate::error::Cause;
+use crate::governance::GovernanceStore;
 use crate::lifecycle::RequestState;
 use crate::model::{
     BlockRecord, CertificateRecord, IdentityScope, InstanceId, JoinTokenRecord, NewRequest,
@@ -77,8 +78,9 @@ pub struct NewJoinToken {
     pub expires_at: OffsetDateTime,
 }
 
-/// Persistent storage for requests, certificates, join tokens and the audit trail.
-pub trait CertificateStore: Send + Sync + 'static {
+/// Persistent storage for requests, certificates, join tokens and the audit trail, and (through
+/// [`GovernanceStore`]) the policy history, proposals and role bindings.
+pub trait CertificateStore: GovernanceStore + Send + Sync + 'static {
     fn find_request(
         &self,
         caller: &str,
@@ -184,14 +186,6 @@ pub trait CertificateStore: Send + Sync + 'static {
         spiffe_id: &str,
     ) -> impl Future<Output = Result<Option<BlockRecord>, StoreError>> + Send;
 
-    /// Lifts the block on `request.spiffe_id`, recording the UNBLOCK request (its reason says
-    /// whether there was a block: `UNBLOCKED` or `NOT_BLOCKED`) and the audit events.
-    fn unblock(
-        &self,
-        request: NewRequest,
-        audit: Vec<AuditEvent>,
-    ) -> impl Future<Output = Result<Unblocked, StoreError>> + Send;
-
     /// The status of each of `serials` that is stored (in no particular order; unknown ones
     /// are left out), in a fixed number of queries however many are asked for.
     fn certificate_statuses(
@@ -229,13 +223,6 @@ pub trait CertificateStore: Send + Sync + 'static {
 pub enum Revoked {
     New(Vec<RevocationRecord>),
     /// The request id was used before.
-    Duplicate(Box<RequestRecord>),
-}
-
-/// The outcome of [`CertificateStore::unblock`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unblocked {
-    Done { was_blocked: bool },
     Duplicate(Box<RequestRecord>),
 }
 

@@ -26,6 +26,10 @@ pub enum InputError {
     CursorInvalid,
     #[error("reason must be an RFC 5280 CRLReason Mintgate accepts (certificateHold is not)")]
     RevocationReasonInvalid,
+    #[error("{field} is not a valid time")]
+    TimestampInvalid { field: &'static str },
+    #[error("state must be a ProposalState")]
+    ProposalStateInvalid,
 }
 
 impl InputError {
@@ -38,6 +42,8 @@ impl InputError {
             Self::TooMany { .. } => "TOO_MANY_ITEMS",
             Self::RevocationReasonInvalid => "REVOCATION_REASON_INVALID",
             Self::CursorInvalid => "CURSOR_INVALID",
+            Self::TimestampInvalid { .. } => "TIMESTAMP_INVALID",
+            Self::ProposalStateInvalid => "PROPOSAL_STATE_INVALID",
         }
     }
 }

@@ -191,3 +191,100 @@ pub mod store_probe {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod policy_version {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "policy_versions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub version: String,
+        pub schema_text: String,
+        /// JSON array of `{"name", "text"}`, sorted by name.
+        pub files: String,
+        pub created_at: i64,
+        pub created_by: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod policy_activation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "policy_activations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub version: String,
+        pub proposal_id: Option<String>,
+        pub label: Option<String>,
+        pub activated_at: i64,
+        pub activated_by: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod proposal {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "proposals")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub author: String,
+        pub request_id: String,
+        pub payload_hash: String,
+        pub kind: String,
+        pub state: String,
+        pub policy_version: Option<String>,
+        pub base_version: Option<String>,
+        pub label: Option<String>,
+        pub subject: Option<String>,
+        pub role: Option<String>,
+        pub valid_until: Option<i64>,
+        pub remove_role: bool,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub approved_by: Option<String>,
+        pub approved_at: Option<i64>,
+        pub superseded_by: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod role_binding {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "role_bindings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub operator: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub role: String,
+        pub valid_until: Option<i64>,
+        pub granted_by: String,
+        pub granted_at: i64,
+        pub proposal_id: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

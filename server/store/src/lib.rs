@@ -16,6 +16,7 @@ mod audit;
 mod batch;
 mod convert;
 mod entity;
+mod governance;
 mod health;
 mod instance;
 mod issuance;

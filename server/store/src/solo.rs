@@ -1,11 +1,11 @@
 //! The writes that take a transaction of their own (the issuance path's are batched, see
-//! `batch`): join tokens, revocations, unblocking and pruning. Each runs inside a [`WriteTx`]
+//! `batch`): join tokens, revocations and pruning (change control's are in `governance`). Each runs inside a [`WriteTx`]
 //! that the store's `CertificateStore` impl begins and ends.
 
 use mintgate_domain::audit::AuditEvent;
 use mintgate_domain::lifecycle::CertState;
 use mintgate_domain::model::{IdentityScope, NewRequest, NewRevocation};
-use mintgate_domain::store::{Inserted, NewJoinToken, Revoked, StoreError, Unblocked};
+use mintgate_domain::store::{Inserted, NewJoinToken, Revoked, StoreError};
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -129,34 +129,6 @@ impl WriteTx<'_> {
         }
         self.append(audit).await?;
         Ok(Revoked::New(recorded))
-    }
-
-    pub(crate) async fn unblock(
-        &mut self,
-        mut request: NewRequest,
-        audit: Vec<AuditEvent>,
-    ) -> Result<Unblocked, StoreError> {
-        if let Some(existing) = self.existing_request(&request).await? {
-            return Ok(Unblocked::Duplicate(Box::new(existing)));
-        }
-        let deleted = identity_block::Entity::delete_by_id(request.spiffe_id.clone())
-            .exec(&self.txn)
-            .await
-            .map_err(unavailable)?;
-        let was_blocked = deleted.rows_affected == 1;
-        request.reason = Some(
-            if was_blocked {
-                "UNBLOCKED"
-            } else {
-                "NOT_BLOCKED"
-            }
-            .to_owned(),
-        );
-        self.insert_request_row(request).await?;
-        if was_blocked {
-            self.append(audit).await?;
-        }
-        Ok(Unblocked::Done { was_blocked })
     }
 
     pub(crate) async fn prune_revocations(

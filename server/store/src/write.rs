@@ -14,7 +14,7 @@ use mintgate_domain::model::{
 use mintgate_domain::policy::PolicyDecision;
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
-    TokenUse, Unblocked,
+    TokenUse,
 };
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{Expr, ExprTrait as _};
@@ -174,7 +174,7 @@ impl Writer {
 }
 
 impl SqlStore {
-    async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
         self.writer.begin().await
     }
 }
@@ -220,7 +220,7 @@ impl WriteTx<'_> {
     /// Ends a write of its own as `result` says: commits it on success (then reports what it
     /// did, see [`Done`]), rolls it back on a refusal, and leaves any other failure to condemn
     /// the connection.
-    async fn end<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) async fn end<T>(mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match result {
             Ok(value) => {
                 let done = self.take_done();
@@ -507,16 +507,6 @@ impl CertificateStore for SqlStore {
 
     async fn identity_block(&self, spiffe_id: &str) -> Result<Option<BlockRecord>, StoreError> {
         self.identity_block_row(spiffe_id).await
-    }
-
-    async fn unblock(
-        &self,
-        request: NewRequest,
-        audit: Vec<AuditEvent>,
-    ) -> Result<Unblocked, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let result = tx.unblock(request, audit).await;
-        tx.end(result).await
     }
 
     async fn certificate_statuses(

@@ -151,7 +151,7 @@ async fn bad_input_table(backend: Backend) {
     // The audit chain verifies: the controls' issuance, and one rejection per rejected row.
     let chain = server.store().audit_chain().await.unwrap();
     assert_eq!(verify_chain(chain.clone()), Ok(chain.len() as u64));
-    for e in &chain {
+    for e in chain.iter().filter(|e| e.event.actor != "bootstrap") {
         let rid = e.event.request_id.as_deref().unwrap_or_default();
         let control = controls.iter().any(|(id, ..)| *id == rid);
         assert!(
@@ -269,7 +269,7 @@ async fn not_granted(backend: Backend) {
     let err = node.create_join_token(token_req()).await.unwrap_err();
     assert_eq!(
         (err.code, err.reason.as_str()),
-        (Code::PermissionDenied, "OPERATOR_ROLE_MISSING")
+        (Code::PermissionDenied, "POLICY_DENIED")
     );
 
     let (csr_pem, key) = csr(WORKLOAD, &[]);

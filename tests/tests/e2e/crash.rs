@@ -3,7 +3,6 @@
 //! request is answered at once (with a fresh serial: the reserved one may have been signed by the
 //! dead process). A lease whose holder still runs is waited for, as before.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -196,15 +195,15 @@ impl FirstServer {
             clock,
             random: Arc::new(OsRandom),
             policy: Arc::new(Policy::load(&PolicySource::dev(), Some(&td)).unwrap()),
+            environment: "test".to_owned(),
+            observer: Arc::new(mintgate_domain::ports::Unobserved),
             trust_domain: td,
             token_secret: JoinTokenSecret::new(secret),
             min_lifetime: DEFAULT_MIN_LIFETIME,
         });
         let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let classifier = PeerClassifier::new(
-            vec![(CallerKind::Node, der(&pki.bootstrap_ca.cert_pem))],
-            HashMap::new(),
-        );
+        let classifier =
+            PeerClassifier::new(vec![(CallerKind::Node, der(&pki.bootstrap_ca.cert_pem))]);
         let node = classifier.classify(&der(&pki.node.cert_pem)).unwrap();
         Self {
             app: Arc::new(app),

@@ -11,6 +11,7 @@ mod crash;
 mod deadline;
 mod faults;
 mod flood;
+mod governance;
 mod idempotency;
 mod issuance;
 mod metrics;

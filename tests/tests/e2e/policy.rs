@@ -26,11 +26,11 @@ when {
 };
 
 @id("no-db-workloads")
-forbid (principal, action, resource)
+forbid (principal, action, resource is SpiffeId)
 when { resource.path like "/workload/db/*" };
 "#;
 
-fn extended_policy() -> PolicySource {
+pub(crate) fn extended_policy() -> PolicySource {
     let mut source = PolicySource::dev();
     source.files.push(PolicyFile {
         name: "extra.cedar".to_owned(),
@@ -39,7 +39,7 @@ fn extended_policy() -> PolicySource {
     source
 }
 
-fn version_of(source: &PolicySource) -> String {
+pub(crate) fn version_of(source: &PolicySource) -> String {
     let td = TrustDomain::parse(TRUST_DOMAIN).unwrap();
     Policy::load(source, Some(&td))
         .unwrap()

@@ -381,20 +381,64 @@ async fn revoke_identity(backend: Backend) {
         .unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
-        (Code::PermissionDenied, "CALLER_KIND_NOT_ALLOWED")
+        (Code::PermissionDenied, "POLICY_DENIED")
     );
 
-    // Unblocked, the identity enrolls again.
+    // Lifting the block takes two people: alice proposes, bob approves; until then the
+    // identity stays blocked.
+    let mut alice = server
+        .revocation_as(&server.pki.alice.cert_pem, &server.pki.alice.key_pem)
+        .await;
     let unblock = |id: &str| v1::UnblockIdentityRequest {
         request_id: id.into(),
         spiffe_id: WEB.into(),
     };
-    let lifted = admin.unblock_identity(unblock("u-1")).await.unwrap();
-    assert!(lifted.into_inner().was_blocked);
-    let lifted = admin.unblock_identity(unblock("u-1")).await.unwrap();
-    assert!(lifted.into_inner().was_blocked, "a retry answers the same");
-    let lifted = admin.unblock_identity(unblock("u-2")).await.unwrap();
-    assert!(!lifted.into_inner().was_blocked);
+    let proposal = alice
+        .unblock_identity(unblock("u-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .proposal
+        .unwrap();
+    assert_eq!(proposal.kind(), v1::ProposalKind::Unblock);
+    assert_eq!(proposal.state(), v1::ProposalState::Open);
+    assert_eq!(proposal.subject, WEB);
+    let again = alice.unblock_identity(unblock("u-1")).await.unwrap();
+    assert_eq!(again.into_inner().proposal.unwrap().id, proposal.id, "a retry answers the same");
+    let err = server
+        .node()
+        .await
+        .enroll(enroll_request("web-blocked-still", &csr_pem))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, "IDENTITY_BLOCKED", "blocked until approved");
+    let approve = v1::ApproveProposalRequest {
+        proposal_id: proposal.id.clone(),
+    };
+    let err = server
+        .admin_as("alice")
+        .await
+        .approve_proposal(approve.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "SELF_APPROVAL");
+    let applied = server
+        .admin_as("bob")
+        .await
+        .approve_proposal(approve)
+        .await
+        .unwrap()
+        .into_inner()
+        .proposal
+        .unwrap();
+    assert_eq!(applied.state(), v1::ProposalState::Applied);
+    assert_eq!(applied.approved_by, mintgate_tests::BOB_ID);
+    // An identity that is not blocked needs no proposal.
+    let err = alice.unblock_identity(unblock("u-2")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::FailedPrecondition, "IDENTITY_NOT_BLOCKED")
+    );
     enroll(&server, WEB, "web-4").await;
     server.shutdown().await;
 }

@@ -451,3 +451,53 @@ async fn grpcurl_revokes_watches_and_checks_status() {
     assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
     server.shutdown().await;
 }
+
+/// The README's "change the policy with two people", through grpcurl: alice proposes, the
+/// diff is shown, alice cannot approve her own proposal, bob approves and the new version is
+/// active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_changes_the_policy_with_two_people() {
+    if !tool_available("grpcurl") {
+        return;
+    }
+    let server = TestServer::spawn(Backend::Sqlite).await;
+    let alice = Grpcurl::holding(&server, &server.pki.alice.cert_pem, &server.pki.alice.key_pem);
+    let bob = Grpcurl::holding(&server, &server.pki.bob.cert_pem, &server.pki.bob.key_pem);
+    let dev = mintgate_domain::policy::PolicySource::dev();
+    let mut files: Vec<serde_json::Value> = dev
+        .files
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name, "text": f.text}))
+        .collect();
+    files.push(serde_json::json!({
+        "name": "no-db.cedar",
+        "text": "@id(\"no-db\")\nforbid (principal, action, resource is SpiffeId) when { resource.path like \"/workload/db/*\" };\n",
+    }));
+    let body = serde_json::json!({
+        "request_id": "pol-1", "schema": dev.schema, "files": files, "label": "CHG-42",
+    })
+    .to_string();
+    let (out, proposed) = alice.json(&[], &body, "mintgate.v1.Admin/ProposePolicy");
+    assert!(out.status.success(), "{out:?}");
+    let proposal = &proposed[0]["proposal"];
+    assert_eq!(proposal["state"], "PROPOSAL_STATE_OPEN");
+    let id = proposal["id"].as_str().unwrap().to_owned();
+    let by_id = format!(r#"{{"proposal_id":"{id}"}}"#);
+
+    let (_, shown) = bob.json(&[], &by_id, "mintgate.v1.Admin/GetProposal");
+    let diff = shown[0]["diff"].as_str().unwrap();
+    assert!(diff.contains("+@id(\"no-db\")"), "{diff}");
+
+    let out = alice.call(&["-d", &by_id], &["mintgate.v1.Admin/ApproveProposal"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("PermissionDenied") && text.contains("SELF_APPROVAL"), "{text}");
+
+    let (out, approved) = bob.json(&[], &by_id, "mintgate.v1.Admin/ApproveProposal");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(approved[0]["proposal"]["state"], "PROPOSAL_STATE_APPLIED");
+    let (_, governance) = bob.json(&[], "{}", "mintgate.v1.Admin/GetGovernance");
+    assert_eq!(governance[0]["policyVersion"], proposal["policyVersion"]);
+    assert_eq!(governance[0]["policyLabel"], "CHG-42");
+    server.shutdown().await;
+}

@@ -7,6 +7,7 @@
 
 mod audit;
 mod disk_full;
+mod governance;
 mod group_commit;
 mod leases;
 mod requests;

@@ -225,7 +225,7 @@ impl<S: CertificateStore> Mintgate<S> {
             }
             (_, other) => return Err(AttestationError::WrongCallerKind(other.as_str()).into()),
         };
-        let grant = self.policy.decide(&DecisionInput {
+        let grant = self.decide_issuance(&DecisionInput {
             principal,
             spiffe_id: &csr.spiffe_id,
             ttl: requested.map(|t| t.as_duration()),

@@ -2,13 +2,16 @@
 //! everything outside comes through the ports.
 
 mod attest;
+mod governance;
 mod issuance;
 mod lease;
 mod revocation;
 mod tokens;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -16,15 +19,19 @@ use time::OffsetDateTime;
 use crate::audit::AuditEvent;
 use crate::lifetime::CaWindow;
 use crate::policy::Policy;
-use crate::ports::{Clock, Random, Signer};
+use crate::ports::{Clock, Observer, Random, Signer};
 use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
+pub use governance::{
+    GovernanceStart, GovernanceView, MAX_LIST, PolicyProposalInput, ProposalView, RoleBindingInput,
+    ShadowDisagreement, Verdict,
+};
 pub use issuance::{IssueInput, Issued};
 pub use revocation::{
-    CertificateStatus, EXPIRY_SKEW, IdentityRevoked, MAX_STATUS_SERIALS, ROLE_REVOKE,
-    RevokeIdentityInput, RevokeInput, StatusReport,
+    CertificateStatus, EXPIRY_SKEW, IdentityRevoked, MAX_STATUS_SERIALS, RevokeIdentityInput,
+    RevokeInput, StatusReport,
 };
 pub use tokens::{CreatedJoinToken, JoinTokenInput, JoinTokenSecret};
 
@@ -42,7 +49,15 @@ pub struct Mintgate<S> {
     ca_window: CaWindow,
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
-    policy: Arc<Policy>,
+    /// The active policy, swapped when an activation commits.
+    policy: ArcSwap<Policy>,
+    /// A candidate policy deciding beside the active one (Admin/ShadowPolicy).
+    shadow: ArcSwapOption<governance::Shadow>,
+    /// The `environment` every policy decision sees.
+    environment: String,
+    /// The version of the policy directory the server was started with, once known.
+    configured_version: RwLock<Option<String>>,
+    observer: Arc<dyn Observer>,
     trust_domain: TrustDomain,
     token_secret: JoinTokenSecret,
 }
@@ -53,7 +68,11 @@ pub struct Parts<S> {
     pub signer: Arc<dyn Signer>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Random>,
+    /// The policy to decide with until [`Mintgate::start_governance`] loads the active one.
     pub policy: Arc<Policy>,
+    /// The `environment` in every decision's context.
+    pub environment: String,
+    pub observer: Arc<dyn Observer>,
     pub trust_domain: TrustDomain,
     pub token_secret: JoinTokenSecret,
     /// Nothing is issued once the CA's notAfter is less than this away
@@ -69,6 +88,8 @@ impl<S: CertificateStore> Mintgate<S> {
             clock,
             random,
             policy,
+            environment,
+            observer,
             trust_domain,
             token_secret,
             min_lifetime,
@@ -84,7 +105,11 @@ impl<S: CertificateStore> Mintgate<S> {
             ca_window,
             clock,
             random,
-            policy,
+            policy: ArcSwap::new(policy),
+            shadow: ArcSwapOption::empty(),
+            environment,
+            configured_version: RwLock::new(None),
+            observer,
             trust_domain,
             token_secret,
         }
@@ -116,7 +141,7 @@ impl<S: CertificateStore> Mintgate<S> {
             key_type: None,
             not_before: None,
             not_after: None,
-            policy_version: Some(self.policy.version().to_owned()),
+            policy_version: Some(self.policy.load().version().to_owned()),
             policy_rule: None,
             request_id: None,
             detail: None,

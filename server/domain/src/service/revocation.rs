@@ -8,17 +8,15 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{Mintgate, payload_hash};
-use crate::error::AttestationError;
 use crate::lifecycle::{CertEvent, CertState, RequestState, transition_cert};
 use crate::model::{
-    Caller, CallerKind, IdentityScope, NewRequest, NewRevocation, RequestKind, RequestRecord,
+    Caller, IdentityScope, NewRequest, NewRevocation, RequestKind, RequestRecord,
     RevocationReason, RevocationRecord, StoredStatus,
 };
-use crate::store::{CertificateStore, Revoked, StoreError, Unblocked};
+use crate::policy::{Operation, Target};
+use crate::store::{CertificateStore, Revoked, StoreError};
 use crate::{Error, InputError, RequestId, Serial, SpiffeId};
 
-/// The operator role that may revoke any certificate.
-pub const ROLE_REVOKE: &str = "revoke";
 /// Most serials one CheckStatus may ask about.
 pub const MAX_STATUS_SERIALS: usize = 1000;
 /// How long past its certificate's notAfter an entry stays in the live set and on the CRL, to
@@ -88,11 +86,18 @@ impl<S: CertificateStore> Mintgate<S> {
             .certificate(&serial)
             .await?
             .ok_or(Error::NotFound("certificate"))?;
-        if let Err(e) = authorize_revoke(caller, &cert.spiffe_id) {
-            self.audit_refusal(caller, &request_id, &serial, &e, now)
-                .await;
-            return Err(e);
-        }
+        let cert_id = SpiffeId::parse_in(&cert.spiffe_id, &self.trust_domain)?;
+        let decision = match self
+            .authorize(caller, Operation::Revoke, Target::Identity(&cert_id))
+            .await
+        {
+            Ok(decision) => decision,
+            Err(e) => {
+                self.audit_refusal(caller, &request_id, &serial, &e, now)
+                    .await;
+                return Err(e);
+            }
+        };
         transition_cert(cert.state, CertEvent::Revoke, cert.not_after, now)?;
         let mut event = self.audit(
             now,
@@ -118,7 +123,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: Some(serial.clone()),
             token_id: None,
             token_expires_at: None,
-            decision: None,
+            decision: Some(decision),
             now,
         };
         let revocation = NewRevocation {
@@ -154,7 +159,13 @@ impl<S: CertificateStore> Mintgate<S> {
     }
 
     /// Revocation/CheckStatus.
-    pub async fn check_status(&self, serials: &[String]) -> Result<StatusReport, Error> {
+    pub async fn check_status(
+        &self,
+        caller: &Caller,
+        serials: &[String],
+    ) -> Result<StatusReport, Error> {
+        self.authorize(caller, Operation::CheckStatus, Target::TrustDomain(&self.trust_domain))
+            .await?;
         if serials.len() > MAX_STATUS_SERIALS {
             return Err(InputError::TooMany {
                 field: "serials",
@@ -237,7 +248,9 @@ impl<S: CertificateStore> Mintgate<S> {
     ) -> Result<IdentityRevoked, Error> {
         let request_id = RequestId::parse(&input.request_id)?;
         let spiffe_id = SpiffeId::parse_in(&input.spiffe_id, &self.trust_domain)?;
-        authorize_operator(caller)?;
+        let decision = self
+            .authorize(caller, Operation::RevokeIdentity, Target::Identity(&spiffe_id))
+            .await?;
         let hash = payload_hash(&[
             RequestKind::RevokeIdentity.as_str().as_bytes(),
             spiffe_id.as_str().as_bytes(),
@@ -306,7 +319,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 serial: None,
                 token_id: None,
                 token_expires_at: None,
-                decision: None,
+                decision: Some(decision.clone()),
                 now,
             };
             let scope = IdentityScope {
@@ -354,62 +367,6 @@ impl<S: CertificateStore> Mintgate<S> {
         })
     }
 
-    /// Revocation/UnblockIdentity. Returns whether the identity was blocked.
-    pub async fn unblock_identity(
-        &self,
-        caller: &Caller,
-        request_id: &str,
-        spiffe_id: &str,
-    ) -> Result<bool, Error> {
-        let request_id = RequestId::parse(request_id)?;
-        let spiffe_id = SpiffeId::parse_in(spiffe_id, &self.trust_domain)?;
-        authorize_operator(caller)?;
-        let hash = payload_hash(&[
-            RequestKind::Unblock.as_str().as_bytes(),
-            spiffe_id.as_str().as_bytes(),
-        ]);
-        let answer = |existing: &RequestRecord| {
-            if existing.kind != RequestKind::Unblock || existing.payload_hash != hash {
-                return Err(Error::IdempotencyKeyReused);
-            }
-            Ok(existing.reason.as_deref() == Some("UNBLOCKED"))
-        };
-        if let Some(existing) = self
-            .store
-            .find_request(caller.id.as_str(), request_id.as_str())
-            .await?
-        {
-            return answer(&existing);
-        }
-        let now = self.clock.now();
-        let mut event = self.audit(
-            now,
-            caller.id.as_str(),
-            "identity.unblocked",
-            format!("identity:{spiffe_id}"),
-        );
-        event.spiffe_id = Some(spiffe_id.to_string());
-        event.request_id = Some(request_id.to_string());
-        let request = NewRequest {
-            caller: caller.id.to_string(),
-            request_id: request_id.to_string(),
-            kind: RequestKind::Unblock,
-            payload_hash: hash.clone(),
-            state: RequestState::Issued,
-            reason: None,
-            spiffe_id: spiffe_id.to_string(),
-            serial: None,
-            token_id: None,
-            token_expires_at: None,
-            decision: None,
-            now,
-        };
-        match self.store.unblock(request, vec![event]).await? {
-            Unblocked::Done { was_blocked } => Ok(was_blocked),
-            Unblocked::Duplicate(existing) => answer(&existing),
-        }
-    }
-
     /// A refused revocation is audited: who tried to revoke what, and why not.
     async fn audit_refusal(
         &self,
@@ -455,22 +412,15 @@ fn no_entry() -> Error {
     Error::Internal("a recorded revocation has no log entry".into())
 }
 
-fn authorize_operator(caller: &Caller) -> Result<(), Error> {
-    match caller.kind {
-        CallerKind::Operator if caller.has_role(ROLE_REVOKE) => Ok(()),
-        CallerKind::Operator => Err(AttestationError::RoleMissing(ROLE_REVOKE).into()),
-        other => Err(AttestationError::WrongCallerKind(other.as_str()).into()),
-    }
-}
-
-/// Operators with the revoke role may revoke anything; a workload only certificates of its own
-/// identity (e.g. its own, after a key compromise); nodes nothing.
-fn authorize_revoke(caller: &Caller, spiffe_id: &str) -> Result<(), Error> {
-    match caller.kind {
-        CallerKind::Operator if caller.has_role(ROLE_REVOKE) => Ok(()),
-        CallerKind::Operator => Err(AttestationError::RoleMissing(ROLE_REVOKE).into()),
-        CallerKind::Workload if caller.id.as_str() == spiffe_id => Ok(()),
-        CallerKind::Workload => Err(AttestationError::IdentityMismatch.into()),
-        CallerKind::Node => Err(AttestationError::WrongCallerKind(caller.kind.as_str()).into()),
+impl<S: CertificateStore> Mintgate<S> {
+    /// Revocation/WatchRevocations: whether `caller` may subscribe.
+    pub async fn authorize_watch(&self, caller: &Caller) -> Result<(), Error> {
+        self.authorize(
+            caller,
+            Operation::WatchRevocations,
+            Target::TrustDomain(&self.trust_domain),
+        )
+        .await
+        .map(drop)
     }
 }

@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{Mintgate, payload_hash};
-use crate::error::AttestationError;
 use crate::lifecycle::RequestState;
 use crate::model::{Caller, NewRequest, RequestKind};
+use crate::policy::{Operation, Target};
 use crate::store::{CertificateStore, Inserted, NewJoinToken};
 use crate::{Error, RequestId, SpiffeId, Ttl};
 
@@ -21,8 +21,6 @@ const TOKEN_PREFIX: &str = "mgjt";
 /// Default and longest join token lifetimes.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-/// The operator role that may create join tokens.
-pub const ROLE_JOIN_TOKENS: &str = "join-tokens";
 
 /// The HMAC key join tokens are derived from. Its `Debug` prints no secret.
 #[derive(Clone)]
@@ -107,11 +105,11 @@ impl<S: CertificateStore> Mintgate<S> {
         caller: &Caller,
         input: JoinTokenInput,
     ) -> Result<CreatedJoinToken, Error> {
-        if !caller.has_role(ROLE_JOIN_TOKENS) {
-            return Err(AttestationError::RoleMissing(ROLE_JOIN_TOKENS).into());
-        }
         let request_id = RequestId::parse(&input.request_id)?;
         let spiffe_id = SpiffeId::parse_in(&input.spiffe_id, &self.trust_domain)?;
+        let decision = self
+            .authorize(caller, Operation::CreateJoinToken, Target::Identity(&spiffe_id))
+            .await?;
         let ttl = match input.ttl {
             Some((s, n)) => Ttl::from_parts(s, n, MAX_TOKEN_TTL)?,
             None => Ttl::from_policy(DEFAULT_TOKEN_TTL),
@@ -156,7 +154,7 @@ impl<S: CertificateStore> Mintgate<S> {
             serial: None,
             token_id: Some(token_id.clone()),
             token_expires_at: Some(expires_at),
-            decision: None,
+            decision: Some(decision),
             now,
         };
         let stored = NewJoinToken {
