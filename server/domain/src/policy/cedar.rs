@@ -1,7 +1,7 @@
 //! The Cedar side of a decision: the validated policy set, and the request and entities built
-//! from a [`DecisionInput`]. Everything that does not depend on the request (type names, action
-//! entities, the authorizer) is built once per policy version; a decision builds two entities
-//! (principal and resource) and a context.
+//! from a [`DecisionInput`] or an [`OperationInput`]. Everything that does not depend on the
+//! request (type names, action entities, the `Role` entities, the authorizer) is built once per
+//! policy version; a decision builds two entities (principal and resource) and a context.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,9 +10,10 @@ use cedar_policy::{
     EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema,
 };
 
+use super::operation::{Actor, Operation, OperationInput, ROLES, Target};
 use super::{DecideError, DecisionInput, Principal};
-use crate::SpiffeId;
 use crate::error::Cause;
+use crate::{SpiffeId, TrustDomain};
 
 /// What Cedar said about one request.
 pub(super) struct Outcome {
@@ -29,6 +30,8 @@ pub(super) struct Engine {
     authorizer: Authorizer,
     /// The schema's action entities, so `action in [...]` sees action groups.
     actions: Entities,
+    /// The action entities and a `Role` entity for each of [`ROLES`], for operations.
+    with_roles: Entities,
     names: Names,
 }
 
@@ -38,8 +41,13 @@ struct Names {
     spiffe_id: EntityTypeName,
     node: EntityTypeName,
     workload: EntityTypeName,
+    operator: EntityTypeName,
+    role: EntityTypeName,
+    proposal: EntityTypeName,
     issue: EntityUid,
     renew: EntityUid,
+    /// By `Operation as usize` (the order of [`Operation::ALL`]).
+    operations: Vec<EntityUid>,
 }
 
 impl Engine {
@@ -53,13 +61,24 @@ impl Engine {
             spiffe_id: type_name("SpiffeId")?,
             node: type_name("Node")?,
             workload: type_name("Workload")?,
+            operator: type_name("Operator")?,
+            role: type_name("Role")?,
+            proposal: type_name("Proposal")?,
             issue: action("Issue")?,
             renew: action("Renew")?,
+            operations: Operation::ALL
+                .iter()
+                .map(|op| action(op.as_str()))
+                .collect::<Result<_, _>>()?,
         };
+        let actions = schema.action_entities()?;
+        let roles = ROLES.iter().map(|r| names.role_entity(r));
+        let with_roles = actions.clone().add_entities(roles, None)?;
         Ok(Self {
             set,
             authorizer: Authorizer::new(),
-            actions: schema.action_entities()?,
+            actions,
+            with_roles,
             names,
         })
     }
@@ -77,9 +96,23 @@ impl Engine {
         let (request, entities) = self
             .request(input, environment, None)
             .map_err(DecideError::Engine)?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
+        Ok(self.ask(&request, &entities))
+    }
+
+    /// Asks Cedar about an operation.
+    pub(super) fn authorize(
+        &self,
+        input: &OperationInput<'_>,
+        environment: &str,
+    ) -> Result<Outcome, DecideError> {
+        let (request, entities) = self
+            .operation_request(input, environment, None)
+            .map_err(DecideError::Engine)?;
+        Ok(self.ask(&request, &entities))
+    }
+
+    fn ask(&self, request: &Request, entities: &Entities) -> Outcome {
+        let response = self.authorizer.is_authorized(request, &self.set, entities);
         let diagnostics = response.diagnostics();
         let errored_forbids = diagnostics
             .errors()
@@ -93,11 +126,11 @@ impl Engine {
             })
             .map(ToString::to_string)
             .collect();
-        Ok(Outcome {
+        Outcome {
             allowed: response.decision() == Decision::Allow,
             determining: diagnostics.reason().map(ToString::to_string).collect(),
             errored_forbids,
-        })
+        }
     }
 
     /// The Cedar request and entities for `input`. With a schema, both are checked against it
@@ -113,8 +146,8 @@ impl Engine {
             Principal::Node(id) => (&n.node, id, &n.issue),
             Principal::Workload(id) => (&n.workload, id, &n.renew),
         };
-        let principal = self.identity(principal_type, principal_id)?;
-        let resource = self.identity(&n.spiffe_id, input.spiffe_id)?;
+        let principal = n.identity(principal_type, principal_id, [])?;
+        let resource = n.identity(&n.spiffe_id, input.spiffe_id, [])?;
         let context = Context::from_pairs(context(input, environment))?;
         let request = Request::new(
             principal.uid(),
@@ -130,12 +163,111 @@ impl Engine {
         Ok((request, entities))
     }
 
-    /// An identity entity: its SPIFFE ID as entity id, in its trust domain.
-    fn identity(&self, type_name: &EntityTypeName, id: &SpiffeId) -> Result<Entity, Cause> {
-        let trust_domain = EntityUid::from_type_name_and_id(
-            self.names.trust_domain.clone(),
-            EntityId::new(id.trust_domain_str()),
-        );
+    /// The Cedar request and entities for an operation; with a schema, checked against it as
+    /// [`Engine::request`] does. An operator is `in` a `Role` for each role it holds; with a
+    /// schema, every `Role` entity is checked too.
+    pub(super) fn operation_request(
+        &self,
+        input: &OperationInput<'_>,
+        environment: &str,
+        schema: Option<&Schema>,
+    ) -> Result<(Request, Entities), Cause> {
+        let n = &self.names;
+        let mut entities = Vec::with_capacity(2);
+        let principal = match input.actor {
+            Actor::Operator { id, roles } => {
+                let parents = roles.iter().map(|r| n.role_uid(r));
+                // A role outside ROLES has no entity yet; one of ROLES has, unless checking.
+                entities.extend(
+                    roles
+                        .iter()
+                        .filter(|r| schema.is_some() || !ROLES.contains(&r.as_str()))
+                        .map(|r| n.role_entity(r)),
+                );
+                n.identity(&n.operator, id, parents)?
+            }
+            Actor::Node(id) => n.identity(&n.node, id, [])?,
+            Actor::Workload(id) => n.identity(&n.workload, id, [])?,
+        };
+        let (resource_uid, resource) = match input.target {
+            Target::Identity(id) => {
+                let entity = n.identity(&n.spiffe_id, id, [])?;
+                (entity.uid(), Some(entity))
+            }
+            // No attributes, no parents: its uid is all a policy sees.
+            Target::TrustDomain(td) => (n.trust_domain_uid(td.as_str()), None),
+            Target::Proposal {
+                id,
+                kind,
+                author,
+                trust_domain,
+            } => {
+                let entity = n.proposal(id, kind, author, trust_domain)?;
+                (entity.uid(), Some(entity))
+            }
+        };
+        let context = Context::from_pairs([(
+            "environment".to_owned(),
+            RestrictedExpression::new_string(environment.to_owned()),
+        )])?;
+        // `operations` holds one action per `Operation::ALL`, in declaration order.
+        let action = n.operations[input.operation as usize].clone();
+        let request = Request::new(principal.uid(), action, resource_uid, context, schema)?;
+        entities.push(principal);
+        entities.extend(resource);
+        let base = if schema.is_some() {
+            &self.actions
+        } else {
+            &self.with_roles
+        };
+        Ok((request, base.clone().add_entities(entities, schema)?))
+    }
+}
+
+impl Names {
+    fn trust_domain_uid(&self, name: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.trust_domain.clone(), EntityId::new(name))
+    }
+
+    fn role_uid(&self, role: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.role.clone(), EntityId::new(role))
+    }
+
+    fn role_entity(&self, role: &str) -> Entity {
+        Entity::new_no_attrs(self.role_uid(role), HashSet::new())
+    }
+
+    /// A proposal entity: its id as entity id, in its trust domain.
+    fn proposal(
+        &self,
+        id: &str,
+        kind: &str,
+        author: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<Entity, Cause> {
+        let attrs = HashMap::from([
+            (
+                "kind".to_owned(),
+                RestrictedExpression::new_string(kind.to_owned()),
+            ),
+            (
+                "author".to_owned(),
+                RestrictedExpression::new_string(author.to_owned()),
+            ),
+        ]);
+        let uid = EntityUid::from_type_name_and_id(self.proposal.clone(), EntityId::new(id));
+        let parents = HashSet::from([self.trust_domain_uid(trust_domain.as_str())]);
+        Ok(Entity::new(uid, attrs, parents)?)
+    }
+
+    /// An identity entity: its SPIFFE ID as entity id, in its trust domain and `parents`.
+    fn identity(
+        &self,
+        type_name: &EntityTypeName,
+        id: &SpiffeId,
+        parents: impl IntoIterator<Item = EntityUid>,
+    ) -> Result<Entity, Cause> {
+        let trust_domain = self.trust_domain_uid(id.trust_domain_str());
         let path = id.path();
         let segments = path.split('/').filter(|s| !s.is_empty()).count();
         let attrs = HashMap::from([
@@ -153,7 +285,8 @@ impl Engine {
             ),
         ]);
         let uid = EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id.as_str()));
-        Ok(Entity::new(uid, attrs, HashSet::from([trust_domain]))?)
+        let parents = std::iter::once(trust_domain).chain(parents).collect();
+        Ok(Entity::new(uid, attrs, parents)?)
     }
 }
 

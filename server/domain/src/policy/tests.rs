@@ -345,7 +345,8 @@ permit (principal, action, resource) when { context.environment == "dev" };
 fn attestors_are_in_the_context() {
     let text = r#"
 @id("tokens-only")
-permit (principal, action, resource) when { context.attestors.contains("join_token") };
+permit (principal, action == Action::"Issue", resource)
+when { context.attestors.contains("join_token") };
 "#;
     let p = policy(text);
     assert!(node("/node/a", "/x").decide(&p).is_err());
