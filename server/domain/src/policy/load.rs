@@ -14,7 +14,7 @@ use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
 use super::cedar::Engine;
-use super::operation::{Actor, ActorKind, Operation, OperationInput, ROLES, Target, TargetKind};
+use super::operation;
 use super::{
     DEFAULT_ENVIRONMENT, DEFAULT_MAX_TTL_SECONDS, DecisionInput, Limits, MAX_MAX_TTL_SECONDS,
     MIN_MAX_TTL_SECONDS, PolicyFile, PolicySource, Principal, SCHEMA_FILE,
@@ -409,82 +409,10 @@ impl Loader<'_> {
                 )));
             }
         }
-        self.prove_operations(&engine, &schema, td);
-        Some(engine)
-    }
-
-    /// The schema accepts every operation from every kind of caller it is for, with the target
-    /// it acts on; an operator holding every role. One problem per caller kind and cause, naming
-    /// the actions it breaks.
-    fn prove_operations(&mut self, engine: &Engine, schema: &Schema, td: &str) {
-        let id = |path: &str| SpiffeId::parse(&format!("spiffe://{td}{path}"));
-        let (Ok(trust_domain), Ok(operator), Ok(node), Ok(workload)) = (
-            TrustDomain::parse(td),
-            id("/operator/o"),
-            id("/node/n"),
-            id("/ns/web/sa/api"),
-        ) else {
-            return;
-        };
-        let roles: Vec<String> = ROLES.iter().map(|r| (*r).to_owned()).collect();
-        for caller in [ActorKind::Operator, ActorKind::Node, ActorKind::Workload] {
-            let actor = match caller {
-                ActorKind::Operator => Actor::Operator {
-                    id: &operator,
-                    roles: &roles,
-                },
-                ActorKind::Node => Actor::Node(&node),
-                ActorKind::Workload => Actor::Workload(&workload),
-            };
-            let operations: Vec<Operation> = Operation::ALL
-                .into_iter()
-                .filter(|op| op.callers().contains(&caller))
-                .collect();
-            // Each cause with the actions it breaks, in the order of Operation::ALL.
-            let mut causes: Vec<(String, Vec<String>)> = Vec::new();
-            for &operation in &operations {
-                let target = match operation.target() {
-                    TargetKind::Identity => Target::Identity(&workload),
-                    TargetKind::TrustDomain => Target::TrustDomain(&trust_domain),
-                    TargetKind::Proposal => Target::Proposal {
-                        id: "p",
-                        kind: "policy",
-                        author: operator.as_str(),
-                        trust_domain: &trust_domain,
-                    },
-                };
-                let input = OperationInput {
-                    actor,
-                    operation,
-                    target,
-                };
-                let Err(e) = engine.operation_request(&input, DEFAULT_ENVIRONMENT, Some(schema))
-                else {
-                    continue;
-                };
-                let cause = chain(e.as_ref());
-                let action = format!("Action::{:?}", operation.as_str());
-                match causes.iter_mut().find(|(c, _)| *c == cause) {
-                    Some((_, actions)) => actions.push(action),
-                    None => causes.push((cause, vec![action])),
-                }
-            }
-            let article = match caller {
-                ActorKind::Operator => "an",
-                ActorKind::Node | ActorKind::Workload => "a",
-            };
-            let name = caller.type_name();
-            for (cause, actions) in causes {
-                let which = if actions.len() == operations.len() && actions.len() > 1 {
-                    format!("every request of {article} {name}")
-                } else {
-                    format!("{article} {name}'s {}", actions.join(", "))
-                };
-                self.problems.push(schema_problem(format!(
-                    "does not describe the requests Mintgate makes: {which}: {cause}"
-                )));
-            }
+        for message in operation::unaccepted(&engine, &schema, td) {
+            self.problems.push(schema_problem(message));
         }
+        Some(engine)
     }
 
     /// A validator finding about policy `id`, at its label or else where the policy starts.
@@ -533,20 +461,6 @@ fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// An error and its sources, each once (Cedar's wrappers often repeat their source).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text = format!("{text}: {next}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn schema_problem(message: String) -> Problem {

@@ -2,12 +2,15 @@
 //! it acts. One Cedar action per RPC, named like it; the caller is an `Operator` (in a
 //! `Role::"<name>"` group for each of its valid role bindings), a `Node` or a `Workload`; the
 //! resource is the SPIFFE ID, the trust domain or the proposal acted on. What each RPC may be
-//! called by and acts on is fixed here ([`Operation::callers`], [`Operation::target`]); the
-//! schema must accept exactly those requests, which every load proves.
+//! called by and acts on is fixed here ([`Operation::callers`], [`Operation::target`]); every
+//! load proves the schema accepts those requests ([`unaccepted`]).
 
 use std::fmt;
 
-use super::{DecideError, Denied, Policy, PolicyDecision};
+use cedar_policy::Schema;
+
+use super::cedar::Engine;
+use super::{DEFAULT_ENVIRONMENT, DecideError, Denied, Policy, PolicyDecision};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// The operator roles of DESIGN §13.
@@ -175,6 +178,34 @@ pub struct OperationInput<'a> {
     pub target: Target<'a>,
 }
 
+impl Policy {
+    /// Decides whether `input.actor` may do `input.operation` to `input.target`. Deny unless a
+    /// permit applies and no forbid does (same rules as [`Policy::decide`], including errored
+    /// forbids counting as applying); a caller the operation is not for (a node calling
+    /// `CreateJoinToken`) is denied without asking Cedar. Ok carries the determining permits;
+    /// `Err(DecideError::Denied(..))` the forbids (or none) with the version. A target of the
+    /// wrong kind for the operation is a bug: [`DecideError::Engine`].
+    pub fn authorize(&self, input: &OperationInput<'_>) -> Result<PolicyDecision, DecideError> {
+        let expected = input.operation.target();
+        if input.target.kind() != expected {
+            return Err(DecideError::Engine(Box::new(WrongTarget {
+                operation: input.operation,
+                expected,
+                got: input.target.kind(),
+            })));
+        }
+        if !input.operation.callers().contains(&input.actor.kind()) {
+            return Err(Denied {
+                decision: self.decision(Vec::new()),
+                forbidden: false,
+            }
+            .into());
+        }
+        let outcome = self.engine.authorize(input, &self.environment)?;
+        Ok(self.verdict(outcome)?)
+    }
+}
+
 /// The principal type of an [`Actor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ActorKind {
@@ -222,32 +253,93 @@ pub(super) struct WrongTarget {
     got: TargetKind,
 }
 
-impl Policy {
-    /// Decides whether `input.actor` may do `input.operation` to `input.target`. Deny unless a
-    /// permit applies and no forbid does (same rules as [`Policy::decide`], including errored
-    /// forbids counting as applying); a caller the operation is not for (a node calling
-    /// `CreateJoinToken`) is denied without asking Cedar. Ok carries the determining permits;
-    /// `Err(DecideError::Denied(..))` the forbids (or none) with the version. A target of the
-    /// wrong kind for the operation is a bug: [`DecideError::Engine`].
-    pub fn authorize(&self, input: &OperationInput<'_>) -> Result<PolicyDecision, DecideError> {
-        let expected = input.operation.target();
-        if input.target.kind() != expected {
-            return Err(DecideError::Engine(Box::new(WrongTarget {
-                operation: input.operation,
-                expected,
-                got: input.target.kind(),
-            })));
-        }
-        if !input.operation.callers().contains(&input.actor.kind()) {
-            return Err(Denied {
-                decision: self.decision(Vec::new()),
-                forbidden: false,
+/// Why `schema` would refuse requests Mintgate sends: every operation from every kind of caller
+/// it is for, with the target it acts on, an operator holding every role. One message per caller
+/// kind and cause, naming the actions it breaks; none when the schema accepts them all.
+pub(super) fn unaccepted(engine: &Engine, schema: &Schema, td: &str) -> Vec<String> {
+    let id = |path: &str| SpiffeId::parse(&format!("spiffe://{td}{path}"));
+    let (Ok(trust_domain), Ok(operator), Ok(node), Ok(workload)) = (
+        TrustDomain::parse(td),
+        id("/operator/o"),
+        id("/node/n"),
+        id("/ns/web/sa/api"),
+    ) else {
+        return Vec::new();
+    };
+    let roles: Vec<String> = ROLES.iter().map(|r| (*r).to_owned()).collect();
+    let mut messages = Vec::new();
+    for caller in [ActorKind::Operator, ActorKind::Node, ActorKind::Workload] {
+        let actor = match caller {
+            ActorKind::Operator => Actor::Operator {
+                id: &operator,
+                roles: &roles,
+            },
+            ActorKind::Node => Actor::Node(&node),
+            ActorKind::Workload => Actor::Workload(&workload),
+        };
+        let operations: Vec<Operation> = Operation::ALL
+            .into_iter()
+            .filter(|op| op.callers().contains(&caller))
+            .collect();
+        // Each cause with the actions it breaks, in the order of Operation::ALL.
+        let mut causes: Vec<(String, Vec<String>)> = Vec::new();
+        for &operation in &operations {
+            let target = match operation.target() {
+                TargetKind::Identity => Target::Identity(&workload),
+                TargetKind::TrustDomain => Target::TrustDomain(&trust_domain),
+                TargetKind::Proposal => Target::Proposal {
+                    id: "p",
+                    kind: "policy",
+                    author: operator.as_str(),
+                    trust_domain: &trust_domain,
+                },
+            };
+            let input = OperationInput {
+                actor,
+                operation,
+                target,
+            };
+            let Err(e) = engine.operation_request(&input, DEFAULT_ENVIRONMENT, Some(schema)) else {
+                continue;
+            };
+            let cause = chain(e.as_ref());
+            let action = format!("Action::{:?}", operation.as_str());
+            match causes.iter_mut().find(|(c, _)| *c == cause) {
+                Some((_, actions)) => actions.push(action),
+                None => causes.push((cause, vec![action])),
             }
-            .into());
         }
-        let outcome = self.engine.authorize(input, &self.environment)?;
-        Ok(self.verdict(outcome)?)
+        let article = match caller {
+            ActorKind::Operator => "an",
+            ActorKind::Node | ActorKind::Workload => "a",
+        };
+        let name = caller.type_name();
+        for (cause, actions) in causes {
+            let which = if actions.len() == operations.len() && actions.len() > 1 {
+                format!("every request of {article} {name}")
+            } else {
+                format!("{article} {name}'s {}", actions.join(", "))
+            };
+            messages.push(format!(
+                "does not describe the requests Mintgate makes: {which}: {cause}"
+            ));
+        }
     }
+    messages
+}
+
+/// An error and its sources, each once (Cedar's wrappers often repeat their source).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
