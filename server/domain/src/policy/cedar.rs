@@ -2,12 +2,17 @@
 //! from a [`DecisionInput`] or an [`OperationInput`]. Everything that does not depend on the
 //! request (type names, action entities, the `Role` entities, the authorizer) is built once per
 //! policy version; a decision builds two entities (principal and resource) and a context.
+//!
+//! Cedar evaluates every policy of the set it is given, so each action asks only the policies
+//! whose action scope can match it (an index built at load): a policy whose scope does not match
+//! a request neither applies nor fails, so the answer is the same, and issuance does not pay for
+//! the operator policies or the other way round.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context, Decision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema,
+    ActionConstraint, AuthorizationError, Authorizer, Context, Decision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicySet, Request, RestrictedExpression, Schema,
 };
 
 use super::operation::{Actor, Operation, OperationInput, ROLES, Target};
@@ -27,6 +32,8 @@ pub(super) struct Outcome {
 /// The policy set with what every decision needs.
 pub(super) struct Engine {
     set: PolicySet,
+    /// For each action Mintgate asks about, the policies of `set` whose scope can match it.
+    by_action: HashMap<EntityUid, PolicySet>,
     authorizer: Authorizer,
     /// The schema's action entities, so `action in [...]` sees action groups.
     actions: Entities,
@@ -74,8 +81,22 @@ impl Engine {
         let actions = schema.action_entities()?;
         let roles = ROLES.iter().map(|r| names.role_entity(r));
         let with_roles = actions.clone().add_entities(roles, None)?;
+        let mut by_action = HashMap::new();
+        for action in [&names.issue, &names.renew]
+            .into_iter()
+            .chain(&names.operations)
+        {
+            let mut subset = PolicySet::new();
+            for policy in set.policies() {
+                if scope_admits(policy, action, &actions) {
+                    subset.add(policy.clone())?;
+                }
+            }
+            by_action.insert(action.clone(), subset);
+        }
         Ok(Self {
             set,
+            by_action,
             authorizer: Authorizer::new(),
             actions,
             with_roles,
@@ -96,7 +117,11 @@ impl Engine {
         let (request, entities) = self
             .request(input, environment, None)
             .map_err(DecideError::Engine)?;
-        Ok(self.ask(&request, &entities))
+        let action = match input.principal {
+            Principal::Node(_) => &self.names.issue,
+            Principal::Workload(_) => &self.names.renew,
+        };
+        Ok(self.ask(action, &request, &entities))
     }
 
     /// Asks Cedar about an operation.
@@ -108,11 +133,14 @@ impl Engine {
         let (request, entities) = self
             .operation_request(input, environment, None)
             .map_err(DecideError::Engine)?;
-        Ok(self.ask(&request, &entities))
+        let action = &self.names.operations[input.operation as usize];
+        Ok(self.ask(action, &request, &entities))
     }
 
-    fn ask(&self, request: &Request, entities: &Entities) -> Outcome {
-        let response = self.authorizer.is_authorized(request, &self.set, entities);
+    /// Asks Cedar about `request` for `action`, with the policies that can apply to it.
+    fn ask(&self, action: &EntityUid, request: &Request, entities: &Entities) -> Outcome {
+        let set = self.by_action.get(action).unwrap_or(&self.set);
+        let response = self.authorizer.is_authorized(request, set, entities);
         let diagnostics = response.diagnostics();
         let errored_forbids = diagnostics
             .errors()
@@ -287,6 +315,21 @@ impl Names {
         let uid = EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id.as_str()));
         let parents = std::iter::once(trust_domain).chain(parents).collect();
         Ok(Entity::new(uid, attrs, parents)?)
+    }
+}
+
+/// Whether `policy`'s action scope can match `action`: any action, `action` itself, or a group
+/// `action` is in.
+fn scope_admits(policy: &Policy, action: &EntityUid, actions: &Entities) -> bool {
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(scope) => scope == *action,
+        ActionConstraint::In(groups) => groups.iter().any(|group| {
+            group == action
+                || actions
+                    .ancestors(action)
+                    .is_some_and(|mut ancestors| ancestors.any(|a| a == group))
+        }),
     }
 }
 
