@@ -3,10 +3,12 @@
 //! request (type names, action entities, the `Role` entities, the authorizer) is built once per
 //! policy version; a decision builds two entities (principal and resource) and a context.
 //!
-//! Cedar evaluates every policy of the set it is given, so each action asks only the policies
-//! whose action scope can match it (an index built at load): a policy whose scope does not match
-//! a request neither applies nor fails, so the answer is the same, and issuance does not pay for
-//! the operator policies or the other way round.
+//! Cedar evaluates every policy of the set it is given, and a request's entities are copied and
+//! their hierarchy recomputed for each decision, so each action is asked with only what it can
+//! use (an index built at load): the policies whose action scope can match it (one whose scope
+//! does not match a request neither applies nor fails, so the answer is the same), and its own
+//! action entity with the groups it is in. Issuance does not pay for the operator policies or
+//! the other way round.
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,15 +34,28 @@ pub(super) struct Outcome {
 /// The policy set with what every decision needs.
 pub(super) struct Engine {
     set: PolicySet,
-    /// For each action Mintgate asks about, the policies of `set` whose scope can match it.
-    by_action: HashMap<EntityUid, PolicySet>,
+    /// What each action Mintgate asks about is asked with.
+    by_action: HashMap<EntityUid, ForAction>,
     authorizer: Authorizer,
-    /// The schema's action entities, so `action in [...]` sees action groups.
-    actions: Entities,
-    /// The action entities and a `Role` entity for each of [`ROLES`], for operations.
-    with_roles: Entities,
     names: Names,
 }
+
+/// A request, its entities and the policies to ask about it.
+pub(super) type Asked<'a> = (Request, Entities, &'a PolicySet);
+
+/// What a request for one action is asked with.
+struct ForAction {
+    /// The policies of the set whose action scope can match it.
+    policies: PolicySet,
+    /// Its action entity and those of the groups it is in, so `action in [...]` sees groups;
+    /// for an operation, a `Role` entity for each of [`ROLES`] too.
+    entities: Entities,
+}
+
+/// An action the engine was not built for: a bug.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy engine has no index for {0}")]
+struct NotIndexed(EntityUid);
 
 /// The entity types and actions of the schema that Mintgate builds requests from.
 struct Names {
@@ -79,27 +94,31 @@ impl Engine {
                 .collect::<Result<_, _>>()?,
         };
         let actions = schema.action_entities()?;
-        let roles = ROLES.iter().map(|r| names.role_entity(r));
-        let with_roles = actions.clone().add_entities(roles, None)?;
         let mut by_action = HashMap::new();
-        for action in [&names.issue, &names.renew]
-            .into_iter()
-            .chain(&names.operations)
-        {
-            let mut subset = PolicySet::new();
+        let issuance = [&names.issue, &names.renew].map(|a| (a, false));
+        let operations = names.operations.iter().map(|a| (a, true));
+        for (action, operation) in issuance.into_iter().chain(operations) {
+            let mut policies = PolicySet::new();
             for policy in set.policies() {
                 if scope_admits(policy, action, &actions) {
-                    subset.add(policy.clone())?;
+                    policies.add(policy.clone())?;
                 }
             }
-            by_action.insert(action.clone(), subset);
+            let own = std::iter::once(action)
+                .chain(actions.ancestors(action).into_iter().flatten())
+                .filter_map(|uid| actions.get(uid).cloned());
+            let roles: Vec<Entity> = if operation {
+                ROLES.iter().map(|r| names.role_entity(r)).collect()
+            } else {
+                Vec::new()
+            };
+            let entities = Entities::from_entities(own.chain(roles), None)?;
+            by_action.insert(action.clone(), ForAction { policies, entities });
         }
         Ok(Self {
             set,
             by_action,
             authorizer: Authorizer::new(),
-            actions,
-            with_roles,
             names,
         })
     }
@@ -114,14 +133,10 @@ impl Engine {
         input: &DecisionInput<'_>,
         environment: &str,
     ) -> Result<Outcome, DecideError> {
-        let (request, entities) = self
+        let (request, entities, policies) = self
             .request(input, environment, None)
             .map_err(DecideError::Engine)?;
-        let action = match input.principal {
-            Principal::Node(_) => &self.names.issue,
-            Principal::Workload(_) => &self.names.renew,
-        };
-        Ok(self.ask(action, &request, &entities))
+        Ok(self.ask(&request, &entities, policies))
     }
 
     /// Asks Cedar about an operation.
@@ -130,17 +145,14 @@ impl Engine {
         input: &OperationInput<'_>,
         environment: &str,
     ) -> Result<Outcome, DecideError> {
-        let (request, entities) = self
+        let (request, entities, policies) = self
             .operation_request(input, environment, None)
             .map_err(DecideError::Engine)?;
-        let action = &self.names.operations[input.operation as usize];
-        Ok(self.ask(action, &request, &entities))
+        Ok(self.ask(&request, &entities, policies))
     }
 
-    /// Asks Cedar about `request` for `action`, with the policies that can apply to it.
-    fn ask(&self, action: &EntityUid, request: &Request, entities: &Entities) -> Outcome {
-        let set = self.by_action.get(action).unwrap_or(&self.set);
-        let response = self.authorizer.is_authorized(request, set, entities);
+    fn ask(&self, request: &Request, entities: &Entities, policies: &PolicySet) -> Outcome {
+        let response = self.authorizer.is_authorized(request, policies, entities);
         let diagnostics = response.diagnostics();
         let errored_forbids = diagnostics
             .errors()
@@ -161,14 +173,15 @@ impl Engine {
         }
     }
 
-    /// The Cedar request and entities for `input`. With a schema, both are checked against it
-    /// (at load, to prove the schema accepts what Mintgate sends); without, they are not.
+    /// The Cedar request and entities for `input`, and the policies to ask. With a schema, the
+    /// request and entities are checked against it (at load, to prove the schema accepts what
+    /// Mintgate sends); without, they are not.
     pub(super) fn request(
         &self,
         input: &DecisionInput<'_>,
         environment: &str,
         schema: Option<&Schema>,
-    ) -> Result<(Request, Entities), Cause> {
+    ) -> Result<Asked<'_>, Cause> {
         let n = &self.names;
         let (principal_type, principal_id, action) = match input.principal {
             Principal::Node(id) => (&n.node, id, &n.issue),
@@ -184,28 +197,29 @@ impl Engine {
             context,
             schema,
         )?;
-        let entities = self
-            .actions
+        let index = self.index(action)?;
+        let entities = index
+            .entities
             .clone()
             .add_entities([principal, resource], schema)?;
-        Ok((request, entities))
+        Ok((request, entities, &index.policies))
     }
 
-    /// The Cedar request and entities for an operation; with a schema, checked against it as
-    /// [`Engine::request`] does. An operator is `in` a `Role` for each role it holds; with a
-    /// schema, every `Role` entity is checked too.
+    /// The same for an operation. An operator is `in` a `Role` for each role it holds; with a
+    /// schema, the `Role` entity of each is checked too.
     pub(super) fn operation_request(
         &self,
         input: &OperationInput<'_>,
         environment: &str,
         schema: Option<&Schema>,
-    ) -> Result<(Request, Entities), Cause> {
+    ) -> Result<Asked<'_>, Cause> {
         let n = &self.names;
         let mut entities = Vec::with_capacity(2);
         let principal = match input.actor {
             Actor::Operator { id, roles } => {
                 let parents = roles.iter().map(|r| n.role_uid(r));
-                // A role outside ROLES has no entity yet; one of ROLES has, unless checking.
+                // Each of ROLES has an entity already; another role needs one, and a check
+                // checks every role's.
                 entities.extend(
                     roles
                         .iter()
@@ -239,16 +253,25 @@ impl Engine {
             RestrictedExpression::new_string(environment.to_owned()),
         )])?;
         // `operations` holds one action per `Operation::ALL`, in declaration order.
-        let action = n.operations[input.operation as usize].clone();
-        let request = Request::new(principal.uid(), action, resource_uid, context, schema)?;
+        let action = &n.operations[input.operation as usize];
+        let request = Request::new(
+            principal.uid(),
+            action.clone(),
+            resource_uid,
+            context,
+            schema,
+        )?;
         entities.push(principal);
         entities.extend(resource);
-        let base = if schema.is_some() {
-            &self.actions
-        } else {
-            &self.with_roles
-        };
-        Ok((request, base.clone().add_entities(entities, schema)?))
+        let index = self.index(action)?;
+        let entities = index.entities.clone().add_entities(entities, schema)?;
+        Ok((request, entities, &index.policies))
+    }
+
+    fn index(&self, action: &EntityUid) -> Result<&ForAction, Cause> {
+        self.by_action
+            .get(action)
+            .ok_or_else(|| NotIndexed(action.clone()).into())
     }
 }
 
