@@ -1,16 +1,19 @@
 //! What a policy decision costs: `cargo bench -p mintgate-domain --bench decision`.
 //!
-//! Times `Policy::decide` (building the Cedar request and entities, then authorizing) with the
-//! dev policy and with the dev policy plus 200 more permits (fewer decisions: each costs more),
-//! and `Policy::load` (parse, checks, strict validation, hashing) of each. One thread; the
-//! figures are printed, never asserted.
+//! Times `Policy::decide` (building the Cedar request and entities, then authorizing) and
+//! `Policy::authorize` (an operator RPC) with the dev policy and with the dev policy plus 200
+//! more permits (fewer decisions: each costs more), and `Policy::load` (parse, checks, strict
+//! validation, hashing) of each. One thread; the figures are printed, never asserted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use mintgate_domain::policy::{DecisionInput, Policy, PolicyFile, PolicySource, Principal};
+use mintgate_domain::policy::{
+    Actor, DecisionInput, Operation, OperationInput, Policy, PolicyFile, PolicySource, Principal,
+    Target,
+};
 use mintgate_domain::{KeyType, SpiffeId, TrustDomain};
 
 /// Decisions timed per case with the dev policy; a fiftieth of that with the large one.
@@ -45,6 +48,38 @@ fn main() {
         ("refused (no permit)", ask(&other, &[], false)),
     ];
 
+    let (operator, issuer, auditor) = (
+        id("/operator/alice"),
+        ["issuer".to_owned()],
+        ["auditor".to_owned()],
+    );
+    let join_token = |roles| OperationInput {
+        actor: Actor::Operator {
+            id: &operator,
+            roles,
+        },
+        operation: Operation::CreateJoinToken,
+        target: Target::Identity(&joined),
+    };
+    let operations = [
+        (
+            "CheckStatus by a workload (allowed)",
+            OperationInput {
+                actor: Actor::Workload(&web),
+                operation: Operation::CheckStatus,
+                target: Target::TrustDomain(&td),
+            },
+        ),
+        (
+            "CreateJoinToken by an issuer (allowed)",
+            join_token(&issuer[..]),
+        ),
+        (
+            "CreateJoinToken by an auditor (refused)",
+            join_token(&auditor[..]),
+        ),
+    ];
+
     let mut large = PolicySource::dev();
     large.files.push(PolicyFile {
         name: "many.cedar".to_owned(),
@@ -62,7 +97,7 @@ fn main() {
 
     println!("policy decisions, one thread:");
     for (name, source, decisions) in [
-        ("dev policy (2 policies)", PolicySource::dev(), DECISIONS),
+        ("dev policy (15 policies)", PolicySource::dev(), DECISIONS),
         ("dev + 200 permits", large, DECISIONS / 50),
     ] {
         let started = Instant::now();
@@ -76,19 +111,31 @@ fn main() {
             load.as_secs_f64() * 1e3
         );
         for (case, input) in &cases {
-            for _ in 0..decisions / 10 {
+            time(case, decisions, || {
                 let _ = black_box(policy.decide(black_box(input)));
-            }
-            let started = Instant::now();
-            for _ in 0..decisions {
-                let _ = black_box(policy.decide(black_box(input)));
-            }
-            let each = started.elapsed() / decisions;
-            println!(
-                "    {case}: {:.1} µs per decision ({:.0}/s)",
-                each.as_secs_f64() * 1e6,
-                1.0 / each.as_secs_f64()
-            );
+            });
+        }
+        for (case, input) in &operations {
+            time(case, decisions, || {
+                let _ = black_box(policy.authorize(black_box(input)));
+            });
         }
     }
+}
+
+/// Runs `decide` a tenth of `decisions` times to warm up, then times `decisions` runs.
+fn time(case: &str, decisions: u32, mut decide: impl FnMut()) {
+    for _ in 0..decisions / 10 {
+        decide();
+    }
+    let started = Instant::now();
+    for _ in 0..decisions {
+        decide();
+    }
+    let each = started.elapsed() / decisions;
+    println!(
+        "    {case}: {:.1} µs per decision ({:.0}/s)",
+        each.as_secs_f64() * 1e6,
+        1.0 / each.as_secs_f64()
+    );
 }

@@ -1,4 +1,4 @@
-//! Issuance policy as code (DESIGN §11): Cedar. A policy is a directory of text, a
+//! Policy as code (DESIGN §11, §13): Cedar decides issuance and authorizes every operator RPC. A policy is a directory of text, a
 //! `schema.cedarschema` plus `*.cedar` files ([`PolicySource`]), loaded whole by
 //! [`Policy::load`]: parsed, checked and validated in strict mode against its schema, and refused
 //! whole with the file, line and message of every problem.
@@ -10,6 +10,10 @@
 //! only if a permit applies and no forbid does. Cedar alone decides; the annotations of the
 //! permits that granted it only shape what is granted (`@max_ttl_seconds`, `@server_auth`).
 //!
+//! [`Policy::authorize`] asks the same engine whether an operator (in the `Role` groups of its
+//! role bindings), a node or a workload may call an Admin or Revocation RPC ([`Operation`]) on
+//! what it acts on ([`Target`]), under the same deny-by-default rules.
+//!
 //! Every decision carries the policy version (SHA-256 of the schema and the sorted policy texts)
 //! and the `@id`s of the policies that determined it, for the request record, the audit trail and
 //! the refusal. Cedar types never leave this module; it does no I/O (the server reads the
@@ -17,12 +21,14 @@
 
 mod cedar;
 mod load;
+mod operation;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 pub use load::{LoadError, Problem};
+pub use operation::{Actor, Operation, OperationInput, ROLES, Target};
 
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::types::KeyType;
@@ -62,14 +68,21 @@ impl PolicySource {
     /// The policy `mintgate serve --dev` runs with (trust domain `dev.mintgate.local`), shipped
     /// in `server/policy/dev/`: nodes `/node/<name>` may enroll `/workload/...` identities with
     /// DNS names one label under `svc.cluster.local`, and `/joined/...` identities with a join
-    /// token bound to the identity asked for; those workloads renew themselves.
+    /// token bound to the identity asked for; those workloads renew themselves. Operators act by
+    /// their roles (DESIGN §13); every caller may check status and follow revocations.
     pub fn dev() -> Self {
         Self {
             schema: include_str!("../../policy/dev/schema.cedarschema").to_owned(),
-            files: vec![PolicyFile {
-                name: "issuance.cedar".to_owned(),
-                text: include_str!("../../policy/dev/issuance.cedar").to_owned(),
-            }],
+            files: vec![
+                PolicyFile {
+                    name: "issuance.cedar".to_owned(),
+                    text: include_str!("../../policy/dev/issuance.cedar").to_owned(),
+                },
+                PolicyFile {
+                    name: "operators.cedar".to_owned(),
+                    text: include_str!("../../policy/dev/operators.cedar").to_owned(),
+                },
+            ],
         }
     }
 }
@@ -212,27 +225,9 @@ impl Policy {
     /// fails to evaluate counts as applying (Cedar would skip it).
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Grant, DecideError> {
         let outcome = self.engine.decide(input, &self.environment)?;
-        let decision = |mut policies: Vec<String>| {
-            policies.sort();
-            PolicyDecision {
-                policy_version: self.version.clone(),
-                policies,
-            }
-        };
-        if !outcome.errored_forbids.is_empty() || !outcome.allowed {
-            let forbidden = !outcome.errored_forbids.is_empty() || !outcome.determining.is_empty();
-            let mut ids = outcome.errored_forbids;
-            if ids.is_empty() {
-                ids = outcome.determining;
-            }
-            return Err(Denied {
-                decision: decision(ids),
-                forbidden,
-            }
-            .into());
-        }
-        let granted = outcome
-            .determining
+        let decision = self.verdict(outcome)?;
+        let granted = decision
+            .policies
             .iter()
             .filter_map(|id| self.limits.get(id));
         let max_ttl = granted
@@ -242,7 +237,7 @@ impl Policy {
             .unwrap_or(Duration::from_secs(DEFAULT_MAX_TTL_SECONDS));
         let server_auth = granted.clone().any(|l| l.server_auth);
         Ok(Grant {
-            decision: decision(outcome.determining),
+            decision,
             max_ttl,
             server_auth,
         })
@@ -261,6 +256,35 @@ impl Policy {
     /// What the validator warns about (never a reason to refuse the policy).
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+}
+
+impl Policy {
+    /// What Cedar said, as a decision: granted by its determining permits, or denied by the
+    /// forbids that applied (a forbid that failed to evaluate counts; Cedar would skip it), or
+    /// by nothing when no permit applied.
+    fn verdict(&self, outcome: cedar::Outcome) -> Result<PolicyDecision, Denied> {
+        if outcome.errored_forbids.is_empty() && outcome.allowed {
+            return Ok(self.decision(outcome.determining));
+        }
+        let forbidden = !outcome.errored_forbids.is_empty() || !outcome.determining.is_empty();
+        let mut ids = outcome.errored_forbids;
+        if ids.is_empty() {
+            ids = outcome.determining;
+        }
+        Err(Denied {
+            decision: self.decision(ids),
+            forbidden,
+        })
+    }
+
+    /// The decision of this version by `policies` (sorted here).
+    fn decision(&self, mut policies: Vec<String>) -> PolicyDecision {
+        policies.sort();
+        PolicyDecision {
+            policy_version: self.version.clone(),
+            policies,
+        }
     }
 }
 

@@ -1,18 +1,26 @@
 //! The Cedar side of a decision: the validated policy set, and the request and entities built
-//! from a [`DecisionInput`]. Everything that does not depend on the request (type names, action
-//! entities, the authorizer) is built once per policy version; a decision builds two entities
-//! (principal and resource) and a context.
+//! from a [`DecisionInput`] or an [`OperationInput`]. Everything that does not depend on the
+//! request (type names, action entities, the `Role` entities, the authorizer) is built once per
+//! policy version; a decision builds two entities (principal and resource) and a context.
+//!
+//! Cedar evaluates every policy of the set it is given, and a request's entities are copied and
+//! their hierarchy recomputed for each decision, so each action is asked with only what it can
+//! use (an index built at load): the policies whose action scope can match it (one whose scope
+//! does not match a request neither applies nor fails, so the answer is the same), and its own
+//! action entity with the groups it is in. Issuance does not pay for the operator policies or
+//! the other way round.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context, Decision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema,
+    ActionConstraint, AuthorizationError, Authorizer, Context, Decision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicySet, Request, RestrictedExpression, Schema,
 };
 
+use super::operation::{Actor, Operation, OperationInput, ROLES, Target};
 use super::{DecideError, DecisionInput, Principal};
-use crate::SpiffeId;
 use crate::error::Cause;
+use crate::{SpiffeId, TrustDomain};
 
 /// What Cedar said about one request.
 pub(super) struct Outcome {
@@ -26,11 +34,28 @@ pub(super) struct Outcome {
 /// The policy set with what every decision needs.
 pub(super) struct Engine {
     set: PolicySet,
+    /// What each action Mintgate asks about is asked with.
+    by_action: HashMap<EntityUid, ForAction>,
     authorizer: Authorizer,
-    /// The schema's action entities, so `action in [...]` sees action groups.
-    actions: Entities,
     names: Names,
 }
+
+/// A request, its entities and the policies to ask about it.
+pub(super) type Asked<'a> = (Request, Entities, &'a PolicySet);
+
+/// What a request for one action is asked with.
+struct ForAction {
+    /// The policies of the set whose action scope can match it.
+    policies: PolicySet,
+    /// Its action entity and those of the groups it is in, so `action in [...]` sees groups;
+    /// for an operation, a `Role` entity for each of [`ROLES`] too.
+    entities: Entities,
+}
+
+/// An action the engine was not built for: a bug.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy engine has no index for {0}")]
+struct NotIndexed(EntityUid);
 
 /// The entity types and actions of the schema that Mintgate builds requests from.
 struct Names {
@@ -38,8 +63,13 @@ struct Names {
     spiffe_id: EntityTypeName,
     node: EntityTypeName,
     workload: EntityTypeName,
+    operator: EntityTypeName,
+    role: EntityTypeName,
+    proposal: EntityTypeName,
     issue: EntityUid,
     renew: EntityUid,
+    /// By `Operation as usize` (the order of [`Operation::ALL`]).
+    operations: Vec<EntityUid>,
 }
 
 impl Engine {
@@ -53,13 +83,42 @@ impl Engine {
             spiffe_id: type_name("SpiffeId")?,
             node: type_name("Node")?,
             workload: type_name("Workload")?,
+            operator: type_name("Operator")?,
+            role: type_name("Role")?,
+            proposal: type_name("Proposal")?,
             issue: action("Issue")?,
             renew: action("Renew")?,
+            operations: Operation::ALL
+                .iter()
+                .map(|op| action(op.as_str()))
+                .collect::<Result<_, _>>()?,
         };
+        let actions = schema.action_entities()?;
+        let mut by_action = HashMap::new();
+        let issuance = [&names.issue, &names.renew].map(|a| (a, false));
+        let operations = names.operations.iter().map(|a| (a, true));
+        for (action, operation) in issuance.into_iter().chain(operations) {
+            let mut policies = PolicySet::new();
+            for policy in set.policies() {
+                if scope_admits(policy, action, &actions) {
+                    policies.add(policy.clone())?;
+                }
+            }
+            let own = std::iter::once(action)
+                .chain(actions.ancestors(action).into_iter().flatten())
+                .filter_map(|uid| actions.get(uid).cloned());
+            let roles: Vec<Entity> = if operation {
+                ROLES.iter().map(|r| names.role_entity(r)).collect()
+            } else {
+                Vec::new()
+            };
+            let entities = Entities::from_entities(own.chain(roles), None)?;
+            by_action.insert(action.clone(), ForAction { policies, entities });
+        }
         Ok(Self {
             set,
+            by_action,
             authorizer: Authorizer::new(),
-            actions: schema.action_entities()?,
             names,
         })
     }
@@ -74,12 +133,26 @@ impl Engine {
         input: &DecisionInput<'_>,
         environment: &str,
     ) -> Result<Outcome, DecideError> {
-        let (request, entities) = self
+        let (request, entities, policies) = self
             .request(input, environment, None)
             .map_err(DecideError::Engine)?;
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.set, &entities);
+        Ok(self.ask(&request, &entities, policies))
+    }
+
+    /// Asks Cedar about an operation.
+    pub(super) fn authorize(
+        &self,
+        input: &OperationInput<'_>,
+        environment: &str,
+    ) -> Result<Outcome, DecideError> {
+        let (request, entities, policies) = self
+            .operation_request(input, environment, None)
+            .map_err(DecideError::Engine)?;
+        Ok(self.ask(&request, &entities, policies))
+    }
+
+    fn ask(&self, request: &Request, entities: &Entities, policies: &PolicySet) -> Outcome {
+        let response = self.authorizer.is_authorized(request, policies, entities);
         let diagnostics = response.diagnostics();
         let errored_forbids = diagnostics
             .errors()
@@ -93,28 +166,29 @@ impl Engine {
             })
             .map(ToString::to_string)
             .collect();
-        Ok(Outcome {
+        Outcome {
             allowed: response.decision() == Decision::Allow,
             determining: diagnostics.reason().map(ToString::to_string).collect(),
             errored_forbids,
-        })
+        }
     }
 
-    /// The Cedar request and entities for `input`. With a schema, both are checked against it
-    /// (at load, to prove the schema accepts what Mintgate sends); without, they are not.
+    /// The Cedar request and entities for `input`, and the policies to ask. With a schema, the
+    /// request and entities are checked against it (at load, to prove the schema accepts what
+    /// Mintgate sends); without, they are not.
     pub(super) fn request(
         &self,
         input: &DecisionInput<'_>,
         environment: &str,
         schema: Option<&Schema>,
-    ) -> Result<(Request, Entities), Cause> {
+    ) -> Result<Asked<'_>, Cause> {
         let n = &self.names;
         let (principal_type, principal_id, action) = match input.principal {
             Principal::Node(id) => (&n.node, id, &n.issue),
             Principal::Workload(id) => (&n.workload, id, &n.renew),
         };
-        let principal = self.identity(principal_type, principal_id)?;
-        let resource = self.identity(&n.spiffe_id, input.spiffe_id)?;
+        let principal = n.identity(principal_type, principal_id, [])?;
+        let resource = n.identity(&n.spiffe_id, input.spiffe_id, [])?;
         let context = Context::from_pairs(context(input, environment))?;
         let request = Request::new(
             principal.uid(),
@@ -123,19 +197,128 @@ impl Engine {
             context,
             schema,
         )?;
-        let entities = self
-            .actions
+        let index = self.index(action)?;
+        let entities = index
+            .entities
             .clone()
             .add_entities([principal, resource], schema)?;
-        Ok((request, entities))
+        Ok((request, entities, &index.policies))
     }
 
-    /// An identity entity: its SPIFFE ID as entity id, in its trust domain.
-    fn identity(&self, type_name: &EntityTypeName, id: &SpiffeId) -> Result<Entity, Cause> {
-        let trust_domain = EntityUid::from_type_name_and_id(
-            self.names.trust_domain.clone(),
-            EntityId::new(id.trust_domain_str()),
-        );
+    /// The same for an operation. An operator is `in` a `Role` for each role it holds; with a
+    /// schema, the `Role` entity of each is checked too.
+    pub(super) fn operation_request(
+        &self,
+        input: &OperationInput<'_>,
+        environment: &str,
+        schema: Option<&Schema>,
+    ) -> Result<Asked<'_>, Cause> {
+        let n = &self.names;
+        let mut entities = Vec::with_capacity(2);
+        let principal = match input.actor {
+            Actor::Operator { id, roles } => {
+                let parents = roles.iter().map(|r| n.role_uid(r));
+                // Each of ROLES has an entity already; another role needs one, and a check
+                // checks every role's.
+                entities.extend(
+                    roles
+                        .iter()
+                        .filter(|r| schema.is_some() || !ROLES.contains(&r.as_str()))
+                        .map(|r| n.role_entity(r)),
+                );
+                n.identity(&n.operator, id, parents)?
+            }
+            Actor::Node(id) => n.identity(&n.node, id, [])?,
+            Actor::Workload(id) => n.identity(&n.workload, id, [])?,
+        };
+        let (resource_uid, resource) = match input.target {
+            Target::Identity(id) => {
+                let entity = n.identity(&n.spiffe_id, id, [])?;
+                (entity.uid(), Some(entity))
+            }
+            // No attributes, no parents: its uid is all a policy sees.
+            Target::TrustDomain(td) => (n.trust_domain_uid(td.as_str()), None),
+            Target::Proposal {
+                id,
+                kind,
+                author,
+                trust_domain,
+            } => {
+                let entity = n.proposal(id, kind, author, trust_domain)?;
+                (entity.uid(), Some(entity))
+            }
+        };
+        let context = Context::from_pairs([(
+            "environment".to_owned(),
+            RestrictedExpression::new_string(environment.to_owned()),
+        )])?;
+        // `operations` holds one action per `Operation::ALL`, in declaration order.
+        let action = &n.operations[input.operation as usize];
+        let request = Request::new(
+            principal.uid(),
+            action.clone(),
+            resource_uid,
+            context,
+            schema,
+        )?;
+        entities.push(principal);
+        entities.extend(resource);
+        let index = self.index(action)?;
+        let entities = index.entities.clone().add_entities(entities, schema)?;
+        Ok((request, entities, &index.policies))
+    }
+
+    fn index(&self, action: &EntityUid) -> Result<&ForAction, Cause> {
+        self.by_action
+            .get(action)
+            .ok_or_else(|| NotIndexed(action.clone()).into())
+    }
+}
+
+impl Names {
+    fn trust_domain_uid(&self, name: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.trust_domain.clone(), EntityId::new(name))
+    }
+
+    fn role_uid(&self, role: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(self.role.clone(), EntityId::new(role))
+    }
+
+    fn role_entity(&self, role: &str) -> Entity {
+        Entity::new_no_attrs(self.role_uid(role), HashSet::new())
+    }
+
+    /// A proposal entity: its id as entity id, in its trust domain.
+    fn proposal(
+        &self,
+        id: &str,
+        kind: &str,
+        author: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<Entity, Cause> {
+        let attrs = HashMap::from([
+            (
+                "kind".to_owned(),
+                RestrictedExpression::new_string(kind.to_owned()),
+            ),
+            (
+                "author".to_owned(),
+                RestrictedExpression::new_string(author.to_owned()),
+            ),
+        ]);
+        let uid = EntityUid::from_type_name_and_id(self.proposal.clone(), EntityId::new(id));
+        let parents = HashSet::from([self.trust_domain_uid(trust_domain.as_str())]);
+        Ok(Entity::new(uid, attrs, parents)?)
+    }
+
+    /// An identity entity: its SPIFFE ID as entity id, in its trust domain and `parents`.
+    fn identity(
+        &self,
+        type_name: &EntityTypeName,
+        id: &SpiffeId,
+        parents: impl IntoIterator<Item = EntityUid>,
+    ) -> Result<Entity, Cause> {
+        let trust_domain = self.trust_domain_uid(id.trust_domain_str());
         let path = id.path();
         let segments = path.split('/').filter(|s| !s.is_empty()).count();
         let attrs = HashMap::from([
@@ -153,7 +336,23 @@ impl Engine {
             ),
         ]);
         let uid = EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id.as_str()));
-        Ok(Entity::new(uid, attrs, HashSet::from([trust_domain]))?)
+        let parents = std::iter::once(trust_domain).chain(parents).collect();
+        Ok(Entity::new(uid, attrs, parents)?)
+    }
+}
+
+/// Whether `policy`'s action scope can match `action`: any action, `action` itself, or a group
+/// `action` is in.
+fn scope_admits(policy: &Policy, action: &EntityUid, actions: &Entities) -> bool {
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(scope) => scope == *action,
+        ActionConstraint::In(groups) => groups.iter().any(|group| {
+            group == action
+                || actions
+                    .ancestors(action)
+                    .is_some_and(|mut ancestors| ancestors.any(|a| a == group))
+        }),
     }
 }
 

@@ -14,6 +14,7 @@ use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
 use super::cedar::Engine;
+use super::operation;
 use super::{
     DEFAULT_ENVIRONMENT, DEFAULT_MAX_TTL_SECONDS, DecisionInput, Limits, MAX_MAX_TTL_SECONDS,
     MIN_MAX_TTL_SECONDS, PolicyFile, PolicySource, Principal, SCHEMA_FILE,
@@ -407,6 +408,9 @@ impl Loader<'_> {
                     "does not describe the requests Mintgate makes: {action}: {e}"
                 )));
             }
+        }
+        for message in operation::unaccepted(&engine, &schema, td) {
+            self.problems.push(schema_problem(message));
         }
         Some(engine)
     }

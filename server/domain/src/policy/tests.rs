@@ -345,7 +345,8 @@ permit (principal, action, resource) when { context.environment == "dev" };
 fn attestors_are_in_the_context() {
     let text = r#"
 @id("tokens-only")
-permit (principal, action, resource) when { context.attestors.contains("join_token") };
+permit (principal, action == Action::"Issue", resource)
+when { context.attestors.contains("join_token") };
 "#;
     let p = policy(text);
     assert!(node("/node/a", "/x").decide(&p).is_err());
@@ -390,4 +391,25 @@ fn the_dev_policy_grants_workloads_and_joined_ids() {
     let not_a_node = id("/workload/x");
     assert!(ask(Principal::Node(&not_a_node), &web, &[], false).is_err());
     assert!(ask(Principal::Node(&worker), &id("/payments/api"), &[], false).is_err());
+}
+
+#[test]
+fn a_permit_on_an_action_group_applies_to_its_members() {
+    // Each action asks only the policies whose scope can match it; a group counts.
+    let mut source = PolicySource::dev();
+    source.schema = source.schema.replace(
+        "action Issue appliesTo",
+        "action Enrollment;\naction Issue in [Enrollment] appliesTo",
+    );
+    source.files = vec![PolicyFile {
+        name: "group.cedar".to_owned(),
+        text: r#"@id("enrollment")
+permit (principal, action in [Action::"Enrollment"], resource) when { resource.path == "/web/shop" };
+"#
+        .to_owned(),
+    }];
+    let p = Policy::load(&source, Some(&td())).unwrap();
+    let grant = node("/node/web/n1", "/web/shop").decide(&p).unwrap();
+    assert_eq!(grant.decision.policies, ["enrollment"]);
+    assert!(workload("/web/shop").decide(&p).is_err());
 }

@@ -33,14 +33,15 @@ fn problems_in(source: &PolicySource, td: Option<&TrustDomain>) -> Vec<String> {
 }
 
 const OK: &str = r#"@id("ok")
-permit (principal, action, resource) when { resource.path == "/a" };
+permit (principal, action in [Action::"Issue", Action::"Renew"], resource) when { resource.path == "/a" };
 "#;
 
 #[test]
 fn the_shipped_policies_load() {
     let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
     let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
-    assert_eq!(p.policy_count(), 2);
+    // issuance.cedar 2, operators.cedar 13.
+    assert_eq!(p.policy_count(), 15);
     assert_eq!(p.version().len(), 64);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
     // The example directory shares the schema; the server crate loads it from disk.
@@ -48,20 +49,27 @@ fn the_shipped_policies_load() {
         include_str!("../../../../policy/example/schema.cedarschema"),
         PolicySource::dev().schema
     );
-    let example = source(&[(
-        "issuance.cedar",
-        include_str!("../../../../policy/example/issuance.cedar"),
-    )]);
-    assert_eq!(
-        Policy::load(&example, Some(&td())).unwrap().policy_count(),
-        2
-    );
+    let example = source(&[
+        (
+            "issuance.cedar",
+            include_str!("../../../../policy/example/issuance.cedar"),
+        ),
+        (
+            "operators.cedar",
+            include_str!("../../../../policy/example/operators.cedar"),
+        ),
+    ]);
+    let p = Policy::load(&example, Some(&td())).unwrap();
+    assert_eq!(p.policy_count(), 15);
+    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    // Each serves its own trust domain only.
+    assert!(Policy::load(&example, Some(&dev)).is_err());
+    assert!(Policy::load(&PolicySource::dev(), Some(&td())).is_err());
 }
 
 #[test]
 fn the_version_hashes_the_source_texts_not_their_names() {
-    let other =
-        "@id(\"b\")\nforbid (principal, action, resource) when { resource.path == \"/b\" };\n";
+    let other = "@id(\"b\")\nforbid (principal, action == Action::\"Issue\", resource) when { resource.path == \"/b\" };\n";
     let version = |files: &[(&str, &str)]| {
         Policy::load(&source(files), Some(&td()))
             .unwrap()
@@ -94,9 +102,8 @@ fn syntax_errors_name_file_line_and_column_in_every_file() {
 
 #[test]
 fn validation_errors_name_the_policy_line_in_its_file() {
-    let typo = "// first line\n\n@id(\"typo\")\npermit (principal, action, resource)\nwhen {\n  principal.pth == \"/a\"\n};\n";
-    let bad_type =
-        "@id(\"ttl\")\npermit (principal, action, resource)\nwhen { context.key_type > 3 };\n";
+    let typo = "// first line\n\n@id(\"typo\")\npermit (principal, action in [Action::\"Issue\", Action::\"Renew\"], resource)\nwhen {\n  principal.pth == \"/a\"\n};\n";
+    let bad_type = "@id(\"ttl\")\npermit (principal, action == Action::\"Issue\", resource)\nwhen { context.key_type > 3 };\n";
     let got = problems(&[
         ("typo.cedar", typo),
         ("ok.cedar", OK),
@@ -231,6 +238,63 @@ fn schema_problems_name_the_schema() {
              Action::\"Issue\": "
         ),
         "{got:?}"
+    );
+}
+
+#[test]
+fn a_schema_without_an_operation_is_refused_naming_it() {
+    // Without the action, or with a caller Mintgate sends missing from it.
+    let mut missing = source(&[("a.cedar", OK)]);
+    let start = missing.schema.find("action ApproveProposal").unwrap();
+    missing.schema.truncate(start);
+    missing.schema = missing.schema.replace(
+        "  principal: [Operator, Workload, Node],\n  resource: [TrustDomain],\n  context: \
+         Operation,\n};\n\n// Admin/ProposePolicy",
+        "  principal: [Operator, Workload],\n  resource: [TrustDomain],\n  context: \
+         Operation,\n};\n\n// Admin/ProposePolicy",
+    );
+    assert_eq!(
+        problems_in(&missing, Some(&td())),
+        [
+            "schema.cedarschema: does not describe the requests Mintgate makes: an Operator's \
+             Action::\"ApproveProposal\": request's action `Action::\"ApproveProposal\"` is not \
+             declared in the schema",
+            "schema.cedarschema: does not describe the requests Mintgate makes: a Node's \
+             Action::\"WatchRevocations\": principal type `Node` is not valid for \
+             `Action::\"WatchRevocations\"`",
+        ]
+    );
+
+    // Operators must be able to hold roles.
+    let mut no_roles = source(&[("a.cedar", OK)]);
+    no_roles.schema = no_roles.schema.replace(
+        "entity Operator in [Role, TrustDomain]",
+        "entity Operator in [TrustDomain]",
+    );
+    let got = problems_in(&no_roles, Some(&td()));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "schema.cedarschema: does not describe the requests Mintgate makes: every request \
+             of an Operator: entity does not conform to the schema: "
+        ) && got[0].contains("Role"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_policy_that_leaves_the_action_open_is_checked_against_every_action() {
+    // Operator actions act on trust domains and proposals too, which have no `path`.
+    let open =
+        "@id(\"open\")\npermit (principal, action, resource) when { resource.path == \"/a\" };\n";
+    assert_eq!(
+        problems(&[("o.cedar", open)]),
+        [
+            "o.cedar:2:45: for policy `open`, attribute `path` on entity type `Proposal` not \
+             found (help: did you mean `author`?)",
+            "o.cedar:2:45: for policy `open`, attribute `path` on entity type `TrustDomain` not \
+             found",
+        ]
     );
 }
 
