@@ -224,7 +224,10 @@ async fn policy_diff(dir: Option<&Path>, db: &DbArgs) -> anyhow::Result<ExitCode
         .version()
         .to_owned();
     let store = SqlStore::connect(&db.url()).await.context("database")?;
-    let active = store.active_policy().await.context("reading the active policy");
+    let active = store
+        .active_policy()
+        .await
+        .context("reading the active policy");
     store.close().await;
     let Some((activation, stored)) = active? else {
         println!("no policy is active yet: the first server to start activates its directory");
@@ -236,9 +239,7 @@ async fn policy_diff(dir: Option<&Path>, db: &DbArgs) -> anyhow::Result<ExitCode
     }
     println!(
         "{name} (version {version}) differs from the active version {} (activated by {} at {}):",
-        stored.version,
-        activation.activated_by,
-        activation.activated_at
+        stored.version, activation.activated_by, activation.activated_at
     );
     print!(
         "{}",

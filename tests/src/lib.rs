@@ -410,9 +410,10 @@ impl TestServer {
         v1::revocation_client::RevocationClient::new(self.channel(cert_pem, key_pem).await.unwrap())
     }
 
-    /// The Revocation client of the dev operator (every role).
+    /// The Revocation client of a dev operator with the revoker role (alice: not the
+    /// break-glass admin, whose every use is audited).
     pub async fn admin_revocation(&self) -> v1::revocation_client::RevocationClient<Channel> {
-        self.revocation_as(&self.pki.admin.cert_pem, &self.pki.admin.key_pem)
+        self.revocation_as(&self.pki.alice.cert_pem, &self.pki.alice.key_pem)
             .await
     }
 

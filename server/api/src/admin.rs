@@ -208,7 +208,9 @@ impl<S: CertificateStore> v1::admin_server::Admin for AdminService<S> {
                 .as_ref()
                 .and_then(|a| a.label.clone())
                 .unwrap_or_default(),
-            activated_at: activation.as_ref().map(|a| convert::timestamp(a.activated_at)),
+            activated_at: activation
+                .as_ref()
+                .map(|a| convert::timestamp(a.activated_at)),
             shadow_version: view.shadow_version.unwrap_or_default(),
             role_bindings: view.bindings.iter().map(convert::role_binding).collect(),
         }))

@@ -184,7 +184,7 @@ where
                 app: server.app,
                 clock: server.clock,
             })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;

@@ -15,18 +15,8 @@ use crate::store::StoreError;
 pub const PROPOSAL_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// Longest proposal label.
 pub const MAX_LABEL_LEN: usize = 200;
-/// The operator roles of DESIGN §13. `admin` is break-glass: the shipped policies let it do
-/// everything, and every use the other roles would not have allowed is counted and audited.
-pub const ROLES: [&str; 8] = [
-    "issuer",
-    "revoker",
-    "approver",
-    "policy-author",
-    "policy-approver",
-    "ca-custodian",
-    "auditor",
-    "admin",
-];
+pub use crate::policy::ROLES;
+
 /// The break-glass role.
 pub const ADMIN_ROLE: &str = "admin";
 /// Who activated the first policy version: the server, from its policy directory.
@@ -87,7 +77,10 @@ impl Change {
                 valid_until,
                 ..
             } => match valid_until {
-                Some(t) => format!("grant role {role} to {operator} until {}", t.unix_timestamp()),
+                Some(t) => format!(
+                    "grant role {role} to {operator} until {}",
+                    t.unix_timestamp()
+                ),
                 None => format!("grant role {role} to {operator}"),
             },
             Self::Unblock { spiffe_id } => format!("unblock {spiffe_id}"),
@@ -342,7 +335,9 @@ pub enum GovernanceError {
     ProposalNotFound(String),
     #[error("proposal {0} expired without approval; propose again")]
     ProposalExpired(String),
-    #[error("proposal {id} was superseded by proposal {by}; propose again against the active policy")]
+    #[error(
+        "proposal {id} was superseded by proposal {by}; propose again against the active policy"
+    )]
     ProposalSuperseded { id: String, by: String },
     #[error(
         "proposal {id} was made against policy {base}, but {active} is active now; propose again"

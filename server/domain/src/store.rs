@@ -119,6 +119,9 @@ pub trait CertificateStore: GovernanceStore + Send + Sync + 'static {
         audit: Vec<AuditEvent>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// This store's server instance: the lease holder of what it records.
+    fn instance_id(&self) -> InstanceId;
+
     /// Whether the server instance `holder` still runs, so that the approval leases it holds
     /// protect its requests. This store's own instance always does. An instance that is gone
     /// never comes back (a restarted server is a new instance), so its APPROVED requests may be

@@ -3,8 +3,8 @@
 
 use mintgate_domain::audit::AuditEvent;
 use mintgate_domain::governance::{
-    Activation, Bootstrapped, Change, GovernanceStore, NewProposal, ProposalInserted,
-    ProposalKind, ProposalRecord, ProposalState, RoleBinding, StoredPolicy,
+    Activation, Bootstrapped, Change, GovernanceStore, NewProposal, ProposalInserted, ProposalKind,
+    ProposalRecord, ProposalState, RoleBinding, StoredPolicy,
 };
 use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_domain::store::StoreError;
@@ -318,8 +318,7 @@ impl WriteTx<'_> {
                 text: f.text,
             })
             .collect();
-        let files = serde_json::to_string(&files)
-            .map_err(|e| StoreError::Corrupt(Box::new(e)))?;
+        let files = serde_json::to_string(&files).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
         let row = policy_version::ActiveModel {
             version: Set(policy.version),
             schema_text: Set(policy.source.schema),

@@ -445,6 +445,10 @@ impl CertificateStore for SqlStore {
         }
     }
 
+    fn instance_id(&self) -> InstanceId {
+        SqlStore::instance_id(self)
+    }
+
     async fn lease_holder_alive(&self, holder: InstanceId) -> Result<bool, StoreError> {
         self.instance.alive(&self.db, holder).await
     }

@@ -10,7 +10,7 @@ use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_domain::store::CertificateStore;
 use mintgate_sdk::v1;
 use mintgate_tests::csr::csr;
-use mintgate_tests::{ALICE_ID, Backend, BOB_ID, Options, TestServer, both_backends};
+use mintgate_tests::{ALICE_ID, BOB_ID, Backend, Options, TestServer, both_backends};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -28,7 +28,11 @@ fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-fn propose_request(request_id: &str, source: &PolicySource, label: &str) -> v1::ProposePolicyRequest {
+fn propose_request(
+    request_id: &str,
+    source: &PolicySource,
+    label: &str,
+) -> v1::ProposePolicyRequest {
     v1::ProposePolicyRequest {
         request_id: request_id.to_owned(),
         schema: source.schema.clone(),
@@ -109,7 +113,11 @@ async fn two_person_policy_change(backend: Backend) {
         server.admin_as("admin").await,
     );
     let dev = version_of(&PolicySource::dev());
-    assert_eq!(active_version(&mut bob).await, dev, "bootstrapped from the directory");
+    assert_eq!(
+        active_version(&mut bob).await,
+        dev,
+        "bootstrapped from the directory"
+    );
 
     // Only a policy author proposes.
     let extended = extended_policy();
@@ -117,7 +125,10 @@ async fn two_person_policy_change(backend: Backend) {
         .propose_policy(propose_request("p-bob", &extended, ""))
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "POLICY_DENIED"));
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "POLICY_DENIED")
+    );
 
     let proposal = propose(&mut alice, "p-1", &extended).await;
     assert_eq!(proposal.state(), v1::ProposalState::Open);
@@ -138,11 +149,18 @@ async fn two_person_policy_change(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(shown.diff.contains("+++ b/extra.cedar"), "{}", shown.diff);
-    assert!(shown.diff.contains("+@id(\"no-db-workloads\")"), "{}", shown.diff);
+    assert!(
+        shown.diff.contains("+@id(\"no-db-workloads\")"),
+        "{}",
+        shown.diff
+    );
 
     // Nobody approves their own proposal, admin included; alice cannot approve at all.
     let err = approve(&mut alice, &proposal.id).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::PermissionDenied, "SELF_APPROVAL"));
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "SELF_APPROVAL")
+    );
     let own = propose(&mut admin, "p-admin", &stricter_policy()).await;
     let err = approve(&mut admin, &own.id).await.unwrap_err();
     assert_eq!(reason(&err), "SELF_APPROVAL");
@@ -158,7 +176,11 @@ async fn two_person_policy_change(backend: Backend) {
     assert_eq!(applied.approved_by, BOB_ID);
     assert_eq!(active_version(&mut bob).await, version_of(&extended));
     let again = approve(&mut bob, &proposal.id).await.unwrap();
-    assert_eq!(again.state(), v1::ProposalState::Applied, "approving again answers the same");
+    assert_eq!(
+        again.state(),
+        v1::ProposalState::Applied,
+        "approving again answers the same"
+    );
     // admin's open proposal was made against the version just replaced.
     let err = approve(&mut bob, &own.id).await.unwrap_err();
     assert_eq!(
@@ -184,14 +206,28 @@ async fn two_person_policy_change(backend: Backend) {
     // Every version is kept; each activation is in the history and the audit trail.
     let history = server.store().activations().await.unwrap();
     let versions: Vec<_> = history.iter().map(|a| a.version.as_str()).collect();
-    assert_eq!(versions, [dev.as_str(), &version_of(&extended), dev.as_str()]);
+    assert_eq!(
+        versions,
+        [dev.as_str(), &version_of(&extended), dev.as_str()]
+    );
     assert_eq!(history[1].activated_by, BOB_ID);
-    assert_eq!(history[1].proposal_id.as_deref(), Some(proposal.id.as_str()));
+    assert_eq!(
+        history[1].proposal_id.as_deref(),
+        Some(proposal.id.as_str())
+    );
     let chain = server.store().audit_chain().await.unwrap();
     let actions = |action: &str| chain.iter().filter(|e| e.event.action == action).count();
-    assert_eq!(actions("policy.activated"), 3, "bootstrap, change, rollback");
+    assert_eq!(
+        actions("policy.activated"),
+        3,
+        "bootstrap, change, rollback"
+    );
     assert_eq!(actions("proposal.approved"), 2);
-    assert_eq!(actions("proposal.created"), 3, "p-1 (once), p-admin, p-back");
+    assert_eq!(
+        actions("proposal.created"),
+        3,
+        "p-1 (once), p-admin, p-back"
+    );
     let approved = chain
         .iter()
         .find(|e| e.event.action == "proposal.approved")
@@ -217,14 +253,22 @@ async fn invalid_proposals(backend: Backend) {
     let mut broken = PolicySource::dev();
     broken.files.push(PolicyFile {
         name: "broken.cedar".to_owned(),
-        text: "@id(\"typo\")\npermit (principal, action == Action::\"Isue\", resource);\n".to_owned(),
+        text: "@id(\"typo\")\npermit (principal, action == Action::\"Isue\", resource);\n"
+            .to_owned(),
     });
     let err = alice
         .propose_policy(propose_request("bad-1", &broken, ""))
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::InvalidArgument, "POLICY_INVALID"));
-    assert!(err.message().contains("broken.cedar:2"), "{}", err.message());
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::InvalidArgument, "POLICY_INVALID")
+    );
+    assert!(
+        err.message().contains("broken.cedar:2"),
+        "{}",
+        err.message()
+    );
 
     // Another trust domain is named, with both domains.
     let mut foreign = PolicySource::dev();
@@ -239,7 +283,11 @@ async fn invalid_proposals(backend: Backend) {
         .unwrap_err();
     assert_eq!(reason(&err), "TRUST_DOMAIN_MISMATCH");
     assert!(err.message().contains("prod.example"), "{}", err.message());
-    assert!(err.message().contains("dev.mintgate.local"), "{}", err.message());
+    assert!(
+        err.message().contains("dev.mintgate.local"),
+        "{}",
+        err.message()
+    );
     let err = alice
         .propose_role_binding(v1::ProposeRoleBindingRequest {
             request_id: "rb-foreign".into(),
@@ -310,14 +358,20 @@ async fn shadow_disagreements(backend: Backend) {
     let (web_csr, _) = csr(WORKLOAD, &[]);
     // The active policy decides: both are issued; the shadow would refuse the first.
     node.enroll(enroll_request("s-db", &db_csr)).await.unwrap();
-    node.enroll(enroll_request("s-web", &web_csr)).await.unwrap();
+    node.enroll(enroll_request("s-web", &web_csr))
+        .await
+        .unwrap();
     let scrape = Scrape::take(&server).await;
     let disagreements = "mintgate_policy_shadow_disagreements_total";
     assert_eq!(
         scrape.value(disagreements, &[("active", "allow"), ("shadow", "deny")]),
         1.0
     );
-    assert_eq!(scrape.value(disagreements, &[]), 1.0, "the agreeing decision is not counted");
+    assert_eq!(
+        scrape.value(disagreements, &[]),
+        1.0,
+        "the agreeing decision is not counted"
+    );
 
     alice
         .shadow_policy(v1::ShadowPolicyRequest {
@@ -326,12 +380,26 @@ async fn shadow_disagreements(backend: Backend) {
         })
         .await
         .unwrap();
-    node.enroll(enroll_request("s-db-2", &db_csr)).await.unwrap();
+    node.enroll(enroll_request("s-db-2", &db_csr))
+        .await
+        .unwrap();
     let scrape = Scrape::take(&server).await;
-    assert_eq!(scrape.value(disagreements, &[]), 1.0, "no shadow, nothing compared");
+    assert_eq!(
+        scrape.value(disagreements, &[]),
+        1.0,
+        "no shadow, nothing compared"
+    );
     let chain = server.store().audit_chain().await.unwrap();
-    assert!(chain.iter().any(|e| e.event.action == "policy.shadow_started"));
-    assert!(chain.iter().any(|e| e.event.action == "policy.shadow_stopped"));
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.event.action == "policy.shadow_started")
+    );
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.event.action == "policy.shadow_stopped")
+    );
     server.shutdown().await;
 }
 
@@ -345,7 +413,10 @@ async fn racing_proposals(backend: Backend) {
     let first = propose(&mut alice, "race-1", &extended_policy()).await;
     let second = propose(&mut alice, "race-2", &stricter_policy()).await;
     let (mut bob_1, mut bob_2) = (server.admin_as("bob").await, server.admin_as("bob").await);
-    let (a, b) = tokio::join!(approve(&mut bob_1, &first.id), approve(&mut bob_2, &second.id));
+    let (a, b) = tokio::join!(
+        approve(&mut bob_1, &first.id),
+        approve(&mut bob_2, &second.id)
+    );
     let (won, lost) = match (a, b) {
         (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
         other => panic!("exactly one approval wins: {other:?}"),
@@ -377,8 +448,12 @@ async fn role_bindings(backend: Backend) {
         reason: 0,
         block: true,
     };
-    let mut bob_revocation = v1::revocation_client::RevocationClient::new(server.operator_channel("bob").await);
-    bob_revocation.revoke_identity(block("block-1")).await.unwrap();
+    let mut bob_revocation =
+        v1::revocation_client::RevocationClient::new(server.operator_channel("bob").await);
+    bob_revocation
+        .revoke_identity(block("block-1"))
+        .await
+        .unwrap();
     let unblock = |id: &str| v1::UnblockIdentityRequest {
         request_id: id.into(),
         spiffe_id: WEB_ID.into(),
@@ -428,7 +503,10 @@ async fn role_bindings(backend: Backend) {
     approve(&mut alice, &proposal.id).await.unwrap();
 
     // Once the binding has expired, its own reason says so.
-    bob_revocation.revoke_identity(block("block-2")).await.unwrap();
+    bob_revocation
+        .revoke_identity(block("block-2"))
+        .await
+        .unwrap();
     let proposal = bob_revocation
         .unblock_identity(unblock("unblock-2"))
         .await
@@ -470,15 +548,16 @@ async fn role_bindings(backend: Backend) {
         .collect();
     assert!(!bob_roles.contains(&"auditor".to_owned()), "{bob_roles:?}");
     let chain = server.store().audit_chain().await.unwrap();
-    assert!(chain.iter().any(|e| e.event.action == "role.granted" && e.event.actor == BOB_ID));
+    assert!(
+        chain
+            .iter()
+            .any(|e| e.event.action == "role.granted" && e.event.actor == BOB_ID)
+    );
     assert!(chain.iter().any(|e| e.event.action == "role.removed"));
     server.shutdown().await;
 }
 
-both_backends!(
-    admin_is_break_glass_counted_and_audited,
-    break_glass
-);
+both_backends!(admin_is_break_glass_counted_and_audited, break_glass);
 async fn break_glass(backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let request = |id: &str| v1::CreateJoinTokenRequest {
@@ -501,7 +580,10 @@ async fn break_glass(backend: Backend) {
         .unwrap();
     let scrape = Scrape::take(&server).await;
     assert_eq!(
-        scrape.value("mintgate_break_glass_total", &[("operation", "CreateJoinToken")]),
+        scrape.value(
+            "mintgate_break_glass_total",
+            &[("operation", "CreateJoinToken")]
+        ),
         1.0
     );
     let chain = server.store().audit_chain().await.unwrap();
@@ -525,10 +607,7 @@ async fn break_glass(backend: Backend) {
     server.shutdown().await;
 }
 
-both_backends!(
-    a_changed_policy_directory_is_reported_never_applied,
-    drift
-);
+both_backends!(a_changed_policy_directory_is_reported_never_applied, drift);
 async fn drift(backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let dev = version_of(&PolicySource::dev());
@@ -541,7 +620,17 @@ async fn drift(backend: Backend) {
             ..Options::new(backend)
         })
         .await;
-    assert_eq!(server.store().active_policy().await.unwrap().unwrap().0.version, dev);
+    assert_eq!(
+        server
+            .store()
+            .active_policy()
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .version,
+        dev
+    );
     let scrape = Scrape::take(&server).await;
     assert_eq!(scrape.value("mintgate_policy_drift", &[]), 1.0);
     let (db_csr, _) = csr("spiffe://dev.mintgate.local/workload/db/main", &[]);
@@ -578,7 +667,10 @@ async fn drift(backend: Backend) {
     let out = diff(dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains(&format!("active version {dev}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("active version {dev}")),
+        "{stdout}"
+    );
     assert!(stdout.contains("+++ b/no-db.cedar"), "{stdout}");
     std::fs::remove_file(dir.path().join("no-db.cedar")).unwrap();
     let out = diff(dir.path());

@@ -219,13 +219,10 @@ async fn revoke_and_watch(backend: Backend) {
         .unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
-        (Code::PermissionDenied, "IDENTITY_MISMATCH")
+        (Code::PermissionDenied, "POLICY_DENIED")
     );
     // The message says which call was refused and why, in terms of that call.
-    assert_eq!(
-        err.message(),
-        "Revoke: a workload may only act on its own identity's certificates"
-    );
+    assert_eq!(err.message(), "Revoke: no policy permits this request");
     let own = db_conn
         .revoke(revoke_request(
             "self",
@@ -404,7 +401,11 @@ async fn revoke_identity(backend: Backend) {
     assert_eq!(proposal.state(), v1::ProposalState::Open);
     assert_eq!(proposal.subject, WEB);
     let again = alice.unblock_identity(unblock("u-1")).await.unwrap();
-    assert_eq!(again.into_inner().proposal.unwrap().id, proposal.id, "a retry answers the same");
+    assert_eq!(
+        again.into_inner().proposal.unwrap().id,
+        proposal.id,
+        "a retry answers the same"
+    );
     let err = server
         .node()
         .await

@@ -461,7 +461,11 @@ async fn grpcurl_changes_the_policy_with_two_people() {
         return;
     }
     let server = TestServer::spawn(Backend::Sqlite).await;
-    let alice = Grpcurl::holding(&server, &server.pki.alice.cert_pem, &server.pki.alice.key_pem);
+    let alice = Grpcurl::holding(
+        &server,
+        &server.pki.alice.cert_pem,
+        &server.pki.alice.key_pem,
+    );
     let bob = Grpcurl::holding(&server, &server.pki.bob.cert_pem, &server.pki.bob.key_pem);
     let dev = mintgate_domain::policy::PolicySource::dev();
     let mut files: Vec<serde_json::Value> = dev
@@ -489,9 +493,13 @@ async fn grpcurl_changes_the_policy_with_two_people() {
     assert!(diff.contains("+@id(\"no-db\")"), "{diff}");
 
     let out = alice.call(&["-d", &by_id], &["mintgate.v1.Admin/ApproveProposal"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(text.contains("PermissionDenied") && text.contains("SELF_APPROVAL"), "{text}");
+    assert!(
+        text.contains("PermissionDenied") && text.contains("SELF_APPROVAL"),
+        "{text}"
+    );
 
     let (out, approved) = bob.json(&[], &by_id, "mintgate.v1.Admin/ApproveProposal");
     assert!(out.status.success(), "{out:?}");

@@ -74,17 +74,29 @@ async fn bootstrap_once(backend: Backend) {
     bootstrapped(&h).await;
     let again = h
         .store
-        .bootstrap(policy("v9", "other"), Vec::new(), vec![event("policy.activated", "policy:v9")])
+        .bootstrap(
+            policy("v9", "other"),
+            Vec::new(),
+            vec![event("policy.activated", "policy:v9")],
+        )
         .await
         .unwrap();
     assert!(matches!(again, Bootstrapped::Already(a) if a.version == "v1"));
     let (activation, stored) = h.store.active_policy().await.unwrap().unwrap();
     assert_eq!((activation.seq, activation.version.as_str()), (1, "v1"));
     assert_eq!(stored.source.files[0].text, "first");
-    assert_eq!(h.count("policy_versions").await, 1, "nothing of the second was written");
+    assert_eq!(
+        h.count("policy_versions").await,
+        1,
+        "nothing of the second was written"
+    );
     assert_eq!(h.store.role_bindings_of(BOB).await.unwrap().len(), 1);
     // The history refuses edits and deletions.
-    assert!(h.execute("UPDATE policy_versions SET files = '[]'").await.is_err());
+    assert!(
+        h.execute("UPDATE policy_versions SET files = '[]'")
+            .await
+            .is_err()
+    );
     assert!(h.execute("DELETE FROM policy_activations").await.is_err());
     h.finish().await;
 }
@@ -123,7 +135,8 @@ async fn one_of_two(backend: Backend) {
     // Both approved at once, from two replicas: one activation, one conflict.
     let replica = h.replica().await;
     let (a, b) = tokio::join!(
-        h.store.apply_proposal("p-a", BOB, at(20), vec![event("policy.activated", "v2")]),
+        h.store
+            .apply_proposal("p-a", BOB, at(20), vec![event("policy.activated", "v2")]),
         replica.apply_proposal("p-b", BOB, at(20), vec![event("policy.activated", "v3")]),
     );
     let (won, lost) = match (a, b) {
@@ -144,7 +157,12 @@ async fn one_of_two(backend: Backend) {
     let events = h.count("audit_events").await;
     let again = h
         .store
-        .apply_proposal(&won.id, BOB, at(30), vec![event("policy.activated", "again")])
+        .apply_proposal(
+            &won.id,
+            BOB,
+            at(30),
+            vec![event("policy.activated", "again")],
+        )
         .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))));
     assert_eq!(h.count("audit_events").await, events);
@@ -175,7 +193,11 @@ async fn role_binding_changes(backend: Backend) {
     };
     for (id, remove, until) in [("grant", false, Some(at(50))), ("remove", true, None)] {
         h.store
-            .insert_proposal(change(id, remove, until), None, vec![event("proposal.created", id)])
+            .insert_proposal(
+                change(id, remove, until),
+                None,
+                vec![event("proposal.created", id)],
+            )
             .await
             .unwrap();
     }

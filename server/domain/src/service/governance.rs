@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use crate::error::Error;
 use crate::governance::{
     ADMIN_ROLE, Activation, BOOTSTRAP_ACTOR, Bootstrapped, Change, GovernanceError, MAX_LABEL_LEN,
-    NewProposal, PROPOSAL_LIFETIME, ProposalInserted, ProposalKind, ProposalRecord,
-    ProposalState, ProposalStatus, ROLES, RoleBinding, StoredPolicy,
+    NewProposal, PROPOSAL_LIFETIME, ProposalInserted, ProposalKind, ProposalRecord, ProposalState,
+    ProposalStatus, ROLES, RoleBinding, StoredPolicy,
 };
 use crate::model::{Caller, CallerKind};
 use crate::policy::{
@@ -295,7 +295,8 @@ impl<S: CertificateStore> Mintgate<S> {
         };
         let bootstrapped = match self.store.bootstrap(stored, bindings, events).await? {
             Bootstrapped::Done => {
-                self.policy.store(Arc::new(policy.with_environment(&self.environment)));
+                self.policy
+                    .store(Arc::new(policy.with_environment(&self.environment)));
                 true
             }
             Bootstrapped::Already(_) => false,
@@ -309,8 +310,10 @@ impl<S: CertificateStore> Mintgate<S> {
         *self
             .configured_version
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(start.configured_version.clone());
-        self.observer.policy_active(&start.active_version, start.drift());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(start.configured_version.clone());
+        self.observer
+            .policy_active(&start.active_version, start.drift());
         Ok(start)
     }
 
@@ -322,9 +325,12 @@ impl<S: CertificateStore> Mintgate<S> {
         };
         if stored.version != self.policy.load().version() {
             let policy = Policy::load(&stored.source, Some(&self.trust_domain)).map_err(|e| {
-                Error::Internal(format!("the active policy {} no longer loads: {e}", stored.version).into())
+                Error::Internal(
+                    format!("the active policy {} no longer loads: {e}", stored.version).into(),
+                )
             })?;
-            self.policy.store(Arc::new(policy.with_environment(&self.environment)));
+            self.policy
+                .store(Arc::new(policy.with_environment(&self.environment)));
             let drift = self
                 .configured_version
                 .read()
@@ -344,8 +350,12 @@ impl<S: CertificateStore> Mintgate<S> {
     ) -> Result<ProposalRecord, Error> {
         let request_id = RequestId::parse(&input.request_id)?;
         let label = label(&input.label)?;
-        self.authorize(caller, Operation::ProposePolicy, Target::TrustDomain(&self.trust_domain))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::ProposePolicy,
+            Target::TrustDomain(&self.trust_domain),
+        )
+        .await?;
         let mut source = input.source;
         check_file_names(&source)?;
         source.files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -392,12 +402,20 @@ impl<S: CertificateStore> Mintgate<S> {
             return Err(GovernanceError::RoleUnknown(input.role).into());
         }
         let now = self.clock.now();
-        let valid_until = if input.remove { None } else { input.valid_until };
+        let valid_until = if input.remove {
+            None
+        } else {
+            input.valid_until
+        };
         if valid_until.is_some_and(|t| t <= now) {
             return Err(GovernanceError::ValidUntilPast.into());
         }
-        self.authorize(caller, Operation::ProposeRoleBinding, Target::Identity(&operator))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::ProposeRoleBinding,
+            Target::Identity(&operator),
+        )
+        .await?;
         let until = valid_until.map_or(String::new(), |t| t.unix_timestamp().to_string());
         let hash = payload_hash(&[
             ProposalKind::RoleBinding.as_str().as_bytes(),
@@ -429,7 +447,8 @@ impl<S: CertificateStore> Mintgate<S> {
             valid_until,
             remove: input.remove,
         };
-        self.propose(caller, request_id, hash, change, None, now).await
+        self.propose(caller, request_id, hash, change, None, now)
+            .await
     }
 
     /// Revocation/UnblockIdentity: proposes lifting the block on `spiffe_id`.
@@ -441,8 +460,12 @@ impl<S: CertificateStore> Mintgate<S> {
     ) -> Result<ProposalRecord, Error> {
         let request_id = RequestId::parse(request_id)?;
         let spiffe_id = SpiffeId::parse_in(spiffe_id, &self.trust_domain)?;
-        self.authorize(caller, Operation::UnblockIdentity, Target::Identity(&spiffe_id))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::UnblockIdentity,
+            Target::Identity(&spiffe_id),
+        )
+        .await?;
         let hash = payload_hash(&[
             ProposalKind::Unblock.as_str().as_bytes(),
             spiffe_id.as_str().as_bytes(),
@@ -450,14 +473,20 @@ impl<S: CertificateStore> Mintgate<S> {
         if let Some(existing) = self.duplicate(caller, &request_id, &hash).await? {
             return Ok(existing);
         }
-        if self.store.identity_block(spiffe_id.as_str()).await?.is_none() {
+        if self
+            .store
+            .identity_block(spiffe_id.as_str())
+            .await?
+            .is_none()
+        {
             return Err(GovernanceError::NotBlocked(spiffe_id.to_string()).into());
         }
         let change = Change::Unblock {
             spiffe_id: spiffe_id.to_string(),
         };
         let now = self.clock.now();
-        self.propose(caller, request_id, hash, change, None, now).await
+        self.propose(caller, request_id, hash, change, None, now)
+            .await
     }
 
     /// The proposal `caller` already made with `request_id`, if any (a retry answers the same).
@@ -506,7 +535,11 @@ impl<S: CertificateStore> Mintgate<S> {
             created_at: now,
             expires_at: now + PROPOSAL_LIFETIME,
         };
-        match self.store.insert_proposal(proposal, policy, vec![event]).await? {
+        match self
+            .store
+            .insert_proposal(proposal, policy, vec![event])
+            .await?
+        {
             ProposalInserted::New(p) => Ok(p),
             ProposalInserted::Duplicate(p) if p.payload_hash == hash => Ok(p),
             ProposalInserted::Duplicate(_) => Err(Error::IdempotencyKeyReused),
@@ -516,8 +549,12 @@ impl<S: CertificateStore> Mintgate<S> {
     /// Admin/GetProposal, with the diff of a policy proposal against the active version.
     pub async fn get_proposal(&self, caller: &Caller, id: &str) -> Result<ProposalView, Error> {
         let proposal = self.find_proposal(id).await?;
-        self.authorize(caller, Operation::GetProposal, self.proposal_target(&proposal))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::GetProposal,
+            self.proposal_target(&proposal),
+        )
+        .await?;
         let diff = match &proposal.change {
             Change::Policy { version, .. } => {
                 let proposed = self.stored_policy(version).await?;
@@ -541,9 +578,17 @@ impl<S: CertificateStore> Mintgate<S> {
         state: Option<ProposalStatus>,
         limit: u64,
     ) -> Result<Vec<(ProposalRecord, ProposalStatus)>, Error> {
-        self.authorize(caller, Operation::ListProposals, Target::TrustDomain(&self.trust_domain))
-            .await?;
-        let limit = if limit == 0 { MAX_LIST } else { limit.min(MAX_LIST) };
+        self.authorize(
+            caller,
+            Operation::ListProposals,
+            Target::TrustDomain(&self.trust_domain),
+        )
+        .await?;
+        let limit = if limit == 0 {
+            MAX_LIST
+        } else {
+            limit.min(MAX_LIST)
+        };
         let stored = match state {
             None => None,
             Some(ProposalStatus::Applied) => Some(ProposalState::Applied),
@@ -574,8 +619,12 @@ impl<S: CertificateStore> Mintgate<S> {
         stop: bool,
     ) -> Result<Option<String>, Error> {
         let proposal = self.find_proposal(id).await?;
-        self.authorize(caller, Operation::ShadowPolicy, self.proposal_target(&proposal))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::ShadowPolicy,
+            self.proposal_target(&proposal),
+        )
+        .await?;
         let now = self.clock.now();
         let Change::Policy { version, .. } = &proposal.change else {
             return Err(GovernanceError::NotShadowable(proposal.id).into());
@@ -632,7 +681,11 @@ impl<S: CertificateStore> Mintgate<S> {
             return Err(GovernanceError::SelfApproval(proposal.author).into());
         }
         let decision = self
-            .authorize(caller, Operation::ApproveProposal, self.proposal_target(&proposal))
+            .authorize(
+                caller,
+                Operation::ApproveProposal,
+                self.proposal_target(&proposal),
+            )
             .await?;
         let now = self.clock.now();
         if self.check_approvable(&proposal, caller, now).await? == Approvable::AlreadyApproved {
@@ -665,8 +718,12 @@ impl<S: CertificateStore> Mintgate<S> {
                 remove: true,
                 ..
             } => ("role.removed", format!("operator:{operator}")),
-            Change::RoleBinding { operator, .. } => ("role.granted", format!("operator:{operator}")),
-            Change::Unblock { spiffe_id } => ("identity.unblocked", format!("identity:{spiffe_id}")),
+            Change::RoleBinding { operator, .. } => {
+                ("role.granted", format!("operator:{operator}"))
+            }
+            Change::Unblock { spiffe_id } => {
+                ("identity.unblocked", format!("identity:{spiffe_id}"))
+            }
         };
         let mut effect = self.audit(now, caller.id.as_str(), action, subject);
         effect.detail = Some(format!(
@@ -747,8 +804,12 @@ impl<S: CertificateStore> Mintgate<S> {
 
     /// Admin/GetGovernance: the active policy, the shadow and the role bindings.
     pub async fn governance(&self, caller: &Caller) -> Result<GovernanceView, Error> {
-        self.authorize(caller, Operation::ListProposals, Target::TrustDomain(&self.trust_domain))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::ListProposals,
+            Target::TrustDomain(&self.trust_domain),
+        )
+        .await?;
         let activation = self.store.active_policy().await?.map(|(a, _)| a);
         Ok(GovernanceView {
             activation,

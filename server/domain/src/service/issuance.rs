@@ -147,12 +147,16 @@ impl<S: CertificateStore> Mintgate<S> {
             now,
         });
         let events = self.approval_events(caller, &request_id, kind, &approval, &serial, now);
+        let in_flight = self
+            .in_flight
+            .enter(caller.id.as_str(), request_id.as_str());
         match self.store.insert_request(request, token, events).await {
             Ok(Inserted::New(pk)) => {
                 self.sign_and_record(caller, pk, &request_id, serial, &approval)
                     .await
             }
             Ok(Inserted::Duplicate(existing)) => {
+                drop(in_flight);
                 self.replay(caller, kind, &input, *existing, &hash).await
             }
             Err(StoreError::Conflict(_)) => Err(AttestationError::JoinTokenUsed.into()),
@@ -488,6 +492,9 @@ impl<S: CertificateStore> Mintgate<S> {
             "{}->APPROVED serial {serial}, abandoned serial {abandoned}{why}",
             existing.state.as_str()
         ));
+        let _in_flight = self
+            .in_flight
+            .enter(caller.id.as_str(), request_id.as_str());
         let moved = self
             .store
             .move_request(

@@ -58,6 +58,8 @@ pub struct Mintgate<S> {
     /// The version of the policy directory the server was started with, once known.
     configured_version: RwLock<Option<String>>,
     observer: Arc<dyn Observer>,
+    /// The requests an attempt here is recording or signing (see `lease`).
+    in_flight: lease::InFlight,
     trust_domain: TrustDomain,
     token_secret: JoinTokenSecret,
 }
@@ -110,6 +112,7 @@ impl<S: CertificateStore> Mintgate<S> {
             environment,
             configured_version: RwLock::new(None),
             observer,
+            in_flight: lease::InFlight::default(),
             trust_domain,
             token_secret,
         }

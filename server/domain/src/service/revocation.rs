@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use super::{Mintgate, payload_hash};
 use crate::lifecycle::{CertEvent, CertState, RequestState, transition_cert};
 use crate::model::{
-    Caller, IdentityScope, NewRequest, NewRevocation, RequestKind, RequestRecord,
-    RevocationReason, RevocationRecord, StoredStatus,
+    Caller, IdentityScope, NewRequest, NewRevocation, RequestKind, RequestRecord, RevocationReason,
+    RevocationRecord, StoredStatus,
 };
 use crate::policy::{Operation, Target};
 use crate::store::{CertificateStore, Revoked, StoreError};
@@ -164,8 +164,12 @@ impl<S: CertificateStore> Mintgate<S> {
         caller: &Caller,
         serials: &[String],
     ) -> Result<StatusReport, Error> {
-        self.authorize(caller, Operation::CheckStatus, Target::TrustDomain(&self.trust_domain))
-            .await?;
+        self.authorize(
+            caller,
+            Operation::CheckStatus,
+            Target::TrustDomain(&self.trust_domain),
+        )
+        .await?;
         if serials.len() > MAX_STATUS_SERIALS {
             return Err(InputError::TooMany {
                 field: "serials",
@@ -249,7 +253,11 @@ impl<S: CertificateStore> Mintgate<S> {
         let request_id = RequestId::parse(&input.request_id)?;
         let spiffe_id = SpiffeId::parse_in(&input.spiffe_id, &self.trust_domain)?;
         let decision = self
-            .authorize(caller, Operation::RevokeIdentity, Target::Identity(&spiffe_id))
+            .authorize(
+                caller,
+                Operation::RevokeIdentity,
+                Target::Identity(&spiffe_id),
+            )
             .await?;
         let hash = payload_hash(&[
             RequestKind::RevokeIdentity.as_str().as_bytes(),

@@ -108,7 +108,11 @@ impl<S: CertificateStore> Mintgate<S> {
         let request_id = RequestId::parse(&input.request_id)?;
         let spiffe_id = SpiffeId::parse_in(&input.spiffe_id, &self.trust_domain)?;
         let decision = self
-            .authorize(caller, Operation::CreateJoinToken, Target::Identity(&spiffe_id))
+            .authorize(
+                caller,
+                Operation::CreateJoinToken,
+                Target::Identity(&spiffe_id),
+            )
             .await?;
         let ttl = match input.ttl {
             Some((s, n)) => Ttl::from_parts(s, n, MAX_TOKEN_TTL)?,
