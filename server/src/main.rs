@@ -371,7 +371,7 @@ fn write_dev_pki(dir: &Path) -> anyhow::Result<()> {
 /// a failed write is ignored rather than `println!`'s panic.
 fn print_dev_tour(grpc: std::net::SocketAddr, http: std::net::SocketAddr) {
     use std::io::Write as _;
-    let tls = "-cacert certs-dev/ca.pem -cert certs-dev/admin.pem -key certs-dev/admin.key";
+    let tls = "-cacert certs-dev/ca.pem -cert certs-dev/alice.pem -key certs-dev/alice.key";
     let _ = writeln!(
         std::io::stdout(),
         "\nMintgate is running in --dev mode (trust domain {DEV_TRUST_DOMAIN}).\n\

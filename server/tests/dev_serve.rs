@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const DEV_FILES: [&str; 13] = [
+const DEV_FILES: [&str; 17] = [
     "ca.pem",
     "ca.key",
     "server.pem",
@@ -23,6 +23,10 @@ const DEV_FILES: [&str; 13] = [
     "operator-ca.key",
     "admin.pem",
     "admin.key",
+    "alice.pem",
+    "alice.key",
+    "bob.pem",
+    "bob.key",
     "join-token.key",
 ];
 
@@ -82,7 +86,7 @@ fn serve_dev_starts_from_nothing_and_stops_on_sigterm() {
     }
     let http = addr_after(&lines, "curl http://");
     let grpcurl_list = lines.iter().find(|l| l.ends_with(" list")).unwrap();
-    assert!(grpcurl_list.contains("-cert certs-dev/admin.pem -key certs-dev/admin.key"));
+    assert!(grpcurl_list.contains("-cert certs-dev/alice.pem -key certs-dev/alice.key"));
 
     for file in DEV_FILES {
         assert!(dir.path().join("certs-dev").join(file).is_file(), "{file}");

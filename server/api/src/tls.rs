@@ -127,6 +127,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| refuse())?;
         let id = spiffe_id_of(&cert).ok_or_else(refuse)?;
         if id.trust_domain_str() != self.trust_domain.as_str() {
+            // One trust domain per environment (DESIGN §13): a certificate from another is
+            // refused, naming both (the client only sees a TLS alert).
+            tracing::info!(
+                spiffe_id = %id,
+                trust_domain = id.trust_domain_str(),
+                serves = %self.trust_domain,
+                reason = "trust_domain_mismatch",
+                "handshake refused: the client certificate is from trust domain {}, this server \
+                 serves {}",
+                id.trust_domain_str(),
+                self.trust_domain
+            );
             return Err(refuse());
         }
         let serial = Serial::from_der_bytes(cert.raw_serial()).map_err(|_| refuse())?;

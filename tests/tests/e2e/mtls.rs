@@ -75,6 +75,7 @@ both_backends!(
     handshake_refusals
 );
 async fn handshake_refusals(backend: Backend) {
+    let logs = mintgate_tests::logs::capture();
     let server = TestServer::spawn(backend).await;
     let now = server.clock.now_odt();
     let day = time::Duration::days(1);
@@ -98,6 +99,26 @@ async fn handshake_refusals(backend: Backend) {
         (now - day, now + day),
     );
     assert_refused(&server, Some((&c, &k)), "other trust domain").await;
+    // The server's log names both trust domains (the client sees only a TLS alert). The
+    // verdict may be logged just after the client gave up: wait for it, within a bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let logged = loop {
+        let found = logs
+            .events()
+            .into_iter()
+            .find(|e| e.field("spiffe_id") == Some("spiffe://other.example/node/n2"));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "the refusal was not logged");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(logged.field("reason"), Some("trust_domain_mismatch"));
+    let message = logged.field("message").unwrap();
+    assert!(
+        message.contains("other.example") && message.contains("dev.mintgate.local"),
+        "{message}"
+    );
 
     // The same CA with a good certificate works: the refusals above were about the certificate.
     let (c, k) = client_cert(Some(bootstrap), node_uri, (now - day, now + day));
