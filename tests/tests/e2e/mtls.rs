@@ -110,7 +110,10 @@ async fn handshake_refusals(backend: Backend) {
         if let Some(found) = found {
             break found;
         }
-        assert!(std::time::Instant::now() < deadline, "the refusal was not logged");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal was not logged"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert_eq!(logged.field("reason"), Some("trust_domain_mismatch"));

@@ -40,11 +40,12 @@ pub enum Operation {
     GetProposal,
     ShadowPolicy,
     ApproveProposal,
+    GetGovernance,
 }
 
 impl Operation {
     /// Every operation, in declaration order (so `op as usize` indexes it).
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 13] = [
         Self::CreateJoinToken,
         Self::Revoke,
         Self::RevokeIdentity,
@@ -57,6 +58,7 @@ impl Operation {
         Self::GetProposal,
         Self::ShadowPolicy,
         Self::ApproveProposal,
+        Self::GetGovernance,
     ];
 
     /// The Cedar action id and RPC name, e.g. "CreateJoinToken".
@@ -74,6 +76,7 @@ impl Operation {
             Self::GetProposal => "GetProposal",
             Self::ShadowPolicy => "ShadowPolicy",
             Self::ApproveProposal => "ApproveProposal",
+            Self::GetGovernance => "GetGovernance",
         }
     }
 
@@ -92,7 +95,8 @@ impl Operation {
             | Self::ListProposals
             | Self::GetProposal
             | Self::ShadowPolicy
-            | Self::ApproveProposal => &[Operator],
+            | Self::ApproveProposal
+            | Self::GetGovernance => &[Operator],
         }
     }
 
@@ -107,7 +111,8 @@ impl Operation {
             Self::CheckStatus
             | Self::WatchRevocations
             | Self::ProposePolicy
-            | Self::ListProposals => TargetKind::TrustDomain,
+            | Self::ListProposals
+            | Self::GetGovernance => TargetKind::TrustDomain,
             Self::GetProposal | Self::ShadowPolicy | Self::ApproveProposal => TargetKind::Proposal,
         }
     }

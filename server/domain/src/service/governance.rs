@@ -806,7 +806,7 @@ impl<S: CertificateStore> Mintgate<S> {
     pub async fn governance(&self, caller: &Caller) -> Result<GovernanceView, Error> {
         self.authorize(
             caller,
-            Operation::ListProposals,
+            Operation::GetGovernance,
             Target::TrustDomain(&self.trust_domain),
         )
         .await?;
