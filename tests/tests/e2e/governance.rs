@@ -299,7 +299,11 @@ async fn invalid_proposals(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "TRUST_DOMAIN_MISMATCH");
-    assert!(err.message().contains("prod.example"), "{}", err.message());
+    assert!(
+        err.message().contains("prod.example") && err.message().contains("dev.mintgate.local"),
+        "{}",
+        err.message()
+    );
 
     // The active version again, a bad file name, an unknown role.
     let err = alice
