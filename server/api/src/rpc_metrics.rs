@@ -33,11 +33,18 @@ const UNMEASURED: [&str; 3] = [
 ];
 
 /// Mintgate's RPCs: the only values of the `rpc` label (a client cannot mint new series).
-const RPCS: [&str; 9] = [
+const RPCS: [&str; 16] = [
     "Enroll",
     "Renew",
     "GetRequest",
     "CreateJoinToken",
+    "ProposePolicy",
+    "ProposeRoleBinding",
+    "GetProposal",
+    "ListProposals",
+    "ShadowPolicy",
+    "ApproveProposal",
+    "GetGovernance",
     "Revoke",
     "RevokeIdentity",
     "UnblockIdentity",
@@ -222,6 +229,25 @@ mod tests {
             .unwrap();
         drop(layer.layer(Stuck).call(request));
         handle.render()
+    }
+
+    /// Every method of Mintgate's services has its own `rpc` label, none is counted as "other".
+    #[test]
+    fn every_mintgate_rpc_is_a_label() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(mintgate_proto::FILE_DESCRIPTOR_SET)
+            .unwrap();
+        let methods: Vec<String> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "mintgate.v1")
+            .flat_map(|f| &f.service)
+            .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
+            .collect();
+        assert_eq!(methods.len(), RPCS.len(), "{methods:?}");
+        for method in methods {
+            assert!(RPCS.contains(&method.as_str()), "{method} is not in RPCS");
+        }
     }
 
     #[test]
