@@ -24,5 +24,6 @@ mod renewal;
 mod revocation;
 mod revocation_stream;
 mod revoked_client;
+mod roles;
 mod sdk;
 mod tools;

@@ -2,9 +2,11 @@
 //! everything outside comes through the ports.
 
 mod attest;
+mod authorize;
 mod governance;
 mod issuance;
 mod lease;
+mod proposals;
 mod revocation;
 mod tokens;
 
@@ -24,11 +26,10 @@ use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
-pub use governance::{
-    GovernanceStart, GovernanceView, MAX_LIST, PolicyProposalInput, ProposalView, RoleBindingInput,
-    ShadowDisagreement, Verdict,
-};
+pub use authorize::{ShadowDisagreement, Verdict};
+pub use governance::{GovernanceStart, GovernanceView};
 pub use issuance::{IssueInput, Issued};
+pub use proposals::{MAX_LIST, PolicyProposalInput, ProposalView, RoleBindingInput};
 pub use revocation::{
     CertificateStatus, EXPIRY_SKEW, IdentityRevoked, MAX_STATUS_SERIALS, RevokeIdentityInput,
     RevokeInput, StatusReport,
@@ -52,7 +53,7 @@ pub struct Mintgate<S> {
     /// The active policy, swapped when an activation commits.
     policy: ArcSwap<Policy>,
     /// A candidate policy deciding beside the active one (Admin/ShadowPolicy).
-    shadow: ArcSwapOption<governance::Shadow>,
+    shadow: ArcSwapOption<authorize::Shadow>,
     /// The `environment` every policy decision sees.
     environment: String,
     /// The version of the policy directory the server was started with, once known.
