@@ -7,6 +7,7 @@ mod governance;
 mod issuance;
 mod lease;
 mod proposals;
+mod retry;
 mod revocation;
 mod tokens;
 
