@@ -1,5 +1,7 @@
 //! The SDK's error: the gRPC code, Mintgate's stable reason, and what a caller can do about it.
 
+use std::collections::BTreeMap;
+
 use rustls::AlertDescription;
 use tonic_types::StatusExt;
 
@@ -45,6 +47,9 @@ pub struct Error {
     /// `user` or `system`, from `ErrorInfo.metadata["fault"]` (or `user` when the server
     /// refused this client's certificate at the handshake); `None` without an answer.
     pub fault: Option<String>,
+    /// The rest of `ErrorInfo.metadata`: what the reason is about, e.g. `policy_version` and
+    /// `determining_policies` for `POLICY_DENIED`, `limit_bytes` for `MESSAGE_TOO_LARGE`.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Error {
@@ -75,6 +80,11 @@ impl Error {
         )
     }
 
+    /// One entry of the error's metadata (see [`Error::metadata`]).
+    pub fn detail(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
     /// Whether the server said the fault is the caller's.
     pub fn is_user_fault(&self) -> bool {
         self.fault.as_deref() == Some("user")
@@ -94,6 +104,7 @@ impl Error {
                 "the server refused this client's certificate at the TLS handshake (alert {alert:?})"
             ),
             fault: Some("user".to_owned()),
+            metadata: BTreeMap::new(),
         }
     }
 
@@ -103,6 +114,7 @@ impl Error {
             reason: reason.to_owned(),
             message: message.into(),
             fault: Some("user".to_owned()),
+            metadata: BTreeMap::new(),
         }
     }
 }
@@ -118,15 +130,20 @@ impl From<tonic::Status> for Error {
         {
             return Self::refused(alert);
         }
-        let fault = info.as_ref().and_then(|i| i.metadata.get("fault").cloned());
-        let reason = info
-            .map(|i| i.reason)
-            .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase());
+        let (reason, mut metadata) = match info {
+            Some(info) => (info.reason, info.metadata.into_iter().collect()),
+            None => (
+                format!("{:?}", status.code()).to_uppercase(),
+                BTreeMap::new(),
+            ),
+        };
+        let fault = metadata.remove("fault");
         Self {
             code: status.code(),
             reason,
             message: status.message().to_owned(),
             fault,
+            metadata,
         }
     }
 }
@@ -141,6 +158,7 @@ impl From<tonic::transport::Error> for Error {
             reason: "TRANSPORT".to_owned(),
             message: e.to_string(),
             fault: None,
+            metadata: BTreeMap::new(),
         }
     }
 }
@@ -155,6 +173,7 @@ mod tests {
             reason: reason.to_owned(),
             message: String::new(),
             fault: None,
+            metadata: BTreeMap::new(),
         }
     }
 

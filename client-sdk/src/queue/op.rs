@@ -193,6 +193,7 @@ mod tests {
                 reason: reason.to_owned(),
                 message: String::new(),
                 fault: fault.map(str::to_owned),
+                metadata: Default::default(),
             };
             assert_eq!(revoke("0a").verdict(&error), want, "{error:?}");
         }

@@ -192,6 +192,12 @@ async fn two_person_policy_change(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.reason, "POLICY_DENIED");
+    // The SDK hands over what the refusal names.
+    assert_eq!(err.detail("determining_policies"), Some("no-db-workloads"));
+    assert_eq!(
+        err.detail("policy_version"),
+        Some(version_of(&extended).as_str())
+    );
 
     // Rollback is a proposal of the earlier text.
     let back = propose(&mut alice, "p-back", &PolicySource::dev()).await;
