@@ -235,8 +235,8 @@ mod tests {
     #[test]
     fn every_mintgate_rpc_is_a_label() {
         use prost::Message as _;
-        let set = prost_types::FileDescriptorSet::decode(mintgate_proto::FILE_DESCRIPTOR_SET)
-            .unwrap();
+        let set =
+            prost_types::FileDescriptorSet::decode(mintgate_proto::FILE_DESCRIPTOR_SET).unwrap();
         let methods: Vec<String> = set
             .file
             .iter()
