@@ -617,6 +617,8 @@ mod tests {
         };
         let err = zero.min_lifetime().unwrap_err().to_string();
         assert!(err.contains("ca.min_lifetime_seconds"), "{err}");
+        assert_eq!(parsed.audit.checkpoint_every_events, Some(1000));
+        assert_eq!(parsed.audit.checkpoint_every_seconds, Some(300));
         let hub = parsed.revocation.hub_config().unwrap();
         assert_eq!(hub.heartbeat, Duration::from_secs(5));
         assert_eq!(hub.max_streams_per_identity, 4);
