@@ -11,6 +11,7 @@ mod m20261203_000003_store_probe;
 mod m20261203_000004_lease_holder;
 mod m20261203_000005_policy_decisions;
 mod m20261203_000006_governance;
+mod m20261203_000007_audit_checkpoints;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000004_lease_holder::Migration),
             Box::new(m20261203_000005_policy_decisions::Migration),
             Box::new(m20261203_000006_governance::Migration),
+            Box::new(m20261203_000007_audit_checkpoints::Migration),
         ]
     }
 }

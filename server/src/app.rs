@@ -12,7 +12,7 @@ use mintgate_ca::CertificateAuthority;
 use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
-use mintgate_domain::ports::{Clock, Signer};
+use mintgate_domain::ports::{AuditSigner as _, Clock, Signer};
 use mintgate_domain::service::{JoinTokenSecret, Mintgate, Parts};
 use mintgate_domain::store::StoreError;
 use mintgate_store::{SqlStore, StoreMetrics};
@@ -20,6 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
+use crate::checkpoint::Checkpointer;
 use crate::clock::OsRandom;
 use crate::config::{Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
@@ -105,6 +106,8 @@ pub struct Application {
     crl: Arc<CrlPublisher>,
     metrics: Arc<Exporter>,
     ca_window: CaWindow,
+    /// Signs audit checkpoints; none without an audit key.
+    checkpoints: Option<Arc<Checkpointer>>,
 }
 
 impl Application {
@@ -231,6 +234,32 @@ impl Application {
         .map_err(BuildError::Tls)?;
         let classifier = PeerClassifier::new(classified);
 
+        let checkpoints = match &settings.audit {
+            Some(audit) => {
+                tracing::info!(
+                    key_id = %audit.signer.public_key().key_id,
+                    algorithm = %audit.signer.public_key().algorithm,
+                    every_events = audit.every_events,
+                    every_seconds = audit.every.as_secs(),
+                    "audit checkpoints on"
+                );
+                Some(Arc::new(Checkpointer::new(
+                    store.clone(),
+                    audit.signer.clone(),
+                    clock.clone(),
+                    audit.every_events,
+                    audit.every,
+                    &*metrics.recorder(),
+                )))
+            }
+            None => {
+                tracing::warn!(
+                    "audit checkpoints are off: audit.signing_key is not set, so a rewrite of the \
+                     whole audit trail would go unnoticed"
+                );
+                None
+            }
+        };
         let signer: Arc<dyn Signer> = Arc::new(ca);
         let crl = Arc::new(CrlPublisher::new(
             signer.clone(),
@@ -307,6 +336,7 @@ impl Application {
             crl,
             metrics,
             ca_window,
+            checkpoints,
         })
     }
 
@@ -362,6 +392,10 @@ impl Application {
                 }
             }
         });
+        let checkpoint_job = self.checkpoints.clone().map(|checkpoints| {
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { checkpoints.run(stop).await })
+        });
         let mut http_stop = stop_rx.clone();
         let state = HttpState {
             store: self.store.clone(),
@@ -393,6 +427,13 @@ impl Application {
         let _ = tailer.await;
         let _ = upkeep.await;
         let _ = refresh.await;
+        if let Some(job) = checkpoint_job {
+            let _ = job.await;
+        }
+        // Nothing appends any more: the last checkpoint signs the final head.
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.write("shutdown").await;
+        }
         self.store.close().await;
         Ok(())
     }

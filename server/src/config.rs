@@ -18,6 +18,12 @@ use mintgate_domain::policy::{
 use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
+mod audit;
+
+pub use audit::{
+    AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
+};
+
 /// The dev trust domain used by `--dev`.
 pub const DEV_TRUST_DOMAIN: &str = "dev.mintgate.local";
 /// File descriptors the gRPC port leaves for the rest of the process by default.
@@ -72,6 +78,8 @@ pub struct FileConfig {
     pub telemetry: TelemetryFile,
     #[serde(default)]
     pub readiness: ReadinessFile,
+    #[serde(default)]
+    pub audit: AuditFile,
     /// Operator SPIFFE ID → roles: the first role bindings, taken only by the first server
     /// that starts on an empty database (with the policy directory). After that, roles change
     /// only through two-person proposals (Admin/ProposeRoleBinding).
@@ -330,6 +338,8 @@ pub struct Settings {
     pub descriptor_reserve: u64,
     /// Where spans are exported over OTLP/gRPC; none by default.
     pub otlp_endpoint: Option<String>,
+    /// Signed audit checkpoints; none without `audit.signing_key`.
+    pub audit: Option<AuditSettings>,
     /// Dev material is accepted only when this is set (`--dev`).
     pub dev: bool,
 }
@@ -347,6 +357,7 @@ impl std::fmt::Debug for Settings {
             .field("environment", &self.environment)
             .field("ca_min_lifetime", &self.ca_min_lifetime)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("audit", &self.audit)
             .field("dev", &self.dev)
             .finish_non_exhaustive()
     }
@@ -433,6 +444,7 @@ impl Settings {
             grpc: c.grpc.config()?,
             descriptor_reserve: c.grpc.descriptor_reserve()?,
             otlp_endpoint: c.telemetry.otlp_endpoint()?,
+            audit: c.audit.settings()?,
             dev: false,
         })
     }
@@ -456,6 +468,7 @@ impl Settings {
                     )
                 },
             )?;
+        let audit = AuditSettings::dev(&join_token_secret)?;
         let operator_roles = dev_operators();
         let http_addr = overrides
             .http_addr
@@ -494,6 +507,7 @@ impl Settings {
                 .map(TelemetryFile::otlp_endpoint)
                 .transpose()?
                 .flatten(),
+            audit: Some(audit),
             trust_domain,
             dev: true,
         })
@@ -603,6 +617,8 @@ mod tests {
         };
         let err = zero.min_lifetime().unwrap_err().to_string();
         assert!(err.contains("ca.min_lifetime_seconds"), "{err}");
+        assert_eq!(parsed.audit.checkpoint_every_events, Some(1000));
+        assert_eq!(parsed.audit.checkpoint_every_seconds, Some(300));
         let hub = parsed.revocation.hub_config().unwrap();
         assert_eq!(hub.heartbeat, Duration::from_secs(5));
         assert_eq!(hub.max_streams_per_identity, 4);

@@ -11,6 +11,7 @@ use mintgate_domain::TrustDomain;
 use mintgate_domain::governance::GovernanceStore as _;
 use mintgate_domain::policy::{Policy, PolicySource, Problem};
 use mintgate_domain::store::CertificateStore;
+use mintgate_server::audit::TrustedKeys;
 use mintgate_server::config::{
     DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides, TelemetryFile, load_policy_dir,
 };
@@ -125,9 +126,21 @@ impl DbArgs {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain and that it covers every certificate, revocation, block and
-    /// request; exits 1 naming the first broken link or the earliest records without an event.
-    Verify(DbArgs),
+    /// Check the hash chain, that it covers every certificate, revocation, block and request,
+    /// and that every signed checkpoint holds; exits 1 naming the first broken link, the
+    /// earliest records without an event, or the first checkpoint that does not hold.
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+        /// An audit public key ("PUBLIC KEY" PEM, as `mintgate audit keys` prints it) that
+        /// checkpoints must be signed by; repeat for several. Without it, the keys published
+        /// in the database are used (which proves consistency, not who signed).
+        #[arg(long = "public-key", value_name = "PEM_FILE")]
+        public_keys: Vec<PathBuf>,
+    },
+    /// Print the audit public keys published in the database (PEM, each with its key id), to
+    /// keep beside the database and give to `audit verify --public-key`.
+    Keys(DbArgs),
     /// Write the audit trail as JSON lines (with hashes, so it can be re-verified).
     Export {
         #[command(flatten)]
@@ -174,9 +187,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("migrated");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify(db)) => {
+        Command::Audit(AuditCommand::Verify { db, public_keys }) => {
+            let trusted = if public_keys.is_empty() {
+                TrustedKeys::Stored
+            } else {
+                let keys = public_keys
+                    .iter()
+                    .map(|path| {
+                        let pem = std::fs::read_to_string(path)
+                            .with_context(|| format!("--public-key {}", path.display()))?;
+                        mintgate_ca::audit_key_from_pem(&pem)
+                            .with_context(|| format!("--public-key {}", path.display()))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                TrustedKeys::Given(keys)
+            };
             let store = SqlStore::connect(&db.url()).await.context("database")?;
-            let verification = mintgate_server::audit::verify(&store)
+            let verification = mintgate_server::audit::verify(&store, trusted)
                 .await
                 .context("reading the audit trail")?;
             store.close().await;
@@ -186,6 +213,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Audit(AuditCommand::Keys(db)) => {
+            let store = SqlStore::connect(&db.url()).await.context("database")?;
+            let keys = store.audit_keys().await.context("reading the audit keys")?;
+            store.close().await;
+            for key in &keys {
+                println!("# audit key {} ({})", key.key_id, key.algorithm);
+                print!("{}", mintgate_ca::audit_key_pem(key));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Export { db, output }) => {
             let store = SqlStore::connect(&db.url()).await.context("database")?;

@@ -21,6 +21,7 @@ use mintgate_ca::{DEV_VALIDITY, DevPki, generate_pki};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::PolicySource;
 use mintgate_sdk::{Client, TlsMaterial, v1};
+use mintgate_server::config::AuditSettings;
 use mintgate_server::{Application, BuildError, Settings};
 use mintgate_store::{ProbeSettings, SqlStore};
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -195,6 +196,10 @@ pub struct Options {
     pub ca_expires_in: Option<std::time::Duration>,
     /// The operators' first role bindings (default: the dev operators admin, alice and bob).
     pub operators: Option<HashMap<String, Vec<String>>>,
+    /// A signed audit checkpoint after this many events (default: the server's, 1000).
+    pub checkpoint_every_events: u64,
+    /// ... or after this long on the clock (default: the server's, 300 s).
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl Options {
@@ -210,6 +215,10 @@ impl Options {
             database: None,
             ca_expires_in: None,
             operators: None,
+            checkpoint_every_events: mintgate_server::config::DEFAULT_CHECKPOINT_EVERY_EVENTS,
+            checkpoint_every: std::time::Duration::from_secs(
+                mintgate_server::config::DEFAULT_CHECKPOINT_EVERY_SECONDS,
+            ),
         }
     }
 }
@@ -275,6 +284,12 @@ impl TestServer {
             grpc: options.grpc.clone(),
             descriptor_reserve: mintgate_server::config::DEFAULT_DESCRIPTOR_RESERVE,
             otlp_endpoint: None,
+            // The --dev audit key, derived from the dev PKI's join-token secret.
+            audit: Some(AuditSettings {
+                every_events: options.checkpoint_every_events,
+                every: options.checkpoint_every,
+                ..AuditSettings::dev(&secret).unwrap()
+            }),
             dev: true,
         };
         let app = match Application::build(settings, clock.clone()).await {

@@ -3,6 +3,8 @@
 //! - [`CertificateAuthority`] implements the domain's [`Signer`](mintgate_domain::ports::Signer)
 //!   port with the certificate profile of DESIGN §4; its key is any [`KeyBackend`] (a PKCS#8
 //!   [`FileKey`] today).
+//! - [`FileAuditSigner`] implements the [`AuditSigner`](mintgate_domain::ports::AuditSigner)
+//!   port with the audit key that signs checkpoints; [`verify_signature`] checks one.
 //! - [`generate_pki`] / [`write_dev_pki`] make the insecure dev PKI, and [`is_dev_material`]
 //!   recognises it so the server can refuse it outside `--dev`.
 //!
@@ -10,12 +12,17 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod audit_key;
 mod dev_pki;
 mod error;
 mod signer;
 #[cfg(test)]
 mod tests;
 
+pub use audit_key::{
+    AuditKeyError, ED25519_ALGORITHM, FileAuditSigner, P256_ALGORITHM, audit_key_from_pem,
+    audit_key_from_spki, audit_key_pem, verify_signature,
+};
 pub use dev_pki::{
     CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki, is_dev_material,
     write_dev_pki,

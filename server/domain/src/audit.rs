@@ -1,7 +1,9 @@
 //! The audit trail's event and its hash chain (DESIGN §6):
 //! `hash = SHA-256(prev_hash ‖ canonical event)`, the first `prev_hash` being 32 zero bytes;
-//! and whether the chain covers the records it must ([`coverage`]).
+//! whether the chain covers the records it must ([`coverage`]); and the signed checkpoints that
+//! pin its head ([`checkpoint`]).
 
+mod checkpoint;
 mod coverage;
 
 use std::borrow::Borrow;
@@ -9,6 +11,10 @@ use std::borrow::Borrow;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use checkpoint::{
+    AuditKey, CHECKPOINT_CONTEXT, Checkpoint, CheckpointProblem, CheckpointSummary,
+    FailedCheckpoint, SignedCheckpoint, key_id, verify_checkpoints,
+};
 pub use coverage::{Coverage, Gaps, Missing, Record};
 
 /// The `prev_hash` of the first event.
@@ -140,7 +146,7 @@ mod hex_bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn event(seq: i64, action: &str) -> AuditEvent {
@@ -162,7 +168,7 @@ mod tests {
         }
     }
 
-    fn chain(n: i64) -> Vec<ChainedEvent> {
+    pub(crate) fn chain(n: i64) -> Vec<ChainedEvent> {
         let mut prev = GENESIS;
         (1..=n)
             .map(|seq| {

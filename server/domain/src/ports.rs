@@ -85,6 +85,17 @@ pub trait Signer: Send + Sync + 'static {
     }
 }
 
+/// Signs audit checkpoints ([`crate::audit::Checkpoint::message`]) with the audit key: a key of
+/// its own, never the CA's, held like it (a file now, PKCS#11 later). The private key never
+/// leaves the backend.
+pub trait AuditSigner: Send + Sync + 'static {
+    /// The public key, with its id and algorithm.
+    fn public_key(&self) -> &crate::audit::AuditKey;
+    /// A signature of `message`, in the encoding the key's algorithm verifies (Ed25519: 64
+    /// bytes; ECDSA P-256: fixed-length r ‖ s).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignerError>;
+}
+
 /// What the service reports beside its answers, for metrics and logs (the server counts and
 /// logs; tests may listen). Every method has a default that does nothing.
 pub trait Observer: Send + Sync + 'static {

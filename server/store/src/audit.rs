@@ -44,6 +44,10 @@ impl SqlStore {
 }
 
 impl AuditSnapshot {
+    pub(crate) fn txn(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+
     /// The audit trail in seq order.
     pub async fn chain(&self) -> Result<Vec<ChainedEvent>, StoreError> {
         audit_event::Entity::find()

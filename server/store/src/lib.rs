@@ -14,6 +14,7 @@
 
 mod audit;
 mod batch;
+mod checkpoint;
 mod convert;
 mod entity;
 mod governance;
@@ -41,6 +42,7 @@ use sea_orm::{
 use time::OffsetDateTime;
 
 pub use crate::audit::AuditSnapshot;
+pub use crate::checkpoint::CheckpointWrite;
 use crate::entity::{audit_event, certificate, join_token, request};
 use crate::health::HealthCell;
 pub use crate::health::{ProbeSettings, Unready};
@@ -70,6 +72,8 @@ pub(crate) struct Writer {
     health: HealthCell,
     /// Recorded as the lease holder of the requests this store takes to APPROVED.
     instance: InstanceId,
+    /// The seq of the newest audit event this store committed (0: none yet).
+    audit_head: tokio::sync::watch::Sender<i64>,
 }
 
 /// The connection writes use: open, condemned by a failure (a fresh one is opened before the
@@ -143,6 +147,7 @@ impl SqlStore {
             commits: AtomicU64::new(0),
             health: HealthCell::new(probe),
             instance: instance.id(),
+            audit_head: tokio::sync::watch::Sender::new(0),
         });
         let group = batch::GroupCommit::start(writer.clone());
         tokio::spawn(health::probe(Arc::downgrade(&writer)));
@@ -178,6 +183,12 @@ impl SqlStore {
     /// each is one durable commit, so issuances ÷ this is the batching factor.
     pub fn write_commits(&self) -> u64 {
         self.writer.commits.load(Ordering::Relaxed)
+    }
+
+    /// Follows the seq of the newest audit event committed through this store (0 until one
+    /// is): what lets the checkpoint job count events without reading the database.
+    pub fn audit_appends(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.writer.audit_head.subscribe()
     }
 
     pub fn backend_name(&self) -> &'static str {

@@ -160,7 +160,7 @@ impl Writer {
     /// The probe's write: one row updated and committed like any other write.
     pub(crate) async fn probe_write(&self) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        tx.counted = false;
+        tx.uncounted();
         let probed = store_probe::Entity::update_many()
             .col_expr(
                 store_probe::Column::Probes,
@@ -180,6 +180,12 @@ impl SqlStore {
 }
 
 impl WriteTx<'_> {
+    /// Keeps this transaction's commit out of [`SqlStore::write_commits`]: it holds no client
+    /// request (the probe's, a checkpoint's).
+    pub(crate) fn uncounted(&mut self) {
+        self.counted = false;
+    }
+
     /// What was done since the last call.
     pub(crate) fn take_done(&mut self) -> Done {
         std::mem::take(&mut self.done)
@@ -210,6 +216,9 @@ impl WriteTx<'_> {
         }
         self.lease.ended = true;
         writer.health.committed();
+        if let Some((seq, _)) = self.appended {
+            writer.audit_head.send_replace(seq);
+        }
         if self.counted {
             writer.commits.fetch_add(1, Ordering::Relaxed);
             writer.metrics.record_commit(requests);
