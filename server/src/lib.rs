@@ -8,6 +8,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
+pub mod evidence;
 mod http;
 mod metrics;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use mintgate_server::audit::TrustedKeys;
 use mintgate_server::config::{
     DEV_CERTS_DIR, DEV_DATABASE_URL, DEV_TRUST_DOMAIN, Overrides, TelemetryFile, load_policy_dir,
 };
+use mintgate_server::evidence::{self, ExportRequest};
 use mintgate_server::telemetry::{LogFormat, Tracing};
 use mintgate_server::{Application, Settings, clock::SystemClock};
 use mintgate_store::SqlStore;
@@ -48,6 +49,9 @@ enum Command {
     /// Inspect the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Evidence for auditors: export it from the database, verify it offline.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Work with policy directories (Cedar: schema.cedarschema plus *.cedar files).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -151,6 +155,41 @@ enum AuditCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// Write the evidence for a period into an empty directory, from the database (no server
+    /// needed): the audit chain up to the period's end, its signed checkpoints and keys, the
+    /// policy versions in force with their proposals and activations, the role bindings, a
+    /// manifest of SHA-256 hashes and controls.md.
+    Export {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Start of the period (RFC 3339, included).
+        #[arg(long)]
+        since: String,
+        /// End of the period (RFC 3339, included).
+        #[arg(long)]
+        until: String,
+        /// The directory to write (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA certificate (PEM) to include as ca.pem.
+        #[arg(long, value_name = "PEM_FILE")]
+        ca_cert: Option<PathBuf>,
+    },
+    /// Re-check an evidence directory with no database and no server: the manifest, the audit
+    /// chain, every checkpoint's signature and hash, the policy versions. Exits 1 naming the
+    /// first thing that fails.
+    Verify {
+        dir: PathBuf,
+        /// An audit public key ("PUBLIC KEY" PEM) that checkpoints must be signed by; repeat
+        /// for several. Without it, the export's own audit-keys.pem is used (which proves
+        /// consistency, not who signed).
+        #[arg(long = "public-key", value_name = "PEM_FILE")]
+        public_keys: Vec<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -191,16 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let trusted = if public_keys.is_empty() {
                 TrustedKeys::Stored
             } else {
-                let keys = public_keys
-                    .iter()
-                    .map(|path| {
-                        let pem = std::fs::read_to_string(path)
-                            .with_context(|| format!("--public-key {}", path.display()))?;
-                        mintgate_ca::audit_key_from_pem(&pem)
-                            .with_context(|| format!("--public-key {}", path.display()))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                TrustedKeys::Given(keys)
+                TrustedKeys::Given(read_public_keys(&public_keys)?)
             };
             let store = SqlStore::connect(&db.url()).await.context("database")?;
             let verification = mintgate_server::audit::verify(&store, trusted)
@@ -242,11 +272,75 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Evidence(EvidenceCommand::Export {
+            db,
+            since,
+            until,
+            out,
+            ca_cert,
+        }) => {
+            let request = ExportRequest {
+                since: parse_time("--since", &since)?,
+                until: parse_time("--until", &until)?,
+                out,
+                ca_cert,
+                now: time::OffsetDateTime::now_utc(),
+            };
+            let store = SqlStore::connect(&db.url()).await.context("database")?;
+            let exported = evidence::export(&store, &request).await;
+            store.close().await;
+            let manifest = exported.context("evidence export")?;
+            let range =
+                |r: Option<evidence::SeqRange>| r.map_or("none".to_owned(), |r| r.to_string());
+            println!(
+                "evidence in {}: {} files, events {} exported, {} in the period",
+                request.out.display(),
+                manifest.files.len() + 1,
+                range(manifest.exported),
+                range(manifest.in_period)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evidence(EvidenceCommand::Verify { dir, public_keys }) => {
+            let trust = if public_keys.is_empty() {
+                evidence::Trust::Exported
+            } else {
+                evidence::Trust::Given(read_public_keys(&public_keys)?)
+            };
+            match evidence::verify(&dir, trust) {
+                Ok(verified) => {
+                    println!("{verified}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    println!("evidence does not verify: {failure}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Policy(PolicyCommand::Check { dir, trust_domain }) => {
             Ok(policy_check(&dir, trust_domain.as_deref()))
         }
         Command::Policy(PolicyCommand::Diff { dir, db }) => policy_diff(dir.as_deref(), &db).await,
     }
+}
+
+/// The audit public keys in the `--public-key` files.
+fn read_public_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<mintgate_domain::audit::AuditKey>> {
+    paths
+        .iter()
+        .map(|path| {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("--public-key {}", path.display()))?;
+            mintgate_ca::audit_key_from_pem(&pem)
+                .with_context(|| format!("--public-key {}", path.display()))
+        })
+        .collect()
+}
+
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{flag} {text}: not an RFC 3339 time (2025-01-31T00:00:00Z)"))
 }
 
 /// `mintgate policy diff`: the directory against the active version.

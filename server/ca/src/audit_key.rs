@@ -155,6 +155,21 @@ pub fn audit_key_from_pem(pem: &str) -> Result<AuditKey, AuditKeyError> {
     audit_key_from_spki(der.as_ref())
 }
 
+/// Every "PUBLIC KEY" PEM block in `pem` (text between blocks, such as `# audit key` comment
+/// lines, is skipped); none is an error.
+pub fn audit_keys_from_pem(pem: &str) -> Result<Vec<AuditKey>, AuditKeyError> {
+    let keys = SubjectPublicKeyInfoDer::pem_slice_iter(pem.as_bytes())
+        .map(|der| {
+            let der = der.map_err(|_| AuditKeyError::PublicPem)?;
+            audit_key_from_spki(der.as_ref())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Err(AuditKeyError::PublicPem);
+    }
+    Ok(keys)
+}
+
 /// The key's SPKI as "PUBLIC KEY" PEM (what `openssl pkey -pubin` reads).
 pub fn audit_key_pem(key: &AuditKey) -> String {
     pem("PUBLIC KEY", &key.spki_der)

@@ -21,7 +21,7 @@ mod tests;
 
 pub use audit_key::{
     AuditKeyError, ED25519_ALGORITHM, FileAuditSigner, P256_ALGORITHM, audit_key_from_pem,
-    audit_key_from_spki, audit_key_pem, verify_signature,
+    audit_key_from_spki, audit_key_pem, audit_keys_from_pem, verify_signature,
 };
 pub use dev_pki::{
     CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki, is_dev_material,

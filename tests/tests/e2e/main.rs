@@ -10,6 +10,7 @@ mod ca_expiry;
 mod checkpoints;
 mod crash;
 mod deadline;
+mod evidence;
 mod faults;
 mod flood;
 mod governance;

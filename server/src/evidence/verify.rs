@@ -1,0 +1,325 @@
+//! `mintgate evidence verify`: re-checks an evidence directory with no database and no server,
+//! in this order, stopping at the first thing that fails: the manifest (every file present with
+//! its size and SHA-256, no file it does not list), the audit chain's links, every checkpoint
+//! (signature under a trusted key, and the exported chain has the hash it signed at its seq),
+//! the event range the manifest claims, and every policy version directory (it loads, and its
+//! texts hash to its name).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mintgate_domain::audit::{
+    AuditKey, BrokenLink, ChainedEvent, Checkpoint, CheckpointSummary, FailedCheckpoint,
+    SignedCheckpoint, verify_chain, verify_checkpoints,
+};
+use mintgate_domain::policy::{LoadError, Policy};
+use serde::Deserialize;
+
+use super::{
+    ACTIVATIONS, AUDIT_KEYS, CHECKPOINTS, CheckpointLine, EVENTS, MANIFEST, Manifest, POLICY_DIR,
+    SeqRange, sha256_hex,
+};
+use crate::config::{ConfigError, load_policy_dir};
+
+/// Which keys checkpoint signatures are checked against.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Keys the auditor holds (`--public-key`).
+    Given(Vec<AuditKey>),
+    /// `audit-keys.pem` from the export itself: whoever made the export could have made the
+    /// keys, so this proves consistency, not who signed.
+    Exported,
+}
+
+/// What held.
+#[derive(Debug)]
+pub struct Verified {
+    pub files: usize,
+    pub events: u64,
+    pub in_period: Option<SeqRange>,
+    pub checkpoints: CheckpointSummary,
+    pub keys_given: bool,
+    pub policy_versions: usize,
+}
+
+impl fmt::Display for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let period = self.in_period.map_or_else(
+            || "none in the period".to_owned(),
+            |r| format!("seq {r} in the period"),
+        );
+        let keys = if self.keys_given {
+            "the given public keys"
+        } else {
+            "audit-keys.pem from the export (weaker: pass --public-key with a key you hold)"
+        };
+        write!(
+            f,
+            "evidence verified: {} files, audit chain of {} events ({period}), {} under {keys}, \
+             {} policy versions",
+            self.files, self.events, self.checkpoints, self.policy_versions
+        )
+    }
+}
+
+/// The first thing that does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{MANIFEST}: not a Mintgate evidence manifest: {0}")]
+    Manifest(serde_json::Error),
+    #[error("{path}: listed in the manifest but missing")]
+    Missing { path: String },
+    #[error("{path}: {found} bytes, the manifest says {listed} (the manifest was changed)")]
+    Size {
+        path: String,
+        listed: u64,
+        found: u64,
+    },
+    #[error("{path}: SHA-256 {found}, the manifest says {listed} (the file was changed)")]
+    Hash {
+        path: String,
+        listed: String,
+        found: String,
+    },
+    #[error("{path}: not listed in the manifest (a file was added)")]
+    Extra { path: String },
+    #[error("{file} line {line}: {source}")]
+    Line {
+        file: &'static str,
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("{CHECKPOINTS} line {line}: hash or signature is not hex")]
+    CheckpointHex { line: usize },
+    #[error("{EVENTS}: {0}")]
+    Chain(#[from] BrokenLink),
+    #[error("{CHECKPOINTS}: {0}")]
+    Checkpoint(#[from] FailedCheckpoint),
+    #[error("{AUDIT_KEYS}: {0}")]
+    Keys(mintgate_ca::AuditKeyError),
+    #[error(
+        "{EVENTS} holds events {found}, the manifest says {listed} (the events file was cut or \
+         extended)",
+        found = show(.found), listed = show(.listed)
+    )]
+    Range {
+        listed: Option<SeqRange>,
+        found: Option<SeqRange>,
+    },
+    #[error("{POLICY_DIR}/{version}: {source}")]
+    PolicyUnreadable {
+        version: String,
+        source: ConfigError,
+    },
+    #[error("{POLICY_DIR}/{version}: does not load: {source}")]
+    PolicyInvalid { version: String, source: LoadError },
+    #[error("{POLICY_DIR}/{version}: its texts are version {found} (the policy was changed)")]
+    PolicyVersion { version: String, found: String },
+    #[error("{ACTIVATIONS} line {line}: version {version} is not in {POLICY_DIR}/")]
+    PolicyMissing { line: usize, version: String },
+}
+
+/// Verifies the evidence in `dir`.
+pub fn verify(dir: &Path, trust: Trust) -> Result<Verified, Failure> {
+    let manifest: Manifest =
+        serde_json::from_slice(&read(&dir.join(MANIFEST))?).map_err(Failure::Manifest)?;
+    check_files(dir, &manifest)?;
+
+    let events: Vec<ChainedEvent> = json_lines(dir, EVENTS)?;
+    let count = verify_chain(&events)?;
+    let (keys, keys_given) = match trust {
+        Trust::Given(keys) => (keys, true),
+        Trust::Exported => {
+            let pem = String::from_utf8_lossy(&read(&dir.join(AUDIT_KEYS))?).into_owned();
+            let keys = match mintgate_ca::audit_keys_from_pem(&pem) {
+                Ok(keys) => keys,
+                // An export with no keys has no checkpoints to check either (or they fail).
+                Err(_) if pem.trim().is_empty() => Vec::new(),
+                Err(e) => return Err(Failure::Keys(e)),
+            };
+            (keys, false)
+        }
+    };
+    let keys: HashMap<String, AuditKey> = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
+    let checkpoints = checkpoints(dir)?;
+    let summary = verify_checkpoints(&events, &checkpoints, &keys, mintgate_ca::verify_signature)?;
+    let found = match (events.first(), events.last()) {
+        (Some(first), Some(last)) => Some(SeqRange {
+            first: first.event.seq,
+            last: last.event.seq,
+        }),
+        _ => None,
+    };
+    if found != manifest.exported {
+        return Err(Failure::Range {
+            listed: manifest.exported,
+            found,
+        });
+    }
+    let policy_versions = check_policies(dir, &manifest)?;
+    Ok(Verified {
+        files: manifest.files.len(),
+        events: count,
+        in_period: manifest.in_period,
+        checkpoints: summary,
+        keys_given,
+        policy_versions,
+    })
+}
+
+/// Every listed file has its size and hash; nothing else is there.
+fn check_files(dir: &Path, manifest: &Manifest) -> Result<(), Failure> {
+    let mut present = BTreeSet::new();
+    walk(dir, "", &mut present)?;
+    present.remove(MANIFEST);
+    for entry in &manifest.files {
+        if !present.remove(&entry.path) {
+            return Err(Failure::Missing {
+                path: entry.path.clone(),
+            });
+        }
+        let bytes = read(&dir.join(&entry.path))?;
+        let found = sha256_hex(&bytes);
+        if found != entry.sha256 {
+            return Err(Failure::Hash {
+                path: entry.path.clone(),
+                listed: entry.sha256.clone(),
+                found,
+            });
+        }
+        if bytes.len() as u64 != entry.size {
+            return Err(Failure::Size {
+                path: entry.path.clone(),
+                listed: entry.size,
+                found: bytes.len() as u64,
+            });
+        }
+    }
+    match present.into_iter().next() {
+        Some(path) => Err(Failure::Extra { path }),
+        None => Ok(()),
+    }
+}
+
+/// Every version directory under `policy/` loads and hashes to its name, and every activation
+/// names one. Returns how many there are.
+fn check_policies(dir: &Path, manifest: &Manifest) -> Result<usize, Failure> {
+    let prefix = format!("{POLICY_DIR}/");
+    let versions: BTreeSet<&str> = manifest
+        .files
+        .iter()
+        .filter_map(|f| f.path.strip_prefix(&prefix)?.split_once('/'))
+        .map(|(version, _)| version)
+        .collect();
+    for version in &versions {
+        let source = load_policy_dir(&dir.join(POLICY_DIR).join(version)).map_err(|source| {
+            Failure::PolicyUnreadable {
+                version: (*version).to_owned(),
+                source,
+            }
+        })?;
+        let policy = Policy::load(&source, None).map_err(|source| Failure::PolicyInvalid {
+            version: (*version).to_owned(),
+            source,
+        })?;
+        if policy.version() != *version {
+            return Err(Failure::PolicyVersion {
+                version: (*version).to_owned(),
+                found: policy.version().to_owned(),
+            });
+        }
+    }
+    #[derive(Deserialize)]
+    struct Named {
+        version: String,
+    }
+    let activations: Vec<Named> = json_lines(dir, ACTIVATIONS)?;
+    for (i, a) in activations.iter().enumerate() {
+        if !versions.contains(a.version.as_str()) {
+            return Err(Failure::PolicyMissing {
+                line: i + 1,
+                version: a.version.clone(),
+            });
+        }
+    }
+    Ok(versions.len())
+}
+
+fn checkpoints(dir: &Path) -> Result<Vec<SignedCheckpoint>, Failure> {
+    let lines: Vec<CheckpointLine> = json_lines(dir, CHECKPOINTS)?;
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let bad = || Failure::CheckpointHex { line: i + 1 };
+            let hash = hex::decode(&l.hash)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(bad)?;
+            Ok(SignedCheckpoint {
+                checkpoint: Checkpoint {
+                    seq: l.seq,
+                    hash,
+                    at: l.at,
+                    key_id: l.key_id,
+                },
+                signature: hex::decode(&l.signature).map_err(|_| bad())?,
+            })
+        })
+        .collect()
+}
+
+fn json_lines<T: for<'de> Deserialize<'de>>(
+    dir: &Path,
+    file: &'static str,
+) -> Result<Vec<T>, Failure> {
+    let bytes = read(&dir.join(file))?;
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty())
+        .map(|(i, line)| {
+            serde_json::from_slice(line).map_err(|source| Failure::Line {
+                file,
+                line: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Every file under `dir`, as `/`-separated paths relative to it.
+fn walk(dir: &Path, prefix: &str, out: &mut BTreeSet<String>) -> Result<(), Failure> {
+    let unreadable = |source| Failure::Unreadable {
+        path: dir.to_owned(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = format!("{prefix}{name}");
+        if entry.file_type().map_err(unreadable)?.is_dir() {
+            walk(&entry.path(), &format!("{path}/"), out)?;
+        } else {
+            out.insert(path);
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|source| Failure::Unreadable {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn show(range: &Option<SeqRange>) -> String {
+    range.map_or_else(|| "none".to_owned(), |r| r.to_string())
+}
