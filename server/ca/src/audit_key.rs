@@ -274,4 +274,26 @@ mod tests {
             ));
         }
     }
+
+    /// What `audit keys` prints (each key after a comment line) reads back as every key.
+    #[test]
+    fn several_keys_with_comment_lines_read_back() {
+        let a = FileAuditSigner::from_pem(&FileAuditSigner::dev_pem(&[1; 32])).unwrap();
+        let b = FileAuditSigner::from_pem(&FileAuditSigner::dev_pem(&[2; 32])).unwrap();
+        let pem: String = [&a, &b]
+            .iter()
+            .map(|s| {
+                let key = s.public_key();
+                format!(
+                    "# audit key {} ({})\n{}",
+                    key.key_id,
+                    key.algorithm,
+                    audit_key_pem(key)
+                )
+            })
+            .collect();
+        let read = audit_keys_from_pem(&pem).unwrap();
+        assert_eq!(read, [a.public_key().clone(), b.public_key().clone()]);
+        assert!(audit_keys_from_pem("# nothing here\n").is_err());
+    }
 }

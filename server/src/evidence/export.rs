@@ -167,10 +167,11 @@ fn exported_head(
         .map(|c| c.checkpoint.seq)
         .max()
         .unwrap_or(0);
+    // No event by `until`: nothing to pin.
     let pinning = sorted
         .iter()
         .map(|c| c.checkpoint.seq)
-        .find(|&s| s >= last)
+        .find(|&s| s >= last && last > 0)
         .unwrap_or(last);
     let exported = last.max(signed_by_until).max(pinning).min(head);
     sorted.retain(|c| c.checkpoint.seq <= exported);
@@ -395,4 +396,70 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     std::fs::write(path, bytes).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use mintgate_domain::audit::{AuditEvent, Checkpoint, GENESIS};
+
+    use super::*;
+
+    fn chain(times: &[i64]) -> Vec<ChainedEvent> {
+        let mut prev = GENESIS;
+        (1..)
+            .zip(times)
+            .map(|(seq, &at)| {
+                let e = ChainedEvent::seal(
+                    AuditEvent {
+                        seq,
+                        at,
+                        actor: "a".into(),
+                        action: "x".into(),
+                        subject: "s".into(),
+                        spiffe_id: None,
+                        dns_names: vec![],
+                        key_type: None,
+                        not_before: None,
+                        not_after: None,
+                        policy_version: None,
+                        policy_rule: None,
+                        request_id: None,
+                        detail: None,
+                    },
+                    prev,
+                );
+                prev = e.hash;
+                e
+            })
+            .collect()
+    }
+
+    fn checkpoint(chain: &[ChainedEvent], seq: i64) -> SignedCheckpoint {
+        let e = &chain[usize::try_from(seq - 1).unwrap()];
+        SignedCheckpoint {
+            checkpoint: Checkpoint {
+                seq,
+                hash: e.hash,
+                at: e.event.at,
+                key_id: "k".into(),
+            },
+            signature: vec![],
+        }
+    }
+
+    #[test]
+    fn the_export_runs_on_to_the_checkpoint_that_pins_the_period() {
+        let chain = chain(&[10, 20, 30, 40, 50]);
+        let both = [checkpoint(&chain, 2), checkpoint(&chain, 5)];
+        let seqs = |c: &[SignedCheckpoint]| c.iter().map(|c| c.checkpoint.seq).collect::<Vec<_>>();
+        // The period ends after seq 3; seq 5's checkpoint pins it, so the chain goes on to 5.
+        let (head, pinned) = exported_head(&chain, &both, 35);
+        assert_eq!((head, seqs(&pinned)), (5, vec![2, 5]));
+        // No checkpoint after the period: the chain ends with it, unpinned past seq 2.
+        let (head, pinned) = exported_head(&chain, &both[..1], 35);
+        assert_eq!((head, seqs(&pinned)), (3, vec![2]));
+        // Nothing by `until`: nothing exported.
+        let (head, pinned) = exported_head(&chain, &both, 5);
+        assert_eq!((head, seqs(&pinned)), (0, vec![]));
+    }
 }
