@@ -128,8 +128,10 @@ impl fmt::Display for CheckpointSummary {
         match self.newest {
             Some(seq) => write!(
                 f,
-                "{} signed checkpoints hold, the newest at seq {seq}",
-                self.verified
+                "{} signed checkpoint{} hold{}, the newest at seq {seq}",
+                self.verified,
+                if self.verified == 1 { "" } else { "s" },
+                if self.verified == 1 { "s" } else { "" },
             ),
             None => write!(f, "no signed checkpoints"),
         }
