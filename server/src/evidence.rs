@@ -1,14 +1,17 @@
 //! Evidence for auditors (DESIGN §17): `mintgate evidence export` writes a directory an auditor
 //! takes away ([`export`]), `mintgate evidence verify` re-checks it with no database and no
-//! server ([`verify`]). This module owns the directory's layout and its manifest; the controls
+//! server ([`verify`]); `mintgate evidence access-review` lists the role bindings with their
+//! holders' last use ([`access`]). This module owns the directory's layout and its manifest; the controls
 //! mapping is in `controls`.
 
+pub mod access;
 mod controls;
 pub mod export;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
+pub use access::{AccessReview, access_review};
 pub use export::{ExportError, ExportRequest, export};
 pub use verify::{Failure, Trust, Verified, verify};
 

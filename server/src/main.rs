@@ -188,6 +188,9 @@ enum EvidenceCommand {
         #[arg(long = "public-key", value_name = "PEM_FILE")]
         public_keys: Vec<PathBuf>,
     },
+    /// List every role binding, when it ends and when its holder last acted (an admin
+    /// binding: the last break-glass use), as tab-separated lines for a periodic access review.
+    AccessReview(DbArgs),
 }
 
 fn main() -> ExitCode {
@@ -317,6 +320,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Evidence(EvidenceCommand::AccessReview(db)) => {
+            let store = SqlStore::connect(&db.url()).await.context("database")?;
+            let review = evidence::access_review(&store, time::OffsetDateTime::now_utc()).await;
+            store.close().await;
+            print!(
+                "{}",
+                review.context("reading role bindings and the audit trail")?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Policy(PolicyCommand::Check { dir, trust_domain }) => {
             Ok(policy_check(&dir, trust_domain.as_deref()))

@@ -185,5 +185,29 @@ async fn break_glass(backend: Backend) {
     );
     let err = node.create_join_token(request("t-node")).await.unwrap_err();
     assert_eq!(reason(&err), "POLICY_DENIED");
+
+    // The access review lists every binding with its holder's last use: admin's is its
+    // break-glass use, bob has not acted.
+    let out = std::process::Command::new(mintgate_tests::mintgate_bin())
+        .args([
+            "evidence",
+            "access-review",
+            "--database-url",
+            &server.database_url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row = |operator: &str, role: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{operator}\t{role}\t")))
+            .unwrap_or_else(|| panic!("no {operator} {role} in {text}"))
+            .to_owned()
+    };
+    assert!(row(mintgate_tests::ADMIN_ID, "admin").contains("operator.break_glass"));
+    assert!(row(ALICE_ID, "issuer").contains("join_token.created"));
+    assert!(row(BOB_ID, "auditor").ends_with("\tnever"));
+    assert!(row(BOB_ID, "auditor").contains("\tno end\t"));
     server.shutdown().await;
 }
