@@ -249,32 +249,6 @@ mod tests {
         assert!(audit_key_from_spki(rcgen::PublicKeyData::der_bytes(&p384)).is_err());
     }
 
-    /// Keys made by `openssl genpkey` (Ed25519 and P-256), with the public keys
-    /// `openssl pkey -pubout` printed for them: we load the one and publish the other.
-    #[test]
-    fn openssl_keys_load_and_publish_what_openssl_prints() {
-        let keys = [
-            (
-                "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDGlJhp4upisQV/a7rj16NWFjqIz7+Ho4Zjv6SWJtv/F\n-----END PRIVATE KEY-----\n",
-                "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAUOeBBnR1BGOHh7UIdUEcxgGvB28jhv24uks9WgK4cFA=\n-----END PUBLIC KEY-----\n",
-            ),
-            (
-                "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgDz4PulLkKJFfXyMR\nE9259ICAAZMYc1xEP1XT/3DGGfuhRANCAAQsDHKPNZvcxIm3DS/VHAVBKrGOXzSl\n/AySmq51gq7gE9HBbYB+TldwgqTCRI111gV2SuDmog4sNG+UnmHMHFop\n-----END PRIVATE KEY-----\n",
-                "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAELAxyjzWb3MSJtw0v1RwFQSqxjl80\npfwMkpqudYKu4BPRwW2Afk5XcIKkwkSNddYFdkrg5qIOLDRvlJ5hzBxaKQ==\n-----END PUBLIC KEY-----\n",
-            ),
-        ];
-        for (private, public) in keys {
-            let signer = FileAuditSigner::from_pem(private).unwrap();
-            assert_eq!(audit_key_pem(signer.public_key()), public);
-            let sig = signer.sign(b"m").unwrap();
-            assert!(verify_signature(
-                &audit_key_from_pem(public).unwrap(),
-                b"m",
-                &sig
-            ));
-        }
-    }
-
     /// What `audit keys` prints (each key after a comment line) reads back as every key.
     #[test]
     fn several_keys_with_comment_lines_read_back() {

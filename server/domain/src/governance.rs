@@ -255,6 +255,11 @@ pub trait GovernanceStore: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Option<(Activation, StoredPolicy)>, StoreError>> + Send;
 
+    /// The newest activation alone (what a poll for another replica's change needs).
+    fn active_activation(
+        &self,
+    ) -> impl Future<Output = Result<Option<Activation>, StoreError>> + Send;
+
     fn policy_version(
         &self,
         version: &str,

@@ -37,6 +37,10 @@ impl GovernanceStore for SqlStore {
         Ok(Some((activation, stored)))
     }
 
+    async fn active_activation(&self) -> Result<Option<Activation>, StoreError> {
+        newest_activation(&self.db).await
+    }
+
     async fn policy_version(&self, version: &str) -> Result<Option<StoredPolicy>, StoreError> {
         version_row(&self.db, version).await
     }

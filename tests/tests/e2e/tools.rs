@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use mintgate_domain::TrustDomain;
+use mintgate_domain::ports::AuditSigner as _;
 use mintgate_sdk::v1;
 use mintgate_tests::csr::{Expected, check_issued_as};
 use mintgate_tests::{Backend, TRUST_DOMAIN, TestServer, tool_available};
@@ -508,4 +509,41 @@ async fn grpcurl_changes_the_policy_with_two_people() {
     assert_eq!(governance[0]["policyVersion"], proposal["policyVersion"]);
     assert_eq!(governance[0]["policyLabel"], "CHG-42");
     server.shutdown().await;
+}
+
+/// Audit keys made by `openssl genpkey` (Ed25519 and P-256) at test time load, and the public
+/// key we publish is byte for byte what `openssl pkey -pubout` prints for them.
+#[test]
+fn openssl_audit_keys_load_and_publish_what_openssl_prints() {
+    if !tool_available("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let algorithms: [&[&str]; 2] = [
+        &["-algorithm", "ed25519"],
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    ];
+    for (i, algorithm) in algorithms.into_iter().enumerate() {
+        let key = dir.path().join(format!("audit-{i}.key"));
+        run(Command::new("openssl")
+            .arg("genpkey")
+            .args(algorithm)
+            .arg("-out")
+            .arg(&key));
+        let public = run(Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key))
+        .stdout;
+        let public = String::from_utf8(public).unwrap();
+        let signer =
+            mintgate_ca::FileAuditSigner::from_pem(&std::fs::read_to_string(&key).unwrap())
+                .unwrap();
+        assert_eq!(mintgate_ca::audit_key_pem(signer.public_key()), public);
+        let sig = signer.sign(b"m").unwrap();
+        assert!(mintgate_ca::verify_signature(
+            &mintgate_ca::audit_key_from_pem(&public).unwrap(),
+            b"m",
+            &sig
+        ));
+    }
 }

@@ -125,14 +125,15 @@ impl<S: CertificateStore> Mintgate<S> {
     /// Loads the active version from the store if it is not the one in force (another replica,
     /// or this one, activated it). Returns the active version.
     pub async fn refresh_policy(&self) -> Result<String, Error> {
-        let Some((_, stored)) = self.store.active_policy().await? else {
+        // Only the newest activation is read on each poll; the text only when it changed.
+        let Some(activation) = self.store.active_activation().await? else {
             return Ok(self.policy.load().version().to_owned());
         };
-        if stored.version != self.policy.load().version() {
+        let version = activation.version;
+        if version != self.policy.load().version() {
+            let stored = self.stored_policy(&version).await?;
             let policy = Policy::load(&stored.source, Some(&self.trust_domain)).map_err(|e| {
-                Error::Internal(
-                    format!("the active policy {} no longer loads: {e}", stored.version).into(),
-                )
+                Error::Internal(format!("the active policy {version} no longer loads: {e}").into())
             })?;
             self.policy
                 .store(Arc::new(policy.with_environment(&self.environment)));
@@ -141,10 +142,10 @@ impl<S: CertificateStore> Mintgate<S> {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .as_ref()
-                .is_some_and(|c| *c != stored.version);
-            self.observer.policy_active(&stored.version, drift);
+                .is_some_and(|c| *c != version);
+            self.observer.policy_active(&version, drift);
         }
-        Ok(stored.version)
+        Ok(version)
     }
 
     /// Admin/GetGovernance: the active policy, the shadow and the role bindings.
@@ -155,7 +156,7 @@ impl<S: CertificateStore> Mintgate<S> {
             Target::TrustDomain(&self.trust_domain),
         )
         .await?;
-        let activation = self.store.active_policy().await?.map(|(a, _)| a);
+        let activation = self.store.active_activation().await?;
         Ok(GovernanceView {
             activation,
             shadow_version: self.shadow_version(),
@@ -170,8 +171,8 @@ impl<S: CertificateStore> Mintgate<S> {
     }
 
     pub(super) async fn active_version(&self) -> Result<String, Error> {
-        Ok(match self.store.active_policy().await? {
-            Some((activation, _)) => activation.version,
+        Ok(match self.store.active_activation().await? {
+            Some(activation) => activation.version,
             None => self.policy.load().version().to_owned(),
         })
     }
