@@ -12,6 +12,7 @@ mod m20261203_000004_lease_holder;
 mod m20261203_000005_policy_decisions;
 mod m20261203_000006_governance;
 mod m20261203_000007_audit_checkpoints;
+mod m20261203_000008_holds;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000005_policy_decisions::Migration),
             Box::new(m20261203_000006_governance::Migration),
             Box::new(m20261203_000007_audit_checkpoints::Migration),
+            Box::new(m20261203_000008_holds::Migration),
         ]
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use mintgate_api::holds::{EdgeObserver, HoldFeed};
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
 use mintgate_api::{GrpcConfig, GrpcServer, Metrics, RevocationHub};
@@ -170,6 +171,7 @@ impl Application {
             })?;
         let metrics = Arc::new(Exporter::new(ca.not_after(), clock.clone()));
         let edge_metrics = Metrics::new(metrics.recorder());
+        let holds = HoldFeed::default();
         let server_key = PrivateKeyDer::from_pem_slice(settings.server_key_pem.as_bytes())
             .map_err(|_| BuildError::Pem {
                 field: "tls.server_key",
@@ -273,10 +275,15 @@ impl Application {
             random: Arc::new(OsRandom),
             policy: Arc::new(policy),
             environment: settings.environment.clone(),
-            observer: Arc::new(edge_metrics.clone()),
+            observer: Arc::new(EdgeObserver {
+                metrics: edge_metrics.clone(),
+                holds: holds.clone(),
+            }),
             trust_domain: settings.trust_domain.clone(),
             token_secret: JoinTokenSecret::new(settings.join_token_secret),
             min_lifetime: settings.ca_min_lifetime,
+            risk: settings.risk.clone(),
+            holds: settings.holds,
         });
         let operators = settings
             .operator_roles
@@ -330,6 +337,7 @@ impl Application {
                 hub,
                 clock,
                 metrics: edge_metrics,
+                holds,
                 config: grpc_config,
             },
             store,
@@ -389,6 +397,10 @@ impl Application {
                 }
                 if let Err(e) = app.refresh_policy().await {
                     tracing::error!(error = %e, "the active policy could not be refreshed");
+                }
+                // Holds nobody decided in time (on the injected clock) become EXPIRED.
+                if let Err(e) = app.expire_holds().await {
+                    tracing::error!(error = %e, "expired holds could not be recorded");
                 }
             }
         });

@@ -15,14 +15,18 @@ use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::policy::{
     DEFAULT_ENVIRONMENT, POLICY_EXTENSION, PolicyFile, PolicySource, SCHEMA_FILE,
 };
+use mintgate_domain::risk::RiskConfig;
+use mintgate_domain::service::HoldSettings;
 use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
 mod audit;
+mod risk;
 
 pub use audit::{
     AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
 };
+pub use risk::{HoldsFile, RiskFile};
 
 /// The dev trust domain used by `--dev`.
 pub const DEV_TRUST_DOMAIN: &str = "dev.mintgate.local";
@@ -80,6 +84,10 @@ pub struct FileConfig {
     pub readiness: ReadinessFile,
     #[serde(default)]
     pub audit: AuditFile,
+    #[serde(default)]
+    pub risk: RiskFile,
+    #[serde(default)]
+    pub holds: HoldsFile,
     /// Operator SPIFFE ID → roles: the first role bindings, taken only by the first server
     /// that starts on an empty database (with the policy directory). After that, roles change
     /// only through two-person proposals (Admin/ProposeRoleBinding).
@@ -340,6 +348,9 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// Signed audit checkpoints; none without `audit.signing_key`.
     pub audit: Option<AuditSettings>,
+    /// The risk assessment's thresholds and weights, and how holds wait (DESIGN §12).
+    pub risk: RiskConfig,
+    pub holds: HoldSettings,
     /// Dev material is accepted only when this is set (`--dev`).
     pub dev: bool,
 }
@@ -445,6 +456,8 @@ impl Settings {
             descriptor_reserve: c.grpc.descriptor_reserve()?,
             otlp_endpoint: c.telemetry.otlp_endpoint()?,
             audit: c.audit.settings()?,
+            risk: c.risk.config()?,
+            holds: c.holds.settings()?,
             dev: false,
         })
     }
@@ -508,6 +521,8 @@ impl Settings {
                 .transpose()?
                 .flatten(),
             audit: Some(audit),
+            risk: RiskConfig::default(),
+            holds: HoldSettings::default(),
             trust_domain,
             dev: true,
         })

@@ -20,6 +20,8 @@ use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_ca::{DEV_VALIDITY, DevPki, generate_pki};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::PolicySource;
+use mintgate_domain::risk::RiskConfig;
+use mintgate_domain::service::HoldSettings;
 use mintgate_sdk::{Client, TlsMaterial, v1};
 use mintgate_server::config::AuditSettings;
 use mintgate_server::{Application, BuildError, Settings};
@@ -200,6 +202,21 @@ pub struct Options {
     pub checkpoint_every_events: u64,
     /// ... or after this long on the clock (default: the server's, 300 s).
     pub checkpoint_every: std::time::Duration,
+    /// The risk assessment (default: [`quiet_risk`], so bursts do not trip holds).
+    pub risk: RiskConfig,
+    /// How holds wait (default: the server's).
+    pub holds: HoldSettings,
+}
+
+/// The server's risk defaults without the rate and breadth signals: most tests issue in
+/// bursts from one node, which is what those signals are for. The risk tests set their own.
+pub fn quiet_risk() -> RiskConfig {
+    RiskConfig {
+        spike_min_per_minute: u64::MAX,
+        spike_min_per_hour: u64::MAX,
+        many_identities_per_hour: u64::MAX,
+        ..RiskConfig::default()
+    }
 }
 
 impl Options {
@@ -219,6 +236,8 @@ impl Options {
             checkpoint_every: std::time::Duration::from_secs(
                 mintgate_server::config::DEFAULT_CHECKPOINT_EVERY_SECONDS,
             ),
+            risk: quiet_risk(),
+            holds: HoldSettings::default(),
         }
     }
 }
@@ -290,6 +309,8 @@ impl TestServer {
                 every: options.checkpoint_every,
                 ..AuditSettings::dev(&secret).unwrap()
             }),
+            risk: options.risk.clone(),
+            holds: options.holds,
             dev: true,
         };
         let app = match Application::build(settings, clock.clone()).await {

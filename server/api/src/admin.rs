@@ -12,6 +12,7 @@ use mintgate_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::holds::{HoldFeed, WatchPendingStream};
 use crate::provisioning::open_request;
 use crate::server::caller;
 use crate::status::to_status;
@@ -19,6 +20,7 @@ use crate::status::to_status;
 pub(crate) struct AdminService<S> {
     pub(crate) app: Arc<Mintgate<S>>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) holds: HoldFeed,
 }
 
 impl<S: CertificateStore> AdminService<S> {
@@ -214,5 +216,42 @@ impl<S: CertificateStore> v1::admin_server::Admin for AdminService<S> {
             shadow_version: view.shadow_version.unwrap_or_default(),
             role_bindings: view.bindings.iter().map(convert::role_binding).collect(),
         }))
+    }
+
+    #[tracing::instrument(name = "ListPending", skip_all, fields(caller))]
+    async fn list_pending(
+        &self,
+        request: Request<v1::ListPendingRequest>,
+    ) -> Result<Response<v1::ListPendingResponse>, Status> {
+        self.list_pending_rpc(request).await
+    }
+
+    #[tracing::instrument(name = "Approve", skip_all, fields(caller))]
+    async fn approve(
+        &self,
+        request: Request<v1::ApproveRequest>,
+    ) -> Result<Response<v1::Hold>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        self.vote_rpc(&caller, &body.hold_id, &body.reason, true)
+            .await
+    }
+
+    #[tracing::instrument(name = "Deny", skip_all, fields(caller))]
+    async fn deny(&self, request: Request<v1::DenyRequest>) -> Result<Response<v1::Hold>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        self.vote_rpc(&caller, &body.hold_id, &body.reason, false)
+            .await
+    }
+
+    type WatchPendingStream = WatchPendingStream;
+
+    #[tracing::instrument(name = "WatchPending", skip_all, fields(caller))]
+    async fn watch_pending(
+        &self,
+        request: Request<v1::WatchPendingRequest>,
+    ) -> Result<Response<Self::WatchPendingStream>, Status> {
+        self.watch_pending_rpc(request).await
     }
 }

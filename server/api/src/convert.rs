@@ -6,7 +6,7 @@ use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::lifetime::Clamp;
 use mintgate_domain::model::{RequestRecord, RevocationReason, RevocationRecord};
 use mintgate_domain::service::{
-    CertificateStatus, CreatedJoinToken, IssueInput, Issued, StatusReport,
+    CertificateStatus, CreatedJoinToken, IssueInput, IssueOutcome, Issued, StatusReport,
 };
 use mintgate_proto::v1;
 use time::OffsetDateTime;
@@ -40,8 +40,27 @@ pub(crate) fn renew_input(r: v1::RenewRequest) -> IssueInput {
     }
 }
 
-pub(crate) fn issue_response(i: Issued) -> v1::IssueResponse {
+pub(crate) fn issue_outcome(outcome: IssueOutcome) -> v1::IssueResponse {
+    match outcome {
+        IssueOutcome::Issued(i) => issue_response(i),
+        IssueOutcome::Held(held) => v1::IssueResponse {
+            state: v1::RequestState::PendingApproval.into(),
+            spiffe_id: held.hold.spiffe_id.clone(),
+            retry_after: Some(prost_types::Duration {
+                seconds: i64::try_from(held.retry_after.as_secs()).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            hold: Some(crate::holds::hold(held.hold)),
+            ..v1::IssueResponse::default()
+        },
+    }
+}
+
+fn issue_response(i: Issued) -> v1::IssueResponse {
     v1::IssueResponse {
+        state: v1::RequestState::Issued.into(),
+        retry_after: None,
+        hold: None,
         certificate_chain_pem: i.chain_pem,
         serial: i.serial.to_hex(),
         spiffe_id: i.spiffe_id,
@@ -63,7 +82,36 @@ pub(crate) fn issue_response(i: Issued) -> v1::IssueResponse {
 }
 
 pub(crate) fn request_status(r: RequestRecord) -> v1::RequestStatus {
-    let state = match r.state {
+    let hold = r.hold.map(|terms| v1::Hold {
+        hold_id: r.pk.to_string(),
+        requester: r.caller.clone(),
+        request_id: r.request_id.clone(),
+        kind: r.kind.as_str().to_owned(),
+        spiffe_id: r.spiffe_id.clone(),
+        state: request_state(r.state).into(),
+        reason: terms.reason,
+        quorum: u32::from(terms.quorum),
+        risk: r.risk.clone().map(crate::holds::risk),
+        created_at: Some(timestamp(r.created_at)),
+        expires_at: Some(timestamp(terms.expires_at)),
+        ..v1::Hold::default()
+    });
+    v1::RequestStatus {
+        request_id: r.request_id,
+        state: request_state(r.state).into(),
+        kind: r.kind.as_str().to_owned(),
+        spiffe_id: r.spiffe_id,
+        serial: r.serial.map(|s| s.to_hex()).unwrap_or_default(),
+        reason: r.reason.unwrap_or_default(),
+        created_at: Some(timestamp(r.created_at)),
+        updated_at: Some(timestamp(r.updated_at)),
+        risk: r.risk.map(crate::holds::risk),
+        hold,
+    }
+}
+
+pub(crate) fn request_state(state: RequestState) -> v1::RequestState {
+    match state {
         RequestState::Received => v1::RequestState::Received,
         RequestState::Verified => v1::RequestState::Verified,
         RequestState::Approved => v1::RequestState::Approved,
@@ -73,16 +121,6 @@ pub(crate) fn request_status(r: RequestRecord) -> v1::RequestStatus {
         RequestState::Issued => v1::RequestState::Issued,
         RequestState::Failed => v1::RequestState::Failed,
         RequestState::Expired => v1::RequestState::Expired,
-    };
-    v1::RequestStatus {
-        request_id: r.request_id,
-        state: state.into(),
-        kind: r.kind.as_str().to_owned(),
-        spiffe_id: r.spiffe_id,
-        serial: r.serial.map(|s| s.to_hex()).unwrap_or_default(),
-        reason: r.reason.unwrap_or_default(),
-        created_at: Some(timestamp(r.created_at)),
-        updated_at: Some(timestamp(r.updated_at)),
     }
 }
 

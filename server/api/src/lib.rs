@@ -11,6 +11,7 @@ mod admin;
 mod admission;
 mod convert;
 mod deadline;
+pub mod holds;
 pub mod metrics;
 pub mod peer;
 mod provisioning;

@@ -50,6 +50,12 @@ pub const SHADOW_DISAGREEMENTS: &str = "mintgate_policy_shadow_disagreements_tot
 pub const BREAK_GLASS: &str = "mintgate_break_glass_total";
 /// 1 while the configured policy directory differs from the active policy version.
 pub const POLICY_DRIFT: &str = "mintgate_policy_drift";
+/// Enroll/Renew risk assessments, by tier.
+pub const RISK_TIERS: &str = "mintgate_risk_tier_total";
+/// Risk signals that fired, by signal.
+pub const RISK_SIGNALS: &str = "mintgate_risk_signals_total";
+/// Hold changes on this server: held, approved, released, denied, expired.
+pub const HOLDS: &str = "mintgate_holds_total";
 const ISSUING: [&str; 2] = ["Enroll", "Renew"];
 
 /// Who a call's outcome is on (the `fault` of its `ErrorInfo`, or none).
@@ -148,6 +154,19 @@ impl Metrics {
                 "1 while the policy directory the server was started with differs from the \
                  active policy version (mintgate policy diff shows how); the server never \
                  replaces the active policy by itself."
+            );
+            describe_counter!(
+                RISK_TIERS,
+                "Enroll/Renew risk assessments by tier (low, elevated, high)."
+            );
+            describe_counter!(
+                RISK_SIGNALS,
+                "Risk signals that fired in Enroll/Renew assessments, by signal name."
+            );
+            describe_counter!(
+                HOLDS,
+                "Held requests by change on this server: held, approved (a vote short of the \
+                 quorum), released, denied, expired."
             );
             describe_counter!(
                 SLOW_SUBSCRIBERS,
@@ -314,6 +333,32 @@ impl mintgate_domain::ports::Observer for Metrics {
         }
         with_local_recorder(&*self.inner.recorder, || {
             gauge!(POLICY_DRIFT).set(if drift { 1.0 } else { 0.0 });
+        });
+    }
+
+    fn risk_assessed(&self, risk: &mintgate_domain::risk::RiskAssessment) {
+        with_local_recorder(&*self.inner.recorder, || {
+            counter!(RISK_TIERS, "tier" => risk.tier.as_str()).increment(1);
+            for signal in &risk.signals {
+                counter!(RISK_SIGNALS, "signal" => signal.as_str()).increment(1);
+            }
+        });
+    }
+
+    fn hold_changed(&self, event: &mintgate_domain::service::HoldEvent) {
+        let hold = &event.hold;
+        tracing::info!(
+            hold_id = %hold.hold_id,
+            change = event.change.as_str(),
+            requester = %hold.requester,
+            spiffe_id = %hold.spiffe_id,
+            reason = %hold.terms.reason,
+            approvals = hold.approvals(),
+            quorum = hold.terms.quorum,
+            "hold"
+        );
+        with_local_recorder(&*self.inner.recorder, || {
+            counter!(HOLDS, "change" => event.change.as_str()).increment(1);
         });
     }
 }

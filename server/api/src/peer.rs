@@ -36,6 +36,12 @@ impl PeerClassifier {
                 && leaf.verify_signature(Some(ca.public_key())).is_ok();
             issued_by.then_some(*kind)
         })?;
-        Some(Arc::new(Caller { id, kind, serial }))
+        let not_before = leaf.validity().not_before.to_datetime();
+        Some(Arc::new(Caller {
+            id,
+            kind,
+            serial,
+            not_before,
+        }))
     }
 }

@@ -28,7 +28,7 @@ impl<S: CertificateStore> v1::provisioning_server::Provisioning for Provisioning
         self.app
             .enroll(&caller, convert::enroll_input(body))
             .await
-            .map(|i| Response::new(convert::issue_response(i)))
+            .map(|i| Response::new(convert::issue_outcome(i)))
             .map_err(|e| to_status(&e, "Enroll", &rid))
     }
 
@@ -42,7 +42,7 @@ impl<S: CertificateStore> v1::provisioning_server::Provisioning for Provisioning
         self.app
             .renew(&caller, convert::renew_input(body))
             .await
-            .map(|i| Response::new(convert::issue_response(i)))
+            .map(|i| Response::new(convert::issue_outcome(i)))
             .map_err(|e| to_status(&e, "Renew", &rid))
     }
 

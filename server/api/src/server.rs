@@ -25,6 +25,7 @@ use crate::acceptor::{Acceptor, AuthedConn};
 use crate::admin::AdminService;
 use crate::admission::Admission;
 use crate::deadline::DeadlineLayer;
+use crate::holds::HoldFeed;
 use crate::metrics::Metrics;
 use crate::peer::PeerClassifier;
 use crate::provisioning::ProvisioningService;
@@ -78,6 +79,8 @@ pub struct GrpcServer<S> {
     pub clock: Arc<dyn Clock>,
     /// Where every call's duration and outcome is recorded.
     pub metrics: Metrics,
+    /// Hold changes for Admin/WatchPending (the service's observer sends them).
+    pub holds: HoldFeed,
     pub config: GrpcConfig,
 }
 
@@ -183,6 +186,7 @@ where
             AdminServer::new(AdminService {
                 app: server.app,
                 clock: server.clock,
+                holds: server.holds,
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -14,6 +14,7 @@ use mintgate_domain::policy::{
     Actor, DecisionInput, Operation, OperationInput, Policy, PolicyFile, PolicySource, Principal,
     Target,
 };
+use mintgate_domain::risk::RiskAssessment;
 use mintgate_domain::{KeyType, SpiffeId, TrustDomain};
 
 /// Decisions timed per case with the dev policy; a fiftieth of that with the large one.
@@ -30,6 +31,7 @@ fn main() {
         id("/payments/api"),
     );
     let dns = ["web.svc.cluster.local".to_owned()];
+    let no_risk = RiskAssessment::none();
     let ask = |wanted, dns_names, join_token| DecisionInput {
         principal: Principal::Node(&node),
         spiffe_id: wanted,
@@ -38,6 +40,7 @@ fn main() {
         dns_names,
         attestors: &["node_cert"],
         join_token,
+        risk: &no_risk,
     };
     let cases = [
         (

@@ -44,6 +44,8 @@ pub enum Error {
     Attestation(#[from] AttestationError),
     #[error(transparent)]
     Governance(#[from] crate::governance::GovernanceError),
+    #[error(transparent)]
+    Hold(#[from] crate::hold::HoldError),
     #[error("request_id was already used with a different payload")]
     IdempotencyKeyReused,
     #[error("{0} not found")]
@@ -90,6 +92,7 @@ impl Error {
             Self::Denied(_) => ErrorClass::PermissionDenied,
             Self::Attestation(e) => e.class(),
             Self::Governance(e) => e.class(),
+            Self::Hold(e) => e.class(),
             Self::Transition(_) | Self::CertificateChanged | Self::RequestClosed { .. } => {
                 ErrorClass::FailedPrecondition
             }
@@ -114,6 +117,7 @@ impl Error {
             Self::Transition(e) => e.reason(),
             Self::Attestation(e) => e.reason(),
             Self::Governance(e) => e.reason(),
+            Self::Hold(e) => e.reason(),
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::NotFound(_) => "NOT_FOUND",
             Self::IdentityBlocked => "IDENTITY_BLOCKED",
@@ -132,15 +136,22 @@ impl Error {
 
     /// What `google.rpc.ErrorInfo.metadata` carries besides `fault`: for a refusal by policy,
     /// `policy_version` and `determining_policies` (the `@id`s of the forbids that refused it,
-    /// comma-separated; empty when no permit applied).
+    /// comma-separated; empty when no permit applied) and, when the policy saw risk,
+    /// `risk_score`, `risk_tier` and `risk_signals` (comma-separated).
     pub fn metadata(&self) -> Vec<(&'static str, String)> {
         let Self::Denied(denied) = self else {
             return Vec::new();
         };
-        vec![
+        let mut metadata = vec![
             ("policy_version", denied.decision.policy_version.clone()),
             ("determining_policies", denied.decision.policies_text()),
-        ]
+        ];
+        if let Some(risk) = &denied.risk {
+            metadata.push(("risk_score", risk.score.to_string()));
+            metadata.push(("risk_tier", risk.tier.as_str().to_owned()));
+            metadata.push(("risk_signals", risk.signals_text()));
+        }
+        metadata
     }
 }
 

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use crate::lifecycle::{CertState, RequestState};
 use crate::policy::PolicyDecision;
+use crate::risk::RiskAssessment;
 use crate::{Serial, SpiffeId};
 
 /// The kind of caller, decided by the CA that issued its client certificate (DESIGN §3).
@@ -35,6 +36,8 @@ pub struct Caller {
     pub id: SpiffeId,
     pub kind: CallerKind,
     pub serial: Serial,
+    /// Its certificate's notBefore (how old a node's bootstrap credential is).
+    pub not_before: OffsetDateTime,
 }
 
 /// Which RPC created a request.
@@ -107,6 +110,32 @@ pub struct RequestRecord {
     /// APPROVED, the holder of its approval lease. `None` for rows written by a server that did
     /// not record holders.
     pub lease_holder: Option<InstanceId>,
+    /// The risk assessment of an Enroll or Renew (none for rows from before risk existed, and
+    /// for requests refused before it was assessed).
+    pub risk: Option<RiskAssessment>,
+    /// The terms of its hold, if policy held it: kept after approvers release it, so a retry of
+    /// a released request is never held again.
+    pub hold: Option<HoldTerms>,
+}
+
+/// Why a request was held, for how many approvers, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldTerms {
+    pub reason: String,
+    /// Distinct approvers needed to release it.
+    pub quorum: u8,
+    /// Undecided by then, it becomes EXPIRED.
+    pub expires_at: OffsetDateTime,
+}
+
+/// An approver's decision on a held request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldVote {
+    pub operator: String,
+    /// Approve (else deny).
+    pub approve: bool,
+    pub reason: String,
+    pub at: OffsetDateTime,
 }
 
 /// One run of a server process, as the store knows it: a server that restarts is a new instance.
@@ -136,6 +165,10 @@ pub struct NewRequest {
     /// The policy decision that approved or denied it, if policy was asked.
     pub decision: Option<PolicyDecision>,
     pub now: OffsetDateTime,
+    /// Its risk assessment (Enroll and Renew that reached it).
+    pub risk: Option<RiskAssessment>,
+    /// The terms of its hold, when it is recorded PENDING_APPROVAL.
+    pub hold: Option<HoldTerms>,
 }
 
 /// An issued certificate as stored.

@@ -30,6 +30,7 @@ use std::time::Duration;
 pub use load::{LoadError, Problem};
 pub use operation::{Actor, Operation, OperationInput, ROLES, Target};
 
+use crate::risk::RiskAssessment;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::types::KeyType;
 
@@ -39,6 +40,8 @@ pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const POLICY_EXTENSION: &str = "cedar";
 /// `@max_ttl_seconds` of a permit that does not set it: one hour.
 pub const DEFAULT_MAX_TTL_SECONDS: u64 = 3600;
+/// Most approvers a `@quorum` may ask for.
+pub const MAX_QUORUM: u8 = 5;
 /// Smallest `@max_ttl_seconds` a permit may set: one minute.
 pub const MIN_MAX_TTL_SECONDS: u64 = 60;
 /// Largest `@max_ttl_seconds` a permit may set: 30 days.
@@ -69,7 +72,8 @@ impl PolicySource {
     /// in `server/policy/dev/`: nodes `/node/<name>` may enroll `/workload/...` identities with
     /// DNS names one label under `svc.cluster.local`, and `/joined/...` identities with a join
     /// token bound to the identity asked for; those workloads renew themselves. Operators act by
-    /// their roles (DESIGN §13); every caller may check status and follow revocations.
+    /// their roles (DESIGN §13); every caller may check status and follow revocations. Elevated
+    /// risk holds a request for one approver, high risk for two (DESIGN §12).
     pub fn dev() -> Self {
         Self {
             schema: include_str!("../../policy/dev/schema.cedarschema").to_owned(),
@@ -81,6 +85,10 @@ impl PolicySource {
                 PolicyFile {
                     name: "operators.cedar".to_owned(),
                     text: include_str!("../../policy/dev/operators.cedar").to_owned(),
+                },
+                PolicyFile {
+                    name: "holds.cedar".to_owned(),
+                    text: include_str!("../../policy/dev/holds.cedar").to_owned(),
                 },
             ],
         }
@@ -111,6 +119,8 @@ pub struct DecisionInput<'a> {
     pub attestors: &'a [&'a str],
     /// A valid join token bound to exactly `spiffe_id` came with the request.
     pub join_token: bool,
+    /// What the risk assessment found (`context.risk`).
+    pub risk: &'a RiskAssessment,
 }
 
 /// Which policy decided: the version of the policy set and the `@id`s of the policies that
@@ -138,6 +148,21 @@ pub struct Grant {
     pub max_ttl: Duration,
     /// One of the permits that granted it has `@server_auth("true")`.
     pub server_auth: bool,
+    /// Approvers must release it first: a permit that granted it carries `@hold`, or a permit
+    /// of `Action::"Hold"` applies (and no forbid of it does).
+    pub hold: Option<Hold>,
+}
+
+/// Why a granted request waits for approvers, and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The `@hold` texts of the policies that hold it, joined by "; " (a default names the
+    /// policy when a `Hold` permit has none).
+    pub reason: String,
+    /// Distinct approvers needed: the largest `@quorum` of those policies (default 1).
+    pub quorum: u8,
+    /// The `@id`s of the policies that hold it, sorted.
+    pub policies: Vec<String>,
 }
 
 /// The policy refused a request: no permit applied, or a forbid did.
@@ -147,6 +172,8 @@ pub struct Denied {
     pub decision: PolicyDecision,
     /// A forbid applied (its ids are the decision's policies), rather than no permit.
     pub forbidden: bool,
+    /// The risk the policy saw, when it sees risk and a signal fired.
+    pub risk: Option<RiskAssessment>,
 }
 
 impl Denied {
@@ -156,14 +183,18 @@ impl Denied {
     }
 
     fn describe(&self) -> String {
-        if self.forbidden {
+        let mut text = if self.forbidden {
             format!(
                 "the policy forbids this request ({})",
                 self.decision.policies.join(", ")
             )
         } else {
             "no policy permits this request".to_owned()
+        };
+        if let Some(risk) = &self.risk {
+            text.push_str(&format!(" at {risk}"));
         }
+        text
     }
 }
 
@@ -189,10 +220,14 @@ pub struct Policy {
 }
 
 /// What a permit's annotations grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Limits {
     max_ttl: Duration,
     server_auth: bool,
+    /// `@hold`: the request waits for approvers, for this reason.
+    hold: Option<String>,
+    /// `@quorum`: how many approvers (default 1).
+    quorum: u8,
 }
 
 impl Policy {
@@ -225,7 +260,12 @@ impl Policy {
     /// fails to evaluate counts as applying (Cedar would skip it).
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Grant, DecideError> {
         let outcome = self.engine.decide(input, &self.environment)?;
-        let decision = self.verdict(outcome)?;
+        let decision = self.verdict(outcome).map_err(|mut denied| {
+            if self.engine.sees_risk && !input.risk.signals.is_empty() {
+                denied.risk = Some(input.risk.clone());
+            }
+            denied
+        })?;
         let granted = decision
             .policies
             .iter()
@@ -236,11 +276,34 @@ impl Policy {
             .max()
             .unwrap_or(Duration::from_secs(DEFAULT_MAX_TTL_SECONDS));
         let server_auth = granted.clone().any(|l| l.server_auth);
+        let mut holding: Vec<(&str, &Limits)> = decision
+            .policies
+            .iter()
+            .filter_map(|id| Some((id.as_str(), self.limits.get(id)?)))
+            .filter(|(_, l)| l.hold.is_some())
+            .collect();
+        let held_by = match self.engine.hold(input, &self.environment)? {
+            Some(outcome) if outcome.allowed && outcome.errored_forbids.is_empty() => {
+                outcome.determining
+            }
+            _ => Vec::new(),
+        };
+        holding.extend(
+            held_by
+                .iter()
+                .filter_map(|id| Some((id.as_str(), self.limits.get(id)?))),
+        );
         Ok(Grant {
+            hold: hold_of(&holding),
             decision,
             max_ttl,
             server_auth,
         })
+    }
+
+    /// Whether the schema declares `Action::"Hold"`.
+    pub fn maps_risk_to_holds(&self) -> bool {
+        self.engine.has_hold()
     }
 
     /// SHA-256 (hex) of the schema and the sorted policy texts, each length-prefixed: the same
@@ -275,6 +338,7 @@ impl Policy {
         Err(Denied {
             decision: self.decision(ids),
             forbidden,
+            risk: None,
         })
     }
 
@@ -286,6 +350,31 @@ impl Policy {
             policies,
         }
     }
+}
+
+/// The hold of the policies that hold a request, if any.
+fn hold_of(holding: &[(&str, &Limits)]) -> Option<Hold> {
+    if holding.is_empty() {
+        return None;
+    }
+    let mut policies: Vec<String> = holding.iter().map(|(id, _)| (*id).to_owned()).collect();
+    policies.sort();
+    policies.dedup();
+    let mut reasons: Vec<String> = holding
+        .iter()
+        .map(|(id, l)| {
+            l.hold
+                .clone()
+                .unwrap_or_else(|| format!("policy {id} holds it"))
+        })
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    Some(Hold {
+        reason: reasons.join("; "),
+        quorum: holding.iter().map(|(_, l)| l.quorum).max().unwrap_or(1),
+        policies,
+    })
 }
 
 impl fmt::Debug for Policy {

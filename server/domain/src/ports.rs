@@ -105,6 +105,11 @@ pub trait Observer: Send + Sync + 'static {
     fn break_glass(&self, _operator: &SpiffeId, _operation: crate::policy::Operation) {}
     /// The active policy version changed (at start, by approval here or on another replica).
     fn policy_active(&self, _version: &str, _drift: bool) {}
+    /// An Enroll or Renew was assessed (each time it is decided: first, and on a retry that
+    /// takes it over).
+    fn risk_assessed(&self, _risk: &crate::risk::RiskAssessment) {}
+    /// A hold changed here: held, approved, released, denied or expired.
+    fn hold_changed(&self, _event: &crate::service::HoldEvent) {}
 }
 
 /// An [`Observer`] that ignores everything.

@@ -9,6 +9,7 @@ use crate::Serial;
 use crate::audit::{AuditEvent, ChainedEvent};
 use crate::error::Cause;
 use crate::governance::GovernanceStore;
+use crate::hold::HoldStore;
 use crate::lifecycle::RequestState;
 use crate::model::{
     BlockRecord, CertificateRecord, IdentityScope, InstanceId, JoinTokenRecord, NewRequest,
@@ -80,7 +81,7 @@ pub struct NewJoinToken {
 
 /// Persistent storage for requests, certificates, join tokens and the audit trail, and (through
 /// [`GovernanceStore`]) the policy history, proposals and role bindings.
-pub trait CertificateStore: GovernanceStore + Send + Sync + 'static {
+pub trait CertificateStore: GovernanceStore + HoldStore + Send + Sync + 'static {
     fn find_request(
         &self,
         caller: &str,

@@ -30,6 +30,8 @@ pub enum InputError {
     TimestampInvalid { field: &'static str },
     #[error("state must be a ProposalState")]
     ProposalStateInvalid,
+    #[error("tier must be low, elevated or high")]
+    RiskTierInvalid,
 }
 
 impl InputError {
@@ -44,6 +46,7 @@ impl InputError {
             Self::CursorInvalid => "CURSOR_INVALID",
             Self::TimestampInvalid { .. } => "TIMESTAMP_INVALID",
             Self::ProposalStateInvalid => "PROPOSAL_STATE_INVALID",
+            Self::RiskTierInvalid => "RISK_TIER_INVALID",
         }
     }
 }

@@ -86,10 +86,10 @@ fn the_sample_config_parses_and_unknown_keys_are_refused() {
 fn the_example_policy_directory_loads_and_validates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/example");
     let source = load_policy_dir(&dir).unwrap();
-    assert_eq!(source.files.len(), 2, "issuance.cedar and operators.cedar");
+    assert_eq!(source.files.len(), 3, "issuance, operators and holds");
     let td = TrustDomain::parse("prod.example").unwrap();
     let policy = mintgate_domain::policy::Policy::load(&source, Some(&td)).unwrap();
-    assert_eq!(policy.policy_count(), 15);
+    assert_eq!(policy.policy_count(), 19);
 
     // The dev directory on disk is what --dev embeds.
     let dev = load_policy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/dev"));

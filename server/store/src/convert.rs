@@ -4,14 +4,17 @@ use mintgate_domain::Serial;
 use mintgate_domain::audit::{AuditEvent, ChainedEvent};
 use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::{
-    BlockRecord, CertificateRecord, InstanceId, JoinTokenRecord, RequestKind, RequestRecord,
-    RevocationReason, RevocationRecord,
+    BlockRecord, CertificateRecord, HoldTerms, HoldVote, InstanceId, JoinTokenRecord, RequestKind,
+    RequestRecord, RevocationReason, RevocationRecord,
 };
 use mintgate_domain::policy::PolicyDecision;
+use mintgate_domain::risk::{RiskAssessment, RiskTier};
 use mintgate_domain::store::StoreError;
 use time::OffsetDateTime;
 
-use crate::entity::{audit_event, certificate, identity_block, join_token, request, revocation};
+use crate::entity::{
+    audit_event, certificate, hold_vote, identity_block, join_token, request, revocation,
+};
 
 pub(crate) fn corrupt(what: &'static str) -> StoreError {
     StoreError::Corrupt(format!("stored {what} does not decode").into())
@@ -51,6 +54,31 @@ pub(crate) fn request(m: request::Model) -> Result<RequestRecord, StoreError> {
         spiffe_id: m.spiffe_id,
         token_id: m.token_id,
         lease_holder: m.lease_holder.map(InstanceId),
+        risk: match (m.risk_score, m.risk_tier) {
+            (Some(score), Some(tier)) => Some(RiskAssessment {
+                score: u8::try_from(score).map_err(|_| corrupt("risk score"))?,
+                tier: RiskTier::parse(&tier).ok_or_else(|| corrupt("risk tier"))?,
+                signals: RiskAssessment::parse_signals(m.risk_signals.as_deref().unwrap_or("")),
+            }),
+            _ => None,
+        },
+        hold: match (m.hold_reason, m.hold_quorum, m.hold_expires_at) {
+            (Some(reason), Some(quorum), Some(expires_at)) => Some(HoldTerms {
+                reason,
+                quorum: u8::try_from(quorum).map_err(|_| corrupt("hold quorum"))?,
+                expires_at: ts(expires_at)?,
+            }),
+            _ => None,
+        },
+    })
+}
+
+pub(crate) fn hold_vote(m: hold_vote::Model) -> Result<HoldVote, StoreError> {
+    Ok(HoldVote {
+        operator: m.operator,
+        approve: m.approve,
+        reason: m.reason,
+        at: ts(m.at)?,
     })
 }
 

@@ -26,6 +26,14 @@ pub mod request {
         pub policy_version: Option<String>,
         /// The `@id`s of the determining policies, comma-separated.
         pub policy_ids: Option<String>,
+        /// The risk assessment (0–100, tier, signal names comma-separated).
+        pub risk_score: Option<i32>,
+        pub risk_tier: Option<String>,
+        pub risk_signals: Option<String>,
+        /// A held request's terms.
+        pub hold_reason: Option<String>,
+        pub hold_quorum: Option<i32>,
+        pub hold_expires_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -322,6 +330,27 @@ pub mod audit_checkpoint {
         pub key_id: String,
         /// Lower-case hex.
         pub signature: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod hold_vote {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "hold_votes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub request_pk: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub operator: String,
+        pub approve: bool,
+        pub reason: String,
+        pub at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -19,6 +19,7 @@ mod convert;
 mod entity;
 mod governance;
 mod health;
+mod holds;
 mod instance;
 mod issuance;
 pub mod metrics;

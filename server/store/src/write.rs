@@ -12,6 +12,7 @@ use mintgate_domain::model::{
     NewRevocation, RequestRecord, RevocationRecord, StoredStatus,
 };
 use mintgate_domain::policy::PolicyDecision;
+use mintgate_domain::risk::RiskAssessment;
 use mintgate_domain::store::{
     CertificateStore, Inserted, LogBounds, NewCertificate, NewJoinToken, Revoked, StoreError,
     TokenUse,
@@ -369,6 +370,12 @@ pub(crate) fn request_model(r: NewRequest, holder: InstanceId) -> request::Activ
         lease_holder: Set(Some(holder.0)),
         policy_ids: Set(r.decision.as_ref().map(PolicyDecision::policies_text)),
         policy_version: Set(r.decision.map(|d| d.policy_version)),
+        risk_score: Set(r.risk.as_ref().map(|a| i32::from(a.score))),
+        risk_tier: Set(r.risk.as_ref().map(|a| a.tier.as_str().to_owned())),
+        risk_signals: Set(r.risk.as_ref().map(RiskAssessment::signals_text)),
+        hold_reason: Set(r.hold.as_ref().map(|h| h.reason.clone())),
+        hold_quorum: Set(r.hold.as_ref().map(|h| i32::from(h.quorum))),
+        hold_expires_at: Set(r.hold.map(|h| h.expires_at.unix_timestamp())),
     }
 }
 

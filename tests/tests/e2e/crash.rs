@@ -14,7 +14,9 @@ use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::model::{Caller, CallerKind};
 use mintgate_domain::policy::{Policy, PolicySource};
 use mintgate_domain::ports::{CrlSpec, IssueSpec, SignedCertificate, Signer, SignerError};
-use mintgate_domain::service::{APPROVAL_LEASE, IssueInput, JoinTokenSecret, Mintgate, Parts};
+use mintgate_domain::service::{
+    APPROVAL_LEASE, IssueInput, IssueOutcome, JoinTokenSecret, Mintgate, Parts,
+};
 use mintgate_domain::store::CertificateStore;
 use mintgate_domain::{RequestId, Serial, TrustDomain};
 use mintgate_server::clock::OsRandom;
@@ -127,6 +129,9 @@ async fn live_holder(backend: Backend) {
         .enroll(&first.node, input("l-1", &csr_pem))
         .await
         .unwrap();
+    let IssueOutcome::Issued(issued) = issued else {
+        panic!("held: {issued:?}");
+    };
     assert_eq!(clock.now_odt(), before, "the retry did not wait");
     assert_ne!(issued.serial, abandoned);
     check_issued(
@@ -207,6 +212,8 @@ impl FirstServer {
             trust_domain: td,
             token_secret: JoinTokenSecret::new(secret),
             min_lifetime: DEFAULT_MIN_LIFETIME,
+            risk: mintgate_tests::quiet_risk(),
+            holds: Default::default(),
         });
         let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         let classifier =

@@ -194,6 +194,8 @@ pub fn request(
         token_expires_at: None,
         decision: None,
         now: at(0),
+        risk: None,
+        hold: None,
     }
 }
 

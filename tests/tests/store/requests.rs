@@ -3,8 +3,9 @@
 
 use mintgate_domain::audit::{AuditEvent, verify_chain};
 use mintgate_domain::lifecycle::RequestState;
-use mintgate_domain::model::{NewRequest, RequestKind, RequestRecord};
+use mintgate_domain::model::{HoldTerms, NewRequest, RequestKind, RequestRecord};
 use mintgate_domain::policy::PolicyDecision;
+use mintgate_domain::risk::{RiskAssessment, RiskTier, Signal};
 use mintgate_domain::store::{CertificateStore, Inserted};
 use mintgate_tests::{Backend, both_backends};
 use tokio::task::JoinSet;
@@ -25,6 +26,16 @@ async fn round_trip(backend: Backend) {
             policies: vec!["no-db".to_owned(), "web:2".to_owned()],
         }),
         now: at(5),
+        risk: Some(RiskAssessment {
+            score: 50,
+            tier: RiskTier::Elevated,
+            signals: vec![Signal::FirstIssuance, Signal::ManyIdentities],
+        }),
+        hold: Some(HoldTerms {
+            reason: "elevated risk".to_owned(),
+            quorum: 2,
+            expires_at: at(3605),
+        }),
         ..request(NODE, "r-1", RequestState::PendingApproval, Some(serial(1)))
     };
     let sent = event("request.pending", &subject(NODE, "r-1"));
@@ -53,6 +64,8 @@ async fn round_trip(backend: Backend) {
         created_at: at(5),
         updated_at: at(5),
         lease_holder: Some(h.store.instance_id()),
+        risk: new.risk.clone(),
+        hold: new.hold.clone(),
     };
     assert_eq!(
         h.store.find_request(NODE, "r-1").await.unwrap(),

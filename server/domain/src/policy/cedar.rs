@@ -38,6 +38,10 @@ pub(super) struct Engine {
     by_action: HashMap<EntityUid, ForAction>,
     authorizer: Authorizer,
     names: Names,
+    /// The schema declares `Action::"Hold"`: risk can be mapped to a hold.
+    has_hold: bool,
+    /// The schema's `Issuance` context has `risk` (a policy written before holds has not).
+    pub(super) sees_risk: bool,
 }
 
 /// A request, its entities and the policies to ask about it.
@@ -68,6 +72,7 @@ struct Names {
     proposal: EntityTypeName,
     issue: EntityUid,
     renew: EntityUid,
+    hold: EntityUid,
     /// By `Operation as usize` (the order of [`Operation::ALL`]).
     operations: Vec<EntityUid>,
 }
@@ -88,14 +93,19 @@ impl Engine {
             proposal: type_name("Proposal")?,
             issue: action("Issue")?,
             renew: action("Renew")?,
+            hold: action("Hold")?,
             operations: Operation::ALL
                 .iter()
                 .map(|op| action(op.as_str()))
                 .collect::<Result<_, _>>()?,
         };
         let actions = schema.action_entities()?;
+        let has_hold = actions.get(&names.hold).is_some();
         let mut by_action = HashMap::new();
-        let issuance = [&names.issue, &names.renew].map(|a| (a, false));
+        let issuance = [&names.issue, &names.renew, &names.hold]
+            .into_iter()
+            .filter(|a| has_hold || *a != &names.hold)
+            .map(|a| (a, false));
         let operations = names.operations.iter().map(|a| (a, true));
         for (action, operation) in issuance.into_iter().chain(operations) {
             let mut policies = PolicySet::new();
@@ -120,6 +130,8 @@ impl Engine {
             by_action,
             authorizer: Authorizer::new(),
             names,
+            has_hold,
+            sees_risk: true,
         })
     }
 
@@ -134,9 +146,29 @@ impl Engine {
         environment: &str,
     ) -> Result<Outcome, DecideError> {
         let (request, entities, policies) = self
-            .request(input, environment, None)
+            .request(input, environment, None, false)
             .map_err(DecideError::Engine)?;
         Ok(self.ask(&request, &entities, policies))
+    }
+
+    /// Asks Cedar whether a granted request is held (`Action::"Hold"`); `None` when the schema
+    /// declares no such action.
+    pub(super) fn hold(
+        &self,
+        input: &DecisionInput<'_>,
+        environment: &str,
+    ) -> Result<Option<Outcome>, DecideError> {
+        if !self.has_hold {
+            return Ok(None);
+        }
+        let (request, entities, policies) = self
+            .request(input, environment, None, true)
+            .map_err(DecideError::Engine)?;
+        Ok(Some(self.ask(&request, &entities, policies)))
+    }
+
+    pub(super) fn has_hold(&self) -> bool {
+        self.has_hold
     }
 
     /// Asks Cedar about an operation.
@@ -173,23 +205,25 @@ impl Engine {
         }
     }
 
-    /// The Cedar request and entities for `input`, and the policies to ask. With a schema, the
-    /// request and entities are checked against it (at load, to prove the schema accepts what
-    /// Mintgate sends); without, they are not.
+    /// The Cedar request and entities for `input` (its `Action::"Hold"` with `hold`), and the
+    /// policies to ask. With a schema, the request and entities are checked against it (at
+    /// load, to prove the schema accepts what Mintgate sends); without, they are not.
     pub(super) fn request(
         &self,
         input: &DecisionInput<'_>,
         environment: &str,
         schema: Option<&Schema>,
+        hold: bool,
     ) -> Result<Asked<'_>, Cause> {
         let n = &self.names;
         let (principal_type, principal_id, action) = match input.principal {
             Principal::Node(id) => (&n.node, id, &n.issue),
             Principal::Workload(id) => (&n.workload, id, &n.renew),
         };
+        let action = if hold { &n.hold } else { action };
         let principal = n.identity(principal_type, principal_id, [])?;
         let resource = n.identity(&n.spiffe_id, input.spiffe_id, [])?;
-        let context = Context::from_pairs(context(input, environment))?;
+        let context = Context::from_pairs(context(input, environment, self.sees_risk))?;
         let request = Request::new(
             principal.uid(),
             action.clone(),
@@ -356,8 +390,12 @@ fn scope_admits(policy: &Policy, action: &EntityUid, actions: &Entities) -> bool
     }
 }
 
-/// The `Issuance` context (see the schema).
-fn context(input: &DecisionInput<'_>, environment: &str) -> Vec<(String, RestrictedExpression)> {
+/// The `Issuance` context (see the schema); `risk` only for a schema that declares it.
+fn context(
+    input: &DecisionInput<'_>,
+    environment: &str,
+    risk: bool,
+) -> Vec<(String, RestrictedExpression)> {
     let strings = |items: &mut dyn Iterator<Item = String>| {
         RestrictedExpression::new_set(items.map(RestrictedExpression::new_string))
     };
@@ -393,6 +431,26 @@ fn context(input: &DecisionInput<'_>, environment: &str) -> Vec<(String, Restric
             "ttl_seconds".to_owned(),
             RestrictedExpression::new_long(i64::try_from(secs).unwrap_or(i64::MAX)),
         ));
+    }
+    if risk {
+        let assessment = input.risk;
+        let record = [
+            (
+                "score".to_owned(),
+                RestrictedExpression::new_long(i64::from(assessment.score)),
+            ),
+            (
+                "tier".to_owned(),
+                RestrictedExpression::new_string(assessment.tier.as_str().to_owned()),
+            ),
+            (
+                "signals".to_owned(),
+                strings(&mut assessment.signals.iter().map(|s| s.as_str().to_owned())),
+            ),
+        ];
+        if let Ok(record) = RestrictedExpression::new_record(record) {
+            pairs.push(("risk".to_owned(), record));
+        }
     }
     pairs
 }

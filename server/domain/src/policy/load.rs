@@ -17,14 +17,26 @@ use super::cedar::Engine;
 use super::operation;
 use super::{
     DEFAULT_ENVIRONMENT, DEFAULT_MAX_TTL_SECONDS, DecisionInput, Limits, MAX_MAX_TTL_SECONDS,
-    MIN_MAX_TTL_SECONDS, PolicyFile, PolicySource, Principal, SCHEMA_FILE,
+    MAX_QUORUM, MIN_MAX_TTL_SECONDS, PolicyFile, PolicySource, Principal, SCHEMA_FILE,
 };
+use crate::risk::RiskAssessment;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::types::KeyType;
 
 /// The annotations a policy may carry. Anything else is refused, so a typo never silently
 /// grants more than meant.
-const ANNOTATIONS: [&str; 4] = ["id", "description", "max_ttl_seconds", "server_auth"];
+const ANNOTATIONS: [&str; 6] = [
+    "id",
+    "description",
+    "max_ttl_seconds",
+    "server_auth",
+    "hold",
+    "quorum",
+];
+/// The annotations that shape what a permit grants; a forbid carries none.
+const PERMIT_ONLY: [&str; 4] = ["max_ttl_seconds", "server_auth", "hold", "quorum"];
+/// The longest `@hold` reason.
+const MAX_HOLD_REASON: usize = 200;
 /// Longest `@id`.
 const MAX_ID_LEN: usize = 128;
 
@@ -268,6 +280,8 @@ impl Loader<'_> {
         let mut limits = Limits {
             max_ttl: Duration::from_secs(DEFAULT_MAX_TTL_SECONDS),
             server_auth: false,
+            hold: None,
+            quorum: 1,
         };
         let mut ok = true;
         if let Some(value) = policy.annotation("max_ttl_seconds") {
@@ -300,8 +314,35 @@ impl Loader<'_> {
                 }
             }
         }
+        if let Some(value) = policy.annotation("hold") {
+            let value = value.trim();
+            if value.is_empty() || value.len() > MAX_HOLD_REASON {
+                ok = false;
+                self.problem(
+                    place,
+                    format!(
+                        "@hold names why the request waits for approvers: 1 to \
+                         {MAX_HOLD_REASON} characters"
+                    ),
+                );
+            } else {
+                limits.hold = Some(value.to_owned());
+            }
+        }
+        if let Some(value) = policy.annotation("quorum") {
+            match value.parse::<u8>() {
+                Ok(n) if (1..=MAX_QUORUM).contains(&n) => limits.quorum = n,
+                _ => {
+                    ok = false;
+                    self.problem(
+                        place,
+                        format!("@quorum({value:?}) must be a number of approvers from 1 to {MAX_QUORUM}"),
+                    );
+                }
+            }
+        }
         if policy.effect() == Effect::Forbid {
-            for key in ["max_ttl_seconds", "server_auth"] {
+            for key in PERMIT_ONLY {
                 if policy.annotation(key).is_some() {
                     ok = false;
                     self.problem(
@@ -375,7 +416,7 @@ impl Loader<'_> {
             .map(|w| self.located(w.policy_id().as_ref(), w))
             .collect();
         self.warnings.extend(sorted(warnings));
-        let engine = match Engine::new(self.set.clone(), &schema) {
+        let mut engine = match Engine::new(self.set.clone(), &schema) {
             Ok(engine) => engine,
             Err(e) => {
                 self.problems
@@ -389,21 +430,62 @@ impl Loader<'_> {
             return None;
         };
         let dns = ["api.example.com".to_owned()];
-        for principal in [Principal::Node(&node), Principal::Workload(&wanted)] {
-            let sample = DecisionInput {
-                principal,
-                spiffe_id: &wanted,
-                ttl: Some(Duration::from_secs(600)),
-                key_type: KeyType::EcdsaP256,
-                dns_names: &dns,
-                attestors: &["node_cert"],
-                join_token: false,
-            };
-            if let Err(e) = engine.request(&sample, DEFAULT_ENVIRONMENT, Some(&schema)) {
-                let action = match principal {
-                    Principal::Node(_) => "a Node's Action::\"Issue\"",
-                    Principal::Workload(_) => "a Workload's Action::\"Renew\"",
-                };
+        let risk = RiskAssessment::none();
+        let sample = |principal| DecisionInput {
+            principal,
+            spiffe_id: &wanted,
+            ttl: Some(Duration::from_secs(600)),
+            key_type: KeyType::EcdsaP256,
+            dns_names: &dns,
+            attestors: &["node_cert"],
+            join_token: false,
+            risk: &risk,
+        };
+        // A schema written before risk existed has no `context.risk`: its policy decides
+        // without it (and so cannot map risk to a hold).
+        let with_risk = engine.request(
+            &sample(Principal::Node(&node)),
+            DEFAULT_ENVIRONMENT,
+            Some(&schema),
+            false,
+        );
+        if with_risk.is_err() {
+            engine.sees_risk = false;
+            let without = engine.request(
+                &sample(Principal::Node(&node)),
+                DEFAULT_ENVIRONMENT,
+                Some(&schema),
+                false,
+            );
+            if without.is_ok() {
+                self.warnings.push(schema_problem(
+                    "the Issuance context has no `risk` (DESIGN §12): decisions of this policy do not see risk"
+                        .to_owned(),
+                ));
+            } else {
+                engine.sees_risk = true;
+            }
+        }
+        let mut asked = vec![
+            (Principal::Node(&node), false, "a Node's Action::\"Issue\""),
+            (
+                Principal::Workload(&wanted),
+                false,
+                "a Workload's Action::\"Renew\"",
+            ),
+        ];
+        if engine.has_hold() {
+            asked.push((Principal::Node(&node), true, "a Node's Action::\"Hold\""));
+            asked.push((
+                Principal::Workload(&wanted),
+                true,
+                "a Workload's Action::\"Hold\"",
+            ));
+        }
+        for (principal, hold, action) in asked {
+            if let Err(e) =
+                engine.request(&sample(principal), DEFAULT_ENVIRONMENT, Some(&schema), hold)
+            {
                 self.problems.push(schema_problem(format!(
                     "does not describe the requests Mintgate makes: {action}: {e}"
                 )));

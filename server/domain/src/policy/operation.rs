@@ -41,11 +41,15 @@ pub enum Operation {
     ShadowPolicy,
     ApproveProposal,
     GetGovernance,
+    ListPending,
+    Approve,
+    Deny,
+    WatchPending,
 }
 
 impl Operation {
     /// Every operation, in declaration order (so `op as usize` indexes it).
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 17] = [
         Self::CreateJoinToken,
         Self::Revoke,
         Self::RevokeIdentity,
@@ -59,6 +63,10 @@ impl Operation {
         Self::ShadowPolicy,
         Self::ApproveProposal,
         Self::GetGovernance,
+        Self::ListPending,
+        Self::Approve,
+        Self::Deny,
+        Self::WatchPending,
     ];
 
     /// The Cedar action id and RPC name, e.g. "CreateJoinToken".
@@ -77,6 +85,10 @@ impl Operation {
             Self::ShadowPolicy => "ShadowPolicy",
             Self::ApproveProposal => "ApproveProposal",
             Self::GetGovernance => "GetGovernance",
+            Self::ListPending => "ListPending",
+            Self::Approve => "Approve",
+            Self::Deny => "Deny",
+            Self::WatchPending => "WatchPending",
         }
     }
 
@@ -96,7 +108,11 @@ impl Operation {
             | Self::GetProposal
             | Self::ShadowPolicy
             | Self::ApproveProposal
-            | Self::GetGovernance => &[Operator],
+            | Self::GetGovernance
+            | Self::ListPending
+            | Self::Approve
+            | Self::Deny
+            | Self::WatchPending => &[Operator],
         }
     }
 
@@ -107,12 +123,16 @@ impl Operation {
             | Self::Revoke
             | Self::RevokeIdentity
             | Self::UnblockIdentity
-            | Self::ProposeRoleBinding => TargetKind::Identity,
+            | Self::ProposeRoleBinding
+            | Self::Approve
+            | Self::Deny => TargetKind::Identity,
             Self::CheckStatus
             | Self::WatchRevocations
             | Self::ProposePolicy
             | Self::ListProposals
-            | Self::GetGovernance => TargetKind::TrustDomain,
+            | Self::GetGovernance
+            | Self::ListPending
+            | Self::WatchPending => TargetKind::TrustDomain,
             Self::GetProposal | Self::ShadowPolicy | Self::ApproveProposal => TargetKind::Proposal,
         }
     }
@@ -150,7 +170,8 @@ impl Actor<'_> {
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
     /// A SPIFFE ID: the identity a join token is for, whose certificate is revoked, which is
-    /// revoked/unblocked, or the operator whose role binding a proposal changes.
+    /// revoked/unblocked, whose held request is approved or denied, or the operator whose role
+    /// binding a proposal changes.
     Identity(&'a SpiffeId),
     /// The server's trust domain as a whole (CheckStatus, WatchRevocations, ProposePolicy,
     /// ListProposals).
@@ -203,6 +224,7 @@ impl Policy {
             return Err(Denied {
                 decision: self.decision(Vec::new()),
                 forbidden: false,
+                risk: None,
             }
             .into());
         }

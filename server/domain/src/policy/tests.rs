@@ -135,6 +135,7 @@ impl Ask {
                 dns_names: &dns,
                 attestors,
                 join_token: self.token,
+                risk: &RiskAssessment::none(),
             })
             .map_err(|e| match e {
                 DecideError::Denied(d) => d,
@@ -372,6 +373,7 @@ fn the_dev_policy_grants_workloads_and_joined_ids() {
             dns_names: dns,
             attestors: &["node_cert"],
             join_token: token,
+            risk: &RiskAssessment::none(),
         })
     };
     let dns = ["web.svc.cluster.local".to_owned()];

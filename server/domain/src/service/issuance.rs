@@ -7,16 +7,19 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::attest::{Attested, Evidence};
+use super::holds::{HoldChange, HoldEvent, HoldView};
 use super::{Mintgate, payload_hash};
 use crate::csr::{ValidatedCsr, validate_csr};
 use crate::error::AttestationError;
+use crate::hold::RiskQuery;
 use crate::lifecycle::{
     CertEvent, RequestEvent, RequestState, transition_cert, transition_request,
 };
 use crate::lifetime::{Clamp, renew_after};
-use crate::model::{Caller, CallerKind, NewRequest, RequestKind, RequestRecord};
-use crate::policy::{DecisionInput, Grant, PolicyDecision, Principal};
+use crate::model::{Caller, CallerKind, HoldTerms, NewRequest, RequestKind, RequestRecord};
+use crate::policy::{DecisionInput, Grant, Hold, PolicyDecision, Principal};
 use crate::ports::IssueSpec;
+use crate::risk::{self, RiskAssessment, RiskInput};
 use crate::store::{CertificateStore, Inserted, NewCertificate, StoreError, TokenUse};
 use crate::{Error, ErrorClass, RequestId, Serial, Ttl};
 
@@ -48,6 +51,20 @@ pub struct Issued {
     pub trust_bundle_pem: String,
 }
 
+/// What Enroll and Renew answer: a certificate, or a hold to wait through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssueOutcome {
+    Issued(Issued),
+    Held(Held),
+}
+
+/// A request waiting for approvers: ask again with the same request id after `retry_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub hold: HoldView,
+    pub retry_after: Duration,
+}
+
 /// Everything decided before the intent is recorded.
 pub(super) struct Approval {
     csr: ValidatedCsr,
@@ -61,16 +78,17 @@ pub(super) struct Approval {
     /// The attestors that vouched for the caller.
     via: Vec<&'static str>,
     supersedes: Option<Serial>,
+    pub(super) risk: RiskAssessment,
 }
 
 impl<S: CertificateStore> Mintgate<S> {
-    /// Provisioning/Enroll: a first certificate for a node-attested workload.
-    pub async fn enroll(&self, caller: &Caller, input: IssueInput) -> Result<Issued, Error> {
+    /// Provisioning/Enroll: a first certificate for a node-attested workload, or a hold.
+    pub async fn enroll(&self, caller: &Caller, input: IssueInput) -> Result<IssueOutcome, Error> {
         self.issue(caller, RequestKind::Enroll, input).await
     }
 
-    /// Provisioning/Renew: a new certificate for the caller's own identity.
-    pub async fn renew(&self, caller: &Caller, input: IssueInput) -> Result<Issued, Error> {
+    /// Provisioning/Renew: a new certificate for the caller's own identity, or a hold.
+    pub async fn renew(&self, caller: &Caller, input: IssueInput) -> Result<IssueOutcome, Error> {
         self.issue(caller, RequestKind::Renew, input).await
     }
 
@@ -92,7 +110,7 @@ impl<S: CertificateStore> Mintgate<S> {
         caller: &Caller,
         kind: RequestKind,
         input: IssueInput,
-    ) -> Result<Issued, Error> {
+    ) -> Result<IssueOutcome, Error> {
         let request_id = RequestId::parse(&input.request_id)?;
         let ttl_text = input
             .ttl
@@ -120,6 +138,11 @@ impl<S: CertificateStore> Mintgate<S> {
                     .await;
             }
         };
+        if let Some(hold) = approval.grant.hold.clone() {
+            return self
+                .hold(caller, &request_id, kind, &input, hash, approval, hold, now)
+                .await;
+        }
         let state = transition_request(RequestState::Received, RequestEvent::Verify)
             .and_then(|s| transition_request(s, RequestEvent::Approve))?;
         let serial = self.new_serial();
@@ -136,6 +159,8 @@ impl<S: CertificateStore> Mintgate<S> {
             token_expires_at: None,
             decision: Some(approval.grant.decision.clone()),
             now,
+            risk: Some(approval.risk.clone()),
+            hold: None,
         };
         let token = approval.token.as_ref().map(|token_id| TokenUse {
             token_id: token_id.clone(),
@@ -147,10 +172,10 @@ impl<S: CertificateStore> Mintgate<S> {
             .in_flight
             .enter(caller.id.as_str(), request_id.as_str());
         match self.store.insert_request(request, token, events).await {
-            Ok(Inserted::New(pk)) => {
-                self.sign_and_record(caller, pk, &request_id, serial, &approval)
-                    .await
-            }
+            Ok(Inserted::New(pk)) => self
+                .sign_and_record(caller, pk, &request_id, serial, &approval)
+                .await
+                .map(IssueOutcome::Issued),
             Ok(Inserted::Duplicate(existing)) => {
                 drop(in_flight);
                 self.replay(caller, kind, &input, *existing, &hash).await
@@ -225,6 +250,27 @@ impl<S: CertificateStore> Mintgate<S> {
             }
             (_, other) => return Err(AttestationError::WrongCallerKind(other.as_str()).into()),
         };
+        let node = matches!(principal, Principal::Node(_));
+        let facts = self
+            .store
+            .risk_facts(RiskQuery {
+                caller: caller.id.as_str(),
+                node,
+                spiffe_id: csr.spiffe_id.as_str(),
+                now,
+            })
+            .await?;
+        let risk = risk::assess(
+            &self.risk,
+            &RiskInput {
+                ttl: requested.map(|t| t.as_duration()),
+                key_type: csr.key_type,
+                node_cert_not_before: node.then_some(caller.not_before),
+                now,
+                facts: &facts,
+            },
+        );
+        self.observer.risk_assessed(&risk);
         let grant = self.decide_issuance(&DecisionInput {
             principal,
             spiffe_id: &csr.spiffe_id,
@@ -233,6 +279,7 @@ impl<S: CertificateStore> Mintgate<S> {
             dns_names: &csr.dns_names,
             attestors: &attested.via,
             join_token: attested.bound_identity.as_ref() == Some(&csr.spiffe_id),
+            risk: &risk,
         })?;
         let (ttl, ttl_cut) = match requested {
             Some(t) if t.as_duration() > grant.max_ttl => (Ttl::from_policy(grant.max_ttl), true),
@@ -251,6 +298,7 @@ impl<S: CertificateStore> Mintgate<S> {
             token: attested.join_token_id,
             via: attested.via,
             supersedes,
+            risk,
         })
     }
 
@@ -409,7 +457,7 @@ impl<S: CertificateStore> Mintgate<S> {
         input: &IssueInput,
         hash: String,
         error: Error,
-    ) -> Result<Issued, Error> {
+    ) -> Result<IssueOutcome, Error> {
         let event = match error.class() {
             ErrorClass::InvalidArgument => RequestEvent::Reject,
             ErrorClass::PermissionDenied | ErrorClass::FailedPrecondition => RequestEvent::Deny,
@@ -426,10 +474,9 @@ impl<S: CertificateStore> Mintgate<S> {
             RequestState::Rejected => "request.rejected",
             _ => "request.denied",
         };
-        let decision = if let Error::Denied(denied) = &error {
-            Some(denied.decision.clone())
-        } else {
-            None
+        let (decision, risk) = match &error {
+            Error::Denied(denied) => (Some(denied.decision.clone()), denied.risk.clone()),
+            _ => (None, None),
         };
         let mut audit = self.audit(
             now,
@@ -444,9 +491,10 @@ impl<S: CertificateStore> Mintgate<S> {
             .map(PolicyDecision::policies_text)
             .filter(|ids| !ids.is_empty());
         audit.detail = Some(format!(
-            "{kind} RECEIVED->{} {}",
+            "{kind} RECEIVED->{} {}{}",
             state.as_str(),
-            error.reason()
+            error.reason(),
+            risk.as_ref().map(|r| format!(", {r}")).unwrap_or_default()
         ));
         let request = NewRequest {
             caller: caller.id.to_string(),
@@ -461,6 +509,8 @@ impl<S: CertificateStore> Mintgate<S> {
             token_expires_at: None,
             decision,
             now,
+            risk,
+            hold: None,
         };
         match self
             .store
@@ -500,9 +550,99 @@ impl<S: CertificateStore> Mintgate<S> {
             via.push_str(&format!(" (join token {t})"));
         }
         event.detail = Some(format!(
-            "{kind} RECEIVED->VERIFIED->APPROVED via {via}, serial {serial}"
+            "{kind} RECEIVED->VERIFIED->APPROVED via {via}, serial {serial}, {}",
+            approval.risk
         ));
         vec![event]
+    }
+
+    /// Records a request policy held: PENDING_APPROVAL with its terms, its risk and its audit
+    /// event (the join token it came with is used up by it), and reports it.
+    #[allow(clippy::too_many_arguments)]
+    async fn hold(
+        &self,
+        caller: &Caller,
+        request_id: &RequestId,
+        kind: RequestKind,
+        input: &IssueInput,
+        hash: String,
+        approval: Approval,
+        hold: Hold,
+        now: OffsetDateTime,
+    ) -> Result<IssueOutcome, Error> {
+        let state = transition_request(RequestState::Received, RequestEvent::Verify)
+            .and_then(|s| transition_request(s, RequestEvent::HoldForApproval))?;
+        let terms = HoldTerms {
+            reason: hold.reason.clone(),
+            quorum: hold.quorum,
+            expires_at: now + self.holds.expiry,
+        };
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "request.held",
+            request_subject(caller, request_id),
+        );
+        event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
+        event.dns_names = approval.csr.dns_names.clone();
+        event.key_type = Some(approval.csr.key_type.to_string());
+        event.request_id = Some(request_id.to_string());
+        event.policy_rule = Some(format!(
+            "{}; hold: {}",
+            approval.grant.decision.policies_text(),
+            hold.policies.join(",")
+        ));
+        event.detail = Some(format!(
+            "{kind} RECEIVED->VERIFIED->PENDING_APPROVAL: {} (quorum {}, expires at {}), {}",
+            terms.reason,
+            terms.quorum,
+            terms.expires_at.unix_timestamp(),
+            approval.risk
+        ));
+        let request = NewRequest {
+            caller: caller.id.to_string(),
+            request_id: request_id.to_string(),
+            kind,
+            payload_hash: hash.clone(),
+            state,
+            reason: None,
+            spiffe_id: approval.csr.spiffe_id.to_string(),
+            serial: None,
+            token_id: approval.token.clone(),
+            token_expires_at: None,
+            decision: Some(approval.grant.decision.clone()),
+            now,
+            risk: Some(approval.risk.clone()),
+            hold: Some(terms),
+        };
+        let token = approval.token.as_ref().map(|token_id| TokenUse {
+            token_id: token_id.clone(),
+            used_by: caller.id.to_string(),
+            now,
+        });
+        match self.store.insert_request(request, token, vec![event]).await {
+            Ok(Inserted::New(pk)) => {
+                let stored = self
+                    .store
+                    .request_by_pk(pk)
+                    .await?
+                    .ok_or(Error::Internal("held request vanished".into()))?;
+                let hold = self.view(stored).await?;
+                self.observer.hold_changed(&HoldEvent {
+                    change: HoldChange::Held,
+                    hold: hold.clone(),
+                });
+                Ok(IssueOutcome::Held(Held {
+                    hold,
+                    retry_after: self.holds.retry_after,
+                }))
+            }
+            Ok(Inserted::Duplicate(existing)) => {
+                self.replay(caller, kind, input, *existing, &hash).await
+            }
+            Err(StoreError::Conflict(_)) => Err(AttestationError::JoinTokenUsed.into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What cut a certificate ending at `not_after` short: the CA's notAfter (see

@@ -4,6 +4,7 @@
 mod attest;
 mod authorize;
 mod governance;
+mod holds;
 mod issuance;
 mod lease;
 mod proposals;
@@ -23,13 +24,15 @@ use crate::audit::AuditEvent;
 use crate::lifetime::CaWindow;
 use crate::policy::Policy;
 use crate::ports::{Clock, Observer, Random, Signer};
+use crate::risk::RiskConfig;
 use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
 pub use authorize::{ShadowDisagreement, Verdict};
 pub use governance::{GovernanceStart, GovernanceView};
-pub use issuance::{IssueInput, Issued};
+pub use holds::{HoldChange, HoldEvent, HoldView};
+pub use issuance::{Held, IssueInput, IssueOutcome, Issued};
 pub use proposals::{MAX_LIST, PolicyProposalInput, ProposalView, RoleBindingInput};
 pub use revocation::{
     CertificateStatus, EXPIRY_SKEW, IdentityRevoked, MAX_STATUS_SERIALS, RevokeIdentityInput,
@@ -64,6 +67,26 @@ pub struct Mintgate<S> {
     in_flight: lease::InFlight,
     trust_domain: TrustDomain,
     token_secret: JoinTokenSecret,
+    risk: RiskConfig,
+    holds: HoldSettings,
+}
+
+/// How holds behave (DESIGN §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldSettings {
+    /// Undecided this long after it was held, a hold becomes EXPIRED.
+    pub expiry: Duration,
+    /// How long a held requester is told to wait before asking again.
+    pub retry_after: Duration,
+}
+
+impl Default for HoldSettings {
+    fn default() -> Self {
+        Self {
+            expiry: crate::hold::DEFAULT_HOLD_EXPIRY,
+            retry_after: crate::hold::DEFAULT_RETRY_AFTER,
+        }
+    }
 }
 
 /// What the service is built from.
@@ -82,6 +105,9 @@ pub struct Parts<S> {
     /// Nothing is issued once the CA's notAfter is less than this away
     /// ([`crate::lifetime::DEFAULT_MIN_LIFETIME`] unless configured).
     pub min_lifetime: Duration,
+    /// The risk assessment's thresholds and weights.
+    pub risk: RiskConfig,
+    pub holds: HoldSettings,
 }
 
 impl<S: CertificateStore> Mintgate<S> {
@@ -97,6 +123,8 @@ impl<S: CertificateStore> Mintgate<S> {
             trust_domain,
             token_secret,
             min_lifetime,
+            risk,
+            holds,
         } = parts;
         let ca_window = CaWindow {
             not_after: signer.not_after(),
@@ -117,6 +145,8 @@ impl<S: CertificateStore> Mintgate<S> {
             in_flight: lease::InFlight::default(),
             trust_domain,
             token_secret,
+            risk,
+            holds,
         }
     }
 

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use super::Mintgate;
-use super::issuance::{IssueInput, Issued, request_subject};
-use super::lease::{Holders, Lapse};
+use super::issuance::{Held, IssueInput, IssueOutcome, Issued, request_subject};
+use super::lease::Holders;
+use crate::hold::HoldError;
 use crate::lifecycle::{RequestEvent, RequestState, transition_request};
 use crate::model::{Caller, RequestKind, RequestRecord};
 use crate::store::CertificateStore;
@@ -26,7 +27,7 @@ impl<S: CertificateStore> Mintgate<S> {
         input: &IssueInput,
         mut existing: RequestRecord,
         hash: &str,
-    ) -> Result<Issued, Error> {
+    ) -> Result<IssueOutcome, Error> {
         if existing.payload_hash != hash || existing.kind != kind {
             return Err(Error::IdempotencyKeyReused);
         }
@@ -35,16 +36,39 @@ impl<S: CertificateStore> Mintgate<S> {
         loop {
             let now = self.clock.now();
             match existing.state {
-                RequestState::Issued => return self.stored_answer(&existing, input).await,
+                RequestState::Issued => {
+                    return self
+                        .stored_answer(&existing, input)
+                        .await
+                        .map(IssueOutcome::Issued);
+                }
                 RequestState::Failed => {
                     return self.retake(caller, kind, input, existing, None).await;
                 }
+                // Released by approvers: nothing reserved or signed yet, so take it now.
+                RequestState::Approved if existing.serial.is_none() => {
+                    let why = Some("released by approvers".to_owned());
+                    return self.retake(caller, kind, input, existing, why).await;
+                }
                 RequestState::Approved => {
                     if let Some(lapse) = self.lease_lapse(&existing, now, &mut holders).await? {
-                        return self
-                            .retake(caller, kind, input, existing, Some(lapse))
-                            .await;
+                        let why = Some(lapse.to_string());
+                        return self.retake(caller, kind, input, existing, why).await;
                     }
+                }
+                RequestState::PendingApproval => {
+                    let expired = existing.hold.as_ref().is_none_or(|t| t.expires_at <= now);
+                    if expired {
+                        self.expire(existing).await?;
+                        return Err(HoldError::Expired.into());
+                    }
+                    return Ok(IssueOutcome::Held(Held {
+                        hold: self.view(existing).await?,
+                        retry_after: self.holds.retry_after,
+                    }));
+                }
+                RequestState::Expired | RequestState::Denied if existing.hold.is_some() => {
+                    return Err(self.closed(&existing).await?);
                 }
                 other => {
                     return Err(Error::RequestClosed {
@@ -96,16 +120,18 @@ impl<S: CertificateStore> Mintgate<S> {
     }
 
     /// Decides again and reserves a fresh serial; the abandoned one stays in the audit trail
-    /// (it may have been signed by a process that died, so it is never reused). `lapse` says why
-    /// an APPROVED request is taken over.
+    /// (it may have been signed by a process that died, so it is never reused). `why` says why
+    /// an APPROVED request is taken over. A hold the new decision asks for is not applied: the
+    /// request was approved once (by policy, or released by approvers) and the retry is about
+    /// our failure, not a new ask; a block or a policy that now refuses it still refuses.
     async fn retake(
         &self,
         caller: &Caller,
         kind: RequestKind,
         input: &IssueInput,
         existing: RequestRecord,
-        lapse: Option<Lapse>,
-    ) -> Result<Issued, Error> {
+        why: Option<String>,
+    ) -> Result<IssueOutcome, Error> {
         let now = self.clock.now();
         let request_id = RequestId::parse(&existing.request_id)?;
         let approval = self
@@ -128,7 +154,7 @@ impl<S: CertificateStore> Mintgate<S> {
             request_subject(caller, &request_id),
         );
         event.request_id = Some(request_id.to_string());
-        let why = lapse.map(|l| format!(" ({l})")).unwrap_or_default();
+        let why = why.map(|l| format!(" ({l})")).unwrap_or_default();
         event.policy_rule = Some(approval.grant.decision.policies_text());
         event.detail = Some(format!(
             "{}->APPROVED serial {serial}, abandoned serial {abandoned}{why}",
@@ -152,5 +178,6 @@ impl<S: CertificateStore> Mintgate<S> {
         }
         self.sign_and_record(caller, existing.pk, &request_id, serial, &approval)
             .await
+            .map(IssueOutcome::Issued)
     }
 }

@@ -125,6 +125,8 @@ impl<S: CertificateStore> Mintgate<S> {
             token_expires_at: None,
             decision: Some(decision),
             now,
+            risk: None,
+            hold: None,
         };
         let revocation = NewRevocation {
             serial: serial.clone(),
@@ -329,6 +331,8 @@ impl<S: CertificateStore> Mintgate<S> {
                 token_expires_at: None,
                 decision: Some(decision.clone()),
                 now,
+                risk: None,
+                hold: None,
             };
             let scope = IdentityScope {
                 spiffe_id: spiffe_id.to_string(),

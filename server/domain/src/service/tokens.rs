@@ -160,6 +160,8 @@ impl<S: CertificateStore> Mintgate<S> {
             token_expires_at: Some(expires_at),
             decision: Some(decision),
             now,
+            risk: None,
+            hold: None,
         };
         let stored = NewJoinToken {
             token_id: token_id.clone(),

@@ -40,8 +40,9 @@ permit (principal, action in [Action::"Issue", Action::"Renew"], resource) when 
 fn the_shipped_policies_load() {
     let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
     let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
-    // issuance.cedar 2, operators.cedar 13.
-    assert_eq!(p.policy_count(), 15);
+    // issuance.cedar 2, operators.cedar 13, holds.cedar 2.
+    assert_eq!(p.policy_count(), 17);
+    assert!(p.maps_risk_to_holds());
     assert_eq!(p.version().len(), 64);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
     // The example directory shares the schema; the server crate loads it from disk.
@@ -58,9 +59,13 @@ fn the_shipped_policies_load() {
             "operators.cedar",
             include_str!("../../../../policy/example/operators.cedar"),
         ),
+        (
+            "holds.cedar",
+            include_str!("../../../../policy/example/holds.cedar"),
+        ),
     ]);
     let p = Policy::load(&example, Some(&td())).unwrap();
-    assert_eq!(p.policy_count(), 15);
+    assert_eq!(p.policy_count(), 19);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
     // Each serves its own trust domain only.
     assert!(Policy::load(&example, Some(&dev)).is_err());
