@@ -14,6 +14,7 @@ mod evidence;
 mod faults;
 mod flood;
 mod governance;
+mod holds;
 mod idempotency;
 mod issuance;
 mod metrics;
