@@ -21,11 +21,13 @@ use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
 mod audit;
+mod readiness;
 mod risk;
 
 pub use audit::{
     AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
 };
+pub use readiness::ReadinessFile;
 pub use risk::{HoldsFile, RiskFile};
 
 /// The dev trust domain used by `--dev`.
@@ -144,29 +146,6 @@ pub struct RevocationFile {
     pub max_streams_per_identity: Option<usize>,
     /// How often the log is read for revocations made by other replicas, in ms (default 1000).
     pub poll_interval_ms: Option<u64>,
-}
-
-/// `[readiness]`: how `/readyz` learns whether the database can commit. Every key is optional.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadinessFile {
-    /// How often the store is probed (a read, and a committed write unless one succeeded
-    /// lately), in ms (default 1000).
-    pub probe_interval_ms: Option<u64>,
-    /// How long a probe may take before the store counts as unready, in ms (default 800).
-    pub probe_timeout_ms: Option<u64>,
-}
-
-impl ReadinessFile {
-    fn probe_settings(&self) -> Result<ProbeSettings, ConfigError> {
-        let d = ProbeSettings::default();
-        Ok(ProbeSettings {
-            interval: positive(self.probe_interval_ms, "readiness.probe_interval_ms")?
-                .map_or(d.interval, Duration::from_millis),
-            timeout: positive(self.probe_timeout_ms, "readiness.probe_timeout_ms")?
-                .map_or(d.timeout, Duration::from_millis),
-        })
-    }
 }
 
 /// `[grpc]`: how the gRPC port bounds its connections and calls. Every key is optional.

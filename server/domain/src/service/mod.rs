@@ -11,6 +11,7 @@ mod proposals;
 mod retry;
 mod revocation;
 mod tokens;
+mod unissued;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -361,6 +361,11 @@ impl Mintgate {
                     ..Default::default()
                 })
                 .await?;
+            anyhow::ensure!(
+                issued.state == v1::RequestState::Issued as i32,
+                "target {r} was held for approval: {:?}",
+                issued.hold
+            );
             serials.push(issued.serial);
         }
         Ok(serials)
