@@ -332,3 +332,91 @@ async fn agent_held(backend: Backend) {
     assert_eq!(exit, AgentExit::Shutdown);
     server.shutdown().await;
 }
+
+both_backends!(
+    a_held_renewal_is_asked_again_with_its_request_id_until_released,
+    renewal_released
+);
+async fn renewal_released(backend: Backend) {
+    held_renewal(backend, true).await;
+}
+
+both_backends!(
+    a_denied_renewal_keeps_the_current_certificate_and_stops_renewing,
+    renewal_denied
+);
+async fn renewal_denied(backend: Backend) {
+    held_renewal(backend, false).await;
+}
+
+/// Renewals only are held; the manager enrolls at once, then its renewal waits for approvers.
+async fn held_renewal(backend: Backend, release: bool) {
+    let server = spawn_holding(backend, "principal is Workload", "renewal hold").await;
+    let (clock, gate, mut sleeps) = gated(&server);
+    let manager = CredentialManager::enroll(
+        &server.node().await,
+        endpoint(&server),
+        WEB,
+        None,
+        policy(),
+        clock,
+    )
+    .await
+    .unwrap();
+    let first = manager.current();
+    let state = manager.state();
+    let mut updates = manager.subscribe();
+    // The renewal time comes; the renewal is held.
+    next_sleep(&mut sleeps).await;
+    gate.add_permits(1);
+    assert_eq!(next_sleep(&mut sleeps).await, RETRY_AFTER);
+    let hold = held(&state);
+    assert_eq!(
+        (hold.kind.as_str(), hold.reason.as_str()),
+        ("RENEW", "renewal hold")
+    );
+    gate.add_permits(1);
+    assert_eq!(next_sleep(&mut sleeps).await, RETRY_AFTER);
+    assert_eq!(held(&state).request_id, hold.request_id, "the same request");
+    assert_eq!(
+        manager.current(),
+        first,
+        "the current certificate stays in use"
+    );
+
+    if release {
+        approve(&server, &hold.hold_id).await;
+        gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(15), updates.changed())
+            .await
+            .expect("renewed once released")
+            .unwrap();
+        let renewed = manager.current();
+        assert_ne!(renewed.serial, first.serial);
+        assert_key_matches(&renewed.chain_pem, &renewed.key_pem);
+        assert_eq!(*state.borrow(), CredentialState::Current);
+        let rows = server.stored_rows().await;
+        let renewals: Vec<_> = rows.requests.iter().filter(|r| r.0 == WEB).collect();
+        assert_eq!(renewals.len(), 1, "one renewal request: {renewals:?}");
+        assert_eq!(renewals[0].1, hold.request_id);
+    } else {
+        let mut bob = server.admin_as("bob").await;
+        bob.deny(v1::DenyRequest {
+            hold_id: hold.hold_id.clone(),
+            reason: "not now".into(),
+        })
+        .await
+        .unwrap();
+        gate.add_permits(1);
+        // Refused for good: the manager waits for the certificate's end, asking nothing more.
+        next_sleep(&mut sleeps).await;
+        let CredentialState::Refused(err) = state.borrow().clone() else {
+            panic!("refused: {:?}", state.borrow());
+        };
+        assert_eq!(err.reason, HOLD_DENIED);
+        assert_eq!(manager.current(), first);
+        assert!(updates.has_changed().is_ok(), "the channel stays open");
+        assert!(sleeps.try_recv().is_err());
+    }
+    server.shutdown().await;
+}
