@@ -1,8 +1,9 @@
 //! The sidecar agent (`mintgate-agent`): enrolls, writes `cert.pem`, `key.pem` (0600) and
 //! `bundle.pem` atomically, renews inside the window, runs a hook or signals a process after
-//! each rotation, follows the revocation feed, and serves a health endpoint. If its own
-//! certificate is revoked it deletes the key material, says why, and stops (fail closed); it
-//! never re-enrolls a revoked identity on its own.
+//! each rotation, follows the revocation feed, and serves a health endpoint. An enrollment or
+//! renewal held for approvers is waited through (same request id and key) and reported as held
+//! on the health endpoint. If its own certificate is revoked it deletes the key material, says
+//! why, and stops (fail closed); it never re-enrolls a revoked identity on its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::{
-    Client, Clock, Credential, CredentialManager, Endpoint, Error, RenewalPolicy, RevocationSet,
-    RevocationWatcher, TlsMaterial, WatcherConfig, atomic_write,
+    Client, Clock, Credential, CredentialManager, CredentialState, Endpoint, Error, RenewalPolicy,
+    RevocationSet, RevocationWatcher, TlsMaterial, WatcherConfig, atomic_write,
 };
 
 /// Everything the agent needs.
@@ -87,43 +89,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
 }
 
 /// Runs the agent until `shutdown` resolves, its certificate is revoked, or it expires.
+///
+/// `/healthz` is served from the start: while the enrollment is held for approvers it answers
+/// 503 `held: <reason> (hold <id>, <n>/<quorum> approvals)`, and the agent keeps asking with the
+/// same request id and key until the hold is released (then it writes its files) or refused
+/// (then it returns [`AgentError::Enroll`] with `HOLD_DENIED` or `HOLD_EXPIRED`).
 pub async fn run(
     config: AgentConfig,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<AgentExit, AgentError> {
     std::fs::create_dir_all(&config.out_dir).map_err(io(&config.out_dir))?;
-    let bootstrap = Client::connect(
-        &config.endpoint.url,
-        &config.endpoint.server_name,
-        &TlsMaterial {
-            ca_pem: config.ca_pem.clone(),
-            cert_pem: config.node_cert_pem.clone(),
-            key_pem: config.node_key_pem.clone(),
-        },
-    )
-    .await?;
-    let manager = CredentialManager::enroll(
-        &bootstrap,
-        config.endpoint.clone(),
-        &config.spiffe_id,
-        config.join_token.clone(),
-        config.policy.clone(),
-        clock.clone(),
-    )
-    .await?;
-    let mut updates = manager.subscribe();
-    let mut current = manager.current();
-    install(&config, &current)?;
-    tracing::info!(serial = %current.serial, spiffe_id = %current.spiffe_id, "enrolled");
-
-    // The feed is followed with the node identity: the workload certificate it guards may be
-    // revoked, and Mintgate cuts that certificate's connections the moment it is.
+    // The node identity: it attests the workload, and follows the revocation feed (the
+    // workload certificate it guards may be revoked, and Mintgate cuts that certificate's
+    // connections the moment it is).
     let node = TlsMaterial {
         ca_pem: config.ca_pem.clone(),
         cert_pem: config.node_cert_pem.clone(),
         key_pem: config.node_key_pem.clone(),
     };
+    let bootstrap =
+        Client::connect(&config.endpoint.url, &config.endpoint.server_name, &node).await?;
     let endpoint = config.endpoint.clone();
     let watcher = RevocationWatcher::spawn(
         Arc::new(move || {
@@ -139,23 +125,50 @@ pub async fn run(
     )
     .map_err(io(&config.out_dir))?;
     let set = watcher.set();
-    if let Some(addr) = config.health_addr {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| AgentError::Io {
-                path: PathBuf::from(addr.to_string()),
-                source,
-            })?;
-        tokio::spawn(serve_health(
-            listener,
-            set.clone(),
-            updates.clone(),
-            clock.clone(),
-            config.max_staleness,
-        ));
-    }
+    let (state, state_rx) = watch::channel(CredentialState::Enrolling);
+    let (installed, installed_rx) = watch::channel(None::<Credential>);
+    let _health = match config.health_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Io {
+                    path: PathBuf::from(addr.to_string()),
+                    source,
+                })?;
+            Some(AbortOnDrop(tokio::spawn(serve_health(
+                listener,
+                Health {
+                    set: set.clone(),
+                    state: state_rx,
+                    installed: installed_rx,
+                    clock: clock.clone(),
+                    max_staleness: config.max_staleness,
+                },
+            ))))
+        }
+        None => None,
+    };
 
     tokio::pin!(shutdown);
+    let enroll = CredentialManager::enroll_reporting(
+        &bootstrap,
+        config.endpoint.clone(),
+        &config.spiffe_id,
+        config.join_token.clone(),
+        config.policy.clone(),
+        clock.clone(),
+        state,
+    );
+    let manager = tokio::select! {
+        () = &mut shutdown => return Ok(AgentExit::Shutdown),
+        manager = enroll => manager?,
+    };
+    let mut updates = manager.subscribe();
+    let mut current = manager.current();
+    install(&config, &current)?;
+    installed.send_replace(Some(current.clone()));
+    tracing::info!(serial = %current.serial, spiffe_id = %current.spiffe_id, "enrolled");
+
     loop {
         let next_seq = set.cursor() + 1;
         tokio::select! {
@@ -169,6 +182,7 @@ pub async fn run(
                 }
                 current = updates.borrow_and_update().clone();
                 install(&config, &current)?;
+                installed.send_replace(Some(current.clone()));
                 tracing::info!(serial = %current.serial, not_after = %current.not_after, "certificate rotated");
             }
             () = set.applied_through(next_seq) => {}
@@ -184,6 +198,15 @@ pub async fn run(
                 serial: current.serial,
             });
         }
+    }
+}
+
+/// Stops a background task when the agent returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -228,35 +251,67 @@ fn remove_key_material(dir: &Path) {
     }
 }
 
-/// `GET /healthz`: 200 while the certificate is valid, not revoked and the feed is fresh;
-/// 503 with the reason otherwise.
-async fn serve_health(
-    listener: TcpListener,
+/// What `/healthz` looks at.
+struct Health {
     set: Arc<RevocationSet>,
-    credentials: tokio::sync::watch::Receiver<Credential>,
+    state: watch::Receiver<CredentialState>,
+    /// The credential whose files are in place, once there is one.
+    installed: watch::Receiver<Option<Credential>>,
     clock: Arc<dyn Clock>,
     max_staleness: Duration,
-) {
+}
+
+impl Health {
+    /// `Ok(body)` for 200, `Err(reason)` for 503.
+    fn check(&self) -> Result<String, String> {
+        let state = self.state.borrow().clone();
+        let Some(current) = self.installed.borrow().clone() else {
+            return Err(match state {
+                CredentialState::Held(hold) => hold.summary(),
+                CredentialState::Refused(e) => format!("enrollment refused: {e}"),
+                CredentialState::Enrolling
+                | CredentialState::Current
+                | CredentialState::Expired => "enrolling".to_owned(),
+            });
+        };
+        if self.set.is_revoked(&current.serial) {
+            Err("certificate revoked".to_owned())
+        } else if self.clock.now() >= current.not_after {
+            Err("certificate expired".to_owned())
+        } else if self
+            .set
+            .staleness()
+            .is_none_or(|age| age > self.max_staleness)
+        {
+            Err("revocation feed stale".to_owned())
+        } else {
+            // The certificate in place is good; say what its renewal is waiting for.
+            Ok(match state {
+                CredentialState::Held(hold) => format!("ok; renewal {}", hold.summary()),
+                CredentialState::Refused(e) => format!("ok; renewal refused: {e}"),
+                CredentialState::Enrolling
+                | CredentialState::Current
+                | CredentialState::Expired => "ok".to_owned(),
+            })
+        }
+    }
+}
+
+/// `GET /healthz`: 200 while the certificate is valid, not revoked and the feed is fresh (the
+/// body says if a renewal is held or refused); 503 with the reason otherwise, including
+/// `held: <reason> ...` while the enrollment waits for approvers.
+async fn serve_health(listener: TcpListener, health: Health) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
         };
-        let current = credentials.borrow().clone();
-        let problem = if set.is_revoked(&current.serial) {
-            Some("certificate revoked")
-        } else if clock.now() >= current.not_after {
-            Some("certificate expired")
-        } else if set.staleness().is_none_or(|age| age > max_staleness) {
-            Some("revocation feed stale")
-        } else {
-            None
-        };
+        let verdict = health.check();
         tokio::spawn(async move {
             let mut request = [0u8; 1024];
             let _ = conn.read(&mut request).await;
-            let (status, body) = match problem {
-                None => ("200 OK", "ok\n".to_owned()),
-                Some(p) => ("503 Service Unavailable", format!("{p}\n")),
+            let (status, body) = match verdict {
+                Ok(ok) => ("200 OK", format!("{ok}\n")),
+                Err(p) => ("503 Service Unavailable", format!("{p}\n")),
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{Backoff, Client, Error, TlsMaterial, new_request_id};
+use crate::{Client, CredentialState, Error, TlsMaterial, new_request_id};
+
+mod renew;
 
 /// A certificate chain and the key it certifies.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,7 +53,14 @@ impl fmt::Debug for Credential {
 }
 
 impl Credential {
-    fn from_response(r: v1::IssueResponse, key_pem: String) -> Result<Self, Error> {
+    /// An issued answer; `INTERNAL` without its certificate (see [`crate::Issuance`] for one
+    /// that may be held).
+    pub(crate) fn from_response(r: v1::IssueResponse, key_pem: String) -> Result<Self, Error> {
+        if r.certificate_chain_pem.is_empty() {
+            return Err(Error::from(tonic::Status::internal(
+                "the answer has no certificate",
+            )));
+        }
         let time = |t: Option<prost_types::Timestamp>, field: &str| {
             t.and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
                 .ok_or_else(|| Error::from(tonic::Status::internal(format!("no {field}"))))
@@ -221,12 +230,19 @@ pub struct Endpoint {
 #[derive(Debug)]
 pub struct CredentialManager {
     current: watch::Receiver<Credential>,
+    state: watch::Receiver<CredentialState>,
     task: JoinHandle<()>,
 }
 
 impl CredentialManager {
     /// Enrolls `spiffe_id` through `bootstrap` (a client holding the node certificate; with
     /// `join_token` where policy asks), then renews in the background.
+    ///
+    /// If policy holds the request for approvers, this waits through the hold: it sleeps the
+    /// server's `retry_after` on `clock` and asks again with the same request id and CSR (one
+    /// request, one key) until the request is issued. A hold that is denied (`HOLD_DENIED`) or
+    /// expires (`HOLD_EXPIRED`) ends it with that error. Use
+    /// [`CredentialManager::enroll_reporting`] to follow the hold while it waits.
     pub async fn enroll(
         bootstrap: &Client,
         endpoint: Endpoint,
@@ -235,17 +251,51 @@ impl CredentialManager {
         policy: RenewalPolicy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
+        let (state, _) = watch::channel(CredentialState::Enrolling);
+        Self::enroll_reporting(
+            bootstrap, endpoint, spiffe_id, join_token, policy, clock, state,
+        )
+        .await
+    }
+
+    /// [`CredentialManager::enroll`], publishing what it does on `state` from the start
+    /// ([`CredentialState::Held`] while the enrollment waits for approvers); the manager keeps
+    /// publishing there afterwards (see [`CredentialManager::state`]).
+    pub async fn enroll_reporting(
+        bootstrap: &Client,
+        endpoint: Endpoint,
+        spiffe_id: &str,
+        join_token: Option<String>,
+        policy: RenewalPolicy,
+        clock: Arc<dyn Clock>,
+        state: watch::Sender<CredentialState>,
+    ) -> Result<Self, Error> {
         let (key, csr) = key_and_csr(spiffe_id)?;
-        let response = bootstrap
-            .enroll(v1::EnrollRequest {
-                request_id: new_request_id(),
-                csr: csr.into_bytes(),
-                ttl: policy.ttl.map(proto_duration),
-                join_token: join_token.unwrap_or_default(),
-            })
-            .await?;
-        let credential = Credential::from_response(response, key.serialize_pem())?;
-        Ok(Self::start(credential, endpoint, policy, clock))
+        let request = v1::EnrollRequest {
+            request_id: new_request_id(),
+            csr: csr.into_bytes(),
+            ttl: policy.ttl.map(proto_duration),
+            join_token: join_token.unwrap_or_default(),
+        };
+        state.send_replace(CredentialState::Enrolling);
+        let enrolled = renew::enroll_until_issued(
+            bootstrap,
+            request,
+            key.serialize_pem(),
+            &policy,
+            clock.as_ref(),
+            &state,
+        )
+        .await;
+        match enrolled {
+            Ok(credential) => Ok(Self::start_reporting(
+                credential, endpoint, policy, clock, state,
+            )),
+            Err(e) => {
+                state.send_replace(CredentialState::Refused(e.clone()));
+                Err(e)
+            }
+        }
     }
 
     /// Keeps `credential` fresh from now on.
@@ -255,9 +305,26 @@ impl CredentialManager {
         policy: RenewalPolicy,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let (state, _) = watch::channel(CredentialState::Current);
+        Self::start_reporting(credential, endpoint, policy, clock, state)
+    }
+
+    fn start_reporting(
+        credential: Credential,
+        endpoint: Endpoint,
+        policy: RenewalPolicy,
+        clock: Arc<dyn Clock>,
+        state: watch::Sender<CredentialState>,
+    ) -> Self {
+        state.send_replace(CredentialState::Current);
         let (tx, current) = watch::channel(credential);
-        let task = tokio::spawn(renew_forever(tx, endpoint, policy, clock));
-        Self { current, task }
+        let state_rx = state.subscribe();
+        let task = tokio::spawn(renew::renew_forever(tx, state, endpoint, policy, clock));
+        Self {
+            current,
+            state: state_rx,
+            task,
+        }
     }
 
     /// The credential in use now.
@@ -265,104 +332,21 @@ impl CredentialManager {
         self.current.borrow().clone()
     }
 
-    /// Receives every new credential.
+    /// Receives every new credential. The channel closes when the credential expired without
+    /// renewal.
     pub fn subscribe(&self) -> watch::Receiver<Credential> {
         self.current.clone()
+    }
+
+    /// What the manager is doing: current, a renewal held for approvers, refused, expired.
+    pub fn state(&self) -> watch::Receiver<CredentialState> {
+        self.state.clone()
     }
 }
 
 impl Drop for CredentialManager {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-async fn renew_forever(
-    tx: watch::Sender<Credential>,
-    endpoint: Endpoint,
-    policy: RenewalPolicy,
-    clock: Arc<dyn Clock>,
-) {
-    let mut breaker = CircuitBreaker::new(policy.breaker_threshold, policy.breaker_cooldown);
-    loop {
-        let credential = tx.borrow().clone();
-        let at = renewal_time(&credential, &policy, rand::random::<f64>());
-        sleep_until(clock.as_ref(), at).await;
-        match renew_once(
-            &credential,
-            &endpoint,
-            &policy,
-            clock.as_ref(),
-            &mut breaker,
-        )
-        .await
-        {
-            Some(renewed) => {
-                tracing::info!(serial = %renewed.serial, not_after = %renewed.not_after, "certificate renewed");
-                if tx.send(renewed).is_err() {
-                    return; // nobody listens any more
-                }
-            }
-            None => {
-                tracing::error!(serial = %credential.serial, "certificate expired before it could be renewed");
-                return;
-            }
-        }
-    }
-}
-
-/// Retries one renewal (same key, CSR and request id, so a retry after an unknown outcome gets
-/// the same certificate) until it succeeds, the server refuses for good, or the certificate
-/// expires.
-async fn renew_once(
-    credential: &Credential,
-    endpoint: &Endpoint,
-    policy: &RenewalPolicy,
-    clock: &dyn Clock,
-    breaker: &mut CircuitBreaker,
-) -> Option<Credential> {
-    let (key, csr) = key_and_csr(&credential.spiffe_id).ok()?;
-    let request = v1::RenewRequest {
-        request_id: new_request_id(),
-        csr: csr.into_bytes(),
-        ttl: policy.ttl.map(proto_duration),
-    };
-    let mut backoff = Backoff::new(policy.min_backoff, policy.max_backoff);
-    while clock.now() < credential.not_after {
-        if let Some(until) = breaker
-            .open_until()
-            .filter(|_| !breaker.allows(clock.now()))
-        {
-            sleep_until(clock, until).await;
-        }
-        let attempt = async {
-            let client =
-                Client::connect(&endpoint.url, &endpoint.server_name, &credential.tls()).await?;
-            client.renew(request.clone()).await
-        };
-        match attempt.await {
-            Ok(response) => {
-                breaker.success();
-                return Credential::from_response(response, key.serialize_pem()).ok();
-            }
-            Err(e) if e.is_retryable() => {
-                breaker.failure(clock.now());
-                tracing::warn!(error = %e, "renewal failed; backing off");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "renewal refused");
-                return None;
-            }
-        }
-        clock.sleep(backoff.next_delay()).await;
-    }
-    None
-}
-
-async fn sleep_until(clock: &dyn Clock, at: OffsetDateTime) {
-    let wait = at - clock.now();
-    if wait.is_positive() {
-        clock.sleep(wait.unsigned_abs()).await;
     }
 }
 

@@ -5,6 +5,8 @@
 //!   to do and whether retrying can help.
 //! - [`CredentialManager`]: a certificate and in-process key kept fresh inside a jittered
 //!   renewal window, with backoff and a [`CircuitBreaker`]; new credentials on a watch channel.
+//!   A request held for approvers is an [`Issuance::Held`], not an error: the manager waits
+//!   through it (same request id and key) and reports it as [`CredentialState::Held`].
 //! - [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with the server's
 //!   revocation feed, persisted with its cursor, resumed with jittered [`Backoff`].
 //! - [`DurableQueue`]: operations that must not be lost (a revocation asked for while Mintgate
@@ -23,6 +25,7 @@ mod client;
 mod credentials;
 mod error;
 mod fs;
+mod hold;
 mod queue;
 mod transport;
 mod verify;
@@ -36,6 +39,7 @@ pub use credentials::{
 };
 pub use error::{Error, ErrorKind};
 pub use fs::atomic_write;
+pub use hold::{CredentialState, HOLD_DENIED, HOLD_EXPIRED, Held, Issuance};
 pub use mintgate_proto::v1;
 pub use queue::{
     DurableQueue, OpAction, OpAnswer, QueueError, QueuedOp, ReplayOutcome, ReplayReport,

@@ -17,7 +17,7 @@ use crate::sdk::JumpingClock;
 const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
 
 /// Waits (bounded) until `ready` holds; the agent works in the background.
-async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -29,4 +29,5 @@ mod revocation_stream;
 mod revoked_client;
 mod roles;
 mod sdk;
+mod sdk_holds;
 mod tools;

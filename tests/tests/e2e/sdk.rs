@@ -269,10 +269,10 @@ async fn credential_manager(backend: Backend) {
 
 /// An SDK clock whose sleeps jump the server's clock forward, one at a time, each only when the
 /// test lets it (so the test sees every renewal attempt and every backoff).
-struct GatedClock {
-    clock: Arc<mintgate_tests::ManualClock>,
-    gate: Arc<tokio::sync::Semaphore>,
-    sleeps: tokio::sync::mpsc::UnboundedSender<Duration>,
+pub(crate) struct GatedClock {
+    pub(crate) clock: Arc<mintgate_tests::ManualClock>,
+    pub(crate) gate: Arc<tokio::sync::Semaphore>,
+    pub(crate) sleeps: tokio::sync::mpsc::UnboundedSender<Duration>,
 }
 
 impl mintgate_sdk::Clock for GatedClock {
