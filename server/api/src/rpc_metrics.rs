@@ -33,7 +33,7 @@ const UNMEASURED: [&str; 3] = [
 ];
 
 /// Mintgate's RPCs: the only values of the `rpc` label (a client cannot mint new series).
-const RPCS: [&str; 16] = [
+const RPCS: [&str; 20] = [
     "Enroll",
     "Renew",
     "GetRequest",
@@ -45,6 +45,10 @@ const RPCS: [&str; 16] = [
     "ShadowPolicy",
     "ApproveProposal",
     "GetGovernance",
+    "ListPending",
+    "Approve",
+    "Deny",
+    "WatchPending",
     "Revoke",
     "RevokeIdentity",
     "UnblockIdentity",
