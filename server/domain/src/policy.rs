@@ -79,16 +79,16 @@ impl PolicySource {
             schema: include_str!("../../policy/dev/schema.cedarschema").to_owned(),
             files: vec![
                 PolicyFile {
+                    name: "holds.cedar".to_owned(),
+                    text: include_str!("../../policy/dev/holds.cedar").to_owned(),
+                },
+                PolicyFile {
                     name: "issuance.cedar".to_owned(),
                     text: include_str!("../../policy/dev/issuance.cedar").to_owned(),
                 },
                 PolicyFile {
                     name: "operators.cedar".to_owned(),
                     text: include_str!("../../policy/dev/operators.cedar").to_owned(),
-                },
-                PolicyFile {
-                    name: "holds.cedar".to_owned(),
-                    text: include_str!("../../policy/dev/holds.cedar").to_owned(),
                 },
             ],
         }

@@ -18,6 +18,8 @@ use tonic::Streaming;
 use crate::governance::{Admin, reason};
 use crate::issuance::{WORKLOAD, enroll_request};
 use crate::metrics::Scrape;
+use crate::tools::Grpcurl;
+use base64::Engine as _;
 
 const PENDING: i32 = v1::RequestState::PendingApproval as i32;
 
@@ -474,4 +476,69 @@ async fn self_and_refusal(backend: Backend) {
             .signals
             .contains(&Signal::FirstIssuance)
     );
+}
+
+/// The README tour's hold section with grpcurl: a burst is held, WatchPending shows it, two
+/// operators approve it, the same request id issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_follows_approves_and_releases_a_hold() {
+    if !mintgate_tests::tool_available("grpcurl") {
+        return;
+    }
+    let server = TestServer::spawn_with(bursty(Backend::Sqlite)).await;
+    let pki = &server.pki;
+    let node = Grpcurl::holding(&server, &pki.node.cert_pem, &pki.node.key_pem);
+    let bob = Grpcurl::holding(&server, &pki.bob.cert_pem, &pki.bob.key_pem);
+    let admin = Grpcurl::admin(&server);
+    let (csr_pem, _) = csr(WORKLOAD, &[]);
+    let body = |rid: &str| {
+        let csr = base64::engine::general_purpose::STANDARD.encode(&csr_pem);
+        format!(r#"{{"request_id":"{rid}","csr":"{csr}"}}"#)
+    };
+    let enroll = |rid: &str| {
+        node.json(&[], &body(rid), "mintgate.v1.Provisioning/Enroll")
+            .1
+    };
+    for i in 1..=4 {
+        assert_eq!(
+            enroll(&format!("g-{i}"))[0]["state"],
+            "REQUEST_STATE_ISSUED"
+        );
+    }
+    let held = enroll("g-5");
+    assert_eq!(
+        held[0]["state"], "REQUEST_STATE_PENDING_APPROVAL",
+        "{held:?}"
+    );
+    assert_eq!(held[0]["retryAfter"], "10s");
+    assert!(held[0].get("certificateChainPem").is_none());
+
+    // WatchPending prints what waits (and would follow what changes until its deadline).
+    let (_, watched) = bob.json(&["-max-time", "2"], "{}", "mintgate.v1.Admin/WatchPending");
+    assert_eq!(watched[0]["kind"], "HOLD_EVENT_KIND_PENDING", "{watched:?}");
+    let hold_id = watched[0]["hold"]["holdId"].as_str().unwrap().to_owned();
+    assert_eq!(watched[0]["hold"]["requestId"], "g-5");
+    assert_eq!(watched[0]["hold"]["risk"]["tier"], "high");
+    let (_, listed) = bob.json(&[], r#"{"tier":"high"}"#, "mintgate.v1.Admin/ListPending");
+    assert_eq!(listed[0]["holds"][0]["holdId"], hold_id.as_str());
+
+    let approve = format!(r#"{{"hold_id":"{hold_id}","reason":"planned rollout"}}"#);
+    let (_, first) = bob.json(&[], &approve, "mintgate.v1.Admin/Approve");
+    assert_eq!(
+        (first[0]["approvals"].as_u64(), first[0]["quorum"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let again = bob.call(&["-d", &approve], &["mintgate.v1.Admin/Approve"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("ALREADY_VOTED"),
+        "{again:?}"
+    );
+    let (_, released) = admin.json(&[], &approve, "mintgate.v1.Admin/Approve");
+    assert_eq!(released[0]["state"], "REQUEST_STATE_APPROVED");
+
+    let issued = enroll("g-5");
+    assert_eq!(issued[0]["state"], "REQUEST_STATE_ISSUED");
+    let chain = issued[0]["certificateChainPem"].as_str().unwrap();
+    let now = server.clock.now_odt().unix_timestamp();
+    check_issued(chain, &server.pki.ca.cert_pem, WORKLOAD, now);
 }

@@ -281,14 +281,14 @@ fn revoked_entries(text: &str) -> Vec<(String, Option<String>)> {
 }
 
 /// grpcurl holding the dev operator's certificate, aimed at the server.
-struct Grpcurl {
+pub(crate) struct Grpcurl {
     tls: Vec<String>,
     addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Grpcurl {
-    fn admin(server: &TestServer) -> Self {
+    pub(crate) fn admin(server: &TestServer) -> Self {
         Self::holding(
             server,
             &server.pki.admin.cert_pem,
@@ -297,7 +297,7 @@ impl Grpcurl {
     }
 
     /// grpcurl holding `cert_pem`/`key_pem`.
-    fn holding(server: &TestServer, cert_pem: &str, key_pem: &str) -> Self {
+    pub(crate) fn holding(server: &TestServer, cert_pem: &str, key_pem: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pem = |name: &str, text: &str| write(dir.path(), name, text);
         let tls = vec![
@@ -316,7 +316,7 @@ impl Grpcurl {
     }
 
     /// `grpcurl <flags> <address> <what>`.
-    fn call(&self, flags: &[&str], what: &[&str]) -> Output {
+    pub(crate) fn call(&self, flags: &[&str], what: &[&str]) -> Output {
         Command::new("grpcurl")
             .args(&self.tls)
             .args(flags)
@@ -327,7 +327,12 @@ impl Grpcurl {
     }
 
     /// Calls `method` with the JSON `body` and returns the JSON messages it printed.
-    fn json(&self, flags: &[&str], body: &str, method: &str) -> (Output, Vec<serde_json::Value>) {
+    pub(crate) fn json(
+        &self,
+        flags: &[&str],
+        body: &str,
+        method: &str,
+    ) -> (Output, Vec<serde_json::Value>) {
         let out = self.call(&[flags, &["-d", body]].concat(), &[method]);
         let messages = serde_json::Deserializer::from_slice(&out.stdout)
             .into_iter()

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
+use mintgate_domain::hold::{HoldStore, RiskQuery};
 use mintgate_sdk::v1;
-use mintgate_tests::{Backend, TestServer};
+use mintgate_tests::{Backend, NODE_ID, TRUST_DOMAIN, TestServer};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -32,7 +33,14 @@ pub struct Issuance {
     pub issuances_per_commit: f64,
     /// `per_second` ÷ the crypto ceiling (benchmark 1, same cores).
     pub ratio_to_crypto: f64,
+    /// What the risk signals cost an Enroll: reading its facts from the database the run
+    /// filled, one request at a time, in µs (their share of the median Enroll latency).
+    pub risk_facts_us: f64,
+    pub risk_facts_share: f64,
 }
+
+/// Facts read to time them.
+const FACT_READS: u32 = 200;
 
 /// Enrolls one certificate per CSR over `clients` connections.
 pub async fn run(
@@ -81,18 +89,40 @@ pub async fn run(
     let seconds = start.elapsed().as_secs_f64();
     let commits = server.store().write_commits() - commits_before;
     bar.finish_and_clear();
+    let risk_facts_us = risk_facts_cost(&server).await?;
     server.shutdown().await;
     let per_second = csrs.len() as f64 / seconds;
+    let latency = Latency::of(latencies);
     Ok(Issuance {
         database,
         clients,
         issuances: csrs.len(),
         per_second,
-        latency: Latency::of(latencies),
+        risk_facts_share: risk_facts_us / 1000.0 / latency.p50_ms,
+        latency,
         commits,
         issuances_per_commit: csrs.len() as f64 / commits.max(1) as f64,
         ratio_to_crypto: per_second / ceiling,
+        risk_facts_us,
     })
+}
+
+/// The mean time to read an Enroll's risk facts (the node's and the identity's rates, the
+/// node's distinct identities, the identity's history) against the run's database.
+async fn risk_facts_cost(server: &TestServer) -> anyhow::Result<f64> {
+    let now = server.clock.now_odt();
+    let start = Instant::now();
+    for i in 0..FACT_READS {
+        let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/workload/bench-{i}");
+        let query = RiskQuery {
+            caller: NODE_ID,
+            node: true,
+            spiffe_id: &spiffe_id,
+            now,
+        };
+        server.store().risk_facts(query).await?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(FACT_READS))
 }
 
 pub fn label(backend: Backend) -> &'static str {

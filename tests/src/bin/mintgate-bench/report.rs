@@ -84,6 +84,15 @@ impl Report {
                 format!("{:.2} ({} commits)", i.issuances_per_commit, i.commits),
                 target(i.issuances_per_commit >= 50.0, "≥ 50"),
             );
+            row(
+                "  risk facts per Enroll (sequential)".into(),
+                format!(
+                    "{:.0} µs, {:.1}% of the median Enroll",
+                    i.risk_facts_us,
+                    i.risk_facts_share * 100.0
+                ),
+                String::new(),
+            );
         }
         if let Some(why) = &self.postgres_skipped {
             row("2 issuance, PostgreSQL".into(), why.clone(), String::new());

@@ -40,8 +40,8 @@ permit (principal, action in [Action::"Issue", Action::"Renew"], resource) when 
 fn the_shipped_policies_load() {
     let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
     let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
-    // issuance.cedar 2, operators.cedar 13, holds.cedar 2.
-    assert_eq!(p.policy_count(), 17);
+    // issuance.cedar 2, operators.cedar 14, holds.cedar 2.
+    assert_eq!(p.policy_count(), 18);
     assert!(p.maps_risk_to_holds());
     assert_eq!(p.version().len(), 64);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
@@ -65,7 +65,7 @@ fn the_shipped_policies_load() {
         ),
     ]);
     let p = Policy::load(&example, Some(&td())).unwrap();
-    assert_eq!(p.policy_count(), 19);
+    assert_eq!(p.policy_count(), 20);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
     // Each serves its own trust domain only.
     assert!(Policy::load(&example, Some(&dev)).is_err());
@@ -163,15 +163,25 @@ permit (principal, action, resource);
 @id("c")
 @max_ttl_seconds("600")
 forbid (principal, action, resource);
+@id("d")
+@quorum("9")
+@hold(" ")
+permit (principal, action, resource);
+@id("e")
+@hold("why")
+forbid (principal, action, resource);
 "#;
     assert_eq!(
         problems(&[("n.cedar", text)]),
         [
             "n.cedar:1:1: unknown annotation @max_ttl (known: @id, @description, \
-             @max_ttl_seconds, @server_auth)",
+             @max_ttl_seconds, @server_auth, @hold, @quorum)",
             "n.cedar:4:1: @max_ttl_seconds(\"10\") must be whole seconds from 60 to 2592000",
             "n.cedar:4:1: @server_auth(\"yes\") must be \"true\" or \"false\"",
             "n.cedar:8:1: @max_ttl_seconds shapes what a permit grants; a forbid cannot carry it",
+            "n.cedar:11:1: @hold names why the request waits for approvers: 1 to 200 characters",
+            "n.cedar:11:1: @quorum(\"9\") must be a number of approvers from 1 to 5",
+            "n.cedar:15:1: @hold shapes what a permit grants; a forbid cannot carry it",
         ]
     );
 }
@@ -236,7 +246,8 @@ fn schema_problems_name_the_schema() {
     let mut narrow = source(&[("a.cedar", OK)]);
     narrow.schema = narrow.schema.replace("  join_token: Bool,\n", "");
     let got = problems_in(&narrow, Some(&td()));
-    assert_eq!(got.len(), 2, "{got:?}");
+    // Issue, Renew, and Hold for a node and for a workload.
+    assert_eq!(got.len(), 4, "{got:?}");
     assert!(
         got[0].starts_with(
             "schema.cedarschema: does not describe the requests Mintgate makes: a Node's \
