@@ -255,7 +255,11 @@ async fn rpc_spans_carry_the_request_id_the_caller_and_each_transition() {
 
     let refused = of("spans-refused");
     let steps = transitions(&refused);
-    assert_eq!(steps, ["ENROLL RECEIVED->DENIED POLICY_DENIED"]);
+    // The refusal names the risk the policy saw (here a first issuance from this node).
+    assert_eq!(
+        steps,
+        ["ENROLL RECEIVED->DENIED POLICY_DENIED, risk 20 (low): first_issuance,first_from_node"]
+    );
     assert!(
         refused
             .iter()

@@ -172,7 +172,11 @@ async fn denied_is_explained(backend: Backend) {
     let forbidden = denied("p-forbid");
     assert_eq!(forbidden.policy_version.as_deref(), Some(version.as_str()));
     assert_eq!(forbidden.policy_rule.as_deref(), Some("no-db-workloads"));
-    assert!(forbidden.detail.unwrap().ends_with("POLICY_DENIED"));
+    let detail = forbidden.detail.unwrap();
+    assert!(
+        detail.contains("RECEIVED->DENIED POLICY_DENIED, risk "),
+        "{detail}"
+    );
     assert_eq!(denied("p-none").policy_rule, None);
 
     // The permit's annotations shape the certificate: serverAuth, and at most 10 minutes.
