@@ -268,6 +268,12 @@ impl Application {
             hub.clone(),
             clock.clone(),
         ));
+        let evidence = Arc::new(crate::evidence::ServerExporter::new(
+            store.clone(),
+            crl.clone(),
+            signer.trust_bundle_pem().as_bytes().to_vec(),
+            clock.clone(),
+        ));
         let app = Mintgate::new(Parts {
             store: store.clone(),
             signer,
@@ -336,6 +342,7 @@ impl Application {
                 classifier: Arc::new(classifier),
                 hub,
                 clock,
+                evidence,
                 metrics: edge_metrics,
                 holds,
                 config: grpc_config,

@@ -2,17 +2,22 @@
 //! takes away ([`export`]), `mintgate evidence verify` re-checks it with no database and no
 //! server ([`verify`]); `mintgate evidence access-review` lists the role bindings with their
 //! holders' last use ([`access`]). This module owns the directory's layout and its manifest; the controls
-//! mapping is in `controls`.
+//! mapping is in `controls`, the role bindings over the period in `bindings`, where the files go
+//! (a directory or the `Admin/ExportEvidence` stream) in [`sink`].
 
 pub mod access;
+mod bindings;
 mod controls;
 pub mod export;
+mod server;
+pub mod sink;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
 pub use access::{AccessReview, access_review};
-pub use export::{ExportError, ExportRequest, export};
+pub use export::{ExportError, ExportRequest, export, export_to_dir};
+pub use server::ServerExporter;
 pub use verify::{Failure, Trust, Verified, verify};
 
 /// The manifest: every other file's SHA-256 and size, and what the export covers.
@@ -27,9 +32,14 @@ pub const AUDIT_KEYS: &str = "audit-keys.pem";
 pub const POLICY_DIR: &str = "policy";
 pub const ACTIVATIONS: &str = "policy/activations.jsonl";
 pub const PROPOSALS: &str = "policy/proposals.jsonl";
+/// The role bindings in force at any time in the period, each span with its grant and end.
 pub const ROLE_BINDINGS: &str = "role-bindings.json";
-/// The CA certificate, when the exporter gave it (`--ca-cert`).
+/// The CA certificate(s) (PEM): the server's own over `Admin/ExportEvidence`, `--ca-cert` from
+/// the command line.
 pub const CA_CERT: &str = "ca.pem";
+/// The current CRL (DER) as `/crl` serves it, signed by the CA in `ca.pem`: the server's own
+/// over `Admin/ExportEvidence`, `--crl` from the command line.
+pub const CRL: &str = "crl.der";
 pub const CONTROLS: &str = "controls.md";
 
 /// The manifest's `format`.

@@ -111,7 +111,7 @@ impl CrlPublisher {
         }
     }
 
-    async fn current(&self, store: &SqlStore) -> anyhow::Result<Vec<u8>> {
+    pub(crate) async fn current(&self, store: &SqlStore) -> anyhow::Result<Vec<u8>> {
         let now = self.clock.now();
         let applied = self.hub.applied();
         let previous = {

@@ -159,8 +159,10 @@ enum AuditCommand {
 enum EvidenceCommand {
     /// Write the evidence for a period into an empty directory, from the database (no server
     /// needed): the audit chain up to the period's end, its signed checkpoints and keys, the
-    /// policy versions in force with their proposals and activations, the role bindings, a
-    /// manifest of SHA-256 hashes and controls.md.
+    /// policy versions in force with their proposals and activations, the role bindings in
+    /// force during the period, the CA certificate and CRL if given, a manifest of SHA-256
+    /// hashes and controls.md. (Admin/ExportEvidence streams the same files from a server,
+    /// with its own CA certificate and CRL.)
     Export {
         #[command(flatten)]
         db: DbArgs,
@@ -176,10 +178,15 @@ enum EvidenceCommand {
         /// The CA certificate (PEM) to include as ca.pem.
         #[arg(long, value_name = "PEM_FILE")]
         ca_cert: Option<PathBuf>,
+        /// The CRL to include as crl.der: the file a running server's /crl serves (DER, or PEM),
+        /// fetched by the auditor (curl -o crl.der http://SERVER/crl). It must verify under
+        /// --ca-cert. The export never needs the CA's private key.
+        #[arg(long, value_name = "CRL_FILE", requires = "ca_cert")]
+        crl: Option<PathBuf>,
     },
     /// Re-check an evidence directory with no database and no server: the manifest, the audit
-    /// chain, every checkpoint's signature and hash, the policy versions. Exits 1 naming the
-    /// first thing that fails.
+    /// chain, every checkpoint's signature and hash, the policy versions, the CRL's signature
+    /// under ca.pem. Exits 1 naming the first thing that fails.
     Verify {
         dir: PathBuf,
         /// An audit public key ("PUBLIC KEY" PEM) that checkpoints must be signed by; repeat
@@ -281,23 +288,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
             out,
             ca_cert,
+            crl,
         }) => {
+            let read = |flag: &str, path: &Path| {
+                std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+            };
+            let crl = match crl {
+                Some(path) => Some(
+                    mintgate_ca::crl_der(&read("--crl", &path)?)
+                        .with_context(|| format!("--crl {}", path.display()))?,
+                ),
+                None => None,
+            };
             let request = ExportRequest {
                 since: parse_time("--since", &since)?,
                 until: parse_time("--until", &until)?,
-                out,
-                ca_cert,
+                ca_cert: ca_cert.map(|p| read("--ca-cert", &p)).transpose()?,
+                crl,
                 now: time::OffsetDateTime::now_utc(),
             };
             let store = SqlStore::connect(&db.url()).await.context("database")?;
-            let exported = evidence::export(&store, &request).await;
+            let exported = evidence::export_to_dir(&store, &request, &out).await;
             store.close().await;
             let manifest = exported.context("evidence export")?;
             let range =
                 |r: Option<evidence::SeqRange>| r.map_or("none".to_owned(), |r| r.to_string());
             println!(
                 "evidence in {}: {} files, events {} exported, {} in the period",
-                request.out.display(),
+                out.display(),
                 manifest.files.len() + 1,
                 range(manifest.exported),
                 range(manifest.in_period)

@@ -12,6 +12,7 @@ use mintgate_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::evidence::{ChunkStream, EvidenceExporter};
 use crate::holds::{HoldFeed, WatchPendingStream};
 use crate::provisioning::open_request;
 use crate::server::caller;
@@ -21,6 +22,7 @@ pub(crate) struct AdminService<S> {
     pub(crate) app: Arc<Mintgate<S>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) holds: HoldFeed,
+    pub(crate) evidence: Arc<dyn EvidenceExporter>,
 }
 
 impl<S: CertificateStore> AdminService<S> {
@@ -253,5 +255,19 @@ impl<S: CertificateStore> v1::admin_server::Admin for AdminService<S> {
         request: Request<v1::WatchPendingRequest>,
     ) -> Result<Response<Self::WatchPendingStream>, Status> {
         self.watch_pending_rpc(request).await
+    }
+
+    type ExportEvidenceStream = ChunkStream;
+
+    #[tracing::instrument(name = "ExportEvidence", skip_all, fields(caller))]
+    async fn export_evidence(
+        &self,
+        request: Request<v1::ExportEvidenceRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        crate::evidence::stream(&self.app, self.evidence.as_ref(), &caller, body)
+            .await
+            .map(Response::new)
     }
 }

@@ -11,6 +11,7 @@ mod admin;
 mod admission;
 mod convert;
 mod deadline;
+pub mod evidence;
 pub mod holds;
 pub mod metrics;
 pub mod peer;

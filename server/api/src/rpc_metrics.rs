@@ -33,7 +33,7 @@ const UNMEASURED: [&str; 3] = [
 ];
 
 /// Mintgate's RPCs: the only values of the `rpc` label (a client cannot mint new series).
-const RPCS: [&str; 20] = [
+const RPCS: [&str; 21] = [
     "Enroll",
     "Renew",
     "GetRequest",
@@ -54,6 +54,7 @@ const RPCS: [&str; 20] = [
     "UnblockIdentity",
     "CheckStatus",
     "WatchRevocations",
+    "ExportEvidence",
 ];
 
 /// See the module documentation.

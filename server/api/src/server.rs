@@ -77,6 +77,8 @@ pub struct GrpcServer<S> {
     pub classifier: Arc<PeerClassifier>,
     pub hub: Arc<RevocationHub>,
     pub clock: Arc<dyn Clock>,
+    /// What `Admin/ExportEvidence` streams.
+    pub evidence: Arc<dyn crate::evidence::EvidenceExporter>,
     /// Where every call's duration and outcome is recorded.
     pub metrics: Metrics,
     /// Hold changes for Admin/WatchPending (the service's observer sends them).
@@ -186,6 +188,7 @@ where
             AdminServer::new(AdminService {
                 app: server.app,
                 clock: server.clock,
+                evidence: server.evidence,
                 holds: server.holds,
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -5,6 +5,7 @@
 //!   [`FileKey`] today).
 //! - [`FileAuditSigner`] implements the [`AuditSigner`](mintgate_domain::ports::AuditSigner)
 //!   port with the audit key that signs checkpoints; [`verify_signature`] checks one.
+//! - [`verify_crl`] checks a CRL against the CA certificate that signed it (evidence exports).
 //! - [`generate_pki`] / [`write_dev_pki`] make the insecure dev PKI, and [`is_dev_material`]
 //!   recognises it so the server can refuse it outside `--dev`.
 //!
@@ -13,6 +14,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod audit_key;
+mod crl;
 mod dev_pki;
 mod error;
 mod signer;
@@ -23,6 +25,7 @@ pub use audit_key::{
     AuditKeyError, ED25519_ALGORITHM, FileAuditSigner, P256_ALGORITHM, audit_key_from_pem,
     audit_key_from_spki, audit_key_pem, audit_keys_from_pem, verify_signature,
 };
+pub use crl::{CrlError, CrlSummary, crl_der, verify_crl};
 pub use dev_pki::{
     CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki, is_dev_material,
     write_dev_pki,

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 pub use checkpoint::{
     AuditKey, CHECKPOINT_CONTEXT, Checkpoint, CheckpointProblem, CheckpointSummary,
-    FailedCheckpoint, SignedCheckpoint, key_id, verify_checkpoints,
+    FailedCheckpoint, SignedCheckpoint, key_id, verify_checkpoints, verify_checkpoints_at,
 };
 pub use coverage::{Coverage, Gaps, Missing, Record};
 
@@ -107,27 +107,60 @@ pub enum LinkProblem {
 pub fn verify_chain<E: Borrow<ChainedEvent>>(
     events: impl IntoIterator<Item = E>,
 ) -> Result<u64, BrokenLink> {
-    let mut prev = GENESIS;
-    let mut count = 0;
-    for (expected_seq, e) in (1..).zip(events) {
-        let e = e.borrow();
+    let mut links = ChainVerifier::new();
+    for e in events {
+        links.push(e.borrow())?;
+    }
+    Ok(links.count())
+}
+
+/// [`verify_chain`] one event at a time, for a chain read as a stream (it keeps only the
+/// previous hash).
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    prev: [u8; 32],
+    count: u64,
+}
+
+impl ChainVerifier {
+    pub fn new() -> Self {
+        Self {
+            prev: GENESIS,
+            count: 0,
+        }
+    }
+
+    /// Checks the next event in storage order.
+    pub fn push(&mut self, e: &ChainedEvent) -> Result<(), BrokenLink> {
         let seq = e.event.seq;
         let broken = |problem| BrokenLink { seq, problem };
-        if seq != expected_seq {
-            return Err(broken(LinkProblem::SeqGap {
-                expected: expected_seq,
-            }));
+        let expected = i64::try_from(self.count)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        if seq != expected {
+            return Err(broken(LinkProblem::SeqGap { expected }));
         }
-        if e.prev_hash != prev {
+        if e.prev_hash != self.prev {
             return Err(broken(LinkProblem::PrevHashMismatch));
         }
         if e.event.chain_hash(&e.prev_hash) != e.hash {
             return Err(broken(LinkProblem::HashMismatch));
         }
-        prev = e.hash;
-        count += 1;
+        self.prev = e.hash;
+        self.count += 1;
+        Ok(())
     }
-    Ok(count)
+
+    /// How many events linked up so far (the last one's seq).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 mod hex_bytes {

@@ -12,6 +12,7 @@ pub(super) struct Facts {
     pub proposals: usize,
     pub bindings: usize,
     pub ca_cert: bool,
+    pub crl: bool,
 }
 
 pub(super) fn render(facts: &Facts) -> String {
@@ -20,15 +21,26 @@ pub(super) fn render(facts: &Facts) -> String {
         |r| format!("seq {r} fall in the period"),
     );
     let ca = if facts.ca_cert {
-        "`ca.pem` is the CA certificate the exporter gave (`--ca-cert`)."
+        "`ca.pem`: the issuing CA certificate (the server's own over `Admin/ExportEvidence`; \
+         `--ca-cert` from the command line)."
     } else {
         "No CA certificate was given to the export (`--ca-cert`): **not evidenced here**."
+    };
+    let crl = if facts.crl {
+        "`crl.der`: the CRL as the server's `/crl` served it at export time (DER, RFC 5280), \
+         signed by the CA key; `evidence verify` checks its signature against `ca.pem` (and \
+         `openssl crl -inform DER -in crl.der -CAfile ca.pem -noout` does the same). It lists \
+         every revoked certificate that has not yet expired; earlier revocations are the \
+         `certificate.revoked` events."
+    } else {
+        "No CRL was given to the export (`--crl`, the file a running server's `/crl` serves): \
+         **not evidenced here**. `Admin/ExportEvidence` includes the server's own."
     };
     format!(
         "# Controls evidenced by this export\n\
          \n\
          NIST SP 800-53 rev. 5. `mintgate evidence verify DIR` checks the manifest, the audit \
-         chain, the checkpoint signatures and the policy versions offline. The export holds \
+         chain, the checkpoint signatures, the policy versions and the CRL's signature offline. The export holds \
          {events} audit events ({in_period}; the chain is exported from seq 1 so it verifies from \
          its start, see `manifest.json` `exported` and `in_period`), {checkpoints} signed \
          checkpoints, {versions} policy versions, {proposals} proposals and {bindings} role \
@@ -46,14 +58,18 @@ pub(super) fn render(facts: &Facts) -> String {
          \n\
          ## AC-6 Least privilege\n\
          \n\
-         - `role-bindings.json`: every operator's roles, `valid_until`, who granted them and by \
-         which proposal, in force at export time. Bindings over the whole period are the \
-         `role.granted` / `role.removed` events in `audit-events.jsonl` (and, for the period's \
-         start, the bindings granted before it).\n\
+         - `role-bindings.json`: every role binding in force at any time in the period, one \
+         entry per span: `granted_at`, `granted_by` and `grant_proposal`, `valid_until`, and \
+         `ended_at`, `ended_by` and `end_proposal` when a removal or a new grant ended it; \
+         `in_force_at_export`. Rebuilt from the bindings table and the applied role-binding \
+         proposals (`policy/proposals.jsonl` lists those of the period). A binding from the first start's \
+         configuration that was re-granted since shows from its re-grant; its first grant is \
+         the `role.granted` event by `bootstrap` in `audit-events.jsonl`.\n\
          - `policy/<version>/*.cedar`: what each role may do (Cedar, evaluated for every \
          operator call).\n\
          - `operator.break_glass` events: each use of the `admin` role.\n\
-         - Not evidenced: when each binding was last used (no access-review export yet).\n\
+         - Not in this export: when each binding was last used. `mintgate evidence \
+         access-review` lists it from the database for a periodic review (AC-2).\n\
          \n\
          ## AU-2 Event logging / AU-3 Content of audit records / AU-8 Time stamps\n\
          \n\
@@ -114,9 +130,10 @@ pub(super) fn render(facts: &Facts) -> String {
          - {ca}\n\
          - `certificate.issued` / `certificate.revoked` events: what was issued to whom, under \
          which policy rule, and what was revoked.\n\
-         - Not evidenced: the CRL. It is signed by the CA key on demand (`/crl`); this offline \
-         export does not hold that key, so fetch `/crl` from a running server and check it with \
-         `openssl crl -CAfile ca.pem`. The CA certificates' state history is not exported yet.\n",
+         - {crl}\n\
+         - Not evidenced: the CA certificates' state history (prepared, active, retired): the \
+         server does not record a CA lifecycle yet, only the one CA certificate it is \
+         configured with.\n",
         events = facts.events,
         checkpoints = facts.checkpoints,
         versions = facts.policy_versions,

@@ -1,35 +1,38 @@
-//! `mintgate evidence export`: reads the database (one snapshot for the audit chain, its
-//! checkpoints and keys; then the change-control records) and writes the evidence directory with
-//! its manifest. Needs no server.
+//! `mintgate evidence export` and `Admin/ExportEvidence`: read the database (one snapshot for
+//! the audit chain, its checkpoints and keys, the chain a page at a time; then the change-control
+//! records) and write the evidence files into a [`Sink`], the manifest last. Needs no server;
+//! memory stays at one page of the chain whatever its length.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use mintgate_domain::audit::{ChainedEvent, SignedCheckpoint};
-use mintgate_domain::governance::{
-    Activation, Change, GovernanceStore as _, ProposalRecord, RoleBinding,
-};
+use mintgate_domain::audit::SignedCheckpoint;
+use mintgate_domain::governance::{Activation, Change, GovernanceStore as _, ProposalRecord};
 use mintgate_domain::store::StoreError;
-use mintgate_store::SqlStore;
+use mintgate_store::{ChainBounds, SqlStore};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::sink::{DirSink, Hashing, Sink};
 use super::{
-    ACTIVATIONS, AUDIT_KEYS, CA_CERT, CHECKPOINTS, CONTROLS, CheckpointLine, EVENTS, FORMAT,
-    FileEntry, MANIFEST, Manifest, POLICY_DIR, PROPOSALS, Period, ROLE_BINDINGS, SeqRange,
-    controls,
+    ACTIVATIONS, AUDIT_KEYS, CA_CERT, CHECKPOINTS, CONTROLS, CRL, CheckpointLine, EVENTS, FORMAT,
+    Manifest, POLICY_DIR, PROPOSALS, Period, ROLE_BINDINGS, SeqRange, bindings, controls,
 };
 
-/// What to export, and where.
+/// Events read from the database at a time.
+const PAGE: u64 = 2000;
+
+/// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
     pub since: OffsetDateTime,
     pub until: OffsetDateTime,
-    /// Must not exist or be empty.
-    pub out: PathBuf,
-    /// The CA certificate (PEM) to include as `ca.pem`.
-    pub ca_cert: Option<PathBuf>,
+    /// The CA certificate(s), PEM, written as `ca.pem`.
+    pub ca_cert: Option<Vec<u8>>,
+    /// The current CRL (DER, as `/crl` serves it), written as `crl.der`; it must verify under
+    /// `ca_cert`.
+    pub crl: Option<Vec<u8>>,
     /// The exporting machine's time (recorded, and what "in force" means for role bindings).
     pub now: OffsetDateTime,
 }
@@ -49,6 +52,12 @@ pub enum ExportError {
     MissingPolicy(String),
     #[error("policy file name {0:?} is not a plain file name")]
     FileName(String),
+    #[error("a CRL needs the CA certificate that verifies it (--ca-cert)")]
+    CrlWithoutCa,
+    #[error("the CRL does not verify under the CA certificate: {0}")]
+    Crl(#[source] mintgate_ca::CrlError),
+    #[error("the reader of the export went away")]
+    ReaderGone,
     #[error("reading the database")]
     Store(#[from] StoreError),
     #[error("encoding JSON")]
@@ -57,70 +66,119 @@ pub enum ExportError {
     Time(#[from] time::error::Format),
 }
 
-/// Writes the evidence for `request`'s period into `request.out`; returns the manifest written.
-pub async fn export(store: &SqlStore, request: &ExportRequest) -> Result<Manifest, ExportError> {
+/// Writes the evidence for `request`'s period into the directory `out`, which must not exist
+/// or be empty; returns the manifest written.
+pub async fn export_to_dir(
+    store: &SqlStore,
+    request: &ExportRequest,
+    out: &Path,
+) -> Result<Manifest, ExportError> {
+    check_period(request)?;
+    refuse_non_empty(out)?;
+    export(store, request, &mut DirSink::new(out)).await
+}
+
+/// Writes the evidence for `request`'s period into `sink`, the manifest last; returns it.
+pub async fn export<S: Sink>(
+    store: &SqlStore,
+    request: &ExportRequest,
+    sink: &mut S,
+) -> Result<Manifest, ExportError> {
+    check_period(request)?;
     let (since, until) = (request.since, request.until);
-    if since > until {
-        return Err(ExportError::Period {
-            since: since.format(&Rfc3339)?,
-            until: until.format(&Rfc3339)?,
-        });
+    if let Some(crl) = &request.crl {
+        let ca = request.ca_cert.as_ref().ok_or(ExportError::CrlWithoutCa)?;
+        mintgate_ca::verify_crl(ca, crl).map_err(ExportError::Crl)?;
     }
-    refuse_non_empty(&request.out)?;
+    let mut files = Hashing::new(sink);
+    let (from, to) = (since.unix_timestamp(), until.unix_timestamp());
     let snapshot = store.audit_snapshot().await?;
-    let read = async {
-        Ok::<_, StoreError>((
-            snapshot.chain().await?,
-            snapshot.checkpoints().await?,
-            snapshot.keys().await?,
-        ))
+    let chain = async {
+        let bounds = snapshot.chain_bounds(from, to).await?;
+        let checkpoints = snapshot.checkpoints().await?;
+        let keys = snapshot.keys().await?;
+        let (exported, pinned) = exported_head(bounds, checkpoints, to);
+        files.start(EVENTS).await?;
+        let (mut after, mut line) = (0, Vec::new());
+        // Each proposal's approval seq, to order role-binding changes within a second.
+        let mut approvals = HashMap::new();
+        while after < exported {
+            let page = snapshot.chain_page(after, exported, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.event.seq;
+            for event in &page {
+                if event.event.action == "proposal.approved"
+                    && let Some(id) = event.event.subject.strip_prefix("proposal:")
+                {
+                    approvals.insert(id.to_owned(), event.event.seq);
+                }
+                line.clear();
+                serde_json::to_writer(&mut line, event)?;
+                line.push(b'\n');
+                files.write(&line).await?;
+            }
+        }
+        Ok::<_, ExportError>((bounds, after, pinned, keys, approvals))
     }
     .await;
     snapshot.close().await;
-    let (chain, checkpoints, keys) = read?;
+    let (bounds, exported, pinned, keys, approvals) = chain?;
 
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let (from, to) = (since.unix_timestamp(), until.unix_timestamp());
-    let in_period = seq_range(chain.iter().filter(|e| (from..=to).contains(&e.event.at)));
-    let (exported, pinned) = exported_head(&chain, &checkpoints, to);
-    let events = &chain[..usize::try_from(exported).unwrap_or(0)];
-    files.insert(EVENTS.to_owned(), json_lines(events)?);
     let pinned = checkpoint_lines(pinned);
-    files.insert(CHECKPOINTS.to_owned(), json_lines(&pinned)?);
+    files.file(CHECKPOINTS, &json_lines(&pinned)?).await?;
     let mut pem = String::new();
     for key in &keys {
         pem.push_str(&format!("# audit key {} ({})\n", key.key_id, key.algorithm));
         pem.push_str(&mintgate_ca::audit_key_pem(key));
     }
-    files.insert(AUDIT_KEYS.to_owned(), pem.into_bytes());
+    files.file(AUDIT_KEYS, pem.as_bytes()).await?;
 
-    let versions = policy_files(store, since, until, &mut files).await?;
-    let proposals = proposal_lines(store, since, until).await?;
-    files.insert(PROPOSALS.to_owned(), json_lines(&proposals)?);
-    let bindings: Vec<BindingLine> = store
-        .role_bindings()
-        .await?
-        .iter()
-        .map(|b| BindingLine::of(b, request.now))
-        .collect::<Result<_, _>>()?;
-    files.insert(
-        ROLE_BINDINGS.to_owned(),
-        serde_json::to_vec_pretty(&bindings)?,
-    );
-    if let Some(path) = &request.ca_cert {
-        files.insert(CA_CERT.to_owned(), read_file(path)?);
+    let mut policy = BTreeMap::new();
+    let versions = policy_files(store, since, until, &mut policy).await?;
+    for (path, bytes) in &policy {
+        files.file(path, bytes).await?;
     }
+    let all_proposals = {
+        let mut all = store.proposals(None, i64::MAX as u64).await?;
+        all.reverse();
+        all
+    };
+    let proposals = proposal_lines(&all_proposals, since, until)?;
+    files.file(PROPOSALS, &json_lines(&proposals)?).await?;
+    let rows = store.role_bindings().await?;
+    let spans =
+        bindings::spans_in_period(&rows, &all_proposals, &approvals, since, until, request.now)?;
+    files
+        .file(ROLE_BINDINGS, &serde_json::to_vec_pretty(&spans)?)
+        .await?;
+    if let Some(ca) = &request.ca_cert {
+        files.file(CA_CERT, ca).await?;
+    }
+    if let Some(crl) = &request.crl {
+        files.file(CRL, crl).await?;
+    }
+    let exported = (exported > 0).then_some(SeqRange {
+        first: 1,
+        last: exported,
+    });
+    let in_period = bounds
+        .in_period
+        .map(|(first, last)| SeqRange { first, last });
     let facts = controls::Facts {
-        events: events.len(),
+        events: exported.map_or(0, |r| usize::try_from(r.last).unwrap_or(usize::MAX)),
         in_period,
         checkpoints: pinned.len(),
         policy_versions: versions,
         proposals: proposals.len(),
-        bindings: bindings.len(),
+        bindings: spans.len(),
         ca_cert: request.ca_cert.is_some(),
+        crl: request.crl.is_some(),
     };
-    files.insert(CONTROLS.to_owned(), controls::render(&facts).into_bytes());
+    files
+        .file(CONTROLS, controls::render(&facts).as_bytes())
+        .await?;
 
+    let (entries, sink) = files.entries();
     let manifest = Manifest {
         format: FORMAT.to_owned(),
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -129,59 +187,52 @@ pub async fn export(store: &SqlStore, request: &ExportRequest) -> Result<Manifes
             since: since.format(&Rfc3339)?,
             until: until.format(&Rfc3339)?,
         },
-        exported: seq_range(events.iter()),
+        exported,
         in_period,
-        files: files
-            .iter()
-            .map(|(path, bytes)| FileEntry::of(path, bytes))
-            .collect(),
+        files: entries,
     };
-    for (path, bytes) in &files {
-        write_file(&request.out.join(path), bytes)?;
-    }
     let mut text = serde_json::to_vec_pretty(&manifest)?;
     text.push(b'\n');
-    write_file(&request.out.join(MANIFEST), &text)?;
+    sink.finish(&text).await?;
     Ok(manifest)
+}
+
+fn check_period(request: &ExportRequest) -> Result<(), ExportError> {
+    if request.since > request.until {
+        return Err(ExportError::Period {
+            since: request.since.format(&Rfc3339)?,
+            until: request.until.format(&Rfc3339)?,
+        });
+    }
+    Ok(())
 }
 
 /// How far the events file goes, and the checkpoints it carries: up to the last event by
 /// `until`, and on to the first checkpoint at or after it (so that a cut of the period's newest
 /// events is caught), or to the newest checkpoint signed by `until` if that is further.
 fn exported_head(
-    chain: &[ChainedEvent],
-    checkpoints: &[SignedCheckpoint],
+    bounds: ChainBounds,
+    mut checkpoints: Vec<SignedCheckpoint>,
     until: i64,
 ) -> (i64, Vec<SignedCheckpoint>) {
-    let last = chain
-        .iter()
-        .rev()
-        .find(|e| e.event.at <= until)
-        .map_or(0, |e| e.event.seq);
-    let head = chain.last().map_or(0, |e| e.event.seq);
-    let mut sorted = checkpoints.to_vec();
-    sorted.sort_by_key(|c| c.checkpoint.seq);
-    let signed_by_until = sorted
+    let last = bounds.last_by_until.unwrap_or(0);
+    let head = bounds.head.unwrap_or(0);
+    checkpoints.sort_by_key(|c| c.checkpoint.seq);
+    let signed_by_until = checkpoints
         .iter()
         .filter(|c| c.checkpoint.at <= until)
         .map(|c| c.checkpoint.seq)
         .max()
         .unwrap_or(0);
     // No event by `until`: nothing to pin.
-    let pinning = sorted
+    let pinning = checkpoints
         .iter()
         .map(|c| c.checkpoint.seq)
         .find(|&s| s >= last && last > 0)
         .unwrap_or(last);
     let exported = last.max(signed_by_until).max(pinning).min(head);
-    sorted.retain(|c| c.checkpoint.seq <= exported);
-    (exported, sorted)
-}
-
-fn seq_range<'a>(mut events: impl Iterator<Item = &'a ChainedEvent>) -> Option<SeqRange> {
-    let first = events.next()?.event.seq;
-    let last = events.last().map_or(first, |e| e.event.seq);
-    Some(SeqRange { first, last })
+    checkpoints.retain(|c| c.checkpoint.seq <= exported);
+    (exported, checkpoints)
 }
 
 fn checkpoint_lines(checkpoints: Vec<SignedCheckpoint>) -> Vec<CheckpointLine> {
@@ -243,15 +294,13 @@ async fn policy_files(
     Ok(versions.len())
 }
 
-/// Proposals created or decided in the period, oldest first.
-async fn proposal_lines(
-    store: &SqlStore,
+/// Proposals created or decided in the period, oldest first (`all` is oldest first).
+fn proposal_lines(
+    all: &[ProposalRecord],
     since: OffsetDateTime,
     until: OffsetDateTime,
 ) -> Result<Vec<ProposalLine>, ExportError> {
     let in_period = |t: OffsetDateTime| since <= t && t <= until;
-    let mut all = store.proposals(None, i64::MAX as u64).await?;
-    all.reverse();
     all.iter()
         .filter(|p| in_period(p.created_at) || p.approved_at.is_some_and(in_period))
         .map(ProposalLine::of)
@@ -331,32 +380,6 @@ impl ProposalLine {
     }
 }
 
-#[derive(Serialize)]
-struct BindingLine {
-    operator: String,
-    role: String,
-    valid_until: Option<String>,
-    granted_by: String,
-    granted_at: String,
-    proposal_id: Option<String>,
-    /// Whether it was in force at export time (not past `valid_until`).
-    in_force_at_export: bool,
-}
-
-impl BindingLine {
-    fn of(b: &RoleBinding, now: OffsetDateTime) -> Result<Self, ExportError> {
-        Ok(Self {
-            operator: b.operator.clone(),
-            role: b.role.clone(),
-            valid_until: b.valid_until.map(|t| t.format(&Rfc3339)).transpose()?,
-            granted_by: b.granted_by.clone(),
-            granted_at: b.granted_at.format(&Rfc3339)?,
-            proposal_id: b.proposal_id.clone(),
-            in_force_at_export: b.valid_at(now),
-        })
-    }
-}
-
 fn json_lines<T: Serialize>(items: &[T]) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::new();
     for item in items {
@@ -380,29 +403,30 @@ fn refuse_non_empty(dir: &Path) -> Result<(), ExportError> {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, ExportError> {
-    std::fs::read(path).map_err(|source| ExportError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let io = |source| ExportError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    std::fs::write(path, bytes).map_err(io)
-}
-
 #[cfg(test)]
 mod tests {
-    use mintgate_domain::audit::{AuditEvent, Checkpoint, GENESIS};
+    use mintgate_domain::audit::{AuditEvent, ChainedEvent, Checkpoint, GENESIS};
 
     use super::*;
+
+    /// What the store's `chain_bounds` answers for `chain` (the period's start does not matter
+    /// to the head).
+    fn exported(
+        chain: &[ChainedEvent],
+        checkpoints: &[SignedCheckpoint],
+        until: i64,
+    ) -> (i64, Vec<SignedCheckpoint>) {
+        let bounds = ChainBounds {
+            in_period: None,
+            last_by_until: chain
+                .iter()
+                .rev()
+                .find(|e| e.event.at <= until)
+                .map(|e| e.event.seq),
+            head: chain.last().map(|e| e.event.seq),
+        };
+        exported_head(bounds, checkpoints.to_vec(), until)
+    }
 
     fn chain(times: &[i64]) -> Vec<ChainedEvent> {
         let mut prev = GENESIS;
@@ -453,13 +477,13 @@ mod tests {
         let both = [checkpoint(&chain, 2), checkpoint(&chain, 5)];
         let seqs = |c: &[SignedCheckpoint]| c.iter().map(|c| c.checkpoint.seq).collect::<Vec<_>>();
         // The period ends after seq 3; seq 5's checkpoint pins it, so the chain goes on to 5.
-        let (head, pinned) = exported_head(&chain, &both, 35);
+        let (head, pinned) = exported(&chain, &both, 35);
         assert_eq!((head, seqs(&pinned)), (5, vec![2, 5]));
         // No checkpoint after the period: the chain ends with it, unpinned past seq 2.
-        let (head, pinned) = exported_head(&chain, &both[..1], 35);
+        let (head, pinned) = exported(&chain, &both[..1], 35);
         assert_eq!((head, seqs(&pinned)), (3, vec![2]));
         // Nothing by `until`: nothing exported.
-        let (head, pinned) = exported_head(&chain, &both, 5);
+        let (head, pinned) = exported(&chain, &both, 5);
         assert_eq!((head, seqs(&pinned)), (0, vec![]));
     }
 }

@@ -2,23 +2,27 @@
 //! in this order, stopping at the first thing that fails: the manifest (every file present with
 //! its size and SHA-256, no file it does not list), the audit chain's links, every checkpoint
 //! (signature under a trusted key, and the exported chain has the hash it signed at its seq),
-//! the event range the manifest claims, and every policy version directory (it loads, and its
-//! texts hash to its name).
+//! the event range the manifest claims, every policy version directory (it loads, and its
+//! texts hash to its name), and the CRL's signature under the exported CA certificate. Files are
+//! read as streams: memory stays small whatever the chain's length (it keeps the hashes at the
+//! checkpoints' seqs only).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 
+use mintgate_ca::{CrlError, CrlSummary};
 use mintgate_domain::audit::{
-    AuditKey, BrokenLink, ChainedEvent, Checkpoint, CheckpointSummary, FailedCheckpoint,
-    SignedCheckpoint, verify_chain, verify_checkpoints,
+    AuditKey, BrokenLink, ChainVerifier, ChainedEvent, Checkpoint, CheckpointSummary,
+    FailedCheckpoint, SignedCheckpoint, verify_checkpoints_at,
 };
 use mintgate_domain::policy::{LoadError, Policy};
 use serde::Deserialize;
 
 use super::{
-    ACTIVATIONS, AUDIT_KEYS, CHECKPOINTS, CheckpointLine, EVENTS, MANIFEST, Manifest, POLICY_DIR,
-    SeqRange, sha256_hex,
+    ACTIVATIONS, AUDIT_KEYS, CA_CERT, CHECKPOINTS, CRL, CheckpointLine, EVENTS, MANIFEST, Manifest,
+    POLICY_DIR, SeqRange,
 };
 use crate::config::{ConfigError, load_policy_dir};
 
@@ -41,6 +45,8 @@ pub struct Verified {
     pub checkpoints: CheckpointSummary,
     pub keys_given: bool,
     pub policy_versions: usize,
+    /// The CRL, if the export has one.
+    pub crl: Option<CrlSummary>,
 }
 
 impl fmt::Display for Verified {
@@ -54,10 +60,17 @@ impl fmt::Display for Verified {
         } else {
             "audit-keys.pem from the export (weaker: pass --public-key with a key you hold)"
         };
+        let crl = match &self.crl {
+            Some(crl) => format!(
+                "a CRL of {} revoked certificates signed by {}",
+                crl.revoked, crl.issuer
+            ),
+            None => "no CRL".to_owned(),
+        };
         write!(
             f,
             "evidence verified: {} files, audit chain of {} events ({period}), {} under {keys}, \
-             {} policy versions",
+             {} policy versions, {crl}",
             self.files, self.events, self.checkpoints, self.policy_versions
         )
     }
@@ -123,6 +136,10 @@ pub enum Failure {
     PolicyVersion { version: String, found: String },
     #[error("{ACTIVATIONS} line {line}: version {version} is not in {POLICY_DIR}/")]
     PolicyMissing { line: usize, version: String },
+    #[error("{CRL}: there is no {CA_CERT} to check its signature with")]
+    CrlWithoutCa,
+    #[error("{CRL}: {0}")]
+    Crl(#[source] CrlError),
 }
 
 /// Verifies the evidence in `dir`.
@@ -131,8 +148,15 @@ pub fn verify(dir: &Path, trust: Trust) -> Result<Verified, Failure> {
         serde_json::from_slice(&read(&dir.join(MANIFEST))?).map_err(Failure::Manifest)?;
     check_files(dir, &manifest)?;
 
-    let events: Vec<ChainedEvent> = json_lines(dir, EVENTS)?;
-    let count = verify_chain(&events)?;
+    // A bad checkpoints file is reported after the chain, whose links come first.
+    let checkpoints = checkpoints(dir);
+    let wanted: HashSet<i64> = checkpoints
+        .iter()
+        .flatten()
+        .map(|c| c.checkpoint.seq)
+        .collect();
+    let chain = read_chain(dir, &wanted)?;
+    let checkpoints = checkpoints?;
     let (keys, keys_given) = match trust {
         Trust::Given(keys) => (keys, true),
         Trust::Exported => {
@@ -147,30 +171,100 @@ pub fn verify(dir: &Path, trust: Trust) -> Result<Verified, Failure> {
         }
     };
     let keys: HashMap<String, AuditKey> = keys.into_iter().map(|k| (k.key_id.clone(), k)).collect();
-    let checkpoints = checkpoints(dir)?;
-    let summary = verify_checkpoints(&events, &checkpoints, &keys, mintgate_ca::verify_signature)?;
-    let found = match (events.first(), events.last()) {
-        (Some(first), Some(last)) => Some(SeqRange {
-            first: first.event.seq,
-            last: last.event.seq,
-        }),
-        _ => None,
-    };
-    if found != manifest.exported {
+    let head = chain.found.map_or(0, |r| r.last);
+    let summary = verify_checkpoints_at(
+        head,
+        |seq| chain.hashes.get(&seq).copied(),
+        &checkpoints,
+        &keys,
+        mintgate_ca::verify_signature,
+    )?;
+    if chain.found != manifest.exported {
         return Err(Failure::Range {
             listed: manifest.exported,
-            found,
+            found: chain.found,
         });
     }
     let policy_versions = check_policies(dir, &manifest)?;
+    let crl = check_crl(dir, &manifest)?;
     Ok(Verified {
         files: manifest.files.len(),
-        events: count,
+        events: chain.count,
         in_period: manifest.in_period,
         checkpoints: summary,
         keys_given,
         policy_versions,
+        crl,
     })
+}
+
+/// What reading the events file found.
+struct Chain {
+    count: u64,
+    found: Option<SeqRange>,
+    /// The hash at each of the wanted seqs the chain has.
+    hashes: HashMap<i64, [u8; 32]>,
+}
+
+/// Reads the events file a line at a time, checking every link.
+fn read_chain(dir: &Path, wanted: &HashSet<i64>) -> Result<Chain, Failure> {
+    let path = dir.join(EVENTS);
+    let unreadable = |source| Failure::Unreadable {
+        path: path.clone(),
+        source,
+    };
+    let mut reader = BufReader::new(std::fs::File::open(&path).map_err(unreadable)?);
+    let mut links = ChainVerifier::new();
+    let (mut found, mut hashes) = (None::<SeqRange>, HashMap::new());
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(unreadable)? == 0 {
+            break;
+        }
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let event: ChainedEvent =
+            serde_json::from_slice(&line).map_err(|source| Failure::Line {
+                file: EVENTS,
+                line: number,
+                source,
+            })?;
+        links.push(&event)?;
+        let seq = event.event.seq;
+        if wanted.contains(&seq) {
+            hashes.insert(seq, event.hash);
+        }
+        found = Some(found.map_or(
+            SeqRange {
+                first: seq,
+                last: seq,
+            },
+            |r| SeqRange { last: seq, ..r },
+        ));
+    }
+    Ok(Chain {
+        count: links.count(),
+        found,
+        hashes,
+    })
+}
+
+/// The CRL, if there is one, is signed by the CA certificate beside it.
+fn check_crl(dir: &Path, manifest: &Manifest) -> Result<Option<CrlSummary>, Failure> {
+    let listed = |path: &str| manifest.files.iter().any(|f| f.path == path);
+    if !listed(CRL) {
+        return Ok(None);
+    }
+    if !listed(CA_CERT) {
+        return Err(Failure::CrlWithoutCa);
+    }
+    let ca = read(&dir.join(CA_CERT))?;
+    let crl = read(&dir.join(CRL))?;
+    mintgate_ca::verify_crl(&ca, &crl)
+        .map(Some)
+        .map_err(Failure::Crl)
 }
 
 /// Every listed file has its size and hash; nothing else is there.
@@ -184,8 +278,7 @@ fn check_files(dir: &Path, manifest: &Manifest) -> Result<(), Failure> {
                 path: entry.path.clone(),
             });
         }
-        let bytes = read(&dir.join(&entry.path))?;
-        let found = sha256_hex(&bytes);
+        let (found, size) = hash_file(&dir.join(&entry.path))?;
         if found != entry.sha256 {
             return Err(Failure::Hash {
                 path: entry.path.clone(),
@@ -193,11 +286,11 @@ fn check_files(dir: &Path, manifest: &Manifest) -> Result<(), Failure> {
                 found,
             });
         }
-        if bytes.len() as u64 != entry.size {
+        if size != entry.size {
             return Err(Failure::Size {
                 path: entry.path.clone(),
                 listed: entry.size,
-                found: bytes.len() as u64,
+                found: size,
             });
         }
     }
@@ -311,6 +404,26 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeSet<String>) -> Result<(), Fail
         }
     }
     Ok(())
+}
+
+/// A file's SHA-256 (hex) and size, read a buffer at a time.
+fn hash_file(path: &Path) -> Result<(String, u64), Failure> {
+    let unreadable = |source| Failure::Unreadable {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let (mut buffer, mut size) = (vec![0; 64 * 1024], 0u64);
+    loop {
+        let n = file.read(&mut buffer).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hash.finish()), size))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {

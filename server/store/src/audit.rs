@@ -17,6 +17,17 @@ use crate::{SqlStore, convert, unavailable};
 /// Rows per read of a record table.
 const PAGE: u64 = 5000;
 
+/// Where a period lies in the audit chain (see [`AuditSnapshot::chain_bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainBounds {
+    /// The first and last seq of the events in the period.
+    pub in_period: Option<(i64, i64)>,
+    /// The last seq of the events at or before the period's end.
+    pub last_by_until: Option<i64>,
+    /// The chain's last seq.
+    pub head: Option<i64>,
+}
+
 /// An open read-only snapshot of the database.
 pub struct AuditSnapshot {
     txn: DatabaseTransaction,
@@ -58,6 +69,65 @@ impl AuditSnapshot {
             .into_iter()
             .map(convert::chained_event)
             .collect()
+    }
+
+    /// The events after seq `after` up to seq `through`, at most `limit` of them, in seq order:
+    /// one page of the chain, for a reader that keeps only a page in memory (keyset pagination
+    /// on the primary key).
+    pub async fn chain_page(
+        &self,
+        after: i64,
+        through: i64,
+        limit: u64,
+    ) -> Result<Vec<ChainedEvent>, StoreError> {
+        audit_event::Entity::find()
+            .filter(audit_event::Column::Seq.gt(after))
+            .filter(audit_event::Column::Seq.lte(through))
+            .order_by_asc(audit_event::Column::Seq)
+            .limit(limit)
+            .all(&self.txn)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(convert::chained_event)
+            .collect()
+    }
+
+    /// The lowest and highest seq of the events whose time (unix seconds) is in `from..=to`,
+    /// and the highest seq of any event. None where there is none.
+    pub async fn chain_bounds(&self, from: i64, to: i64) -> Result<ChainBounds, StoreError> {
+        let in_period: Option<(Option<i64>, Option<i64>)> = audit_event::Entity::find()
+            .select_only()
+            .column_as(audit_event::Column::Seq.min(), "first")
+            .column_as(audit_event::Column::Seq.max(), "last")
+            .filter(audit_event::Column::At.between(from, to))
+            .into_tuple()
+            .one(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        let by_until: Option<Option<i64>> = audit_event::Entity::find()
+            .select_only()
+            .column_as(audit_event::Column::Seq.max(), "last")
+            .filter(audit_event::Column::At.lte(to))
+            .into_tuple()
+            .one(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        let head: Option<Option<i64>> = audit_event::Entity::find()
+            .select_only()
+            .column_as(audit_event::Column::Seq.max(), "last")
+            .into_tuple()
+            .one(&self.txn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ChainBounds {
+            in_period: match in_period {
+                Some((Some(first), Some(last))) => Some((first, last)),
+                _ => None,
+            },
+            last_by_until: by_until.flatten(),
+            head: head.flatten(),
+        })
     }
 
     /// Hands every certificate, revocation log entry, identity block and request to `visit`.

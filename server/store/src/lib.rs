@@ -42,7 +42,7 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
-pub use crate::audit::AuditSnapshot;
+pub use crate::audit::{AuditSnapshot, ChainBounds};
 pub use crate::checkpoint::CheckpointWrite;
 use crate::entity::{audit_event, certificate, join_token, request};
 use crate::health::HealthCell;

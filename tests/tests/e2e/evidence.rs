@@ -20,6 +20,9 @@ use crate::issuance::{WORKLOAD, enroll_request};
 use crate::policy::{extended_policy, version_of};
 use crate::revocation::revoke_request;
 
+/// An operator who holds a role only for a while in the test.
+const DAVE: &str = "spiffe://dev.mintgate.local/operator/dave";
+
 both_backends!(
     an_exported_period_verifies_offline_and_tampering_is_named,
     evidence
@@ -73,7 +76,28 @@ async fn evidence(backend: Backend) {
         .proposal
         .unwrap();
     approve(&mut bob, &proposal.id).await.unwrap();
+    // A role granted and taken away again within the period.
+    for (request_id, remove) in [("rb-1", false), ("rb-2", true)] {
+        let proposal = alice
+            .propose_role_binding(v1::ProposeRoleBindingRequest {
+                request_id: request_id.to_owned(),
+                operator: DAVE.to_owned(),
+                role: "issuer".to_owned(),
+                valid_until: None,
+                remove,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .proposal
+            .unwrap();
+        approve(&mut bob, &proposal.id).await.unwrap();
+    }
     let until = server.clock.now_odt() + time::Duration::hours(1);
+    // The CRL as the server serves it, and the CA certificate that signed it.
+    let (code, crl) = server.http_get("/crl").await;
+    assert_eq!(code, 200);
+    let ca_pem = server.pki.ca.cert_pem.clone();
     let secret: [u8; 32] = hex::decode(server.pki.join_token_key_hex.trim())
         .unwrap()
         .try_into()
@@ -83,6 +107,9 @@ async fn evidence(backend: Backend) {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("evidence");
+    let (crl_file, ca_file) = (tmp.path().join("crl.der"), tmp.path().join("ca.pem"));
+    std::fs::write(&crl_file, &crl).unwrap();
+    std::fs::write(&ca_file, &ca_pem).unwrap();
     let (since, until) = (
         since.format(&Rfc3339).unwrap(),
         until.format(&Rfc3339).unwrap(),
@@ -99,6 +126,10 @@ async fn evidence(backend: Backend) {
             &until,
             "--out",
             out.to_str().unwrap(),
+            "--ca-cert",
+            ca_file.to_str().unwrap(),
+            "--crl",
+            crl_file.to_str().unwrap(),
         ])
     };
     let (ok, text) = export(&dir);
@@ -131,7 +162,11 @@ async fn evidence(backend: Backend) {
         );
     }
     let proposals = read_lines(&dir.join("policy/proposals.jsonl"));
-    assert_eq!(proposals.len(), 1, "{proposals:?}");
+    assert_eq!(proposals.len(), 3, "{proposals:?}");
+    let proposals: Vec<_> = proposals
+        .into_iter()
+        .filter(|p| p["kind"] == "POLICY")
+        .collect();
     assert_eq!(proposals[0]["author"], ALICE_ID);
     assert_eq!(proposals[0]["approved_by"], BOB_ID);
     assert_eq!(proposals[0]["policy_version"], new.as_str());
@@ -141,7 +176,28 @@ async fn evidence(backend: Backend) {
         proposal.id.as_str()
     );
     assert_eq!(activations.last().unwrap()["label"], "CHG-7");
+    assert_eq!(std::fs::read(dir.join("crl.der")).unwrap(), crl);
+    assert_eq!(std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_pem);
+    // Role bindings over the period: dave's issuer binding, gone by now, is there with its
+    // grant and its removal; bob's auditor binding from the configuration is still in force.
+    let bindings: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("role-bindings.json")).unwrap()).unwrap();
+    let span = |operator: &str, role: &str| {
+        bindings
+            .iter()
+            .find(|b| b["operator"] == operator && b["role"] == role)
+            .unwrap_or_else(|| panic!("{operator} {role} in {bindings:?}"))
+            .clone()
+    };
+    let dave = span(DAVE, "issuer");
+    assert_eq!(dave["granted_by"], BOB_ID, "{bindings:?}");
+    assert!(dave["ended_at"].is_string(), "{dave}");
+    assert_eq!(dave["in_force_at_export"], false);
+    let bob_auditor = span(BOB_ID, "auditor");
+    assert_eq!(bob_auditor["granted_by"], "bootstrap");
+    assert_eq!(bob_auditor["in_force_at_export"], true);
     let controls = std::fs::read_to_string(dir.join("controls.md")).unwrap();
+    assert!(controls.contains("`crl.der`: the CRL"), "{controls}");
     for control in [
         "AC-5", "AC-6", "AU-2", "AU-9", "AU-10", "CM-3", "IA-5", "SC-12", "SC-17",
     ] {
@@ -155,6 +211,10 @@ async fn evidence(backend: Backend) {
     assert!(text.starts_with("evidence verified:"), "{text}");
     assert!(
         text.contains("audit-keys.pem from the export (weaker"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a CRL of 1 revoked certificates signed by "),
         "{text}"
     );
     let key = FileAuditSigner::from_pem(&FileAuditSigner::dev_pem(&secret)).unwrap();
@@ -264,6 +324,18 @@ async fn evidence(backend: Backend) {
         "{text} (first checkpoint at {first_checkpoint})"
     );
 
+    // The CRL altered (one byte of its signature), the manifest re-hashed.
+    let text = tampered("crl", &|d| {
+        let mut der = std::fs::read(d.join("crl.der")).unwrap();
+        *der.last_mut().unwrap() ^= 1;
+        std::fs::write(d.join("crl.der"), der).unwrap();
+        rehash(d);
+    });
+    assert!(
+        text.contains("crl.der: its signature does not verify under the CA certificate"),
+        "{text}"
+    );
+
     // A file added, and a policy text changed with the manifest re-hashed.
     let text = tampered("extra", &|d| {
         std::fs::write(d.join("notes.txt"), "x").unwrap()
@@ -284,7 +356,7 @@ async fn evidence(backend: Backend) {
     );
 }
 
-fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn read_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -341,7 +413,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// `mintgate evidence verify DIR ARGS`: whether it passed, and what it said.
-fn verify(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn verify(dir: &Path, args: &[&str]) -> (bool, String) {
     let mut all = vec!["evidence", "verify", dir.to_str().unwrap()];
     all.extend_from_slice(args);
     mintgate(&all)

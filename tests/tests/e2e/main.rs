@@ -11,6 +11,7 @@ mod checkpoints;
 mod crash;
 mod deadline;
 mod evidence;
+mod evidence_grpc;
 mod faults;
 mod flood;
 mod governance;

@@ -152,9 +152,32 @@ pub fn verify_checkpoints(
     trusted: &HashMap<String, AuditKey>,
     verify: impl Fn(&AuditKey, &[u8], &[u8]) -> bool,
 ) -> Result<CheckpointSummary, FailedCheckpoint> {
+    let head = chain.last().map_or(0, |e| e.event.seq);
+    // Stored events are numbered 1.. with no gaps when the chain links up; look the seq up by
+    // position, falling back to a search should it not.
+    let hash_at = |seq: i64| {
+        usize::try_from(seq - 1)
+            .ok()
+            .and_then(|i| chain.get(i))
+            .filter(|e| e.event.seq == seq)
+            .or_else(|| chain.iter().find(|e| e.event.seq == seq))
+            .map(|e| e.hash)
+    };
+    verify_checkpoints_at(head, hash_at, checkpoints, trusted, verify)
+}
+
+/// [`verify_checkpoints`] for a chain that is not held in memory (read as a stream, keeping
+/// only the hashes at the checkpoints' seqs): `head` is its last seq, `hash_at(seq)` the stored
+/// hash of the event at `seq`, if the chain has it.
+pub fn verify_checkpoints_at(
+    head: i64,
+    hash_at: impl Fn(i64) -> Option<[u8; 32]>,
+    checkpoints: &[SignedCheckpoint],
+    trusted: &HashMap<String, AuditKey>,
+    verify: impl Fn(&AuditKey, &[u8], &[u8]) -> bool,
+) -> Result<CheckpointSummary, FailedCheckpoint> {
     let mut sorted: Vec<&SignedCheckpoint> = checkpoints.iter().collect();
     sorted.sort_by_key(|c| c.checkpoint.seq);
-    let head = chain.last().map_or(0, |e| e.event.seq);
     let mut summary = CheckpointSummary::default();
     for signed in sorted {
         let c = &signed.checkpoint;
@@ -172,20 +195,13 @@ pub fn verify_checkpoints(
                 key_id: c.key_id.clone(),
             }));
         }
-        // Stored events are numbered 1.. with no gaps when the chain links up; look the seq up
-        // by position, falling back to a search should it not.
-        let event = usize::try_from(c.seq - 1)
-            .ok()
-            .and_then(|i| chain.get(i))
-            .filter(|e| e.event.seq == c.seq)
-            .or_else(|| chain.iter().find(|e| e.event.seq == c.seq));
-        let Some(event) = event else {
+        let Some(hash) = hash_at(c.seq) else {
             return Err(failed(CheckpointProblem::ChainCut { head }));
         };
-        if event.hash != c.hash {
+        if hash != c.hash {
             return Err(failed(CheckpointProblem::HashMismatch {
                 seq: c.seq,
-                found: hex::encode(event.hash),
+                found: hex::encode(hash),
                 signed: hex::encode(c.hash),
             }));
         }

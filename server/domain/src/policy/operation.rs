@@ -45,11 +45,12 @@ pub enum Operation {
     Approve,
     Deny,
     WatchPending,
+    ExportEvidence,
 }
 
 impl Operation {
     /// Every operation, in declaration order (so `op as usize` indexes it).
-    pub const ALL: [Operation; 17] = [
+    pub const ALL: [Operation; 18] = [
         Self::CreateJoinToken,
         Self::Revoke,
         Self::RevokeIdentity,
@@ -67,6 +68,7 @@ impl Operation {
         Self::Approve,
         Self::Deny,
         Self::WatchPending,
+        Self::ExportEvidence,
     ];
 
     /// The Cedar action id and RPC name, e.g. "CreateJoinToken".
@@ -89,6 +91,7 @@ impl Operation {
             Self::Approve => "Approve",
             Self::Deny => "Deny",
             Self::WatchPending => "WatchPending",
+            Self::ExportEvidence => "ExportEvidence",
         }
     }
 
@@ -113,6 +116,7 @@ impl Operation {
             | Self::Approve
             | Self::Deny
             | Self::WatchPending => &[Operator],
+            Self::ExportEvidence => &[Operator],
         }
     }
 
@@ -134,6 +138,7 @@ impl Operation {
             | Self::ListPending
             | Self::WatchPending => TargetKind::TrustDomain,
             Self::GetProposal | Self::ShadowPolicy | Self::ApproveProposal => TargetKind::Proposal,
+            Self::ExportEvidence => TargetKind::TrustDomain,
         }
     }
 }

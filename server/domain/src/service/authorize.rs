@@ -92,6 +92,18 @@ impl<S: CertificateStore> Mintgate<S> {
         active
     }
 
+    /// Admin/ExportEvidence: whether `caller` may take the trust domain's evidence away (the
+    /// export itself reads the database and signs the CRL, which the server crate does).
+    pub async fn authorize_evidence_export(&self, caller: &Caller) -> Result<(), Error> {
+        self.authorize(
+            caller,
+            Operation::ExportEvidence,
+            Target::TrustDomain(&self.trust_domain),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Asks the active policy whether `caller` may take `operation` on `target`. An operator's
     /// roles are its role bindings valid now. Refused with ROLE_EXPIRED when only an expired
     /// binding would have allowed it; a permission that only `admin` gives is break-glass:

@@ -262,7 +262,8 @@ fn a_schema_without_an_operation_is_refused_naming_it() {
     // Without the action, or with a caller Mintgate sends missing from it.
     let mut missing = source(&[("a.cedar", OK)]);
     let start = missing.schema.find("action ApproveProposal").unwrap();
-    missing.schema.truncate(start);
+    let end = start + missing.schema[start..].find("};").unwrap() + 2;
+    missing.schema.replace_range(start..end, "");
     missing.schema = missing.schema.replace(
         "  principal: [Operator, Workload, Node],\n  resource: [TrustDomain],\n  context: \
          Operation,\n};\n\n// Admin/ProposePolicy",

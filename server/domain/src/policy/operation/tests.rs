@@ -87,7 +87,7 @@ fn ask(p: &Policy, who: Who<'_>, operation: Operation, on: On) -> Result<PolicyD
 
 /// The columns of [`ROLE_TABLE`]: each operation on what it acts on, ApproveProposal once per
 /// proposal kind.
-const COLUMNS: [(&str, Operation, On); 19] = [
+const COLUMNS: [(&str, Operation, On); 20] = [
     ("Join", CreateJoinToken, On::Identity("/joined/laptop")),
     ("Revoke", Revoke, On::Identity("/workload/ns/web")),
     ("RevId", RevokeIdentity, On::Identity("/workload/ns/web")),
@@ -111,22 +111,23 @@ const COLUMNS: [(&str, Operation, On); 19] = [
     ("WatchP", WatchPending, On::TrustDomain),
     ("Appr:hold", Approve, On::Identity("/workload/web")),
     ("Deny", Deny, On::Identity("/workload/web")),
+    ("Evid", ExportEvidence, On::TrustDomain),
 ];
 
 /// What an operator holding one role (or none) may do under the dev policy: `Y` allowed, `.`
 /// denied with no permit. The columns are [`COLUMNS`].
 #[rustfmt::skip]
 const ROLE_TABLE: &str = "
-role             Join Revoke RevId Unblock Check Watch PropPol PropRole List Get Shadow Appr:policy Appr:role Appr:unblock Gov Pend WatchP Appr:hold Deny
-issuer           Y    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .
-revoker          .    Y      Y     Y       Y     Y     .       .        Y    Y   .      .           .         .            Y   .    .      .         .
-approver         .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         Y            Y   Y    Y      Y         Y
-policy-author    .    .      .     .       Y     Y     Y       Y        Y    Y   Y      .           .         .            Y   .    .      .         .
-policy-approver  .    .      .     .       Y     Y     .       .        Y    Y   .      Y           Y         .            Y   .    .      .         .
-ca-custodian     .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .
-auditor          .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         .            Y   Y    Y      .         .
-admin            Y    Y      Y     Y       Y     Y     Y       Y        Y    Y   Y      Y           Y         Y            Y   Y    Y      Y         Y
-(none)           .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .
+role             Join Revoke RevId Unblock Check Watch PropPol PropRole List Get Shadow Appr:policy Appr:role Appr:unblock Gov Pend WatchP Appr:hold Deny Evid
+issuer           Y    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .
+revoker          .    Y      Y     Y       Y     Y     .       .        Y    Y   .      .           .         .            Y   .    .      .         .    .
+approver         .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         Y            Y   Y    Y      Y         Y    .
+policy-author    .    .      .     .       Y     Y     Y       Y        Y    Y   Y      .           .         .            Y   .    .      .         .    .
+policy-approver  .    .      .     .       Y     Y     .       .        Y    Y   .      Y           Y         .            Y   .    .      .         .    .
+ca-custodian     .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .
+auditor          .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         .            Y   Y    Y      .         .    Y
+admin            Y    Y      Y     Y       Y     Y     Y       Y        Y    Y   Y      Y           Y         Y            Y   Y    Y      Y         Y    Y
+(none)           .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .
 ";
 
 #[test]
@@ -527,6 +528,7 @@ fn the_example_policy_serves_prod_example_and_admin_does_everything_there() {
                 | GetGovernance
                 | ListPending
                 | WatchPending
+                | ExportEvidence
         );
         assert_eq!(audited.is_ok(), reads, "{operation}: {audited:?}");
     }
