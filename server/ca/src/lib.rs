@@ -2,7 +2,9 @@
 //!
 //! - [`CertificateAuthority`] implements the domain's [`Signer`](mintgate_domain::ports::Signer)
 //!   port with the certificate profile of DESIGN §4; its key is any [`KeyBackend`] (a PKCS#8
-//!   [`FileKey`] today).
+//!   [`FileKey`] today). It signs certificates, CRLs and OCSP responses.
+//! - [`ocsp`] reads OCSP requests, tells whether a CertID names the issuing CA, and encodes
+//!   responses (RFC 6960).
 //! - [`FileAuditSigner`] implements the [`AuditSigner`](mintgate_domain::ports::AuditSigner)
 //!   port with the audit key that signs checkpoints; [`verify_signature`] checks one.
 //! - [`generate_pki`] / [`write_dev_pki`] make the insecure dev PKI, and [`is_dev_material`]
@@ -15,6 +17,7 @@
 mod audit_key;
 mod dev_pki;
 mod error;
+pub mod ocsp;
 mod signer;
 #[cfg(test)]
 mod tests;
