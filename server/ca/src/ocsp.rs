@@ -327,3 +327,6 @@ fn signature_algorithm(
         .map(|(_, id)| id)
         .ok_or(CaError::OcspAlgorithm)
 }
+
+#[cfg(test)]
+mod tests;

@@ -465,3 +465,51 @@ impl<S: CertificateStore> Mintgate<S> {
         .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::{CertificateStatus, OcspStatus};
+    use crate::Serial;
+    use crate::model::{RevocationReason, RevocationRecord};
+
+    #[test]
+    fn ocsp_vouches_only_for_unexpired_certificates_issued_here() {
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let record = RevocationRecord {
+            seq: 1,
+            serial: Serial::from_random([1; 17]),
+            spiffe_id: "spiffe://dev.mintgate.local/workload/web".into(),
+            reason: RevocationReason::KeyCompromise,
+            revoked_at: at,
+            not_after: at,
+            issuer_key_id: "00".into(),
+            revoked_by: "spiffe://dev.mintgate.local/operator/admin".into(),
+        };
+        let cases = [
+            (CertificateStatus::Good { not_after: at }, OcspStatus::Good),
+            // Renewed, yet valid until its notAfter.
+            (
+                CertificateStatus::Superseded { not_after: at },
+                OcspStatus::Good,
+            ),
+            (
+                CertificateStatus::Revoked(record),
+                OcspStatus::Revoked {
+                    revoked_at: at,
+                    reason: RevocationReason::KeyCompromise,
+                },
+            ),
+            // Its revocation may have been pruned: never "good".
+            (
+                CertificateStatus::Expired { not_after: at },
+                OcspStatus::Unknown,
+            ),
+            (CertificateStatus::Unknown, OcspStatus::Unknown),
+        ];
+        for (status, ocsp) in cases {
+            assert_eq!(status.ocsp(), ocsp, "{status:?}");
+        }
+    }
+}
