@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use mintgate_domain::TrustDomain;
 use mintgate_sdk::v1;
@@ -117,6 +118,24 @@ async fn a_serial_never_issued_is_unknown_and_another_issuer_unauthorized() {
         &url,
     ]);
     assert!(out.contains("Responder Error: unauthorized (6)"), "{out}");
+    server.shutdown().await;
+}
+
+/// Past its notAfter (on the injected clock) a certificate is unknown, never good: Mintgate no
+/// longer vouches for it, and its revocation, had there been one, may be pruned by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_unknown() {
+    if !tool_available("openssl") {
+        return;
+    }
+    let server = TestServer::spawn(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = Files::new(dir.path(), &server, &enroll(&server, WORKLOAD, "web").await);
+    let url = format!("http://{}/ocsp", server.http_addr);
+    server.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    // The server's clock is now a month ahead of openssl's: widen the validity tolerance.
+    let out = files.ocsp(&["-url", &url, "-validity_period", "3000000"], &[]);
+    assert_verified(&out, &files.leaf, "unknown");
     server.shutdown().await;
 }
 
