@@ -26,6 +26,7 @@ use crate::clock::OsRandom;
 use crate::config::{Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
 use crate::metrics::Exporter;
+use crate::ocsp::OcspResponder;
 
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
@@ -105,6 +106,7 @@ pub struct Application {
     server: GrpcServer<SqlStore>,
     store: SqlStore,
     crl: Arc<CrlPublisher>,
+    ocsp: Arc<OcspResponder>,
     metrics: Arc<Exporter>,
     ca_window: CaWindow,
     /// Signs audit checkpoints; none without an audit key.
@@ -262,6 +264,7 @@ impl Application {
                 None
             }
         };
+        let ocsp_issuer = ca.ocsp_issuer().clone();
         let signer: Arc<dyn Signer> = Arc::new(ca);
         let crl = Arc::new(CrlPublisher::new(
             signer.clone(),
@@ -274,9 +277,9 @@ impl Application {
             signer.trust_bundle_pem().as_bytes().to_vec(),
             clock.clone(),
         ));
-        let app = Mintgate::new(Parts {
+        let app = Arc::new(Mintgate::new(Parts {
             store: store.clone(),
-            signer,
+            signer: signer.clone(),
             clock: clock.clone(),
             random: Arc::new(OsRandom),
             policy: Arc::new(policy),
@@ -290,7 +293,13 @@ impl Application {
             min_lifetime: settings.ca_min_lifetime,
             risk: settings.risk.clone(),
             holds: settings.holds,
-        });
+        }));
+        let ocsp = Arc::new(OcspResponder::new(
+            app.clone(),
+            signer,
+            ocsp_issuer,
+            clock.clone(),
+        ));
         let operators = settings
             .operator_roles
             .iter()
@@ -337,7 +346,7 @@ impl Application {
             grpc_addr,
             http_addr,
             server: GrpcServer {
-                app: Arc::new(app),
+                app,
                 tls: Arc::new(tls_config),
                 classifier: Arc::new(classifier),
                 hub,
@@ -349,6 +358,7 @@ impl Application {
             },
             store,
             crl,
+            ocsp,
             metrics,
             ca_window,
             checkpoints,
@@ -419,6 +429,7 @@ impl Application {
         let state = HttpState {
             store: self.store.clone(),
             crl: self.crl,
+            ocsp: self.ocsp,
             metrics: self.metrics,
             ca_window: self.ca_window,
             clock: self.server.clock.clone(),

@@ -1,16 +1,17 @@
 //! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits and
 //! the issuing CA is not within its minimum lifetime of its notAfter),
-//! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA) and
-//! `/metrics` (Prometheus text format; see `docs/slo.md`).
+//! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA), `/ocsp`
+//! (the same registry over OCSP, RFC 6960; see [`crate::ocsp`]) and `/metrics` (Prometheus text
+//! format; see `docs/slo.md`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use mintgate_api::RevocationHub;
 use mintgate_domain::lifetime::CaWindow;
 use mintgate_domain::ports::{Clock, CrlSpec, Signer};
@@ -20,6 +21,7 @@ use mintgate_store::SqlStore;
 use time::OffsetDateTime;
 
 use crate::metrics::Exporter;
+use crate::ocsp::{self, OcspResponder};
 
 /// How long a CRL is valid; a fresh one is signed at half this age, or at once after a
 /// revocation.
@@ -29,6 +31,7 @@ const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 pub(crate) struct HttpState {
     pub(crate) store: SqlStore,
     pub(crate) crl: Arc<CrlPublisher>,
+    pub(crate) ocsp: Arc<OcspResponder>,
     pub(crate) metrics: Arc<Exporter>,
     pub(crate) ca_window: CaWindow,
     pub(crate) clock: Arc<dyn Clock>,
@@ -39,6 +42,11 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/crl", get(crl))
+        .route(
+            "/ocsp",
+            post(ocsp::post).layer(DefaultBodyLimit::max(ocsp::MAX_REQUEST_BYTES)),
+        )
+        .route("/ocsp/{*request}", get(ocsp::get))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod evidence;
 mod http;
 mod metrics;
+mod ocsp;
 pub mod telemetry;
 
 pub use app::{Application, BuildError};

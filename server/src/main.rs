@@ -95,7 +95,7 @@ struct ServeArgs {
     /// gRPC listen address (default with --dev: 127.0.0.1:8443).
     #[arg(long, env = "MINTGATE_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
-    /// HTTP listen address for /healthz, /readyz, /crl and /metrics (default with --dev:
+    /// HTTP listen address for /healthz, /readyz, /crl, /ocsp and /metrics (default with --dev:
     /// 127.0.0.1:8080).
     #[arg(long, env = "MINTGATE_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,

@@ -74,10 +74,32 @@ pub fn tool_available(name: &str) -> bool {
 
 /// GET `path` from the HTTP server at `addr`: (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    http_request(addr, &format!("GET {path} HTTP/1.1\r\n\r\n"), &[]).await
+}
+
+/// POST `body` as `content_type` to `path` on the HTTP server at `addr`: (status code, body).
+pub async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    http_request(addr, &head, body).await
+}
+
+/// Sends `head` (request line and headers, ending in an empty line; Host and Connection are
+/// added) and `body`, and reads the whole answer: (status code, body).
+async fn http_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (line, headers) = head.split_once("\r\n").unwrap();
+    let head = format!("{line}\r\nHost: mintgate\r\nConnection: close\r\n{headers}");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: mintgate\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let split = response
@@ -456,6 +478,10 @@ impl TestServer {
     /// GET `path` on the HTTP port: (status code, body).
     pub async fn http_get(&self, path: &str) -> (u16, Vec<u8>) {
         http_get(self.http_addr, path).await
+    }
+
+    pub async fn http_post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        http_post(self.http_addr, path, content_type, body).await
     }
 
     /// Every stored request as (caller, request_id, state), in insertion order, and every stored

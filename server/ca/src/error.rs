@@ -1,5 +1,5 @@
-//! The errors of the CA crate: loading the issuing CA, building and signing certificates, and
-//! writing the dev PKI. One enum, sources chained; nothing here is ever sent to a client.
+//! The errors of the CA crate: loading the issuing CA, building and signing certificates, CRLs
+//! and OCSP responses, and writing the dev PKI. One enum, sources chained; nothing here is ever sent to a client.
 
 use std::path::PathBuf;
 
@@ -44,6 +44,12 @@ pub enum CaError {
     KeyUnavailable(#[source] rcgen::Error),
     #[error("the certificate could not be built or signed")]
     Build(#[source] rcgen::Error),
+    #[error("the OCSP response could not be encoded")]
+    OcspEncoding(#[source] x509_cert::der::Error),
+    #[error("{at} cannot be written in an OCSP response")]
+    OcspTime { at: OffsetDateTime },
+    #[error("the CA key's signature algorithm has no identifier for OCSP responses")]
+    OcspAlgorithm,
     #[error("a key could not be generated")]
     KeyGeneration(#[source] rcgen::Error),
     #[error("the system random number generator failed")]

@@ -2,7 +2,9 @@
 //!
 //! - [`CertificateAuthority`] implements the domain's [`Signer`](mintgate_domain::ports::Signer)
 //!   port with the certificate profile of DESIGN §4; its key is any [`KeyBackend`] (a PKCS#8
-//!   [`FileKey`] today).
+//!   [`FileKey`] today). It signs certificates, CRLs and OCSP responses.
+//! - [`ocsp`] reads OCSP requests, tells whether a CertID names the issuing CA, and encodes
+//!   responses (RFC 6960).
 //! - [`FileAuditSigner`] implements the [`AuditSigner`](mintgate_domain::ports::AuditSigner)
 //!   port with the audit key that signs checkpoints; [`verify_signature`] checks one.
 //! - [`verify_crl`] checks a CRL against the CA certificate that signed it (evidence exports).
@@ -17,6 +19,7 @@ mod audit_key;
 mod crl;
 mod dev_pki;
 mod error;
+pub mod ocsp;
 mod signer;
 #[cfg(test)]
 mod tests;

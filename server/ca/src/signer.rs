@@ -9,7 +9,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use mintgate_domain::model::RevocationReason;
-use mintgate_domain::ports::{CrlSpec, IssueSpec, SignedCertificate, Signer, SignerError};
+use mintgate_domain::ports::{
+    CrlSpec, IssueSpec, OcspSpec, SignedCertificate, Signer, SignerError,
+};
 use rcgen::{
     CertificateParams, CertificateRevocationListParams, CrlDistributionPoint, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
@@ -23,6 +25,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::CaError;
+use crate::ocsp::{self, OcspIssuer};
 
 /// Longest common name X.509 allows (RFC 5280 `ub-common-name`).
 const MAX_COMMON_NAME_LEN: usize = 64;
@@ -92,6 +95,8 @@ pub struct CertificateAuthority<K = FileKey> {
     /// The CA's subject key identifier, and its hex form.
     key_id: Vec<u8>,
     key_id_hex: String,
+    /// How OCSP CertIDs name this CA.
+    ocsp: OcspIssuer,
 }
 
 impl CertificateAuthority<FileKey> {
@@ -143,6 +148,7 @@ impl<K: KeyBackend> CertificateAuthority<K> {
                 key_id,
             )
         };
+        let ocsp = OcspIssuer::from_certificate(&cert_der)?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(CaError::IssuerName)?;
         let cert_pem = pem_encode(&cert_der);
         let ca = Self {
@@ -154,6 +160,7 @@ impl<K: KeyBackend> CertificateAuthority<K> {
             crl_url,
             key_id_hex: hex::encode(&key_id),
             key_id,
+            ocsp,
         };
         ca.self_check()?;
         Ok(ca)
@@ -223,6 +230,23 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         Ok(crl.der().to_vec())
     }
 
+    /// Signs a basic OCSP response as the CA itself: ResponderID by key hash, no certificates
+    /// attached (a relying party holds the issuer it asks about).
+    ///
+    /// Same as [`Signer::sign_ocsp`], with the detailed error.
+    pub fn ocsp(&self, spec: &OcspSpec<'_>) -> Result<Vec<u8>, CaError> {
+        let tbs = ocsp::basic_response(&self.ocsp, spec)?;
+        let message = x509_cert::der::Encode::to_der(&tbs).map_err(CaError::OcspEncoding)?;
+        let key = self.issuer.key();
+        let signature = key.sign(&message).map_err(classify_signing_error)?;
+        ocsp::signed_response(tbs, key.algorithm(), &signature)
+    }
+
+    /// How OCSP CertIDs name this CA.
+    pub fn ocsp_issuer(&self) -> &OcspIssuer {
+        &self.ocsp
+    }
+
     /// The CA certificate, DER.
     pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
@@ -290,6 +314,10 @@ impl<K: KeyBackend> Signer for CertificateAuthority<K> {
 
     fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError> {
         self.crl(spec).map_err(signer_error)
+    }
+
+    fn sign_ocsp(&self, spec: &OcspSpec<'_>) -> Result<Vec<u8>, SignerError> {
+        self.ocsp(spec).map_err(signer_error)
     }
 
     fn trust_bundle_pem(&self) -> &str {

@@ -59,6 +59,41 @@ pub struct CrlSpec<'a> {
     pub entries: &'a [crate::model::RevocationRecord],
 }
 
+/// What an OCSP response (RFC 6960) says, and when it was produced.
+#[derive(Debug, Clone)]
+pub struct OcspSpec<'a> {
+    /// producedAt: when the response is signed.
+    pub produced_at: OffsetDateTime,
+    /// One answer per certificate asked about, in the request's order.
+    pub responses: &'a [OcspEntry],
+    /// The request's nonce extension value (extnValue, DER), echoed unchanged.
+    pub nonce: Option<&'a [u8]>,
+}
+
+/// One certificate's status in an OCSP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspEntry {
+    /// The request's CertID (DER), answered exactly as it was asked.
+    pub cert_id: Vec<u8>,
+    pub status: OcspStatus,
+    /// When the status is known to have been correct (the registry was read).
+    pub this_update: OffsetDateTime,
+    /// When a newer answer will be available; a relying party may cache this one until then.
+    pub next_update: OffsetDateTime,
+}
+
+/// A certificate status as OCSP states it (RFC 6960 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspStatus {
+    Good,
+    Revoked {
+        revoked_at: OffsetDateTime,
+        reason: crate::model::RevocationReason,
+    },
+    /// Not a certificate this CA issued, or one it no longer vouches for.
+    Unknown,
+}
+
 /// Why signing failed. Always a system fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
@@ -68,11 +103,15 @@ pub enum SignerError {
     Build(#[source] crate::error::Cause),
 }
 
-/// Signs certificates with the issuing CA's key.
+/// Signs certificates, CRLs and OCSP responses with the issuing CA's key, which never leaves
+/// the implementation (a file today, an HSM later).
 pub trait Signer: Send + Sync + 'static {
     fn sign(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, SignerError>;
     /// Signs a CRL (RFC 5280, DER) listing `spec.entries`.
     fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError>;
+    /// Signs a basic OCSP response (RFC 6960) listing `spec.responses`, as the issuing CA
+    /// itself (no delegated responder), and returns the whole OCSPResponse, DER.
+    fn sign_ocsp(&self, spec: &OcspSpec<'_>) -> Result<Vec<u8>, SignerError>;
     /// PEM of the CA certificate(s) that verify what this signer issues.
     fn trust_bundle_pem(&self) -> &str;
     /// Hex subject key identifier of the issuing CA (the AKI of what it signs).

@@ -13,7 +13,9 @@ use mintgate_ca::{CertificateAuthority, DevPki};
 use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::model::{Caller, CallerKind};
 use mintgate_domain::policy::{Policy, PolicySource};
-use mintgate_domain::ports::{CrlSpec, IssueSpec, SignedCertificate, Signer, SignerError};
+use mintgate_domain::ports::{
+    CrlSpec, IssueSpec, OcspSpec, SignedCertificate, Signer, SignerError,
+};
 use mintgate_domain::service::{
     APPROVAL_LEASE, IssueInput, IssueOutcome, JoinTokenSecret, Mintgate, Parts,
 };
@@ -279,6 +281,10 @@ impl Signer for DiesSigning {
 
     fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError> {
         self.ca.sign_crl(spec)
+    }
+
+    fn sign_ocsp(&self, spec: &OcspSpec<'_>) -> Result<Vec<u8>, SignerError> {
+        self.ca.sign_ocsp(spec)
     }
 
     fn trust_bundle_pem(&self) -> &str {

@@ -20,6 +20,7 @@ mod idempotency;
 mod issuance;
 mod metrics;
 mod mtls;
+mod ocsp;
 mod otlp;
 mod policy;
 mod queue;

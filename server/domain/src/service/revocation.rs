@@ -14,6 +14,7 @@ use crate::model::{
     RevocationRecord, StoredStatus,
 };
 use crate::policy::{Operation, Target};
+use crate::ports::OcspStatus;
 use crate::store::{CertificateStore, Revoked, StoreError};
 use crate::{Error, InputError, RequestId, Serial, SpiffeId};
 
@@ -183,39 +184,28 @@ impl<S: CertificateStore> Mintgate<S> {
             .iter()
             .map(|s| Serial::parse_hex(s))
             .collect::<Result<Vec<_>, _>>()?;
+        self.registry_statuses(&parsed).await
+    }
+
+    /// What the registry says of each of `serials`, asking no policy: CheckStatus once its
+    /// caller is authorized, and the unauthenticated OCSP responder (which tells a serial's
+    /// status only to whoever already holds the serial, 128 random bits). The caller bounds the
+    /// number of serials.
+    pub async fn registry_statuses(&self, serials: &[Serial]) -> Result<StatusReport, Error> {
         // Read the head first: every revocation up to it is visible to the reads below.
         let head_seq = self.store.revocation_bounds().await?.head;
         let now = self.clock.now();
         let stored: HashMap<Serial, StoredStatus> = self
             .store
-            .certificate_statuses(&parsed)
+            .certificate_statuses(serials)
             .await?
             .into_iter()
             .map(|s| (s.serial.clone(), s))
             .collect();
-        let mut statuses = Vec::with_capacity(parsed.len());
-        for serial in parsed {
-            let status = match stored.get(&serial) {
-                None => CertificateStatus::Unknown,
-                Some(c) if c.state == CertState::Revoked => match &c.revocation {
-                    Some(r) => CertificateStatus::Revoked(r.clone()),
-                    // Pruned: only entries past notAfter are.
-                    None => CertificateStatus::Expired {
-                        not_after: c.not_after,
-                    },
-                },
-                Some(c) if now >= c.not_after => CertificateStatus::Expired {
-                    not_after: c.not_after,
-                },
-                Some(c) if c.state == CertState::Superseded => CertificateStatus::Superseded {
-                    not_after: c.not_after,
-                },
-                Some(c) => CertificateStatus::Good {
-                    not_after: c.not_after,
-                },
-            };
-            statuses.push((serial.to_hex(), status));
-        }
+        let statuses = serials
+            .iter()
+            .map(|serial| (serial.to_hex(), classify(stored.get(serial), now)))
+            .collect();
         Ok(StatusReport { statuses, head_seq })
     }
 
@@ -417,6 +407,45 @@ pub struct IdentityRevoked {
     pub blocked: bool,
 }
 
+/// A stored certificate's status at `now` (`None`: never issued here).
+fn classify(stored: Option<&StoredStatus>, now: OffsetDateTime) -> CertificateStatus {
+    match stored {
+        None => CertificateStatus::Unknown,
+        Some(c) if c.state == CertState::Revoked => match &c.revocation {
+            Some(r) => CertificateStatus::Revoked(r.clone()),
+            // Pruned: only entries past notAfter are.
+            None => CertificateStatus::Expired {
+                not_after: c.not_after,
+            },
+        },
+        Some(c) if now >= c.not_after => CertificateStatus::Expired {
+            not_after: c.not_after,
+        },
+        Some(c) if c.state == CertState::Superseded => CertificateStatus::Superseded {
+            not_after: c.not_after,
+        },
+        Some(c) => CertificateStatus::Good {
+            not_after: c.not_after,
+        },
+    }
+}
+
+impl CertificateStatus {
+    /// The status as OCSP states it. A superseded certificate is still good until its notAfter.
+    /// Past its notAfter Mintgate vouches for nothing: the revocation of an expired certificate
+    /// may have been pruned, so "good" could be a lie; such a certificate is unknown.
+    pub fn ocsp(&self) -> OcspStatus {
+        match self {
+            Self::Good { .. } | Self::Superseded { .. } => OcspStatus::Good,
+            Self::Revoked(r) => OcspStatus::Revoked {
+                revoked_at: r.revoked_at,
+                reason: r.reason,
+            },
+            Self::Expired { .. } | Self::Unknown => OcspStatus::Unknown,
+        }
+    }
+}
+
 /// How often RevokeIdentity re-reads the identity's certificates when they change under it.
 const IDENTITY_ATTEMPTS: usize = 5;
 
@@ -434,5 +463,53 @@ impl<S: CertificateStore> Mintgate<S> {
         )
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::{CertificateStatus, OcspStatus};
+    use crate::Serial;
+    use crate::model::{RevocationReason, RevocationRecord};
+
+    #[test]
+    fn ocsp_vouches_only_for_unexpired_certificates_issued_here() {
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let record = RevocationRecord {
+            seq: 1,
+            serial: Serial::from_random([1; 17]),
+            spiffe_id: "spiffe://dev.mintgate.local/workload/web".into(),
+            reason: RevocationReason::KeyCompromise,
+            revoked_at: at,
+            not_after: at,
+            issuer_key_id: "00".into(),
+            revoked_by: "spiffe://dev.mintgate.local/operator/admin".into(),
+        };
+        let cases = [
+            (CertificateStatus::Good { not_after: at }, OcspStatus::Good),
+            // Renewed, yet valid until its notAfter.
+            (
+                CertificateStatus::Superseded { not_after: at },
+                OcspStatus::Good,
+            ),
+            (
+                CertificateStatus::Revoked(record),
+                OcspStatus::Revoked {
+                    revoked_at: at,
+                    reason: RevocationReason::KeyCompromise,
+                },
+            ),
+            // Its revocation may have been pruned: never "good".
+            (
+                CertificateStatus::Expired { not_after: at },
+                OcspStatus::Unknown,
+            ),
+            (CertificateStatus::Unknown, OcspStatus::Unknown),
+        ];
+        for (status, ocsp) in cases {
+            assert_eq!(status.ocsp(), ocsp, "{status:?}");
+        }
     }
 }
