@@ -137,8 +137,12 @@ impl Error {
     /// What `google.rpc.ErrorInfo.metadata` carries besides `fault`: for a refusal by policy,
     /// `policy_version` and `determining_policies` (the `@id`s of the forbids that refused it,
     /// comma-separated; empty when no permit applied) and, when the policy saw risk,
-    /// `risk_score`, `risk_tier` and `risk_signals` (comma-separated).
+    /// `risk_score`, `risk_tier` and `risk_signals` (comma-separated); for a hold an approver
+    /// denied, `denial_reason`.
     pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        if let Self::Hold(crate::hold::HoldError::Denied { reason }) = self {
+            return vec![("denial_reason", reason.clone())];
+        }
         let Self::Denied(denied) = self else {
             return Vec::new();
         };

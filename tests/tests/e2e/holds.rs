@@ -286,6 +286,10 @@ async fn deny_and_expire(backend: Backend) {
         "{}",
         refused.message
     );
+    assert_eq!(
+        refused.detail("denial_reason"),
+        Some("not in the change plan")
+    );
     let status = node.get_request("d-1").await.unwrap();
     assert_eq!(
         (status.state, status.reason.as_str()),
