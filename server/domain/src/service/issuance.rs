@@ -81,6 +81,43 @@ pub(super) struct Approval {
     pub(super) risk: RiskAssessment,
 }
 
+impl Approval {
+    /// The row recording this decision in `state` (the caller sets its serial or its hold),
+    /// and the use of the join token that came with it, written in the same transaction.
+    pub(super) fn new_request(
+        &self,
+        caller: &Caller,
+        request_id: &RequestId,
+        kind: RequestKind,
+        hash: &str,
+        state: RequestState,
+        now: OffsetDateTime,
+    ) -> (NewRequest, Option<TokenUse>) {
+        let request = NewRequest {
+            caller: caller.id.to_string(),
+            request_id: request_id.to_string(),
+            kind,
+            payload_hash: hash.to_owned(),
+            state,
+            reason: None,
+            spiffe_id: self.csr.spiffe_id.to_string(),
+            serial: None,
+            token_id: self.token.clone(),
+            token_expires_at: None,
+            decision: Some(self.grant.decision.clone()),
+            now,
+            risk: Some(self.risk.clone()),
+            hold: None,
+        };
+        let token = self.token.as_ref().map(|token_id| TokenUse {
+            token_id: token_id.clone(),
+            used_by: caller.id.to_string(),
+            now,
+        });
+        (request, token)
+    }
+}
+
 impl<S: CertificateStore> Mintgate<S> {
     /// Provisioning/Enroll: a first certificate for a node-attested workload, or a hold.
     pub async fn enroll(&self, caller: &Caller, input: IssueInput) -> Result<IssueOutcome, Error> {
@@ -146,27 +183,9 @@ impl<S: CertificateStore> Mintgate<S> {
         let state = transition_request(RequestState::Received, RequestEvent::Verify)
             .and_then(|s| transition_request(s, RequestEvent::Approve))?;
         let serial = self.new_serial();
-        let request = NewRequest {
-            caller: caller.id.to_string(),
-            request_id: request_id.to_string(),
-            kind,
-            payload_hash: hash.clone(),
-            state,
-            reason: None,
-            spiffe_id: approval.csr.spiffe_id.to_string(),
-            serial: Some(serial.clone()),
-            token_id: approval.token.clone(),
-            token_expires_at: None,
-            decision: Some(approval.grant.decision.clone()),
-            now,
-            risk: Some(approval.risk.clone()),
-            hold: None,
-        };
-        let token = approval.token.as_ref().map(|token_id| TokenUse {
-            token_id: token_id.clone(),
-            used_by: caller.id.to_string(),
-            now,
-        });
+        let (mut request, token) =
+            approval.new_request(caller, &request_id, kind, &hash, state, now);
+        request.serial = Some(serial.clone());
         let events = self.approval_events(caller, &request_id, kind, &approval, &serial, now);
         let in_flight = self
             .in_flight
@@ -445,6 +464,28 @@ impl<S: CertificateStore> Mintgate<S> {
             .await;
     }
 
+    /// The audit event of a decided request: who asked for what, with which key and names.
+    pub(super) fn decided_event(
+        &self,
+        caller: &Caller,
+        request_id: &RequestId,
+        action: &str,
+        approval: &Approval,
+        now: OffsetDateTime,
+    ) -> crate::audit::AuditEvent {
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            action,
+            request_subject(caller, request_id),
+        );
+        event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
+        event.dns_names = approval.csr.dns_names.clone();
+        event.key_type = Some(approval.csr.key_type.to_string());
+        event.request_id = Some(request_id.to_string());
+        event
+    }
+
     fn approval_events(
         &self,
         caller: &Caller,
@@ -454,18 +495,9 @@ impl<S: CertificateStore> Mintgate<S> {
         serial: &Serial,
         now: OffsetDateTime,
     ) -> Vec<crate::audit::AuditEvent> {
-        let mut event = self.audit(
-            now,
-            caller.id.as_str(),
-            "request.approved",
-            request_subject(caller, request_id),
-        );
-        event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
-        event.dns_names = approval.csr.dns_names.clone();
-        event.key_type = Some(approval.csr.key_type.to_string());
+        let mut event = self.decided_event(caller, request_id, "request.approved", approval, now);
         event.not_after = Some(approval.not_after.unix_timestamp());
         event.policy_rule = Some(approval.grant.decision.policies_text());
-        event.request_id = Some(request_id.to_string());
         let mut via = approval.via.join("+");
         if let Some(t) = &approval.token {
             via.push_str(&format!(" (join token {t})"));

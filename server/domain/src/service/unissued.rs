@@ -5,14 +5,14 @@
 use time::OffsetDateTime;
 
 use super::Mintgate;
-use super::holds::{HoldChange, HoldEvent};
+use super::holds::{HoldChange, HoldEvent, HoldView};
 use super::issuance::{Approval, Held, IssueInput, IssueOutcome, request_subject};
 use crate::csr::validate_csr;
 use crate::error::AttestationError;
 use crate::lifecycle::{RequestEvent, RequestState, transition_request};
 use crate::model::{Caller, HoldTerms, NewRequest, RequestKind};
 use crate::policy::{Hold, PolicyDecision};
-use crate::store::{CertificateStore, Inserted, StoreError, TokenUse};
+use crate::store::{CertificateStore, Inserted, StoreError};
 use crate::{Error, ErrorClass, RequestId};
 
 impl<S: CertificateStore> Mintgate<S> {
@@ -116,16 +116,7 @@ impl<S: CertificateStore> Mintgate<S> {
             quorum: hold.quorum,
             expires_at: now + self.holds.expiry,
         };
-        let mut event = self.audit(
-            now,
-            caller.id.as_str(),
-            "request.held",
-            request_subject(caller, request_id),
-        );
-        event.spiffe_id = Some(approval.csr.spiffe_id.to_string());
-        event.dns_names = approval.csr.dns_names.clone();
-        event.key_type = Some(approval.csr.key_type.to_string());
-        event.request_id = Some(request_id.to_string());
+        let mut event = self.decided_event(caller, request_id, "request.held", &approval, now);
         event.policy_rule = Some(format!(
             "{}; hold: {}",
             approval.grant.decision.policies_text(),
@@ -138,35 +129,28 @@ impl<S: CertificateStore> Mintgate<S> {
             terms.expires_at.unix_timestamp(),
             approval.risk
         ));
-        let request = NewRequest {
-            caller: caller.id.to_string(),
-            request_id: request_id.to_string(),
+        let (mut request, token) =
+            approval.new_request(caller, request_id, kind, &hash, state, now);
+        request.hold = Some(terms.clone());
+        // What approvers see of it once it is stored (no vote yet).
+        let mut hold = HoldView {
+            hold_id: String::new(),
+            requester: request.caller.clone(),
+            request_id: request.request_id.clone(),
             kind,
-            payload_hash: hash.clone(),
+            spiffe_id: request.spiffe_id.clone(),
             state,
-            reason: None,
-            spiffe_id: approval.csr.spiffe_id.to_string(),
-            serial: None,
-            token_id: approval.token.clone(),
-            token_expires_at: None,
-            decision: Some(approval.grant.decision.clone()),
-            now,
-            risk: Some(approval.risk.clone()),
-            hold: Some(terms),
+            terms,
+            risk: request.risk.clone(),
+            policy_version: Some(approval.grant.decision.policy_version.clone()),
+            policies: approval.grant.decision.policies.clone(),
+            votes: Vec::new(),
+            // As stored: whole seconds.
+            created_at: now.replace_nanosecond(0).unwrap_or(now),
         };
-        let token = approval.token.as_ref().map(|token_id| TokenUse {
-            token_id: token_id.clone(),
-            used_by: caller.id.to_string(),
-            now,
-        });
         match self.store.insert_request(request, token, vec![event]).await {
             Ok(Inserted::New(pk)) => {
-                let stored = self
-                    .store
-                    .request_by_pk(pk)
-                    .await?
-                    .ok_or(Error::Internal("held request vanished".into()))?;
-                let hold = self.view(stored).await?;
+                hold.hold_id = pk.to_string();
                 self.observer.hold_changed(&HoldEvent {
                     change: HoldChange::Held,
                     hold: hold.clone(),
