@@ -13,6 +13,7 @@ mod m20261203_000005_policy_decisions;
 mod m20261203_000006_governance;
 mod m20261203_000007_audit_checkpoints;
 mod m20261203_000008_holds;
+mod m20261207_000009_risk_counts;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000006_governance::Migration),
             Box::new(m20261203_000007_audit_checkpoints::Migration),
             Box::new(m20261203_000008_holds::Migration),
+            Box::new(m20261207_000009_risk_counts::Migration),
         ]
     }
 }

@@ -33,6 +33,8 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often a server looks for a policy version activated on another replica.
 const POLICY_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// Risk counts are pruned every this many policy refreshes (10 minutes).
+const RISK_PRUNE_TICKS: u32 = 300;
 
 /// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
 #[derive(Debug, thiserror::Error)]
@@ -407,6 +409,7 @@ impl Application {
         let app = self.server.app.clone();
         let refresh = tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLICY_REFRESH);
+            let mut ticks: u32 = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -419,6 +422,13 @@ impl Application {
                 if let Err(e) = app.expire_holds().await {
                     tracing::error!(error = %e, "expired holds could not be recorded");
                 }
+                if ticks.is_multiple_of(RISK_PRUNE_TICKS) {
+                    match app.prune_risk_counts().await {
+                        Ok(n) => tracing::debug!(pruned = n, "pruned risk counts"),
+                        Err(e) => tracing::warn!(error = %e, "pruning risk counts failed"),
+                    }
+                }
+                ticks = ticks.wrapping_add(1);
             }
         });
         let checkpoint_job = self.checkpoints.clone().map(|checkpoints| {

@@ -36,6 +36,9 @@ pub struct RiskQuery<'a> {
     pub node: bool,
     pub spiffe_id: &'a str,
     pub now: OffsetDateTime,
+    /// The node's distinct identities are counted up to this many (the threshold of
+    /// [`crate::risk::Signal::ManyIdentities`]): past it the count changes nothing.
+    pub identities_cap: u64,
 }
 
 /// Which holds ListPending shows. Empty fields match everything.
@@ -83,6 +86,12 @@ pub trait HoldStore: Send + Sync + 'static {
         &self,
         query: RiskQuery<'_>,
     ) -> impl Future<Output = Result<RiskFacts, StoreError>> + Send;
+
+    /// Forgets the risk counts no window reaches any more at `now`; returns how many rows went.
+    fn prune_risk_counts(
+        &self,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// PENDING_APPROVAL requests matching `filter`, oldest first, at most `limit`.
     fn pending_holds(

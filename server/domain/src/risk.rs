@@ -137,6 +137,49 @@ pub struct Rates {
 /// The length of [`Rates::baseline`], in minutes.
 const BASELINE_MINUTES: f64 = 23.0 * 60.0;
 
+/// The widths, in seconds, of the buckets the store counts requests in: minutes for the last
+/// minute and hour, hours for the baseline.
+pub const MINUTE_SPAN: i64 = 60;
+pub const HOUR_SPAN: i64 = 3600;
+const DAY: i64 = 24 * HOUR_SPAN;
+
+/// Requests counted in one bucket: its start ÷ its span, and how many.
+pub type Bucket = (i64, u64);
+
+impl Rates {
+    /// The windows at `now` (Unix seconds) from per-minute counts covering at least the last
+    /// 61 minutes and per-hour counts covering at least the last 25 hours. A bucket a window
+    /// covers only in part counts in proportion to the part (its requests are taken as spread
+    /// evenly over the time it has run so far, the estimate sliding-window rate limiters use),
+    /// so a burst inside one minute is counted exactly and a steady rate to within a bucket's
+    /// share.
+    pub fn from_buckets(now: i64, minutes: &[Bucket], hours: &[Bucket]) -> Self {
+        Self {
+            last_minute: estimate(minutes, MINUTE_SPAN, now - MINUTE_SPAN, now + 1, now),
+            last_hour: estimate(minutes, MINUTE_SPAN, now - HOUR_SPAN, now + 1, now),
+            baseline: estimate(hours, HOUR_SPAN, now - DAY, now - HOUR_SPAN, now),
+        }
+    }
+}
+
+/// The requests of `buckets` (of width `span`) in `[from, until)`, none of them after `now`.
+fn estimate(buckets: &[Bucket], span: i64, from: i64, until: i64, now: i64) -> u64 {
+    let total: f64 = buckets
+        .iter()
+        .map(|&(bucket, requests)| {
+            let start = bucket * span;
+            // The current bucket has only run until now.
+            let end = (start + span).min(now + 1);
+            if end <= start {
+                return 0.0;
+            }
+            let covered = (end.min(until) - start.max(from)).max(0);
+            requests as f64 * covered as f64 / (end - start) as f64
+        })
+        .sum();
+    total.round() as u64
+}
+
 /// What the store knows about a request's caller and identity, read before it is recorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RiskFacts {
@@ -144,20 +187,25 @@ pub struct RiskFacts {
     pub node: Option<Rates>,
     /// The requests for the identity asked for.
     pub identity: Rates,
-    /// The distinct identities the node asked for in the last hour (with the one asked now).
+    /// The distinct identities the node asked for in the last hour (with the one asked now),
+    /// counted up to the `many_identities` threshold.
     pub node_identities_last_hour: u64,
     /// A certificate was ever issued for the identity.
     pub identity_issued_before: bool,
-    /// The node obtained the identity before.
+    /// Policy allowed the node the identity before (in the last 30 days).
     pub node_issued_identity_before: bool,
-    /// The key types of the identity's certificates of the last 30 days.
+    /// The key types of the identity's recent certificates (the last [`PROFILE_CERTIFICATES`]
+    /// of the last 30 days).
     pub identity_key_types: Vec<String>,
-    /// The longest lifetime among the identity's certificates of the last 30 days.
+    /// The longest lifetime among the same certificates.
     pub identity_longest_lifetime: Option<Duration>,
 }
 
-/// How far back [`RiskFacts::identity_key_types`] and the longest lifetime look.
+/// How far back [`RiskFacts::identity_key_types`] and the longest lifetime look, and how long
+/// a node's identities are remembered.
 pub const HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How many of an identity's newest certificates make its profile (key types, lifetimes).
+pub const PROFILE_CERTIFICATES: u64 = 64;
 
 /// The thresholds and weights of [`assess`].
 #[derive(Debug, Clone, PartialEq)]

@@ -358,3 +358,49 @@ pub mod hold_vote {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod risk_count {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "risk_counts")]
+    pub struct Model {
+        /// `caller` or `identity`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub scope: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub subject: String,
+        /// The bucket's width in seconds.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub span: i32,
+        /// Its start ÷ `span`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub bucket: i64,
+        pub requests: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod node_identity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "node_identities")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub caller: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub spiffe_id: String,
+        pub last_asked_at: i64,
+        pub allowed: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, join_token, request};
 use crate::metrics::Done;
+use crate::risk::Counted;
 use crate::unavailable;
 use crate::write::{WriteTx, request_model, serial_hex};
 
@@ -46,7 +47,7 @@ impl WriteTx<'_> {
         let mut rows = Vec::with_capacity(items.len());
         for (tag, request, audit) in items {
             let key = (request.caller.clone(), request.request_id.clone());
-            keys.push((tag, key, request.state, audit));
+            keys.push((tag, key, request.state, audit, Counted::of(&request)));
             rows.push(request_model(request, self.instance()));
         }
         let mut inserted = HashMap::new();
@@ -62,9 +63,10 @@ impl WriteTx<'_> {
             }
         }
         let mut answers = Vec::with_capacity(keys.len());
-        for (tag, key, state, audit) in keys {
+        for (tag, key, state, audit, counted) in keys {
             let answer = match inserted.remove(&key) {
                 Some(pk) => {
+                    self.risk.add(counted);
                     self.done.requests += 1;
                     self.done.states.push(state);
                     self.append(audit).await?;

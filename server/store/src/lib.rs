@@ -24,6 +24,7 @@ mod instance;
 mod issuance;
 pub mod metrics;
 mod read;
+mod risk;
 mod solo;
 mod write;
 

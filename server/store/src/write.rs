@@ -32,6 +32,7 @@ use crate::entity::{audit_event, certificate, request, store_probe};
 use crate::health::Unready;
 use crate::metrics::{Done, StoreMetrics};
 use crate::read::bounds;
+use crate::risk::{Counted, RiskTally};
 use crate::{SqlStore, WriteConn, Writer, connect_options, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
@@ -57,6 +58,8 @@ pub(crate) struct WriteTx<'a> {
     pub(crate) pending_certificates: Vec<certificate::ActiveModel>,
     /// Blocked identities among those `load_blocks` asked about.
     pub(crate) blocks: HashSet<String>,
+    /// What the requests recorded add to the risk counts, written at commit.
+    pub(crate) risk: RiskTally,
 }
 
 /// The writer lock, held for one transaction. A transaction that ends any other way than a
@@ -137,6 +140,7 @@ impl Writer {
             pending_audit: Vec::new(),
             pending_certificates: Vec::new(),
             blocks: HashSet::new(),
+            risk: RiskTally::default(),
         })
     }
 
@@ -198,6 +202,7 @@ impl WriteTx<'_> {
     pub(crate) async fn commit(mut self, requests: usize) -> Result<(), StoreError> {
         let writer = self.writer;
         let committed = async {
+            self.risk.flush(&self.txn).await?;
             insert_all(&self.txn, std::mem::take(&mut self.pending_certificates)).await?;
             insert_all(&self.txn, std::mem::take(&mut self.pending_audit)).await?;
             self.txn.commit().await?;
@@ -341,6 +346,7 @@ impl WriteTx<'_> {
 
     pub(crate) async fn insert_request_row(&mut self, r: NewRequest) -> Result<i64, StoreError> {
         self.done.requests += 1;
+        self.risk.add(Counted::of(&r));
         let row = request_model(r, self.instance());
         let res = request::Entity::insert(row)
             .exec(&self.txn)

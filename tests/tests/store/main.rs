@@ -12,6 +12,7 @@ mod governance;
 mod group_commit;
 mod leases;
 mod requests;
+mod risk;
 mod tokens;
 mod transitions;
 

@@ -211,3 +211,40 @@ fn names_round_trip() {
         "risk 50 (elevated): first_issuance,many_identities"
     );
 }
+
+#[test]
+fn a_burst_inside_one_minute_is_counted_exactly() {
+    // 25 requests in the current minute, 30 seconds into it.
+    let now = NOW - NOW % 60 + 30;
+    let rates = Rates::from_buckets(now, &[(now / 60, 25)], &[(now / 3600, 25)]);
+    assert_eq!(rates.last_minute, 25);
+    assert_eq!(rates.last_hour, 25);
+    assert_eq!(rates.baseline, 0);
+}
+
+#[test]
+fn a_partly_covered_bucket_counts_in_proportion() {
+    // 20 seconds into the minute: the window reaches 40 of the previous minute's 60 seconds.
+    let now = NOW - NOW % 3600 + 20;
+    let minute = now / 60;
+    let rates = Rates::from_buckets(now, &[(minute - 1, 30), (minute, 5)], &[]);
+    assert_eq!(rates.last_minute, 5 + 20);
+    assert_eq!(rates.last_hour, 35);
+    // The minute 61 minutes back is in the hour only for its last 20 seconds.
+    let rates = Rates::from_buckets(now, &[(minute - 60, 60), (minute - 61, 60)], &[]);
+    assert_eq!(rates.last_hour, 40);
+    assert_eq!(rates.last_minute, 0);
+}
+
+#[test]
+fn the_baseline_is_the_23_hours_before_the_last_one() {
+    // 15 minutes into the hour; 100 requests in each hour of the last day and more.
+    let now = NOW - NOW % 3600 + 900;
+    let hour = now / 3600;
+    let hours: Vec<Bucket> = (hour - 26..=hour).map(|h| (h, 100)).collect();
+    let rates = Rates::from_buckets(now, &[], &hours);
+    assert_eq!(rates.baseline, 2300);
+    // A future bucket (the clock went back) counts nowhere.
+    let rates = Rates::from_buckets(now, &[(now / 60 + 5, 9)], &[(hour + 1, 9)]);
+    assert_eq!(rates, Rates::default());
+}

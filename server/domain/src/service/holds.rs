@@ -258,6 +258,11 @@ impl<S: CertificateStore> Mintgate<S> {
         Ok(view)
     }
 
+    /// Forgets risk counts that no window reaches any more. Returns how many rows went.
+    pub async fn prune_risk_counts(&self) -> Result<u64, Error> {
+        Ok(self.store.prune_risk_counts(self.clock.now()).await?)
+    }
+
     /// The sweeper: every hold whose expiry has passed becomes EXPIRED. Returns how many.
     pub async fn expire_holds(&self) -> Result<usize, Error> {
         let filter = HoldFilter {

@@ -277,6 +277,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 node,
                 spiffe_id: csr.spiffe_id.as_str(),
                 now,
+                identities_cap: self.risk.many_identities_per_hour,
             })
             .await?;
         let risk = risk::assess(

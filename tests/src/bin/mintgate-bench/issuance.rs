@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use mintgate_domain::hold::{HoldStore, RiskQuery};
+use mintgate_domain::risk::RiskConfig;
 use mintgate_sdk::v1;
 use mintgate_tests::{Backend, NODE_ID, TRUST_DOMAIN, TestServer};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
@@ -119,6 +120,7 @@ async fn risk_facts_cost(server: &TestServer) -> anyhow::Result<f64> {
             node: true,
             spiffe_id: &spiffe_id,
             now,
+            identities_cap: RiskConfig::default().many_identities_per_hour,
         };
         server.store().risk_facts(query).await?;
     }
