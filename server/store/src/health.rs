@@ -5,9 +5,11 @@
 //! traffic stops and recovers by itself once the database does. A probe that does not finish
 //! within its timeout counts as a failure: a hung database makes the store unready within one
 //! interval plus one timeout, and reading the health never waits. A failed write keeps the
-//! store unready for three intervals even if other writes succeed meanwhile: a database that
-//! refuses some writes (a full PostgreSQL tablespace still fits rows into pages it has) is
-//! taken out of rotation rather than flapping.
+//! store unready for three intervals even if other writes succeed meanwhile, and each further
+//! failure before a client's write commits again doubles that (up to 48 intervals): a database
+//! that refuses some writes (a full PostgreSQL tablespace still fits the probe's one-row update
+//! into the page it has, but not new rows) is taken out of rotation, and for longer each time
+//! it fails again, rather than flapping.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -72,6 +74,8 @@ struct State {
     at: Instant,
     /// When a write last failed.
     failed_at: Option<Instant>,
+    /// Writes failed since a client's write last committed.
+    failures: u32,
 }
 
 impl HealthCell {
@@ -82,13 +86,19 @@ impl HealthCell {
                 last: Ok(()),
                 at: Instant::now(),
                 failed_at: None,
+                failures: 0,
             }),
         }
     }
 
-    /// A write committed (and was seen committed).
-    pub(crate) fn committed(&self) {
+    /// A write committed (and was seen committed); `client` when it held client requests, which
+    /// the probe's does not (its success does not prove new rows fit).
+    pub(crate) fn committed(&self, client: bool) {
         self.set(Ok(()));
+        if client {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.failures = 0;
+        }
     }
 
     pub(crate) fn failed(&self, why: Unready) {
@@ -108,18 +118,20 @@ impl HealthCell {
         state.at = now;
         if last == Err(Unready::WriteFailed) {
             state.failed_at = Some(now);
+            state.failures = state.failures.saturating_add(1);
         }
     }
 
     /// The last outcome, unless it is older than three probe intervals or a write failed
-    /// within them.
+    /// within its hold-off (three intervals, doubled for each further failure).
     pub(crate) fn current(&self) -> Result<(), Unready> {
         let state = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let window = 3 * self.settings.interval;
         if state.at.elapsed() > window + self.settings.timeout {
             return Err(Unready::Stale);
         }
-        if state.failed_at.is_some_and(|at| at.elapsed() < window) {
+        let hold_off = window * (1 << state.failures.saturating_sub(1).min(4));
+        if state.failed_at.is_some_and(|at| at.elapsed() < hold_off) {
             return Err(Unready::WriteFailed);
         }
         state.last

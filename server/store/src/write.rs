@@ -221,7 +221,7 @@ impl WriteTx<'_> {
             return Err(unavailable(e));
         }
         self.lease.ended = true;
-        writer.health.committed();
+        writer.health.committed(self.counted);
         if let Some((seq, _)) = self.appended {
             writer.audit_head.send_replace(seq);
         }
