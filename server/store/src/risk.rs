@@ -15,10 +15,10 @@ use mintgate_domain::risk::{
 };
 use mintgate_domain::store::StoreError;
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 use time::OffsetDateTime;
 
@@ -228,15 +228,19 @@ impl SqlStore {
         if query.node {
             let node = self.rates(CALLER, query.caller, now);
             // Each row is a distinct identity, so the count reads at most the cap's rows.
-            let others = node_identity::Entity::find()
+            let recent = node_identity::Entity::find()
                 .select_only()
-                .column(node_identity::Column::SpiffeId)
+                .expr(Expr::val(1))
                 .filter(node_identity::Column::Caller.eq(query.caller))
                 .filter(node_identity::Column::LastAskedAt.gte(now - HOUR_SPAN))
                 .filter(node_identity::Column::SpiffeId.ne(query.spiffe_id))
                 .limit(query.identities_cap.min(i64::MAX as u64))
-                .into_tuple::<String>()
-                .all(&self.db);
+                .into_query();
+            let count = Query::select()
+                .expr(Expr::cust("COUNT(*)"))
+                .from_subquery(recent, "recent")
+                .to_owned();
+            let others = self.db.query_one(&count);
             let pair = node_identity::Entity::find_by_id((
                 query.caller.to_owned(),
                 query.spiffe_id.to_owned(),
@@ -246,8 +250,12 @@ impl SqlStore {
                 tokio::try_join!(node, async { others.await.map_err(unavailable) }, async {
                     pair.await.map_err(unavailable)
                 })?;
+            let others: i64 = match others {
+                Some(row) => row.try_get_by_index(0).map_err(unavailable)?,
+                None => 0,
+            };
             facts.node = Some(node);
-            facts.node_identities_last_hour = others.len() as u64 + 1;
+            facts.node_identities_last_hour = u64::try_from(others).unwrap_or(0) + 1;
             facts.node_issued_identity_before = pair.is_some_and(|p| p.allowed);
         }
         Ok(facts)

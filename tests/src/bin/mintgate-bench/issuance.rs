@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use mintgate_domain::hold::{HoldStore, RiskQuery};
+use mintgate_domain::policy::PolicySource;
 use mintgate_domain::risk::RiskConfig;
 use mintgate_sdk::v1;
-use mintgate_tests::{Backend, NODE_ID, TRUST_DOMAIN, TestServer};
+use mintgate_tests::{Backend, NODE_ID, Options, TRUST_DOMAIN, TestServer};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -50,7 +51,7 @@ pub async fn run(
     clients: usize,
     ceiling: f64,
 ) -> anyhow::Result<Issuance> {
-    let server = TestServer::spawn(backend).await;
+    let server = TestServer::spawn_with(assessed_not_held(backend)).await;
     let database = durability(&server).await?;
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -106,6 +107,19 @@ pub async fn run(
         ratio_to_crypto: per_second / ceiling,
         risk_facts_us,
     })
+}
+
+/// The server with its default risk thresholds, so a burst from one node costs what it costs in
+/// production (its spike and breadth signals fire), and the dev policy without its hold rules, so
+/// nothing waits for an approver (a mesh that has not configured holds).
+fn assessed_not_held(backend: Backend) -> Options {
+    let mut policy = PolicySource::dev();
+    policy.files.retain(|f| f.name != "holds.cedar");
+    Options {
+        risk: RiskConfig::default(),
+        policy: Some(policy),
+        ..Options::new(backend)
+    }
 }
 
 /// The mean time to read an Enroll's risk facts (the node's and the identity's rates, the
