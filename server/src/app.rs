@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::OsRandom;
-use crate::config::{Settings, redact_url};
+use crate::config::{ReplicationSettings, Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
 use crate::metrics::Exporter;
 use crate::ocsp::OcspResponder;
@@ -113,6 +113,7 @@ pub struct Application {
     ca_window: CaWindow,
     /// Signs audit checkpoints; none without an audit key.
     checkpoints: Option<Arc<Checkpointer>>,
+    replication: ReplicationSettings,
 }
 
 impl Application {
@@ -364,6 +365,7 @@ impl Application {
             metrics,
             ca_window,
             checkpoints,
+            replication: settings.replication,
         })
     }
 
@@ -386,14 +388,33 @@ impl Application {
     {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tailer_stop = stop_rx.clone();
+        let leading = self.store.clone();
         let tailer = tokio::spawn(mintgate_api::run_tailer(
             self.server.hub.clone(),
             self.store.clone(),
             self.server.clock.clone(),
+            move || leading.is_leader(),
             async move {
                 let _ = tailer_stop.wait_for(|s| *s).await;
             },
         ));
+        // Revocations committed by other replicas wake the tailer at once (PostgreSQL).
+        let (store, hub, mut listener_stop) =
+            (self.store.clone(), self.server.hub.clone(), stop_rx.clone());
+        let listener = tokio::spawn(async move {
+            let stop = async move {
+                let _ = listener_stop.wait_for(|s| *s).await;
+            };
+            store.follow_revocations(|| hub.nudge(), stop).await;
+        });
+        let (store, mut leader_stop) = (self.store.clone(), stop_rx.clone());
+        let every = self.replication.leader_check;
+        let leader = tokio::spawn(async move {
+            let stop = async move {
+                let _ = leader_stop.wait_for(|s| *s).await;
+            };
+            store.lead(every, stop).await;
+        });
         let mut upkeep_stop = stop_rx.clone();
         let metrics = self.metrics.clone();
         let upkeep = tokio::spawn(async move {
@@ -407,6 +428,7 @@ impl Application {
         });
         let mut refresh_stop = stop_rx.clone();
         let app = self.server.app.clone();
+        let leading = self.store.clone();
         let refresh = tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLICY_REFRESH);
             let mut ticks: u32 = 0;
@@ -418,6 +440,10 @@ impl Application {
                 if let Err(e) = app.refresh_policy().await {
                     tracing::error!(error = %e, "the active policy could not be refreshed");
                 }
+                // The jobs below run on one replica (every replica may look; one needs to).
+                if !leading.is_leader() {
+                    continue;
+                }
                 // Holds nobody decided in time (on the injected clock) become EXPIRED.
                 if let Err(e) = app.expire_holds().await {
                     tracing::error!(error = %e, "expired holds could not be recorded");
@@ -425,7 +451,7 @@ impl Application {
                 if ticks.is_multiple_of(RISK_PRUNE_TICKS) {
                     match app.prune_risk_counts().await {
                         Ok(n) => tracing::debug!(pruned = n, "pruned risk counts"),
-                        Err(e) => tracing::warn!(error = %e, "pruning risk counts failed"),
+                        Err(e) => tracing::warn!(error = ?e, "pruning risk counts failed"),
                     }
                 }
                 ticks = ticks.wrapping_add(1);
@@ -465,6 +491,8 @@ impl Application {
         }
         let _ = http.await;
         let _ = tailer.await;
+        let _ = listener.await;
+        let _ = leader.await;
         let _ = upkeep.await;
         let _ = refresh.await;
         if let Some(job) = checkpoint_job {

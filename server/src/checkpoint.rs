@@ -116,7 +116,11 @@ impl Checkpointer {
                     let head = *appends.borrow_and_update();
                     (head - covered >= self.every_events).then_some("events")
                 }
-                _ = tick.tick() => (self.clock.now() - since >= self.every).then_some("time"),
+                // The leader alone checkpoints on time; every replica on the events it
+                // appended.
+                _ = tick.tick() => (self.clock.now() - since >= self.every
+                    && self.store.is_leader())
+                .then_some("time"),
             };
             if let Some(reason) = reason {
                 since = self.clock.now();

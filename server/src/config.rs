@@ -22,12 +22,14 @@ use serde::{Deserialize, Serialize};
 
 mod audit;
 mod readiness;
+mod replication;
 mod risk;
 
 pub use audit::{
     AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
 };
 pub use readiness::ReadinessFile;
+pub use replication::{ReplicationFile, ReplicationSettings};
 pub use risk::{HoldsFile, RiskFile};
 
 /// The dev trust domain used by `--dev`.
@@ -90,6 +92,8 @@ pub struct FileConfig {
     pub risk: RiskFile,
     #[serde(default)]
     pub holds: HoldsFile,
+    #[serde(default)]
+    pub replication: ReplicationFile,
     /// Operator SPIFFE ID → roles: the first role bindings, taken only by the first server
     /// that starts on an empty database (with the policy directory). After that, roles change
     /// only through two-person proposals (Admin/ProposeRoleBinding).
@@ -330,6 +334,7 @@ pub struct Settings {
     /// The risk assessment's thresholds and weights, and how holds wait (DESIGN §12).
     pub risk: RiskConfig,
     pub holds: HoldSettings,
+    pub replication: ReplicationSettings,
     /// Dev material is accepted only when this is set (`--dev`).
     pub dev: bool,
 }
@@ -437,6 +442,7 @@ impl Settings {
             audit: c.audit.settings()?,
             risk: c.risk.config()?,
             holds: c.holds.settings()?,
+            replication: c.replication.settings()?,
             dev: false,
         })
     }
@@ -502,6 +508,7 @@ impl Settings {
             audit: Some(audit),
             risk: RiskConfig::default(),
             holds: HoldSettings::default(),
+            replication: ReplicationSettings::default(),
             trust_domain,
             dev: true,
         })

@@ -129,6 +129,14 @@ impl TestDatabase {
         }
     }
 
+    /// Another handle on the database at `url` (a replica's): dropping it leaves the database.
+    pub fn shared(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            kind: Kind::Placeholder,
+        }
+    }
+
     pub(crate) fn placeholder() -> Self {
         Self {
             url: String::new(),

@@ -23,7 +23,7 @@ use mintgate_domain::policy::PolicySource;
 use mintgate_domain::risk::RiskConfig;
 use mintgate_domain::service::HoldSettings;
 use mintgate_sdk::{Client, TlsMaterial, v1};
-use mintgate_server::config::AuditSettings;
+use mintgate_server::config::{AuditSettings, ReplicationSettings};
 use mintgate_server::{Application, BuildError, Settings};
 use mintgate_store::{ProbeSettings, SqlStore};
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -228,6 +228,8 @@ pub struct Options {
     pub risk: RiskConfig,
     /// How holds wait (default: the server's).
     pub holds: HoldSettings,
+    /// How often replicas try the leader lock (default: 100 ms, so handovers are quick).
+    pub leader_check: std::time::Duration,
 }
 
 /// The server's risk defaults without the rate and breadth signals: most tests issue in
@@ -260,6 +262,7 @@ impl Options {
             ),
             risk: quiet_risk(),
             holds: HoldSettings::default(),
+            leader_check: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -333,6 +336,9 @@ impl TestServer {
             }),
             risk: options.risk.clone(),
             holds: options.holds,
+            replication: ReplicationSettings {
+                leader_check: options.leader_check,
+            },
             dev: true,
         };
         let app = match Application::build(settings, clock.clone()).await {
@@ -365,6 +371,17 @@ impl TestServer {
             db,
             pki,
         })
+    }
+
+    /// Another server on this one's database, PKI and clock, with ports of its own: a replica
+    /// (`options` as for [`TestServer::spawn_with`]; its database and PKI are this server's).
+    pub async fn replica(&self, options: Options) -> Self {
+        let shared = db::TestDatabase::shared(&self.database_url);
+        Self::spawn_with(Options {
+            reuse: Some((shared, self.pki.clone(), self.clock.clone())),
+            ..options
+        })
+        .await
     }
 
     /// Stops the server and starts a new one on the same database, PKI and clock.

@@ -334,11 +334,13 @@ pub(crate) const LOG_BATCH: u64 = 512;
 
 /// Loads the live set, then follows the log until `shutdown` resolves: reads new entries when
 /// nudged or every `poll_interval`, expires old ones from the live set, and prunes the log every
-/// `prune_interval`. Database errors are logged and retried on the next tick.
+/// `prune_interval` while `leads` says this replica leads. Database errors are logged and
+/// retried on the next tick.
 pub async fn run_tailer<S: CertificateStore>(
     hub: Arc<RevocationHub>,
     store: S,
     clock: Arc<dyn Clock>,
+    leads: impl Fn() -> bool,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -349,7 +351,7 @@ pub async fn run_tailer<S: CertificateStore>(
         }
         let now = clock.now();
         hub.expire(now);
-        if now - last_prune >= hub.config.prune_interval {
+        if now - last_prune >= hub.config.prune_interval && leads() {
             last_prune = now;
             match store.prune_revocations(now - EXPIRY_SKEW).await {
                 Ok(0) => {}

@@ -129,7 +129,7 @@ async fn commit_batch(writer: &Writer, jobs: Vec<Job>) {
         }
         Err(e) => {
             // Nothing in the batch is durable; every caller hears why.
-            tracing::error!(error = %e, writes = waiters.len(), "a group-commit batch failed");
+            tracing::error!(error = ?e, writes = waiters.len(), "a group-commit batch failed");
             writer.health.failed(Unready::WriteFailed);
             let e = Arc::new(e);
             for (_, reply) in waiters {

@@ -92,6 +92,11 @@ impl Instance {
         self.id
     }
 
+    /// PostgreSQL: the connection of this instance's own session (never pooled).
+    pub(crate) fn lock_connection(&self) -> Option<&DatabaseConnection> {
+        self.lock.as_ref().map(|held| &held.db)
+    }
+
     /// Whether `holder` still runs, asked through `db` (which must be this store's database).
     pub(crate) async fn alive(
         &self,

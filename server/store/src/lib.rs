@@ -24,6 +24,7 @@ mod instance;
 mod issuance;
 pub mod metrics;
 mod read;
+mod replication;
 mod risk;
 mod solo;
 mod write;
@@ -50,6 +51,7 @@ use crate::health::HealthCell;
 pub use crate::health::{ProbeSettings, Unready};
 use crate::instance::Instance;
 pub use crate::metrics::StoreMetrics;
+pub use crate::replication::REVOCATIONS_CHANNEL;
 
 /// A database-backed store. Cheap to clone; clones share the pool and the writer.
 #[derive(Clone)]
@@ -57,6 +59,8 @@ pub struct SqlStore {
     db: DatabaseConnection,
     writer: Arc<Writer>,
     group: batch::GroupCommit,
+    /// Whether this replica leads the jobs that run once (see [`SqlStore::lead`]).
+    leader: Arc<tokio::sync::watch::Sender<bool>>,
     instance: Arc<Instance>,
 }
 
@@ -158,6 +162,7 @@ impl SqlStore {
             writer,
             group,
             instance,
+            leader: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 

@@ -2,8 +2,8 @@
 //! to the recorder the store is given (one per server; see `mintgate_api::metrics`).
 
 use metrics::{
-    Counter, Histogram, NoopRecorder, Recorder, counter, describe_counter, describe_histogram,
-    histogram, with_local_recorder,
+    Counter, Gauge, Histogram, NoopRecorder, Recorder, counter, describe_counter, describe_gauge,
+    describe_histogram, gauge, histogram, with_local_recorder,
 };
 use mintgate_domain::audit::AuditEvent;
 use mintgate_domain::lifecycle::RequestState;
@@ -14,12 +14,18 @@ pub const COMMIT_BATCH: &str = "mintgate_db_commit_batch_size";
 pub const REQUESTS: &str = "mintgate_requests_total";
 /// Certificates revoked by commits of this server.
 pub const REVOCATIONS: &str = "mintgate_revocations_total";
+/// 1 while this replica leads the jobs that run once.
+pub const LEADER: &str = "mintgate_leader";
+/// 1 while this replica listens for other replicas' revocations (PostgreSQL).
+pub const LISTENING: &str = "mintgate_revocation_listener_connected";
 
 /// See the module documentation. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
     commit_batch: Histogram,
     revocations: Counter,
+    leader: Gauge,
+    listening: Gauge,
     /// One counter per [`RequestState::ALL`] entry, in that order.
     requests: [Counter; RequestState::ALL.len()],
 }
@@ -40,9 +46,16 @@ impl StoreMetrics {
                 REVOCATIONS,
                 "Certificates revoked by this server's commits."
             );
+            describe_gauge!(LEADER, "1 while this replica leads the jobs that run once.");
+            describe_gauge!(
+                LISTENING,
+                "1 while this replica listens for revocations committed by other replicas."
+            );
             Self {
                 commit_batch: histogram!(COMMIT_BATCH),
                 revocations: counter!(REVOCATIONS),
+                leader: gauge!(LEADER),
+                listening: gauge!(LISTENING),
                 requests: RequestState::ALL.map(|s| counter!(REQUESTS, "state" => s.as_str())),
             }
         })
@@ -86,6 +99,14 @@ impl Done {
 }
 
 impl StoreMetrics {
+    pub(crate) fn set_leader(&self, leads: bool) {
+        self.leader.set(f64::from(u8::from(leads)));
+    }
+
+    pub(crate) fn set_listening(&self, listening: bool) {
+        self.listening.set(f64::from(u8::from(listening)));
+    }
+
     /// One durable commit, holding `requests` client requests.
     pub(crate) fn record_commit(&self, requests: usize) {
         if requests > 0 {

@@ -15,7 +15,7 @@ use mintgate_domain::risk::{
 };
 use mintgate_domain::store::StoreError;
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::sea_query::{Expr, OnConflict, Query, SubQueryStatement};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, QueryTrait,
@@ -180,18 +180,15 @@ fn chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
 }
 
 impl SqlStore {
+    /// Three statements at once (the rates of the identity and the node, the identity's newest
+    /// certificates, the node's identities), and a fourth only for an identity with no recent
+    /// certificate (was it ever issued?).
     pub(crate) async fn read_risk_facts(
         &self,
         query: RiskQuery<'_>,
     ) -> Result<RiskFacts, StoreError> {
         let now = query.now.unix_timestamp();
-        let identity = self.rates(IDENTITY, query.spiffe_id, now);
-        let issued_before = certificate::Entity::find()
-            .select_only()
-            .column(certificate::Column::Serial)
-            .filter(certificate::Column::SpiffeId.eq(query.spiffe_id))
-            .into_tuple::<String>()
-            .one(&self.db);
+        let caller = query.node.then_some(query.caller);
         let profile = certificate::Entity::find()
             .select_only()
             .column(certificate::Column::KeyType)
@@ -203,95 +200,142 @@ impl SqlStore {
             .limit(PROFILE_CERTIFICATES)
             .into_tuple::<(String, i64, i64)>()
             .all(&self.db);
-        let (identity, issued_before, profile) = tokio::try_join!(
-            identity,
-            async { issued_before.await.map_err(unavailable) },
-            async { profile.await.map_err(unavailable) }
+        let node = async {
+            match caller {
+                Some(caller) => self.node_identities(&query, caller, now).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (rates, profile, node) = tokio::try_join!(
+            self.rates(query.spiffe_id, caller, now),
+            async { profile.await.map_err(unavailable) },
+            node
         )?;
+        let issued_before = !profile.is_empty()
+            || certificate::Entity::find()
+                .select_only()
+                .column(certificate::Column::Serial)
+                .filter(certificate::Column::SpiffeId.eq(query.spiffe_id))
+                .into_tuple::<String>()
+                .one(&self.db)
+                .await
+                .map_err(unavailable)?
+                .is_some();
         let mut key_types: Vec<String> = Vec::new();
         for (key_type, _, _) in &profile {
             if !key_types.contains(key_type) {
                 key_types.push(key_type.clone());
             }
         }
-        let mut facts = RiskFacts {
+        let (identity, node_rates) = rates;
+        let (others, allowed) = node.unwrap_or_default();
+        Ok(RiskFacts {
+            node: node_rates,
             identity,
-            identity_issued_before: issued_before.is_some(),
+            node_identities_last_hour: others + 1,
+            identity_issued_before: issued_before,
+            node_issued_identity_before: allowed,
+            identity_key_types: key_types,
             identity_longest_lifetime: profile
                 .iter()
                 .map(|(_, issued_at, not_after)| not_after - issued_at)
                 .max()
                 .map(|secs| Duration::from_secs(u64::try_from(secs).unwrap_or(0))),
-            identity_key_types: key_types,
-            ..RiskFacts::default()
-        };
-        if query.node {
-            let node = self.rates(CALLER, query.caller, now);
-            // Each row is a distinct identity, so the count reads at most the cap's rows.
-            let recent = node_identity::Entity::find()
-                .select_only()
-                .expr(Expr::val(1))
-                .filter(node_identity::Column::Caller.eq(query.caller))
-                .filter(node_identity::Column::LastAskedAt.gte(now - HOUR_SPAN))
-                .filter(node_identity::Column::SpiffeId.ne(query.spiffe_id))
-                .limit(query.identities_cap.min(i64::MAX as u64))
-                .into_query();
-            let count = Query::select()
-                .expr(Expr::cust("COUNT(*)"))
-                .from_subquery(recent, "recent")
-                .to_owned();
-            let others = self.db.query_one(&count);
-            let pair = node_identity::Entity::find_by_id((
-                query.caller.to_owned(),
-                query.spiffe_id.to_owned(),
-            ))
-            .one(&self.db);
-            let (node, others, pair) =
-                tokio::try_join!(node, async { others.await.map_err(unavailable) }, async {
-                    pair.await.map_err(unavailable)
-                })?;
-            let others: i64 = match others {
-                Some(row) => row.try_get_by_index(0).map_err(unavailable)?,
-                None => 0,
-            };
-            facts.node = Some(node);
-            facts.node_identities_last_hour = u64::try_from(others).unwrap_or(0) + 1;
-            facts.node_issued_identity_before = pair.is_some_and(|p| p.allowed);
-        }
-        Ok(facts)
+        })
     }
 
-    /// The request rates of one subject, from its minute and hour buckets.
-    async fn rates(&self, scope: &str, subject: &str, now: i64) -> Result<Rates, StoreError> {
+    /// The other identities `caller` asked for in the last hour (each row is a distinct one, so
+    /// the count reads at most the cap's rows), and whether policy allowed it this one before.
+    async fn node_identities(
+        &self,
+        query: &RiskQuery<'_>,
+        caller: &str,
+        now: i64,
+    ) -> Result<(u64, bool), StoreError> {
+        use node_identity::Column as C;
+        let recent = node_identity::Entity::find()
+            .select_only()
+            .expr(Expr::val(1))
+            .filter(C::Caller.eq(caller))
+            .filter(C::LastAskedAt.gte(now - HOUR_SPAN))
+            .filter(C::SpiffeId.ne(query.spiffe_id))
+            .limit(query.identities_cap.min(i64::MAX as u64))
+            .into_query();
+        let count = Query::select()
+            .expr(Expr::cust("COUNT(*)"))
+            .from_subquery(recent, "recent")
+            .to_owned();
+        let allowed = Query::select()
+            .column(C::Allowed)
+            .from(node_identity::Entity)
+            .and_where(C::Caller.eq(caller))
+            .and_where(C::SpiffeId.eq(query.spiffe_id))
+            .to_owned();
+        let both = Query::select()
+            .expr(Expr::SubQuery(
+                None,
+                Box::new(SubQueryStatement::SelectStatement(count)),
+            ))
+            .expr(Expr::SubQuery(
+                None,
+                Box::new(SubQueryStatement::SelectStatement(allowed)),
+            ))
+            .to_owned();
+        let row = self.db.query_one(&both).await.map_err(unavailable)?;
+        let Some(row) = row else {
+            return Ok((0, false));
+        };
+        let others: i64 = row.try_get_by_index(0).map_err(unavailable)?;
+        let allowed: Option<bool> = row.try_get_by_index(1).map_err(unavailable)?;
+        Ok((u64::try_from(others).unwrap_or(0), allowed.unwrap_or(false)))
+    }
+
+    /// The request rates of `spiffe_id` (and of `caller`, when asked), from their minute and
+    /// hour buckets, in one statement.
+    async fn rates(
+        &self,
+        spiffe_id: &str,
+        caller: Option<&str>,
+        now: i64,
+    ) -> Result<(Rates, Option<Rates>), StoreError> {
         use risk_count::Column as C;
         let since = |span: i64, seconds: i64| {
             Condition::all()
                 .add(C::Span.eq(span as i32))
                 .add(C::Bucket.gte((now - seconds).div_euclid(span)))
         };
+        let subject = |scope: &str, subject: &str| {
+            Condition::all()
+                .add(C::Scope.eq(scope))
+                .add(C::Subject.eq(subject))
+        };
         let rows = risk_count::Entity::find()
             .select_only()
-            .columns([C::Span, C::Bucket, C::Requests])
-            .filter(C::Scope.eq(scope))
-            .filter(C::Subject.eq(subject))
+            .columns([C::Scope, C::Span, C::Bucket, C::Requests])
+            .filter(
+                Condition::any()
+                    .add(subject(IDENTITY, spiffe_id))
+                    .add_option(caller.map(|caller| subject(CALLER, caller))),
+            )
             .filter(
                 Condition::any()
                     .add(since(MINUTE_SPAN, HOUR_SPAN))
                     .add(since(HOUR_SPAN, 24 * HOUR_SPAN)),
             )
-            .into_tuple::<(i32, i64, i64)>()
+            .into_tuple::<(String, i32, i64, i64)>()
             .all(&self.db)
             .await
             .map_err(unavailable)?;
-        let (mut minutes, mut hours) = (Vec::<Bucket>::new(), Vec::<Bucket>::new());
-        for (span, bucket, requests) in rows {
-            let requests = u64::try_from(requests).unwrap_or(0);
-            match i64::from(span) {
-                MINUTE_SPAN => minutes.push((bucket, requests)),
-                _ => hours.push((bucket, requests)),
-            }
+        let mut buckets: [[Vec<Bucket>; 2]; 2] = Default::default();
+        for (scope, span, bucket, requests) in rows {
+            let who = usize::from(scope == CALLER);
+            let width = usize::from(i64::from(span) == HOUR_SPAN);
+            buckets[who][width].push((bucket, u64::try_from(requests).unwrap_or(0)));
         }
-        Ok(Rates::from_buckets(now, &minutes, &hours))
+        let [[minutes, hours], [caller_minutes, caller_hours]] = &buckets;
+        let identity = Rates::from_buckets(now, minutes, hours);
+        let node = caller.map(|_| Rates::from_buckets(now, caller_minutes, caller_hours));
+        Ok((identity, node))
     }
 }
 

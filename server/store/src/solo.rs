@@ -95,6 +95,8 @@ impl WriteTx<'_> {
             recorded.push(convert::revocation(row)?);
             self.done.revocations += 1;
         }
+        // Every replica's tailer is woken when (and only if) this commits.
+        self.notify_revocations(seq).await?;
         if let Some(scope) = scope {
             // Nothing of the identity may stay live: a certificate issued after the caller
             // looked would otherwise escape the revocation (and the block).

@@ -252,6 +252,7 @@ impl WriteTx<'_> {
                 Err(refused)
             }
             Err(e) => {
+                tracing::warn!(error = ?e, "a write failed");
                 self.writer.health.failed(Unready::WriteFailed);
                 Err(e)
             }

@@ -26,6 +26,7 @@ mod policy;
 mod queue;
 mod refusals;
 mod renewal;
+mod replicas;
 mod revocation;
 mod revocation_stream;
 mod revoked_client;

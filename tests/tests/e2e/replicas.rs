@@ -1,0 +1,256 @@
+//! Several servers on one PostgreSQL (DESIGN §15): a revocation committed on any replica
+//! reaches every replica's watchers at once (NOTIFY/LISTEN, with the poll set far beyond the
+//! test's patience), one replica leads and another takes over when it stops, the same request id
+//! sent to two replicas issues one certificate, and a replica stopped mid-burst loses nothing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use mintgate_api::HubConfig;
+use mintgate_domain::audit::verify_chain;
+use mintgate_domain::store::CertificateStore;
+use mintgate_sdk::v1;
+use mintgate_sdk::v1::watch_revocations_response::Message;
+use mintgate_tests::csr::csr;
+use mintgate_tests::{Backend, Options, TestServer};
+use tonic::Streaming;
+
+use crate::issuance::enroll_request;
+use crate::revocation::{enroll, revoke_request};
+
+/// Replicas that would poll the log once a minute: what arrives sooner came by notification.
+fn replica_options() -> Options {
+    Options {
+        revocation: HubConfig {
+            poll_interval: Duration::from_secs(60),
+            heartbeat: Duration::from_millis(200),
+            ..HubConfig::default()
+        },
+        ..Options::new(Backend::Postgres)
+    }
+}
+
+async fn three_replicas() -> Option<(TestServer, TestServer, TestServer)> {
+    if !mintgate_tests::db::postgres_available().await {
+        return None;
+    }
+    let a = TestServer::spawn_with(replica_options()).await;
+    let b = a.replica(replica_options()).await;
+    let c = a.replica(replica_options()).await;
+    Some((a, b, c))
+}
+
+async fn watch(server: &TestServer) -> Streaming<v1::WatchRevocationsResponse> {
+    server
+        .admin_revocation()
+        .await
+        .watch_revocations(v1::WatchRevocationsRequest { cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The sequence numbers of the next `n` events on `stream` (heartbeats skipped), each within
+/// 10 s of the one before.
+async fn next_seqs(stream: &mut Streaming<v1::WatchRevocationsResponse>, n: usize) -> Vec<i64> {
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event within 10 s: the poll is a minute away, so NOTIFY did not arrive")
+            .unwrap()
+            .expect("the stream is open")
+            .message;
+        match message {
+            Some(Message::Event(e)) => seqs.push(e.seq),
+            Some(Message::Heartbeat(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_on_any_replica_reaches_every_replicas_watchers_at_once() {
+    let Some((a, b, c)) = three_replicas().await else {
+        return;
+    };
+    let replicas = [&a, &b, &c];
+    let mut watchers = Vec::new();
+    for server in replicas {
+        watchers.push(watch(server).await);
+    }
+    // Six revocations, two committed on each replica in turn.
+    let mut revoked = Vec::new();
+    for (i, server) in replicas.iter().cycle().take(6).enumerate() {
+        let id = format!("spiffe://dev.mintgate.local/workload/r{i}");
+        let workload = enroll(server, &id, &format!("e{i}")).await;
+        let event = server
+            .admin_revocation()
+            .await
+            .revoke(revoke_request(
+                &format!("r{i}"),
+                &workload.serial,
+                v1::RevocationReason::KeyCompromise,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        revoked.push(event.revocation.unwrap().seq);
+    }
+    // Every watcher on every replica: each entry once, in order.
+    for watcher in &mut watchers {
+        assert_eq!(next_seqs(watcher, 6).await, revoked);
+    }
+    // Each replica's live set has them: CheckStatus answers from it.
+    let listener = a.http_get("/metrics").await;
+    let metrics = String::from_utf8(listener.1).unwrap();
+    assert!(
+        metrics.contains("mintgate_revocation_listener_connected 1"),
+        "{metrics}"
+    );
+    for server in [b, c, a] {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_leads_and_another_takes_over_when_it_stops() {
+    let Some((a, b, c)) = three_replicas().await else {
+        return;
+    };
+    let mut replicas = vec![a, b, c];
+    let leader = wait_for_one_leader(&replicas).await;
+    for (i, server) in replicas.iter().enumerate() {
+        let (_, body) = server.http_get("/metrics").await;
+        let metrics = String::from_utf8(body).unwrap();
+        let expected = if i == leader { 1 } else { 0 };
+        assert!(
+            metrics.contains(&format!("mintgate_leader {expected}")),
+            "replica {i}: {metrics}"
+        );
+    }
+    let stopped = Instant::now();
+    // Kept until the end: the first replica's database goes with it.
+    let _leader = replicas.remove(leader).stop().await;
+    let next = wait_for_one_leader(&replicas).await;
+    eprintln!(
+        "leader handover: {:?} after the leader stopped (check interval 100 ms)",
+        stopped.elapsed()
+    );
+    // The new leader runs the jobs: a hold sweep and pruning find it leading.
+    assert!(replicas[next].store().is_leader());
+    for server in replicas {
+        server.stop().await;
+    }
+}
+
+/// Waits (up to 10 s) until exactly one of `replicas` leads; returns its index.
+async fn wait_for_one_leader(replicas: &[TestServer]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaders: Vec<usize> = (0..replicas.len())
+            .filter(|&i| replicas[i].store().is_leader())
+            .collect();
+        if let [one] = leaders[..] {
+            return one;
+        }
+        assert!(Instant::now() < deadline, "leaders: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_request_id_sent_to_two_replicas_issues_one_certificate() {
+    let Some((a, b, c)) = three_replicas().await else {
+        return;
+    };
+    let (csr_pem, _) = csr("spiffe://dev.mintgate.local/workload/twice", &[]);
+    for round in 0..5 {
+        let id = format!("twice-{round}");
+        let (node_a, node_b) = (a.node().await, b.node().await);
+        let (from_a, from_b) = tokio::join!(
+            node_a.enroll(enroll_request(&id, &csr_pem)),
+            node_b.enroll(enroll_request(&id, &csr_pem))
+        );
+        let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+        assert_eq!(from_a.serial, from_b.serial, "round {round}");
+        assert_eq!(from_a.certificate_chain_pem, from_b.certificate_chain_pem);
+    }
+    let rows = c.stored_rows().await;
+    assert_eq!(rows.certificates.len(), 5, "{rows:?}");
+    assert!(verify_chain(c.store().audit_chain().await.unwrap()).is_ok());
+    for server in [b, c, a] {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_stopped_mid_burst_loses_nothing_and_issues_nothing_twice() {
+    let Some((a, b, c)) = three_replicas().await else {
+        return;
+    };
+    let mut watch_b = watch(&b).await;
+    let mut watch_c = watch(&c).await;
+    // Certificates to revoke, issued before the burst.
+    let mut targets = Vec::new();
+    for i in 0..12 {
+        let id = format!("spiffe://dev.mintgate.local/workload/t{i}");
+        targets.push(enroll(&b, &id, &format!("t{i}")).await.serial);
+    }
+    let admin = a.admin_revocation().await;
+    let node = a.node().await;
+    let revokes = targets.iter().enumerate().map(|(i, serial)| {
+        let mut admin = admin.clone();
+        let request = revoke_request(
+            &format!("burst-r{i}"),
+            serial,
+            v1::RevocationReason::Superseded,
+        );
+        async move {
+            let answer = admin.revoke(request).await?.into_inner();
+            Ok::<_, tonic::Status>(answer.revocation.map_or(0, |r| r.seq))
+        }
+    });
+    let enrolls = (0..12).map(|i| {
+        let node = node.clone();
+        let (csr_pem, _) = csr(&format!("spiffe://dev.mintgate.local/workload/b{i}"), &[]);
+        async move {
+            node.enroll(enroll_request(&format!("burst-e{i}"), &csr_pem))
+                .await
+        }
+    });
+    // Replica a stops while the burst is in flight.
+    // (Its database, which the others share, stays until the end of the test.)
+    let (revoked, enrolled, _a) = tokio::join!(join_all(revokes), join_all(enrolls), async {
+        tokio::task::yield_now().await;
+        a.stop().await
+    });
+    let answered: BTreeSet<i64> = revoked.into_iter().filter_map(Result::ok).collect();
+    // Every Revoke that answered OK reaches both survivors once, in order, nothing else
+    // (a revocation whose answer was lost may have committed too: it arrives all the same).
+    let committed = b.store().revocation_bounds().await.unwrap().head;
+    let n = usize::try_from(committed).unwrap();
+    for watcher in [&mut watch_b, &mut watch_c] {
+        let seqs = next_seqs(watcher, n).await;
+        assert_eq!(seqs, (1..=committed).collect::<Vec<_>>());
+        assert!(answered.iter().all(|s| seqs.contains(s)));
+    }
+    // No request issued twice: one certificate per issued request, the chain intact.
+    let rows = c.stored_rows().await;
+    let issued = rows
+        .requests
+        .iter()
+        .filter(|(_, id, state)| {
+            state == "ISSUED" && (id.starts_with('t') || id.starts_with("burst-e"))
+        })
+        .count();
+    assert_eq!(rows.certificates.len(), issued, "{rows:?}");
+    let ok = enrolled.iter().filter(|r| r.is_ok()).count();
+    assert!(issued >= 12 + ok, "issued {issued}, answered {ok}");
+    assert!(verify_chain(c.store().audit_chain().await.unwrap()).is_ok());
+    for server in [b, c] {
+        server.stop().await;
+    }
+}
