@@ -52,7 +52,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `https://host:port`; `server_name` must be in the server certificate.
+    /// Connects to `https://host:port`; `server_name` must be in the server certificate. With
+    /// several replicas' URLs separated by commas, it connects to the first that answers, and
+    /// when that one dies the next call reconnects to another (a call in flight then fails as
+    /// `UNAVAILABLE`, and a retry with the same request id gets the same answer).
     ///
     /// Returns once the server has accepted this client's certificate. If it refuses it, this
     /// fails at once with code `UNAUTHENTICATED` and reason `CERTIFICATE_REVOKED`,

@@ -220,7 +220,8 @@ impl Clock for SystemClock {
 /// Where Mintgate is.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `https://host:port`.
+    /// `https://host:port`, or several replicas' separated by commas (connections fail over
+    /// between them).
     pub url: String,
     /// A name in the server certificate.
     pub server_name: String,

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,38 +37,54 @@ use crate::{Error, TlsMaterial};
 /// How many of the server's first bytes are read to learn its verdict (SETTINGS is a few dozen).
 const FIRST_READ: usize = 1024;
 
-/// A connected channel to `url` (`https://host:port`) whose certificate must name `server_name`.
+/// A connected channel to `url` (`https://host:port`, or several separated by commas: replicas
+/// of one Mintgate) whose certificate must name `server_name`. Each connection goes to the
+/// address that answered last, or, when it does not answer, to the next one in the list: a
+/// channel whose replica dies reconnects to another on its next call.
 pub(crate) async fn channel(
     url: &str,
     server_name: &str,
     tls: &TlsMaterial,
     connect_timeout: Duration,
 ) -> Result<Channel, Error> {
-    let bad_url = |why: String| Error::invalid("BAD_URL", format!("{url}: {why}"));
-    let uri: Uri = url.parse().map_err(|e| bad_url(format!("{e}")))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(bad_url("Mintgate is reached over https://".to_owned()));
+    let mut origin = None;
+    let mut addrs = Vec::new();
+    for one in url.split(',').map(str::trim) {
+        let bad_url = |why: String| Error::invalid("BAD_URL", format!("{one}: {why}"));
+        let uri: Uri = one.parse().map_err(|e| bad_url(format!("{e}")))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad_url("Mintgate is reached over https://".to_owned()));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| bad_url("no host".to_owned()))?
+            .clone();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        addrs.push((host.to_owned(), authority.port_u16().unwrap_or(443)));
+        origin.get_or_insert(uri);
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| bad_url("no host".to_owned()))?
-        .clone();
+    let Some(origin) = origin else {
+        return Err(Error::invalid("BAD_URL", "no server address".to_owned()));
+    };
     let connector = Connector {
         config: Arc::new(client_config(tls)?),
         server_name: ServerName::try_from(server_name.to_owned())
             .map_err(|e| Error::invalid("BAD_SERVER_NAME", format!("{server_name}: {e}")))?,
-        host: authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-        port: authority.port_u16().unwrap_or(443),
+        addrs: addrs.into(),
+        preferred: Arc::new(AtomicUsize::new(0)),
     };
     // tonic refuses an https:// endpoint without its own TLS: it is given the same address as
-    // http://, and the requests still name the https origin.
+    // http://, and the requests still name the (first) https origin.
+    let authority = origin
+        .authority()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let channel = Endpoint::from_shared(format!("http://{authority}"))
-        .map_err(|e| bad_url(e.to_string()))?
-        .origin(uri)
+        .map_err(|e| Error::invalid("BAD_URL", format!("{url}: {e}")))?
+        .origin(origin)
         .connect_timeout(connect_timeout)
         .connect_with_connector(connector)
         .await?;
@@ -150,19 +167,40 @@ impl ConnectError {
 struct Connector {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
-    host: String,
-    port: u16,
+    /// Every replica's (host, port).
+    addrs: Arc<[(String, u16)]>,
+    /// The address tried first: the one that answered last.
+    preferred: Arc<AtomicUsize>,
 }
 
 impl Connector {
+    /// Tries each address, from the preferred one on, until one accepts this client. A refusal
+    /// of the client's certificate is final: every replica would refuse it alike.
     async fn connect(self) -> Result<Confirmed, ConnectError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failed = ConnectError::Closed;
+        for i in (0..self.addrs.len()).map(|k| (first + k) % self.addrs.len()) {
+            let (host, port) = &self.addrs[i];
+            match self.connect_to(host, *port).await {
+                Ok(io) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(io);
+                }
+                Err(refused @ ConnectError::Refused(_)) => return Err(refused),
+                Err(e) => failed = e,
+            }
+        }
+        Err(failed)
+    }
+
+    async fn connect_to(&self, host: &str, port: u16) -> Result<Confirmed, ConnectError> {
+        let tcp = TcpStream::connect((host, port))
             .await
             .map_err(ConnectError::Io)?;
         // Small frames go out at once, as tonic's own connector does.
         let _ = tcp.set_nodelay(true);
-        let mut io = TlsConnector::from(self.config)
-            .connect(self.server_name, tcp)
+        let mut io = TlsConnector::from(self.config.clone())
+            .connect(self.server_name.clone(), tcp)
             .await
             .map_err(ConnectError::from_io)?;
         let mut first = vec![0; FIRST_READ];

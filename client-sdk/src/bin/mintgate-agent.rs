@@ -28,7 +28,8 @@ struct Args {
     /// Use the dev PKI in certs-dev/ and the server at 127.0.0.1:8443.
     #[arg(long)]
     dev: bool,
-    /// Mintgate's gRPC address, host:port.
+    /// Mintgate's gRPC address, host:port; several replicas separated by commas (the agent
+    /// fails over between them).
     #[arg(long, env = "MINTGATE_AGENT_SERVER")]
     server: Option<String>,
     /// A name in the server's certificate.
@@ -153,7 +154,11 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         .map(|h| h.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
     Ok(AgentConfig {
         endpoint: Endpoint {
-            url: format!("https://{server}"),
+            url: server
+                .split(',')
+                .map(|one| format!("https://{}", one.trim()))
+                .collect::<Vec<_>>()
+                .join(","),
             server_name: args
                 .server_name
                 .or(file.server_name)

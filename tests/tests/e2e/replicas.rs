@@ -4,6 +4,7 @@
 //! sent to two replicas issues one certificate, and a replica stopped mid-burst loses nothing.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -12,6 +13,7 @@ use mintgate_domain::audit::verify_chain;
 use mintgate_domain::store::CertificateStore;
 use mintgate_sdk::v1;
 use mintgate_sdk::v1::watch_revocations_response::Message;
+use mintgate_sdk::{Client, RevocationWatcher, WatcherConfig};
 use mintgate_tests::csr::csr;
 use mintgate_tests::{Backend, Options, TestServer};
 use tonic::Streaming;
@@ -253,4 +255,66 @@ async fn a_replica_stopped_mid_burst_loses_nothing_and_issues_nothing_twice() {
     for server in [b, c] {
         server.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sdk_fails_over_to_another_replica_and_resumes_the_feed_from_its_cursor() {
+    if !mintgate_tests::db::postgres_available().await {
+        return;
+    }
+    let a = TestServer::spawn_with(replica_options()).await;
+    let b = a.replica(replica_options()).await;
+    // One client and one watcher over both replicas, a first.
+    let urls = format!("{},{}", a.url(), b.url());
+    let alice = a.material(&a.pki.alice.cert_pem, &a.pki.alice.key_pem);
+    let connect_urls = urls.clone();
+    let watcher = RevocationWatcher::spawn(
+        Arc::new(move || {
+            let (urls, material) = (connect_urls.clone(), alice.clone());
+            Box::pin(async move { Client::connect(&urls, "localhost", &material).await })
+        }),
+        WatcherConfig {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            ..WatcherConfig::default()
+        },
+    )
+    .unwrap();
+    let node_tls = a.material(&a.pki.node.cert_pem, &a.pki.node.key_pem);
+    let node = Client::connect(&urls, "localhost", &node_tls)
+        .await
+        .unwrap();
+
+    let first = enroll(&a, "spiffe://dev.mintgate.local/workload/f1", "f1").await;
+    let second = enroll(&a, "spiffe://dev.mintgate.local/workload/f2", "f2").await;
+    revoke(&a, "fr1", &first.serial).await;
+    let set = watcher.set();
+    tokio::time::timeout(Duration::from_secs(10), set.applied_through(1))
+        .await
+        .expect("the first revocation through replica a");
+
+    // Replica a goes; the watcher reconnects to b with its cursor, and the client's next call
+    // goes there too.
+    let _a = a.stop().await;
+    revoke(&b, "fr2", &second.serial).await;
+    tokio::time::timeout(Duration::from_secs(10), set.applied_through(2))
+        .await
+        .expect("the second revocation through replica b");
+    assert_eq!(set.cursor(), 2);
+    assert!(set.is_revoked(&first.serial) && set.is_revoked(&second.serial));
+    let (csr_pem, _) = csr("spiffe://dev.mintgate.local/workload/f3", &[]);
+    let mut issued = node.enroll(enroll_request("f3", &csr_pem)).await;
+    if issued.is_err() {
+        // The call in flight when the connection broke; the same request id again.
+        issued = node.enroll(enroll_request("f3", &csr_pem)).await;
+    }
+    assert!(!issued.unwrap().serial.is_empty());
+    drop(watcher);
+    b.stop().await;
+}
+
+async fn revoke(server: &TestServer, request_id: &str, serial: &str) -> v1::RevokeResponse {
+    let request = revoke_request(request_id, serial, v1::RevocationReason::KeyCompromise);
+    let mut admin = server.admin_revocation().await;
+    admin.revoke(request).await.unwrap().into_inner()
 }
