@@ -11,6 +11,7 @@ mod disk_full;
 mod governance;
 mod group_commit;
 mod leases;
+mod migrations;
 mod requests;
 mod risk;
 mod tokens;
