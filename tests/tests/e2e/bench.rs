@@ -74,6 +74,16 @@ async fn every_benchmark_runs_at_tiny_sizes() {
     assert_eq!(fanout["floor"]["samples"], SUBSCRIBERS * ROUNDS);
     assert!(fanout["event_bytes"].as_u64().unwrap() > 5);
     assert!(report["memory"]["rss_kib_idle"].as_u64().unwrap() > 0);
+    if postgres {
+        // Two replicas: every event reached every subscriber of each.
+        let replicas = &report["replicas"];
+        let same = SUBSCRIBERS / 2;
+        assert_eq!(replicas["same_replica"]["samples"], same * ROUNDS);
+        assert_eq!(
+            replicas["other_replica"]["samples"],
+            (SUBSCRIBERS - same) * ROUNDS
+        );
+    }
 
     let cfssl = std::process::Command::new("cfssl").arg("version").output();
     if cfssl.is_ok_and(|o| o.status.success()) {

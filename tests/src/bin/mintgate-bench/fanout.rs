@@ -245,7 +245,7 @@ where
 }
 
 /// One sidecar: its own connection, the feed from the start, ready at the first heartbeat.
-async fn watch(url: String, tls: TlsMaterial, mut reporter: Reporter) -> anyhow::Result<()> {
+pub async fn watch(url: String, tls: TlsMaterial, mut reporter: Reporter) -> anyhow::Result<()> {
     let client = Client::connect(&url, "localhost", &tls).await?;
     let mut feed = client.watch_revocations(0).await?;
     while let Some(response) = feed.message().await? {
@@ -270,8 +270,13 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
 /// `n` workload certificates from the server's own CA, one identity each (as sidecars have),
 /// sharing one P-256 key to keep the set-up short.
 fn identities(pki: &Path, n: usize) -> anyhow::Result<Vec<TlsMaterial>> {
-    let ca_pem = read(pki, "ca.pem")?;
-    let ca = CertificateAuthority::from_pem(&ca_pem, &read(pki, "ca.key")?, None)?;
+    identities_of(&read(pki, "ca.pem")?, &read(pki, "ca.key")?, n)
+}
+
+/// [`identities`] from the CA's certificate and key.
+pub fn identities_of(ca_pem: &str, ca_key_pem: &str, n: usize) -> anyhow::Result<Vec<TlsMaterial>> {
+    let ca_pem = ca_pem.to_owned();
+    let ca = CertificateAuthority::from_pem(&ca_pem, ca_key_pem, None)?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let (spki, key_pem) = (key.subject_public_key_info(), key.serialize_pem());
     let now = OffsetDateTime::now_utc();

@@ -16,6 +16,7 @@ mod fanout;
 mod floor;
 mod issuance;
 mod peer;
+mod replicas;
 mod report;
 mod support;
 
@@ -27,6 +28,9 @@ use clap::{Args, Parser, Subcommand};
 use mintgate_tests::Backend;
 
 use crate::report::{Machine, Report};
+
+/// Subscribers of the cross-replica run at most (both replicas run in this process).
+const REPLICA_SUBSCRIBERS: usize = 2000;
 
 #[derive(Parser)]
 #[command(
@@ -141,6 +145,16 @@ fn main() -> anyhow::Result<()> {
         let (fanout, memory) = fanout::run(&mintgate, options.subscribers, options.rounds)
             .await
             .context("fan-out and memory")?;
+        let replicas = if options.postgres && postgres_skipped.is_none() {
+            let n = options.subscribers.min(REPLICA_SUBSCRIBERS);
+            Some(
+                replicas::run(n, options.rounds)
+                    .await
+                    .context("cross-replica fan-out")?,
+            )
+        } else {
+            None
+        };
         let peer = peer::run(
             &options.cfssl,
             csrs.clone(),
@@ -161,6 +175,7 @@ fn main() -> anyhow::Result<()> {
             postgres_skipped,
             fanout,
             memory,
+            replicas,
             peer,
         })
     })?;

@@ -7,6 +7,7 @@ use crate::crypto::Crypto;
 use crate::fanout::{Fanout, Memory};
 use crate::issuance::Issuance;
 use crate::peer::Peer;
+use crate::replicas::CrossReplica;
 use crate::support::Latency;
 
 #[derive(Debug, Serialize)]
@@ -19,6 +20,8 @@ pub struct Report {
     pub postgres_skipped: Option<String>,
     pub fanout: Fanout,
     pub memory: Memory,
+    /// Two replicas on PostgreSQL (with `--postgres`).
+    pub replicas: Option<CrossReplica>,
     pub peer: Peer,
 }
 
@@ -118,6 +121,23 @@ impl Report {
             format!("{:.2}", f.p99_ratio),
             target(f.p99_ratio <= 1.15, "≤ 1.15"),
         );
+        if let Some(r) = &self.replicas {
+            row(
+                format!("3 fan-out, two replicas (N={})", r.subscribers),
+                format!("committing replica {}", latency(&r.same_replica)),
+                String::new(),
+            );
+            row(
+                "  the other replica's subscribers".into(),
+                latency(&r.other_replica),
+                String::new(),
+            );
+            row(
+                "  p99 gap".into(),
+                format!("{:.1} ms", r.p99_gap_ms),
+                target(r.p99_gap_ms <= 10.0, "≤ 10 ms"),
+            );
+        }
         let m = &self.memory;
         row(
             format!("4 memory per idle subscriber (N={})", m.subscribers),
