@@ -318,3 +318,36 @@ async fn revoke(server: &TestServer, request_id: &str, serial: &str) -> v1::Revo
     let mut admin = server.admin_revocation().await;
     admin.revoke(request).await.unwrap().into_inner()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_sent_while_a_listener_reconnects_is_read_from_the_log() {
+    if !mintgate_tests::db::postgres_available().await {
+        return;
+    }
+    let a = TestServer::spawn_with(replica_options()).await;
+    let b = a.replica(replica_options()).await;
+    let mut on_b = watch(&b).await;
+    let workload = enroll(&a, "spiffe://dev.mintgate.local/workload/l1", "l1").await;
+
+    // Every listener's session ends (as a network cut or a PostgreSQL restart would end it);
+    // the revocation is committed before they are back, so its NOTIFY reaches nobody.
+    let admin = sea_orm::Database::connect(&a.database_url).await.unwrap();
+    let terminated = sea_orm::ConnectionTrait::execute_unprepared(
+        &admin,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .await
+    .unwrap();
+    assert!(terminated.rows_affected() >= 2, "a listener per replica");
+    let seq = revoke(&a, "l1", &workload.serial)
+        .await
+        .revocation
+        .unwrap()
+        .seq;
+    // The poll is a minute away: b's listener reconnects and reads the log.
+    assert_eq!(next_seqs(&mut on_b, 1).await, vec![seq]);
+    admin.close().await.unwrap();
+    b.stop().await;
+    a.stop().await;
+}
