@@ -148,7 +148,8 @@ pub type Bucket = (i64, u64);
 
 impl Rates {
     /// The windows at `now` (Unix seconds) from per-minute counts covering at least the last
-    /// 61 minutes and per-hour counts covering at least the last 25 hours. A bucket a window
+    /// 61 minutes and per-hour counts covering at least the last 25 hours (older buckets count
+    /// in no window). A bucket a window
     /// covers only in part counts in proportion to the part (its requests are taken as spread
     /// evenly over the time it has run so far, the estimate sliding-window rate limiters use),
     /// so a burst inside one minute is counted exactly and a steady rate to within a bucket's
