@@ -451,7 +451,7 @@ impl Application {
                 if ticks.is_multiple_of(RISK_PRUNE_TICKS) {
                     match app.prune_risk_counts().await {
                         Ok(n) => tracing::debug!(pruned = n, "pruned risk counts"),
-                        Err(e) => tracing::warn!(error = ?e, "pruning risk counts failed"),
+                        Err(e) => tracing::warn!(error = %e, "pruning risk counts failed"),
                     }
                 }
                 ticks = ticks.wrapping_add(1);
