@@ -402,24 +402,6 @@ impl TestServer {
         }
     }
 
-    /// Ends the server the way a crash would: its task is dropped where it is (no drain, no
-    /// shutdown checkpoint, transactions in flight abandoned, its connections closed by the
-    /// drop). Its database, PKI and clock are kept as [`TestServer::stop`] keeps them.
-    pub async fn crash(mut self) -> StoppedServer {
-        self.stop.take();
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        StoppedServer {
-            backend: self.backend,
-            db: std::mem::replace(&mut self.db, db::TestDatabase::placeholder()),
-            pki: self.pki.clone(),
-            clock: self.clock.clone(),
-            grpc_addr: self.grpc_addr,
-        }
-    }
-
     async fn stop_server(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use mintgate_api::{GrpcConfig, HubConfig};
+use mintgate_api::HubConfig;
 use mintgate_domain::audit::verify_chain;
 use mintgate_domain::store::CertificateStore;
 use mintgate_sdk::v1;
 use mintgate_sdk::v1::watch_revocations_response::Message;
 use mintgate_sdk::{Client, RevocationWatcher, WatcherConfig};
+use mintgate_store::SqlStore;
 use mintgate_tests::csr::csr;
+use mintgate_tests::db::TestDatabase;
 use mintgate_tests::{Backend, Options, TestServer};
 use tonic::Streaming;
 
@@ -189,84 +191,162 @@ async fn the_same_request_id_sent_to_two_replicas_issues_one_certificate() {
     }
 }
 
+/// A `mintgate serve --dev` process on the shared database: the replicas of the kill test run
+/// as processes of their own, so that one can be killed outright.
+struct Process {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Process {
+    /// Starts a replica in `dir` (the first one there writes the dev PKI; start the others once
+    /// it listens) and waits until it listens.
+    fn start(dir: &std::path::Path, database_url: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(mintgate_tests::mintgate_bin())
+            .args(["serve", "--dev", "--database-url", database_url])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            // Read to the end, so the server never writes into a closed pipe.
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.trim().strip_suffix(" list")
+                    && !sent
+                {
+                    sent = tx
+                        .send(addr.rsplit(' ').next().unwrap_or("").to_owned())
+                        .is_ok();
+                }
+            }
+        });
+        let grpc = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the replica names its gRPC address within 60 s");
+        Self {
+            child,
+            url: format!("https://{grpc}"),
+        }
+    }
+
+    async fn client(&self, dir: &std::path::Path, who: &str) -> Client {
+        let read =
+            |name: String| std::fs::read_to_string(dir.join("certs-dev").join(name)).unwrap();
+        let tls = mintgate_sdk::TlsMaterial {
+            ca_pem: read("ca.pem".into()),
+            cert_pem: read(format!("{who}.pem")),
+            key_pem: read(format!("{who}.key")),
+        };
+        Client::connect(&self.url, "localhost", &tls).await.unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_that_crashes_mid_burst_loses_nothing_and_issues_nothing_twice() {
+async fn a_replica_killed_mid_burst_loses_nothing_and_issues_nothing_twice() {
     if !mintgate_tests::db::postgres_available().await {
         return;
     }
-    // Calls the crashed replica leaves without an answer end at its deadline.
-    let a = TestServer::spawn_with(Options {
-        grpc: GrpcConfig {
-            call_timeout: Duration::from_secs(3),
-            ..GrpcConfig::default()
-        },
-        ..replica_options()
-    })
-    .await;
-    let b = a.replica(replica_options()).await;
-    let c = a.replica(replica_options()).await;
-    let mut watch_b = watch(&b).await;
-    let mut watch_c = watch(&c).await;
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Process::start(dir.path(), &db.url);
+    let b = Process::start(dir.path(), &db.url);
+    let c = Process::start(dir.path(), &db.url);
+    let (alice_b, alice_c) = (
+        b.client(dir.path(), "alice").await,
+        c.client(dir.path(), "alice").await,
+    );
+    let mut watch_b = alice_b.watch_revocations(0).await.unwrap();
+    let mut watch_c = alice_c.watch_revocations(0).await.unwrap();
     // Certificates to revoke, issued before the burst.
+    let node_b = b.client(dir.path(), "node").await;
     let mut targets = Vec::new();
     for i in 0..12 {
-        let id = format!("spiffe://dev.mintgate.local/workload/t{i}");
-        targets.push(enroll(&b, &id, &format!("t{i}")).await.serial);
+        let (csr_pem, _) = csr(&format!("spiffe://dev.mintgate.local/workload/t{i}"), &[]);
+        let issued = node_b
+            .enroll(enroll_request(&format!("t{i}"), &csr_pem))
+            .await;
+        targets.push(issued.unwrap().serial);
     }
-    let admin = a.admin_revocation().await;
-    let node = a.node().await;
+
+    // A burst of revocations and enrollments through replica a, killed (SIGKILL) once the
+    // first revocation has answered.
+    let (alice_a, node_a) = (
+        a.client(dir.path(), "alice").await,
+        a.client(dir.path(), "node").await,
+    );
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let first_tx = std::sync::Mutex::new(Some(first_tx));
     let revokes = targets.iter().enumerate().map(|(i, serial)| {
-        let mut admin = admin.clone();
+        let (alice, first_tx) = (alice_a.clone(), &first_tx);
         let request = revoke_request(
             &format!("burst-r{i}"),
             serial,
             v1::RevocationReason::Superseded,
         );
         async move {
-            let answer = admin.revoke(request).await?.into_inner();
-            Ok::<_, tonic::Status>(answer.revocation.map_or(0, |r| r.seq))
+            let answer = alice.revoke(request).await?;
+            if let Some(tx) = first_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            Ok::<_, mintgate_sdk::Error>(answer.seq)
         }
     });
     let enrolls = (0..12).map(|i| {
-        let node = node.clone();
+        let node = node_a.clone();
         let (csr_pem, _) = csr(&format!("spiffe://dev.mintgate.local/workload/b{i}"), &[]);
         async move {
             node.enroll(enroll_request(&format!("burst-e{i}"), &csr_pem))
                 .await
         }
     });
-    // Replica a crashes while the burst is in flight.
-    // (Its database, which the others share, stays until the end of the test.)
-    let (revoked, enrolled, _a) = tokio::join!(join_all(revokes), join_all(enrolls), async {
-        tokio::task::yield_now().await;
-        a.crash().await
+    let (revoked, enrolled, ()) = tokio::join!(join_all(revokes), join_all(enrolls), async {
+        let _ = first_rx.await;
+        a.child.kill().unwrap();
     });
     let answered: BTreeSet<i64> = revoked.into_iter().filter_map(Result::ok).collect();
-    // Every Revoke that answered OK reaches both survivors once, in order, nothing else
-    // (a revocation whose answer was lost may have committed too: it arrives all the same).
-    let committed = b.store().revocation_bounds().await.unwrap().head;
-    let n = usize::try_from(committed).unwrap();
+    assert!(!answered.is_empty());
+
+    // Every Revoke that answered OK reaches both survivors once, in order, and nothing else
+    // does (a revocation whose answer was lost may have committed too: it arrives all the same).
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    let committed = store.revocation_bounds().await.unwrap().head;
     for watcher in [&mut watch_b, &mut watch_c] {
-        let seqs = next_seqs(watcher, n).await;
+        let seqs = next_seqs(watcher, usize::try_from(committed).unwrap()).await;
         assert_eq!(seqs, (1..=committed).collect::<Vec<_>>());
         assert!(answered.iter().all(|s| seqs.contains(s)));
     }
-    // No request issued twice: one certificate per issued request, the chain intact.
-    let rows = c.stored_rows().await;
-    let issued = rows
-        .requests
-        .iter()
-        .filter(|(_, id, state)| {
-            state == "ISSUED" && (id.starts_with('t') || id.starts_with("burst-e"))
-        })
-        .count();
-    assert_eq!(rows.certificates.len(), issued, "{rows:?}");
-    let ok = enrolled.iter().filter(|r| r.is_ok()).count();
+    // No request issued twice: one certificate per issued enrollment, the chain intact.
+    let issued = count(
+        &db.url,
+        "SELECT COUNT(*) FROM requests WHERE kind = 'ENROLL' AND state = 'ISSUED'",
+    )
+    .await;
+    assert_eq!(
+        count(&db.url, "SELECT COUNT(*) FROM certificates").await,
+        issued
+    );
+    let ok = enrolled.iter().filter(|r| r.is_ok()).count() as i64;
     assert!(issued >= 12 + ok, "issued {issued}, answered {ok}");
-    assert!(verify_chain(c.store().audit_chain().await.unwrap()).is_ok());
-    for server in [b, c] {
-        server.stop().await;
-    }
+    assert!(verify_chain(store.audit_chain().await.unwrap()).is_ok());
+    store.close().await;
+    drop((b, c));
+    db.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -362,4 +442,15 @@ async fn a_revocation_sent_while_a_listener_reconnects_is_read_from_the_log() {
     admin.close().await.unwrap();
     b.stop().await;
     a.stop().await;
+}
+
+/// The single count `sql` selects, read past the servers.
+async fn count(url: &str, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait as _;
+    let db = sea_orm::Database::connect(url).await.unwrap();
+    let statement = sea_orm::Statement::from_string(db.get_database_backend(), sql.to_owned());
+    let row = db.query_one_raw(statement).await.unwrap().unwrap();
+    let n = row.try_get_by_index(0).unwrap();
+    db.close().await.unwrap();
+    n
 }
