@@ -61,9 +61,15 @@ async fn agent(backend: Backend) {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
+    // The first address of the list answers nothing (a replica that is down): the agent goes
+    // on to the next.
+    let down = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
     let config = AgentConfig {
         endpoint: Endpoint {
-            url: server.url(),
+            url: format!("https://{down},{}", server.url()),
             server_name: "localhost".into(),
         },
         ca_pem: server.pki.ca.cert_pem.clone(),
