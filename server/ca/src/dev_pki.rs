@@ -22,7 +22,8 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::x509::X509Name;
 
 use crate::CaError;
-use crate::signer::{FileKey, LeafProfile, parse_certificate};
+use crate::key::FileKey;
+use crate::signer::{LeafProfile, parse_certificate};
 
 /// The organization (O) in the subject of every dev CA. Certificates carrying it are dev material.
 pub const DEV_ORGANIZATION: &str = "Mintgate Dev PKI (insecure)";
@@ -305,19 +306,7 @@ impl DevCa {
         rng: &SystemRandom,
     ) -> Result<Self, CaError> {
         let key = FileKey::generate_p256()?;
-        let mut params = CertificateParams::default();
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, DEV_ORGANIZATION);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let params = dev_ca_params(common_name, not_before, not_after, rng)?;
         let cert = params.self_signed(&key).map_err(CaError::Build)?;
         Ok(Self {
             params,
@@ -371,6 +360,29 @@ impl DevCa {
             cert_pem: self.cert_pem,
         }
     }
+}
+
+/// The parameters of a dev CA: pathLen 0, keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
+pub(crate) fn dev_ca_params(
+    common_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    rng: &SystemRandom,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, DEV_ORGANIZATION);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
 }
 
 /// A positive serial with 128 CSPRNG bits.

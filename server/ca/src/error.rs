@@ -18,6 +18,13 @@ pub enum CaError {
     NotACa { reason: &'static str },
     #[error("the CA private key could not be read (PKCS#8 PEM expected)")]
     KeyPem(#[source] rcgen::Error),
+    #[error(
+        "the CA key file {} has mode {mode:o}: group and others must have no access (chmod 600)",
+        path.display()
+    )]
+    KeyFileMode { path: PathBuf, mode: u32 },
+    #[error("the CA key in the PKCS#11 token is unusable")]
+    Pkcs11(#[source] crate::pkcs11::Pkcs11Error),
     #[error("the CA private key does not match the CA certificate's public key")]
     KeyMismatch,
     #[error("the CA certificate's subject cannot be reproduced as an issuer name")]

@@ -1,8 +1,9 @@
 //! Mintgate's signer: builds certificates from policy and signs them with a key behind one trait.
 //!
 //! - [`CertificateAuthority`] implements the domain's [`Signer`](mintgate_domain::ports::Signer)
-//!   port with the certificate profile of DESIGN §4; its key is any [`KeyBackend`] (a PKCS#8
-//!   [`FileKey`] today). It signs certificates, CRLs and OCSP responses.
+//!   port with the certificate profile of DESIGN §4; its key is any [`KeyBackend`]: a PKCS#8
+//!   [`FileKey`], a [`Pkcs11Key`] in a token ([`pkcs11`]), or [`CaKey`] for either. It signs
+//!   certificates, CRLs and OCSP responses.
 //! - [`ocsp`] reads OCSP requests, tells whether a CertID names the issuing CA, and encodes
 //!   responses (RFC 6960).
 //! - [`FileAuditSigner`] implements the [`AuditSigner`](mintgate_domain::ports::AuditSigner)
@@ -19,8 +20,12 @@ mod audit_key;
 mod crl;
 mod dev_pki;
 mod error;
+mod key;
 pub mod ocsp;
+pub mod pkcs11;
 mod signer;
+#[cfg(any(test, feature = "softhsm"))]
+pub mod softhsm;
 #[cfg(test)]
 mod tests;
 
@@ -34,4 +39,6 @@ pub use dev_pki::{
     write_dev_pki,
 };
 pub use error::CaError;
-pub use signer::{CertificateAuthority, FileKey, KeyBackend};
+pub use key::{CaKey, FileKey};
+pub use pkcs11::{Pin, Pkcs11Config, Pkcs11Error, Pkcs11Key};
+pub use signer::{CertificateAuthority, KeyBackend};

@@ -14,9 +14,8 @@ use mintgate_domain::ports::{
 };
 use rcgen::{
     CertificateParams, CertificateRevocationListParams, CrlDistributionPoint, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PublicKeyData, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm, SigningKey,
-    SubjectPublicKeyInfo,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData,
+    RevokedCertParams, SanType, SerialNumber, SigningKey, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -25,64 +24,20 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::CaError;
+use crate::key::FileKey;
 use crate::ocsp::{self, OcspIssuer};
 
 /// Longest common name X.509 allows (RFC 5280 `ub-common-name`).
 const MAX_COMMON_NAME_LEN: usize = 64;
 
 /// Where the issuing key lives. Any rcgen [`SigningKey`] that can be shared across threads is a
-/// backend: [`FileKey`] today, a PKCS#11 or KMS key later. A backend's `Debug` must not print
+/// backend: a [`FileKey`], a [`Pkcs11Key`](crate::Pkcs11Key), or [`CaKey`](crate::CaKey) for
+/// either. A backend's `Debug` must not print
 /// secret material, and a failing remote key should return [`rcgen::Error::RemoteKeyError`] so
 /// the failure is reported as "unavailable" rather than as a build error.
 pub trait KeyBackend: SigningKey + Send + Sync + 'static {}
 
 impl<T: SigningKey + Send + Sync + 'static> KeyBackend for T {}
-
-/// A private key loaded from a PKCS#8 PEM file. Its `Debug` names the algorithm only.
-pub struct FileKey(KeyPair);
-
-impl FileKey {
-    /// Parses a PKCS#8 PEM private key (P-256, P-384, Ed25519 or RSA).
-    pub fn from_pem(pem: &str) -> Result<Self, CaError> {
-        KeyPair::from_pem(pem).map(Self).map_err(CaError::KeyPem)
-    }
-
-    /// Generates a fresh P-256 key.
-    pub fn generate_p256() -> Result<Self, CaError> {
-        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map(Self)
-            .map_err(CaError::KeyGeneration)
-    }
-
-    /// The key as PKCS#8 PEM, for writing it to a file.
-    pub(crate) fn to_pkcs8_pem(&self) -> String {
-        self.0.serialize_pem()
-    }
-}
-
-impl fmt::Debug for FileKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileKey")
-            .field("algorithm", self.0.algorithm())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PublicKeyData for FileKey {
-    fn der_bytes(&self) -> &[u8] {
-        self.0.der_bytes()
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.0.algorithm()
-    }
-}
-
-impl SigningKey for FileKey {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0.sign(msg)
-    }
-}
 
 /// The issuing CA: its certificate, its key and the CRL location it stamps into what it issues.
 pub struct CertificateAuthority<K = FileKey> {

@@ -10,13 +10,14 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
 
-use crate::{CaError, CertificateAuthority, DevPki, generate_pki};
+use crate::softhsm::SoftHsm;
+use crate::{CaError, CertificateAuthority, DevPki, KeyBackend, Pkcs11Key, generate_pki};
 
 /// An RSA-2048 public key made with
 /// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 | openssl pkey -pubout -outform DER`
 /// (the private key was discarded).
 const RSA_2048_SPKI: &[u8] = include_bytes!("../testdata/rsa2048.spki.der");
-const CRL_URL: &str = "http://127.0.0.1:8080/crl";
+pub(crate) const CRL_URL: &str = "http://127.0.0.1:8080/crl";
 
 pub(crate) fn trust_domain() -> TrustDomain {
     TrustDomain::parse("dev.mintgate.local").unwrap()
@@ -52,7 +53,7 @@ fn parse(der: &[u8]) -> X509Certificate<'_> {
     x509_parser::parse_x509_certificate(der).unwrap().1
 }
 
-fn ca(crl_url: Option<&str>) -> (CertificateAuthority, DevPki) {
+pub(crate) fn ca(crl_url: Option<&str>) -> (CertificateAuthority, DevPki) {
     let pki = generate_pki(&trust_domain(), OffsetDateTime::now_utc()).unwrap();
     let ca = CertificateAuthority::from_pem(
         &pki.ca.cert_pem,
@@ -62,6 +63,45 @@ fn ca(crl_url: Option<&str>) -> (CertificateAuthority, DevPki) {
     .unwrap();
     (ca, pki)
 }
+
+/// A CA whose key is in a fresh SoftHSM token (generated there), with a certificate made for
+/// it like a dev CA's.
+pub(crate) fn pkcs11_ca(hsm: &SoftHsm, crl_url: Option<&str>) -> CertificateAuthority<Pkcs11Key> {
+    let config = hsm.token("mintgate-ca-test", "issuing-ca").unwrap();
+    let (key, generated) = Pkcs11Key::open_or_generate(&config).unwrap();
+    assert!(generated);
+    let now = OffsetDateTime::now_utc();
+    let rng = ring::rand::SystemRandom::new();
+    let params = crate::dev_pki::dev_ca_params(
+        "Mintgate Test PKCS#11 CA",
+        now - Duration::minutes(1),
+        now + Duration::days(30),
+        &rng,
+    )
+    .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    CertificateAuthority::new(cert.der().clone(), key, crl_url.map(str::to_owned)).unwrap()
+}
+
+/// Runs a check of the signer on a CA with a file key and, in a SoftHSM child process, on one
+/// with a PKCS#11 key: `on_both_backends!(name, check, crl_url)`.
+macro_rules! on_both_backends {
+    ($name:ident, $check:ident, $crl:expr) => {
+        mod $name {
+            #[test]
+            fn file() {
+                super::$check(&crate::tests::ca($crl).0);
+            }
+
+            crate::softhsm_test! {
+                fn pkcs11(hsm) {
+                    super::$check(&crate::tests::pkcs11_ca(hsm, $crl));
+                }
+            }
+        }
+    };
+}
+pub(crate) use on_both_backends;
 
 fn spki_for(alg: &'static SignatureAlgorithm) -> Vec<u8> {
     KeyPair::generate_for(alg)
@@ -144,7 +184,11 @@ fn dns_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
 }
 
 /// Asserts the whole DESIGN §4 profile on one issued certificate.
-fn assert_profile(ca: &CertificateAuthority, req: &Request, signed: &SignedCertificate) {
+fn assert_profile<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
+    req: &Request,
+    signed: &SignedCertificate,
+) {
     let ca_cert = parse(ca.ca_cert_der());
     let cert = parse(&signed.der);
     let what = req.key_type;
@@ -263,24 +307,34 @@ fn assert_profile(ca: &CertificateAuthority, req: &Request, signed: &SignedCerti
     .unwrap_or_else(|e| panic!("{what}: webpki refuses the chain: {e:?}"));
 }
 
-#[test]
-fn issues_the_profile_for_every_accepted_key_type() {
-    let (ca, _) = ca(Some(CRL_URL));
+on_both_backends!(
+    issues_the_profile,
+    issues_the_profile_for_every_accepted_key_type,
+    Some(crate::tests::CRL_URL)
+);
+
+fn issues_the_profile_for_every_accepted_key_type<K: KeyBackend>(ca: &CertificateAuthority<K>) {
     for (key_type, spki) in subject_keys() {
         let req = Request::new(key_type, spki);
         let signed = ca.sign(&req.spec()).unwrap();
-        assert_profile(&ca, &req, &signed);
+        assert_profile(ca, &req, &signed);
     }
 }
 
-#[test]
-fn server_auth_and_dns_names_only_when_asked_and_no_crl_dp_when_unconfigured() {
-    let (ca, _) = ca(None);
+on_both_backends!(
+    server_auth,
+    server_auth_and_dns_names_only_when_asked_and_no_crl_dp_when_unconfigured,
+    None
+);
+
+fn server_auth_and_dns_names_only_when_asked_and_no_crl_dp_when_unconfigured<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
+) {
     let mut req = Request::new(KeyType::EcdsaP256, spki_for(&rcgen::PKCS_ECDSA_P256_SHA256));
     req.server_auth = true;
     req.dns = vec!["api.web.svc".to_owned()];
     let signed = ca.sign(&req.spec()).unwrap();
-    assert_profile(&ca, &req, &signed);
+    assert_profile(ca, &req, &signed);
     webpki_verify(
         &signed.der,
         ca.ca_cert_der(),
@@ -291,7 +345,7 @@ fn server_auth_and_dns_names_only_when_asked_and_no_crl_dp_when_unconfigured() {
     req.server_auth = false;
     req.dns.clear();
     let signed = ca.sign(&req.spec()).unwrap();
-    assert_profile(&ca, &req, &signed);
+    assert_profile(ca, &req, &signed);
     assert!(
         webpki_verify(
             &signed.der,
@@ -303,14 +357,20 @@ fn server_auth_and_dns_names_only_when_asked_and_no_crl_dp_when_unconfigured() {
     );
 }
 
-#[test]
-fn validity_is_clamped_to_the_ca_and_an_expired_ca_refuses() {
-    let (ca, _) = ca(None);
+on_both_backends!(
+    validity,
+    validity_is_clamped_to_the_ca_and_an_expired_ca_refuses,
+    None
+);
+
+fn validity_is_clamped_to_the_ca_and_an_expired_ca_refuses<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
+) {
     let mut req = Request::new(KeyType::Ed25519, spki_for(&rcgen::PKCS_ED25519));
     req.not_after = ca.not_after() + Duration::days(30);
     let signed = ca.sign(&req.spec()).unwrap();
     assert_eq!(signed.not_after, ca.not_after());
-    assert_profile(&ca, &req, &signed);
+    assert_profile(ca, &req, &signed);
 
     req.not_before = ca.not_after() + Duration::seconds(1);
     assert!(matches!(
@@ -412,20 +472,30 @@ fn trust_bundle_and_debug_output() {
     assert!(!debug.contains(pki.join_token_key_hex.trim()), "{debug}");
 }
 
-#[test]
-fn openssl_verifies_issued_certificates_as_ssl_clients() {
+on_both_backends!(
+    openssl,
+    openssl_verifies_issued_certificates_as_ssl_clients,
+    Some(crate::tests::CRL_URL)
+);
+
+fn openssl_verifies_issued_certificates_as_ssl_clients<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
+) {
     if std::process::Command::new("openssl")
         .arg("version")
         .output()
         .is_err()
     {
+        assert!(
+            std::env::var("MINTGATE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "openssl is not on PATH and MINTGATE_REQUIRE_TOOLS=1"
+        );
         println!("note: openssl is not on PATH; skipping the openssl cross-check");
         return;
     }
-    let (ca, pki) = ca(Some(CRL_URL));
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &pki.ca.cert_pem).unwrap();
+    std::fs::write(&ca_path, ca.trust_bundle_pem()).unwrap();
     for (key_type, spki) in subject_keys() {
         let req = Request::new(key_type, spki);
         let signed = ca.sign(&req.spec()).unwrap();
@@ -444,4 +514,20 @@ fn openssl_verifies_issued_certificates_as_ssl_clients() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+on_both_backends!(crl, a_signed_crl_verifies_under_the_ca, None);
+
+fn a_signed_crl_verifies_under_the_ca<K: KeyBackend>(ca: &CertificateAuthority<K>) {
+    let now = OffsetDateTime::now_utc();
+    let crl = ca
+        .sign_crl(&mintgate_domain::ports::CrlSpec {
+            this_update: now,
+            next_update: now + Duration::hours(1),
+            number: 3,
+            entries: &[],
+        })
+        .unwrap();
+    let summary = crate::verify_crl(ca.trust_bundle_pem().as_bytes(), &crl).unwrap();
+    assert_eq!(summary.this_update, now.truncate_to_second());
 }
