@@ -9,7 +9,7 @@ use mintgate_api::holds::{EdgeObserver, HoldFeed};
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
 use mintgate_api::{GrpcConfig, GrpcServer, Metrics, RevocationHub};
-use mintgate_ca::CertificateAuthority;
+use mintgate_ca::{CaError, CaKey, CertificateAuthority, FileKey, Pkcs11Key};
 use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::OsRandom;
-use crate::config::{Settings, redact_url};
+use crate::config::{CaKeySource, Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
 use crate::metrics::Exporter;
 use crate::ocsp::OcspResponder;
@@ -157,12 +157,20 @@ impl Application {
             environment = %settings.environment,
             "policy loaded"
         );
-        let ca = CertificateAuthority::from_pem(
+        let ca_key = match &settings.ca_key {
+            CaKeySource::File(pem) => CaKey::File(FileKey::from_pem(pem).map_err(BuildError::Ca)?),
+            CaKeySource::Pkcs11(config) => CaKey::Pkcs11(
+                Pkcs11Key::open(config).map_err(|e| BuildError::Ca(CaError::Pkcs11(e)))?,
+            ),
+        };
+        let backend = ca_key.backend();
+        let ca = CertificateAuthority::from_pem_with_key(
             &settings.ca_cert_pem,
-            &settings.ca_key_pem,
+            ca_key,
             settings.crl_url.clone(),
         )
         .map_err(BuildError::Ca)?;
+        tracing::info!(subject = %ca.subject(), backend, "issuing CA loaded");
         let ca_window = CaWindow {
             not_after: ca.not_after(),
             min_lifetime: settings.ca_min_lifetime,

@@ -220,6 +220,7 @@ fn a_ca_within_its_minimum_lifetime_stops_serve_with_64_naming_it() {
     ] {
         std::fs::write(certs.join(name), contents).unwrap();
     }
+    chmod(&certs.join("ca.key"), 0o600);
     let out = mintgate(
         &[
             "serve",
@@ -240,6 +241,37 @@ fn a_ca_within_its_minimum_lifetime_stops_serve_with_64_naming_it() {
             && err.contains("CN=Mintgate Dev Issuing CA")
             && err.contains("the issuing CA expires at")
             && err.contains("ca.min_lifetime_seconds: 300"),
+        "{err}"
+    );
+    assert!(!dir.path().join("t.db").exists(), "nothing was started");
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_ca_key_file_others_may_read_stops_serve_with_64_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mintgate(&["dev-certs", "--dir", "certs-dev"], dir.path());
+    assert!(out.status.success());
+    chmod(&dir.path().join("certs-dev/ca.key"), 0o644);
+    let args = [
+        "serve",
+        "--dev",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        "sqlite://t.db?mode=rwc",
+    ];
+    let out = mintgate(&args, dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("ca.key") && err.contains("mode 644") && err.contains("chmod 600"),
         "{err}"
     );
     assert!(!dir.path().join("t.db").exists(), "nothing was started");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use mintgate_domain::{Serial, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
-    SerialNumber,
+    SerialNumber, SigningKey,
 };
 use ring::rand::{SecureRandom as _, SystemRandom};
 use time::{Duration, OffsetDateTime};
@@ -234,6 +234,38 @@ pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<D
     })
 }
 
+/// The dev PKI of [`generate_pki`], but with an issuing CA whose key is `key` (a key in a
+/// PKCS#11 token, for tests of that backend) and a server certificate it issued. `ca.key_pem` is
+/// empty: the key is wherever `key` keeps it.
+pub fn generate_pki_with_issuing_key<K: SigningKey>(
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+    key: K,
+) -> Result<DevPki, CaError> {
+    let mut pki = generate_pki(trust_domain, now)?;
+    let rng = SystemRandom::new();
+    let (not_before, not_after) = (now - DEV_BACKDATE, now + DEV_VALIDITY);
+    let params = dev_ca_params("Mintgate Dev Issuing CA", not_before, not_after, &rng)?;
+    let cert = params.self_signed(&key).map_err(CaError::Build)?;
+    let ca = DevCa {
+        params,
+        key,
+        cert_pem: cert.pem(),
+    };
+    let server = LeafTemplate {
+        spiffe_id: format!("spiffe://{trust_domain}/mintgate/server"),
+        server: true,
+        not_before,
+        not_after,
+    };
+    pki.server = ca.issue(&server, &rng)?;
+    pki.ca = CertAndKey {
+        cert_pem: ca.cert_pem,
+        key_pem: String::new(),
+    };
+    Ok(pki)
+}
+
 /// Writes a fresh dev PKI into `dir` (created if missing) unless one is already there.
 ///
 /// Existing files are never overwritten: if every file exists they are kept as they are
@@ -283,9 +315,9 @@ fn has_dev_organization(name: &X509Name<'_>) -> bool {
 }
 
 /// One dev CA while the PKI is being built.
-struct DevCa {
+struct DevCa<K = FileKey> {
     params: CertificateParams,
-    key: FileKey,
+    key: K,
     cert_pem: String,
 }
 
@@ -315,6 +347,38 @@ impl DevCa {
         })
     }
 
+    fn into_cert_and_key(self) -> CertAndKey {
+        CertAndKey {
+            key_pem: self.key.to_pkcs8_pem(),
+            cert_pem: self.cert_pem,
+        }
+    }
+}
+
+/// The parameters of a dev CA: pathLen 0, keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
+pub(crate) fn dev_ca_params(
+    common_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    rng: &SystemRandom,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, DEV_ORGANIZATION);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+impl<K: SigningKey> DevCa<K> {
     /// An end-entity certificate with the Mintgate profile and a fresh P-256 key. A server
     /// certificate gets serverAuth and the loopback names; any other gets clientAuth.
     fn issue(&self, leaf: &LeafTemplate, rng: &SystemRandom) -> Result<CertAndKey, CaError> {
@@ -353,36 +417,6 @@ impl DevCa {
             key_pem: key.to_pkcs8_pem(),
         })
     }
-
-    fn into_cert_and_key(self) -> CertAndKey {
-        CertAndKey {
-            key_pem: self.key.to_pkcs8_pem(),
-            cert_pem: self.cert_pem,
-        }
-    }
-}
-
-/// The parameters of a dev CA: pathLen 0, keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
-pub(crate) fn dev_ca_params(
-    common_name: &str,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-    rng: &SystemRandom,
-) -> Result<CertificateParams, CaError> {
-    let mut params = CertificateParams::default();
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, DEV_ORGANIZATION);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    Ok(params)
 }
 
 /// A positive serial with 128 CSPRNG bits.

@@ -19,7 +19,7 @@ pub enum CaError {
     #[error("the CA private key could not be read (PKCS#8 PEM expected)")]
     KeyPem(#[source] rcgen::Error),
     #[error(
-        "the CA key file {} has mode {mode:o}: group and others must have no access (chmod 600)",
+        "{} has mode {mode:o}: group and others must have no access (chmod 600)",
         path.display()
     )]
     KeyFileMode { path: PathBuf, mode: u32 },

@@ -23,7 +23,7 @@ impl FileKey {
     /// Reads a PKCS#8 PEM key file, refusing one that group or others may access (mode 0600
     /// or stricter is required: anyone who can read the file can sign as the CA).
     pub fn from_file(path: &Path) -> Result<Self, CaError> {
-        private_to_owner(path)?;
+        check_private_to_owner(path)?;
         let pem = std::fs::read_to_string(path).map_err(|e| CaError::io(path, e))?;
         Self::from_pem(&pem)
     }
@@ -107,9 +107,9 @@ impl SigningKey for CaKey {
     }
 }
 
-/// Refuses a key file that group or others may read, write or execute.
+/// Refuses a secret file (a key, a PIN) that group or others may read, write or execute.
 #[cfg(unix)]
-fn private_to_owner(path: &Path) -> Result<(), CaError> {
+pub fn check_private_to_owner(path: &Path) -> Result<(), CaError> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|e| CaError::io(path, e))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -123,7 +123,7 @@ fn private_to_owner(path: &Path) -> Result<(), CaError> {
 }
 
 #[cfg(not(unix))]
-fn private_to_owner(_path: &Path) -> Result<(), CaError> {
+pub fn check_private_to_owner(_path: &Path) -> Result<(), CaError> {
     Ok(())
 }
 

@@ -35,10 +35,10 @@ pub use audit_key::{
 };
 pub use crl::{CrlError, CrlSummary, crl_der, verify_crl};
 pub use dev_pki::{
-    CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki, is_dev_material,
-    write_dev_pki,
+    CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki,
+    generate_pki_with_issuing_key, is_dev_material, write_dev_pki,
 };
 pub use error::CaError;
-pub use key::{CaKey, FileKey};
+pub use key::{CaKey, FileKey, check_private_to_owner};
 pub use pkcs11::{Pin, Pkcs11Config, Pkcs11Error, Pkcs11Key};
 pub use signer::{CertificateAuthority, KeyBackend};

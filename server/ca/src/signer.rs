@@ -64,16 +64,26 @@ impl CertificateAuthority<FileKey> {
         ca_key_pem: &str,
         crl_url: Option<String>,
     ) -> Result<Self, CaError> {
+        Self::from_pem_with_key(ca_cert_pem, FileKey::from_pem(ca_key_pem)?, crl_url)
+    }
+}
+
+impl<K: KeyBackend> CertificateAuthority<K> {
+    /// Loads the CA from its certificate PEM (exactly one certificate) and a key in any
+    /// backend, with the checks of [`CertificateAuthority::new`].
+    pub fn from_pem_with_key(
+        ca_cert_pem: &str,
+        key: K,
+        crl_url: Option<String>,
+    ) -> Result<Self, CaError> {
         let certs = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(CaError::CertificatePem)?;
         let [cert] = <[_; 1]>::try_from(certs)
             .map_err(|certs| CaError::CertificateCount { found: certs.len() })?;
-        Self::new(cert, FileKey::from_pem(ca_key_pem)?, crl_url)
+        Self::new(cert, key, crl_url)
     }
-}
 
-impl<K: KeyBackend> CertificateAuthority<K> {
     /// Builds the CA from its certificate and any key backend, checking that they belong together
     /// by signing one probe certificate and verifying it against the CA certificate.
     pub fn new(

@@ -22,6 +22,7 @@ mod metrics;
 mod mtls;
 mod ocsp;
 mod otlp;
+mod pkcs11;
 mod policy;
 mod queue;
 mod refusals;
