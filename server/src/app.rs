@@ -113,6 +113,8 @@ pub struct Application {
     ca_window: CaWindow,
     /// Signs audit checkpoints; none without an audit key.
     checkpoints: Option<Arc<Checkpointer>>,
+    /// The trust bundle served at `/bundle.pem`.
+    bundle: Arc<str>,
 }
 
 impl Application {
@@ -214,6 +216,8 @@ impl Application {
                 source,
             })?;
 
+        // Workloads are told apart by their issuer, Mintgate's issuing CA; their chains are
+        // checked up to Mintgate's root through it (and any CA between them).
         let mut classified: Vec<(CallerKind, CertificateDer<'static>)> = Vec::new();
         classified.extend(
             ca_chain
@@ -222,6 +226,16 @@ impl Application {
                 .cloned()
                 .map(|c| (CallerKind::Workload, c)),
         );
+        let issuing_chain = ca.chain_der().to_vec();
+        let (mintgate_root, intermediates) = match issuing_chain.split_last() {
+            Some((root, intermediates)) => (root.clone(), intermediates.to_vec()),
+            None => {
+                return Err(BuildError::Pem {
+                    field: "ca.cert",
+                    what: "certificate",
+                });
+            }
+        };
         classified.extend(
             bootstrap
                 .iter()
@@ -236,9 +250,12 @@ impl Application {
                 .cloned()
                 .map(|c| (CallerKind::Operator, c)),
         );
-        let client_cas: Vec<_> = classified.iter().map(|(_, c)| c.clone()).collect();
+        let client_cas: Vec<_> = std::iter::once(mintgate_root)
+            .chain(classified.iter().skip(1).map(|(_, c)| c.clone()))
+            .collect();
         let tls_config = tls::server_config(
             &client_cas,
+            intermediates,
             settings.trust_domain.clone(),
             server_chain,
             server_key,
@@ -276,6 +293,7 @@ impl Application {
         };
         let ocsp_issuer = ca.ocsp_issuer().clone();
         let signer: Arc<dyn Signer> = Arc::new(ca);
+        let signer_bundle = signer.trust_bundle_pem().to_owned();
         let crl = Arc::new(CrlPublisher::new(
             signer.clone(),
             hub.clone(),
@@ -372,6 +390,7 @@ impl Application {
             metrics,
             ca_window,
             checkpoints,
+            bundle: Arc::from(signer_bundle.as_str()),
         })
     }
 
@@ -451,6 +470,7 @@ impl Application {
             metrics: self.metrics,
             ca_window: self.ca_window,
             clock: self.server.clock.clone(),
+            bundle: self.bundle,
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {

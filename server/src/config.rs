@@ -345,6 +345,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+impl FileConfig {
+    /// Reads `path` alone (no overrides, nothing resolved): for commands that need one table of
+    /// it, such as `[ca]` for `mintgate ca`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                field: "--config",
+                path: path.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        Figment::new()
+            .merge(Toml::file(path))
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
+    }
+}
+
 impl Settings {
     /// Loads `path` (if given) and applies `overrides`.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {

@@ -20,6 +20,9 @@ use mintgate_server::telemetry::{LogFormat, Tracing};
 use mintgate_server::{Application, Settings, clock::SystemClock};
 use mintgate_store::SqlStore;
 
+#[path = "cli/ca.rs"]
+mod ca;
+
 /// Exit code for bad configuration or usage (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -55,6 +58,9 @@ enum Command {
     /// Work with policy directories (Cedar: schema.cedarschema plus *.cedar files).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The issuing CA, an intermediate under an offline root: ask the root for it, import it.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 #[derive(Subcommand)]
@@ -230,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("dev PKI in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ca(command) => ca::ca_command(command),
         Command::Migrate(db) => {
             let store = SqlStore::connect(&db.url()).await.context("database")?;
             store.migrate().await.context("migrate")?;

@@ -16,6 +16,11 @@ pub enum CaError {
     CertificateParse(#[source] x509_parser::error::X509Error),
     #[error("the CA certificate is not a CA: {reason}")]
     NotACa { reason: &'static str },
+    #[error("certificate {position} of the CA chain (0 is the issuing CA): {reason}")]
+    Chain {
+        position: usize,
+        reason: &'static str,
+    },
     #[error("the CA private key could not be read (PKCS#8 PEM expected)")]
     KeyPem(#[source] rcgen::Error),
     #[error(

@@ -35,8 +35,8 @@ impl FileKey {
             .map_err(CaError::KeyGeneration)
     }
 
-    /// The key as PKCS#8 PEM, for writing it to a file.
-    pub(crate) fn to_pkcs8_pem(&self) -> String {
+    /// The key as PKCS#8 PEM, for writing it to a file (mode 0600) and nowhere else.
+    pub fn to_pkcs8_pem(&self) -> String {
         self.0.serialize_pem()
     }
 }

@@ -43,7 +43,12 @@ impl<T: SigningKey + Send + Sync + 'static> KeyBackend for T {}
 pub struct CertificateAuthority<K = FileKey> {
     issuer: Issuer<'static, K>,
     cert_der: CertificateDer<'static>,
-    cert_pem: String,
+    /// The issuing CA and the CAs above it, up to and including the root.
+    chain_der: Vec<CertificateDer<'static>>,
+    /// PEM of the chain without its root: what every issued certificate carries after itself.
+    chain_pem: String,
+    /// PEM of the whole chain: the trust bundle.
+    bundle_pem: String,
     subject: String,
     not_after: OffsetDateTime,
     crl_url: Option<String>,
@@ -79,13 +84,29 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         let certs = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(CaError::CertificatePem)?;
-        let [cert] = <[_; 1]>::try_from(certs)
-            .map_err(|certs| CaError::CertificateCount { found: certs.len() })?;
-        Self::new(cert, key, crl_url)
+        Self::with_chain(certs, key, crl_url)
     }
 
-    /// Builds the CA from its certificate and any key backend, checking that they belong together
-    /// by signing one probe certificate and verifying it against the CA certificate.
+    /// Builds the CA from its chain (the issuing CA certificate first, then the CAs above it up
+    /// to a self-signed root; a self-signed issuing CA alone is a chain too) and any key
+    /// backend, with the checks of [`CertificateAuthority::new`] and of every link.
+    pub fn with_chain(
+        chain: Vec<CertificateDer<'static>>,
+        key: K,
+        crl_url: Option<String>,
+    ) -> Result<Self, CaError> {
+        crate::chain::check_chain(&chain)?;
+        let mut ca = Self::new(chain[0].clone(), key, crl_url)?;
+        let root = chain.len() - 1;
+        ca.chain_pem = chain[..root.max(1)].iter().map(|c| pem_encode(c)).collect();
+        ca.bundle_pem = chain.iter().map(|c| pem_encode(c)).collect();
+        ca.chain_der = chain;
+        Ok(ca)
+    }
+
+    /// Builds the CA from its certificate alone (its own trust bundle) and any key backend,
+    /// checking that they belong together by signing one probe certificate and verifying it
+    /// against the CA certificate. [`CertificateAuthority::with_chain`] adds the chain above it.
     pub fn new(
         cert_der: CertificateDer<'static>,
         key: K,
@@ -118,8 +139,10 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         let cert_pem = pem_encode(&cert_der);
         let ca = Self {
             issuer,
+            chain_der: vec![cert_der.clone()],
             cert_der,
-            cert_pem,
+            chain_pem: cert_pem.clone(),
+            bundle_pem: cert_pem,
             subject,
             not_after,
             crl_url,
@@ -159,7 +182,7 @@ impl<K: KeyBackend> CertificateAuthority<K> {
             .signed_by(&public_key, &self.issuer)
             .map_err(classify_signing_error)?;
         let der = cert.der().to_vec();
-        let chain_pem = format!("{}{}", cert.pem(), self.cert_pem);
+        let chain_pem = format!("{}{}", cert.pem(), self.chain_pem);
         Ok(SignedCertificate {
             der,
             chain_pem,
@@ -215,6 +238,11 @@ impl<K: KeyBackend> CertificateAuthority<K> {
     /// The CA certificate, DER.
     pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
+    }
+
+    /// The issuing CA, then each CA above it, the root last.
+    pub fn chain_der(&self) -> &[CertificateDer<'static>] {
+        &self.chain_der
     }
 
     /// The end of the CA certificate's validity; nothing it issues outlives it.
@@ -286,7 +314,7 @@ impl<K: KeyBackend> Signer for CertificateAuthority<K> {
     }
 
     fn trust_bundle_pem(&self) -> &str {
-        &self.cert_pem
+        &self.bundle_pem
     }
 
     fn issuer_key_id(&self) -> &str {
@@ -443,7 +471,7 @@ pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, CaErr
     Ok(cert)
 }
 
-fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), CaError> {
+pub(crate) fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), CaError> {
     let basic = cert
         .basic_constraints()
         .map_err(CaError::CertificateParse)?

@@ -33,14 +33,24 @@ pub(crate) fn webpki_verify(
     ca: &[u8],
     usage: webpki::KeyUsage,
 ) -> Result<(), webpki::Error> {
-    let ca = CertificateDer::from(ca.to_vec());
+    webpki_verify_chain(leaf, &[], ca, usage)
+}
+
+/// Verifies `leaf` through `intermediates` up to `root` with rustls-webpki, at `now`.
+pub(crate) fn webpki_verify_chain(
+    leaf: &[u8],
+    intermediates: &[CertificateDer<'static>],
+    root: &[u8],
+    usage: webpki::KeyUsage,
+) -> Result<(), webpki::Error> {
+    let ca = CertificateDer::from(root.to_vec());
     let anchors = [webpki::anchor_from_trusted_cert(&ca)?];
     let leaf = CertificateDer::from(leaf.to_vec());
     let ee = webpki::EndEntityCert::try_from(&leaf)?;
     ee.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &anchors,
-        &[],
+        intermediates,
         UnixTime::now(),
         usage,
         None,
@@ -64,23 +74,17 @@ pub(crate) fn ca(crl_url: Option<&str>) -> (CertificateAuthority, DevPki) {
     (ca, pki)
 }
 
-/// A CA whose key is in a fresh SoftHSM token (generated there), with a certificate made for
-/// it like a dev CA's.
+/// A CA whose key is in a fresh SoftHSM token (generated there), with an intermediate
+/// certificate made for it under a dev root, like the dev issuing CA's.
 pub(crate) fn pkcs11_ca(hsm: &SoftHsm, crl_url: Option<&str>) -> CertificateAuthority<Pkcs11Key> {
     let config = hsm.token("mintgate-ca-test", "issuing-ca").unwrap();
     let (key, generated) = Pkcs11Key::open_or_generate(&config).unwrap();
     assert!(generated);
-    let now = OffsetDateTime::now_utc();
-    let rng = ring::rand::SystemRandom::new();
-    let params = crate::dev_pki::dev_ca_params(
-        "Mintgate Test PKCS#11 CA",
-        now - Duration::minutes(1),
-        now + Duration::days(30),
-        &rng,
-    )
-    .unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    CertificateAuthority::new(cert.der().clone(), key, crl_url.map(str::to_owned)).unwrap()
+    let pki = crate::generate_pki_with_issuing_key(&trust_domain(), OffsetDateTime::now_utc(), key)
+        .unwrap();
+    let key = Pkcs11Key::open(&config).unwrap();
+    CertificateAuthority::from_pem_with_key(&pki.ca.cert_pem, key, crl_url.map(str::to_owned))
+        .unwrap()
 }
 
 /// Runs a check of the signer on a CA with a file key and, in a SoftHSM child process, on one
@@ -295,16 +299,24 @@ fn assert_profile<K: KeyBackend>(
     let pems: Vec<_> = CertificateDer::pem_slice_iter(signed.chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(pems.len(), 2, "{what}: chain is leaf then CA");
+    assert_eq!(pems.len(), 2, "{what}: chain is leaf then the issuing CA");
     assert_eq!(&pems[0][..], &signed.der[..]);
     assert_eq!(&pems[1][..], &ca.ca_cert_der()[..]);
 
-    webpki_verify(
+    // From the leaf through what it carries to the root of the CA's chain.
+    let root = ca.chain_der().last().unwrap();
+    assert_eq!(ca.chain_der().len(), 2, "the issuing CA is an intermediate");
+    webpki_verify_chain(
         &signed.der,
-        ca.ca_cert_der(),
+        &pems[1..],
+        root,
         webpki::KeyUsage::client_auth(),
     )
     .unwrap_or_else(|e| panic!("{what}: webpki refuses the chain: {e:?}"));
+    assert!(
+        webpki_verify(&signed.der, root, webpki::KeyUsage::client_auth()).is_err(),
+        "{what}: the leaf alone does not reach the root"
+    );
 }
 
 on_both_backends!(
@@ -425,18 +437,14 @@ fn refuses_a_key_whose_type_disagrees_or_that_is_not_a_public_key() {
 }
 
 #[test]
-fn from_pem_refuses_non_ca_mismatched_key_and_several_certificates() {
+fn from_pem_refuses_non_ca_mismatched_key_and_broken_chains() {
     let (_, pki) = ca(None);
-    let err = CertificateAuthority::from_pem(&pki.server.cert_pem, &pki.server.key_pem, None);
+    let server_only = der_of(&pki.server.cert_pem);
+    let server_key = crate::FileKey::from_pem(&pki.server.key_pem).unwrap();
+    let err = CertificateAuthority::new(server_only, server_key, None);
     assert!(matches!(err, Err(CaError::NotACa { .. })), "{err:?}");
     let err = CertificateAuthority::from_pem(&pki.ca.cert_pem, &pki.operator_ca.key_pem, None);
     assert!(matches!(err, Err(CaError::KeyMismatch)), "{err:?}");
-    let two = format!("{}{}", pki.ca.cert_pem, pki.bootstrap_ca.cert_pem);
-    let err = CertificateAuthority::from_pem(&two, &pki.ca.key_pem, None);
-    assert!(
-        matches!(err, Err(CaError::CertificateCount { found: 2 })),
-        "{err:?}"
-    );
     let err = CertificateAuthority::from_pem("", &pki.ca.key_pem, None);
     assert!(
         matches!(err, Err(CaError::CertificateCount { found: 0 })),
@@ -444,11 +452,46 @@ fn from_pem_refuses_non_ca_mismatched_key_and_several_certificates() {
     );
     let err = CertificateAuthority::from_pem(&pki.ca.cert_pem, "garbage", None);
     assert!(matches!(err, Err(CaError::KeyPem(_))), "{err:?}");
+
+    // The issuing CA alone, without the root above it.
+    let intermediate = crate::signer::pem_encode(&der_of(&pki.ca.cert_pem));
+    let err = CertificateAuthority::from_pem(&intermediate, &pki.ca.key_pem, None).unwrap_err();
+    assert!(matches!(err, CaError::Chain { position: 0, .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("append the certificates up to the root"),
+        "{err}"
+    );
+    // Another root after it: names and signatures do not link.
+    let wrong = format!("{intermediate}{}", pki.bootstrap_ca.cert_pem);
+    let err = CertificateAuthority::from_pem(&wrong, &pki.ca.key_pem, None).unwrap_err();
+    assert!(matches!(err, CaError::Chain { position: 1, .. }), "{err:?}");
+    // The same root's name with another key.
+    let other = generate_pki(&trust_domain(), OffsetDateTime::now_utc()).unwrap();
+    let forged = format!("{intermediate}{}", other.root.cert_pem);
+    let err = CertificateAuthority::from_pem(&forged, &pki.ca.key_pem, None).unwrap_err();
+    assert!(
+        err.to_string().contains("does not verify the signature"),
+        "{err}"
+    );
+    // The right chain: the issuing CA, then its root.
+    let ca = CertificateAuthority::from_pem(&pki.ca.cert_pem, &pki.ca.key_pem, None).unwrap();
+    assert_eq!(ca.chain_der().len(), 2);
+    assert_eq!(ca.chain_der()[1], der_of(&pki.root.cert_pem));
 }
 
 #[test]
 fn trust_bundle_and_debug_output() {
     let (ca, pki) = ca(Some(CRL_URL));
+    // The bundle is the issuing CA then the root; the issuing CA is the CA.
+    assert_eq!(
+        ca.trust_bundle_pem(),
+        format!(
+            "{}{}",
+            crate::signer::pem_encode(ca.ca_cert_der()),
+            pki.root.cert_pem
+        )
+    );
     assert_eq!(ca.trust_bundle_pem(), pki.ca.cert_pem);
     assert_eq!(ca.ca_cert_der(), &der_of(&pki.ca.cert_pem));
     assert_eq!(
@@ -494,19 +537,35 @@ fn openssl_verifies_issued_certificates_as_ssl_clients<K: KeyBackend>(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.trust_bundle_pem()).unwrap();
+    // Only the root is trusted; the issuing CA comes from the chain the leaf is issued with.
+    let root_path = dir.path().join("root.pem");
+    let root = ca.chain_der().last().unwrap();
+    std::fs::write(&root_path, crate::signer::pem_encode(root)).unwrap();
     for (key_type, spki) in subject_keys() {
         let req = Request::new(key_type, spki);
         let signed = ca.sign(&req.spec()).unwrap();
         let leaf_path = dir.path().join("leaf.pem");
         std::fs::write(&leaf_path, crate::signer::pem_encode(&signed.der)).unwrap();
-        let out = std::process::Command::new("openssl")
-            .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
-            .arg(&ca_path)
-            .arg(&leaf_path)
-            .output()
+        let chain_path = dir.path().join("chain.pem");
+        let (_, after_leaf) = signed
+            .chain_pem
+            .split_once("-----END CERTIFICATE-----\n")
             .unwrap();
+        std::fs::write(&chain_path, after_leaf).unwrap();
+        let verify = |untrusted: bool| {
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+                .arg(&root_path);
+            if untrusted {
+                cmd.arg("-untrusted").arg(&chain_path);
+            }
+            cmd.arg(&leaf_path).output().unwrap()
+        };
+        assert!(
+            !verify(false).status.success(),
+            "{key_type}: the leaf alone must not reach the root"
+        );
+        let out = verify(true);
         assert!(
             out.status.success(),
             "{key_type}: openssl verify failed: {}{}",

@@ -72,7 +72,8 @@ impl std::fmt::Debug for CaKeySource {
 }
 
 impl CaFiles {
-    pub(super) fn min_lifetime(&self) -> Result<Duration, ConfigError> {
+    /// `min_lifetime_seconds`, or the default.
+    pub fn min_lifetime(&self) -> Result<Duration, ConfigError> {
         match self.min_lifetime_seconds {
             None => Ok(DEFAULT_MIN_LIFETIME),
             Some(0) => Err(invalid("ca.min_lifetime_seconds", "must be positive")),

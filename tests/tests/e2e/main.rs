@@ -7,6 +7,7 @@ mod audit;
 mod bad_input;
 mod bench;
 mod ca_expiry;
+mod ca_import;
 mod checkpoints;
 mod crash;
 mod deadline;
