@@ -101,8 +101,8 @@ struct ServeArgs {
     /// gRPC listen address (default with --dev: 127.0.0.1:8443).
     #[arg(long, env = "MINTGATE_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
-    /// HTTP listen address for /healthz, /readyz, /crl, /ocsp and /metrics (default with --dev:
-    /// 127.0.0.1:8080).
+    /// HTTP listen address for /healthz, /readyz, /bundle.pem, /crl, /ocsp and /metrics
+    /// (default with --dev: 127.0.0.1:8080).
     #[arg(long, env = "MINTGATE_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
     /// Policy directory (schema.cedarschema plus *.cedar files); with --dev, replaces the dev

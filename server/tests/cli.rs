@@ -22,6 +22,8 @@ fn every_subcommand_has_help() {
         &["audit", "verify", "--help"],
         &["audit", "export", "--help"],
         &["policy", "check", "--help"],
+        &["ca", "csr", "--help"],
+        &["ca", "import", "--help"],
     ] {
         let out = mintgate(sub, dir.path());
         assert!(out.status.success(), "{sub:?}");
@@ -275,4 +277,32 @@ fn a_ca_key_file_others_may_read_stops_serve_with_64_naming_it() {
         "{err}"
     );
     assert!(!dir.path().join("t.db").exists(), "nothing was started");
+}
+
+#[test]
+fn ca_commands_exit_64_on_a_bad_ca_table() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mintgate.toml"),
+        "[ca]\nbackend = \"pkcs11\"\ncert = \"ca.pem\"\nkey = \"ca.key\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["ca", "csr", "--config", "mintgate.toml"][..],
+        &[
+            "ca",
+            "import",
+            "--config",
+            "mintgate.toml",
+            "--cert",
+            "x.pem",
+        ],
+    ] {
+        let out = mintgate(args, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("ca.key"), "{args:?}: {err}");
+    }
+    let out = mintgate(&["ca", "csr", "--config", "missing.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(64));
 }

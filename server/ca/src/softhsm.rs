@@ -6,7 +6,8 @@
 //! re-runs the calling test alone in a child process of the test binary, with `SOFTHSM2_CONF`
 //! pointing at a fresh temporary directory; in the child, the test's body gets a [`SoftHsm`]
 //! that initialises tokens there. Without SoftHSM installed the test prints that it skipped,
-//! or fails when `MINTGATE_REQUIRE_TOOLS=1` (as CI sets).
+//! or fails when `MINTGATE_REQUIRE_TOOLS=1` (as CI sets). [`isolate`] and [`child`] do the same
+//! for any program that re-runs itself (the benchmark).
 
 // Test support: a failure here is a failed test, reported by panicking.
 #![allow(clippy::expect_used, clippy::panic)]
@@ -93,14 +94,41 @@ pub fn available() -> bool {
     Path::new(MODULE).exists()
 }
 
+/// Gives `command` (this program run again, usually) SoftHSM of its own: a temporary
+/// directory with a SoftHSM configuration and an empty token directory, named to it by
+/// `SOFTHSM2_CONF`. The directory lives as long as the returned guard.
+pub fn isolate(command: &mut Command) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens)?;
+    let config = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
+             slots.removable = false\n",
+            tokens.display()
+        ),
+    )?;
+    command
+        .env("SOFTHSM2_CONF", &config)
+        .env(TOKEN_DIR, &tokens);
+    Ok(dir)
+}
+
+/// In a process started through [`isolate`], its SoftHSM.
+pub fn child() -> Option<SoftHsm> {
+    let tokens = PathBuf::from(std::env::var_os(TOKEN_DIR)?);
+    Some(SoftHsm { tokens })
+}
+
 /// Runs `body` with SoftHSM of its own: in the child process, calls it; in the test process,
 /// re-runs the test `test` (its path as `module_path!()` and the function name give it) alone
 /// in a child with a fresh `SOFTHSM2_CONF`, and fails if the child fails or ran no test.
 pub fn run(test: &str, body: impl FnOnce(&SoftHsm)) {
     if let Ok(running) = std::env::var(CHILD) {
         assert_eq!(running, test, "the child runs another test than asked");
-        let tokens = PathBuf::from(std::env::var_os(TOKEN_DIR).expect("the parent sets it"));
-        body(&SoftHsm { tokens });
+        body(&child().expect("the parent set the token directory"));
         return;
     }
     if !available() {
@@ -113,29 +141,15 @@ pub fn run(test: &str, body: impl FnOnce(&SoftHsm)) {
         println!("note: softhsm2 is not installed ({MODULE} missing); skipping {test}");
         return;
     }
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).expect("the token directory");
-    let config = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n\
-             slots.removable = false\n",
-            tokens.display()
-        ),
-    )
-    .expect("the SoftHSM configuration");
     // The libtest name: the module path without the crate's name.
     let name = test.split_once("::").map_or(test, |(_, rest)| rest);
     let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SOFTHSM2_CONF", &config)
-        .env(CHILD, test)
-        .env(TOKEN_DIR, &tokens)
-        .output()
-        .expect("the test binary runs again");
+        .env(CHILD, test);
+    let _tokens = isolate(&mut command).expect("a SoftHSM configuration of its own");
+    let out = command.output().expect("the test binary runs again");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     print!("{stdout}");

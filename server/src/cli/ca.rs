@@ -82,6 +82,10 @@ pub(crate) fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
             eprintln!("CSR for the {key} {} key of the issuing CA", csr.backend);
         }
         CaCommand::Import { cert, chain, .. } => {
+            // A bad [ca] table is reported as such before any file is read.
+            if let Err(e) = files.key_source() {
+                return fail(e.into());
+            }
             let mut pem = std::fs::read_to_string(&cert)
                 .with_context(|| format!("--cert {}", cert.display()))?;
             for path in &chain {

@@ -6,9 +6,12 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn parse(toml: &str) -> Result<CaFiles, figment::Error> {
+fn parse(toml: &str) -> Result<CaFiles, Box<figment::Error>> {
     use figment::providers::{Format as _, Toml};
-    figment::Figment::new().merge(Toml::string(toml)).extract()
+    figment::Figment::new()
+        .merge(Toml::string(toml))
+        .extract()
+        .map_err(Box::new)
 }
 
 #[test]
