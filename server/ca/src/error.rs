@@ -28,7 +28,7 @@ pub enum CaError {
         path.display()
     )]
     KeyFileMode { path: PathBuf, mode: u32 },
-    #[error("the CA key in the PKCS#11 token is unusable")]
+    #[error("pkcs11: {0} ({reason})", reason = .0.reason())]
     Pkcs11(#[source] crate::pkcs11::Pkcs11Error),
     #[error("the CA private key does not match the CA certificate's public key")]
     KeyMismatch,

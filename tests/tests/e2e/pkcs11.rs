@@ -85,3 +85,80 @@ async fn issue_revoke_and_check(hsm: &SoftHsm, backend: Backend) {
     }
     server.shutdown().await;
 }
+
+mintgate_ca::softhsm_test! {
+    fn a_token_serve_cannot_use_stops_it_with_64_naming_why_and_never_the_pin(hsm) {
+        let config = hsm.token("serve-token", "issuing-ca").unwrap();
+        let (key, _) = Pkcs11Key::open_or_generate(&config).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Not dev material (that is refused before the key is looked at): a root of its own and
+        // an issuing CA for the token's key under it.
+        let ca_params = |cn: &str| {
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            params
+        };
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let root_params = ca_params("Test Root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&root_params, &root_key);
+        let issuing = ca_params("Test Issuing CA").signed_by(&key, &issuer).unwrap();
+        let ca_pem = format!("{}{}", issuing.pem(), root.pem());
+        let policy = mintgate_domain::policy::PolicySource::dev();
+        std::fs::create_dir(dir.path().join("policy")).unwrap();
+        std::fs::write(dir.path().join("policy/schema.cedarschema"), &policy.schema).unwrap();
+        for file in &policy.files {
+            std::fs::write(dir.path().join("policy").join(&file.name), &file.text).unwrap();
+        }
+        // The server's certificate and key are read after the CA's key: any will do here.
+        for (name, text) in [
+            ("ca.pem", ca_pem.clone()),
+            ("server.pem", root.pem()),
+            ("server.key", root_key.serialize_pem()),
+            ("bootstrap.pem", root.pem()),
+            ("join.key", format!("{}\n", "ab".repeat(32))),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let serve = |token: &str, pin: &str| {
+            let toml = format!(
+                "trust_domain = \"{}\"\ndatabase_url = \"sqlite://t.db?mode=rwc\"\n\
+                 grpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\npolicy_dir = \"policy\"\n\
+                 join_token_secret_file = \"join.key\"\n[tls]\nserver_cert = \"server.pem\"\n\
+                 server_key = \"server.key\"\n[trust]\nbootstrap_cas = [\"bootstrap.pem\"]\n\
+                 [ca]\nbackend = \"pkcs11\"\ncert = \"ca.pem\"\n[ca.pkcs11]\nmodule = \"{}\"\n\
+                 token_label = \"{token}\"\nkey_label = \"issuing-ca\"\npin_env = \"TEST_CA_PIN\"\n",
+                mintgate_tests::TRUST_DOMAIN,
+                config.module.display(),
+            );
+            std::fs::write(dir.path().join("mintgate.toml"), toml).unwrap();
+            Command::new(mintgate_tests::mintgate_bin())
+                .args(["serve", "--config", "mintgate.toml"])
+                .env("TEST_CA_PIN", pin)
+                .current_dir(dir.path())
+                .output()
+                .unwrap()
+        };
+        let out = serve("no-such-token", mintgate_ca::softhsm::USER_PIN);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains("PKCS11_TOKEN_NOT_FOUND") && err.contains("no-such-token"), "{err}");
+
+        let wrong_pin = "7777-not-the-pin";
+        let out = serve("serve-token", wrong_pin);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(64), "{all}");
+        assert!(all.contains("PKCS11_PIN_INCORRECT") && all.contains("serve-token"), "{all}");
+        assert!(!all.contains(wrong_pin), "the PIN is never printed: {all}");
+        assert!(!dir.path().join("t.db").exists(), "nothing was started");
+    }
+}
