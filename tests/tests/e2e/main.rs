@@ -8,6 +8,7 @@ mod bad_input;
 mod bench;
 mod ca_expiry;
 mod ca_import;
+mod chain;
 mod checkpoints;
 mod crash;
 mod deadline;
