@@ -9,7 +9,7 @@ use mintgate_api::holds::{EdgeObserver, HoldFeed};
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls;
 use mintgate_api::{GrpcConfig, GrpcServer, Metrics, RevocationHub};
-use mintgate_ca::CertificateAuthority;
+use mintgate_ca::{CaError, CaKey, CertificateAuthority, FileKey, Pkcs11Key};
 use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::OsRandom;
-use crate::config::{ReplicationSettings, Settings, redact_url};
+use crate::config::{CaKeySource, ReplicationSettings, Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
 use crate::metrics::Exporter;
 use crate::ocsp::OcspResponder;
@@ -114,6 +114,8 @@ pub struct Application {
     /// Signs audit checkpoints; none without an audit key.
     checkpoints: Option<Arc<Checkpointer>>,
     replication: ReplicationSettings,
+    /// The trust bundle served at `/bundle.pem`.
+    bundle: Arc<str>,
 }
 
 impl Application {
@@ -158,12 +160,20 @@ impl Application {
             environment = %settings.environment,
             "policy loaded"
         );
-        let ca = CertificateAuthority::from_pem(
+        let ca_key = match &settings.ca_key {
+            CaKeySource::File(pem) => CaKey::File(FileKey::from_pem(pem).map_err(BuildError::Ca)?),
+            CaKeySource::Pkcs11(config) => CaKey::Pkcs11(
+                Pkcs11Key::open(config).map_err(|e| BuildError::Ca(CaError::Pkcs11(e)))?,
+            ),
+        };
+        let backend = ca_key.backend();
+        let ca = CertificateAuthority::from_pem_with_key(
             &settings.ca_cert_pem,
-            &settings.ca_key_pem,
+            ca_key,
             settings.crl_url.clone(),
         )
         .map_err(BuildError::Ca)?;
+        tracing::info!(subject = %ca.subject(), backend, "issuing CA loaded");
         let ca_window = CaWindow {
             not_after: ca.not_after(),
             min_lifetime: settings.ca_min_lifetime,
@@ -207,6 +217,8 @@ impl Application {
                 source,
             })?;
 
+        // Workloads are told apart by their issuer, Mintgate's issuing CA; their chains are
+        // checked up to Mintgate's root through it (and any CA between them).
         let mut classified: Vec<(CallerKind, CertificateDer<'static>)> = Vec::new();
         classified.extend(
             ca_chain
@@ -215,6 +227,16 @@ impl Application {
                 .cloned()
                 .map(|c| (CallerKind::Workload, c)),
         );
+        let issuing_chain = ca.chain_der().to_vec();
+        let (mintgate_root, intermediates) = match issuing_chain.split_last() {
+            Some((root, intermediates)) => (root.clone(), intermediates.to_vec()),
+            None => {
+                return Err(BuildError::Pem {
+                    field: "ca.cert",
+                    what: "certificate",
+                });
+            }
+        };
         classified.extend(
             bootstrap
                 .iter()
@@ -229,9 +251,12 @@ impl Application {
                 .cloned()
                 .map(|c| (CallerKind::Operator, c)),
         );
-        let client_cas: Vec<_> = classified.iter().map(|(_, c)| c.clone()).collect();
+        let client_cas: Vec<_> = std::iter::once(mintgate_root)
+            .chain(classified.iter().skip(1).map(|(_, c)| c.clone()))
+            .collect();
         let tls_config = tls::server_config(
             &client_cas,
+            intermediates,
             settings.trust_domain.clone(),
             server_chain,
             server_key,
@@ -269,6 +294,7 @@ impl Application {
         };
         let ocsp_issuer = ca.ocsp_issuer().clone();
         let signer: Arc<dyn Signer> = Arc::new(ca);
+        let signer_bundle = signer.trust_bundle_pem().to_owned();
         let crl = Arc::new(CrlPublisher::new(
             signer.clone(),
             hub.clone(),
@@ -366,6 +392,7 @@ impl Application {
             ca_window,
             checkpoints,
             replication: settings.replication,
+            bundle: Arc::from(signer_bundle.as_str()),
         })
     }
 
@@ -469,6 +496,7 @@ impl Application {
             metrics: self.metrics,
             ca_window: self.ca_window,
             clock: self.server.clock.clone(),
+            bundle: self.bundle,
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {

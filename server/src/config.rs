@@ -21,6 +21,7 @@ use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
 mod audit;
+mod ca;
 mod readiness;
 mod replication;
 mod risk;
@@ -28,6 +29,7 @@ mod risk;
 pub use audit::{
     AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
 };
+pub use ca::{CaBackend, CaFiles, CaKeySource, Pkcs11File};
 pub use readiness::ReadinessFile;
 pub use replication::{ReplicationFile, ReplicationSettings};
 pub use risk::{HoldsFile, RiskFile};
@@ -106,26 +108,6 @@ pub struct FileConfig {
 pub struct TlsFiles {
     pub server_cert: Option<PathBuf>,
     pub server_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaFiles {
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// Nothing is issued, `/readyz` fails and the server does not start while the CA's notAfter
-    /// is less than this many seconds away (default 300).
-    pub min_lifetime_seconds: Option<u64>,
-}
-
-impl CaFiles {
-    fn min_lifetime(&self) -> Result<Duration, ConfigError> {
-        match self.min_lifetime_seconds {
-            None => Ok(DEFAULT_MIN_LIFETIME),
-            Some(0) => Err(invalid("ca.min_lifetime_seconds", "must be positive")),
-            Some(s) => Ok(Duration::from_secs(s)),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -303,7 +285,8 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub ca_cert_pem: String,
-    pub ca_key_pem: String,
+    /// Where the issuing CA's key is (`ca.backend`, `ca.key`, `[ca.pkcs11]`).
+    pub ca_key: CaKeySource,
     /// Nothing is issued while the CA's notAfter is less than this away (`ca.min_lifetime_seconds`).
     pub ca_min_lifetime: Duration,
     pub server_cert_pem: String,
@@ -350,6 +333,7 @@ impl std::fmt::Debug for Settings {
             .field("descriptor_reserve", &self.descriptor_reserve)
             .field("policy_origin", &self.policy_origin)
             .field("environment", &self.environment)
+            .field("ca_key", &self.ca_key)
             .field("ca_min_lifetime", &self.ca_min_lifetime)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("audit", &self.audit)
@@ -363,6 +347,24 @@ pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_owned(),
+    }
+}
+
+impl FileConfig {
+    /// Reads `path` alone (no overrides, nothing resolved): for commands that need one table of
+    /// it, such as `[ca]` for `mintgate ca`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                field: "--config",
+                path: path.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        Figment::new()
+            .merge(Toml::file(path))
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
     }
 }
 
@@ -415,9 +417,9 @@ impl Settings {
             database_url: required(c.database_url, "database_url")?,
             grpc_addr: required(c.grpc_addr, "grpc_addr")?,
             http_addr: required(c.http_addr, "http_addr")?,
+            ca_key: c.ca.key_source()?,
             ca_cert_pem: read(&required(c.ca.cert, "ca.cert")?, "ca.cert")?,
             ca_min_lifetime,
-            ca_key_pem: read(&required(c.ca.key, "ca.key")?, "ca.key")?,
             server_cert_pem: read(
                 &required(c.tls.server_cert, "tls.server_cert")?,
                 "tls.server_cert",
@@ -483,7 +485,7 @@ impl Settings {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             http_addr,
             ca_cert_pem: read(&file("ca.pem"), "ca.cert")?,
-            ca_key_pem: read(&file("ca.key"), "ca.key")?,
+            ca_key: CaKeySource::File(ca::read_key_file(&file("ca.key"))?),
             ca_min_lifetime: DEFAULT_MIN_LIFETIME,
             server_cert_pem: read(&file("server.pem"), "tls.server_cert")?,
             server_key_pem: read(&file("server.key"), "tls.server_key")?,

@@ -1,5 +1,6 @@
 //! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits and
 //! the issuing CA is not within its minimum lifetime of its notAfter),
+//! `/bundle.pem` (the trust bundle: the issuing CA and the CAs above it up to the root, PEM),
 //! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA), `/ocsp`
 //! (the same registry over OCSP, RFC 6960; see [`crate::ocsp`]) and `/metrics` (Prometheus text
 //! format; see `docs/slo.md`).
@@ -35,12 +36,15 @@ pub(crate) struct HttpState {
     pub(crate) metrics: Arc<Exporter>,
     pub(crate) ca_window: CaWindow,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The trust bundle, PEM.
+    pub(crate) bundle: Arc<str>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/bundle.pem", get(bundle))
         .route("/crl", get(crl))
         .route(
             "/ocsp",
@@ -75,6 +79,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         body,
+    )
+        .into_response()
+}
+
+async fn bundle(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        state.bundle.to_string(),
     )
         .into_response()
 }

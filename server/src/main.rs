@@ -20,6 +20,9 @@ use mintgate_server::telemetry::{LogFormat, Tracing};
 use mintgate_server::{Application, Settings, clock::SystemClock};
 use mintgate_store::SqlStore;
 
+#[path = "cli/ca.rs"]
+mod ca;
+
 /// Exit code for bad configuration or usage (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -55,6 +58,9 @@ enum Command {
     /// Work with policy directories (Cedar: schema.cedarschema plus *.cedar files).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The issuing CA, an intermediate under an offline root: ask the root for it, import it.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 #[derive(Subcommand)]
@@ -95,8 +101,8 @@ struct ServeArgs {
     /// gRPC listen address (default with --dev: 127.0.0.1:8443).
     #[arg(long, env = "MINTGATE_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
-    /// HTTP listen address for /healthz, /readyz, /crl, /ocsp and /metrics (default with --dev:
-    /// 127.0.0.1:8080).
+    /// HTTP listen address for /healthz, /readyz, /bundle.pem, /crl, /ocsp and /metrics
+    /// (default with --dev: 127.0.0.1:8080).
     #[arg(long, env = "MINTGATE_HTTP_ADDR")]
     http_addr: Option<std::net::SocketAddr>,
     /// Policy directory (schema.cedarschema plus *.cedar files); with --dev, replaces the dev
@@ -230,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("dev PKI in {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ca(command) => ca::ca_command(command),
         Command::Migrate(db) => {
             let store = SqlStore::connect(&db.url()).await.context("database")?;
             store.migrate().await.context("migrate")?;

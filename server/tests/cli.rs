@@ -22,6 +22,8 @@ fn every_subcommand_has_help() {
         &["audit", "verify", "--help"],
         &["audit", "export", "--help"],
         &["policy", "check", "--help"],
+        &["ca", "csr", "--help"],
+        &["ca", "import", "--help"],
     ] {
         let out = mintgate(sub, dir.path());
         assert!(out.status.success(), "{sub:?}");
@@ -220,6 +222,7 @@ fn a_ca_within_its_minimum_lifetime_stops_serve_with_64_naming_it() {
     ] {
         std::fs::write(certs.join(name), contents).unwrap();
     }
+    chmod(&certs.join("ca.key"), 0o600);
     let out = mintgate(
         &[
             "serve",
@@ -243,4 +246,63 @@ fn a_ca_within_its_minimum_lifetime_stops_serve_with_64_naming_it() {
         "{err}"
     );
     assert!(!dir.path().join("t.db").exists(), "nothing was started");
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_ca_key_file_others_may_read_stops_serve_with_64_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mintgate(&["dev-certs", "--dir", "certs-dev"], dir.path());
+    assert!(out.status.success());
+    chmod(&dir.path().join("certs-dev/ca.key"), 0o644);
+    let args = [
+        "serve",
+        "--dev",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--database-url",
+        "sqlite://t.db?mode=rwc",
+    ];
+    let out = mintgate(&args, dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("ca.key") && err.contains("mode 644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!dir.path().join("t.db").exists(), "nothing was started");
+}
+
+#[test]
+fn ca_commands_exit_64_on_a_bad_ca_table() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mintgate.toml"),
+        "[ca]\nbackend = \"pkcs11\"\ncert = \"ca.pem\"\nkey = \"ca.key\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["ca", "csr", "--config", "mintgate.toml"][..],
+        &[
+            "ca",
+            "import",
+            "--config",
+            "mintgate.toml",
+            "--cert",
+            "x.pem",
+        ],
+    ] {
+        let out = mintgate(args, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("ca.key"), "{args:?}: {err}");
+    }
+    let out = mintgate(&["ca", "csr", "--config", "missing.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(64));
 }

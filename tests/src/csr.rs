@@ -67,7 +67,9 @@ pub fn check_issued(chain_pem: &str, ca_pem: &str, expect_id: &str, now: i64) ->
     check_issued_as(chain_pem, ca_pem, &Expected::id(expect_id), now)
 }
 
-/// Verifies the leaf chains to `ca_pem` for client auth at `now` (webpki) and has Mintgate's
+/// Verifies the leaf chains to the root at the end of `ca_pem` (the trust bundle: the issuing
+/// CA first, the root last) through the CAs the issued chain carries, for client auth at `now`
+/// (webpki), and has Mintgate's
 /// profile (x509-parser, DESIGN §4): a positive serial of 128 bits or more and at most 20 octets;
 /// exactly the one URI SAN and the DNS SANs expected, nothing else; SKI present and AKI equal to
 /// the CA's SKI; basicConstraints CA:FALSE critical; keyUsage critical with digitalSignature
@@ -82,8 +84,12 @@ pub fn check_issued_as(
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
-    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
-    let anchor = webpki::anchor_from_trusted_cert(&ca).unwrap();
+    let bundle: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let ca = bundle[0].clone();
+    let root = bundle.last().unwrap();
+    let anchor = webpki::anchor_from_trusted_cert(root).unwrap();
     let leaf = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
     leaf.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
@@ -94,7 +100,7 @@ pub fn check_issued_as(
         None,
         None,
     )
-    .expect("issued leaf must chain to the CA for client auth");
+    .expect("issued leaf must chain to the root for client auth");
 
     let (_, cert) = X509Certificate::from_der(&chain[0]).unwrap();
     let (_, ca_cert) = X509Certificate::from_der(&ca).unwrap();

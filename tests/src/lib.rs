@@ -17,13 +17,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mintgate_api::{GrpcConfig, HubConfig};
-use mintgate_ca::{DEV_VALIDITY, DevPki, generate_pki};
+use mintgate_ca::{
+    DEV_VALIDITY, DevPki, Pkcs11Config, Pkcs11Key, generate_pki, generate_pki_with_issuing_key,
+};
 use mintgate_domain::TrustDomain;
 use mintgate_domain::policy::PolicySource;
 use mintgate_domain::risk::RiskConfig;
 use mintgate_domain::service::HoldSettings;
 use mintgate_sdk::{Client, TlsMaterial, v1};
-use mintgate_server::config::{AuditSettings, ReplicationSettings};
+use mintgate_server::config::{AuditSettings, CaKeySource, ReplicationSettings};
 use mintgate_server::{Application, BuildError, Settings};
 use mintgate_store::{ProbeSettings, SqlStore};
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -230,6 +232,10 @@ pub struct Options {
     pub holds: HoldSettings,
     /// How often replicas try the leader lock (default: 100 ms, so handovers are quick).
     pub leader_check: std::time::Duration,
+    /// Keep the issuing CA's key in this PKCS#11 token (generated there, or found by its
+    /// label) instead of a file: the dev PKI gets an issuing CA certificate for it. Only for a
+    /// fresh server (not with `reuse`).
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 /// The server's risk defaults without the rate and breadth signals: most tests issue in
@@ -263,6 +269,7 @@ impl Options {
             risk: quiet_risk(),
             holds: HoldSettings::default(),
             leader_check: std::time::Duration::from_millis(100),
+            pkcs11: None,
         }
     }
 }
@@ -285,7 +292,13 @@ impl TestServer {
             Some(r) => r,
             None => {
                 let clock = Arc::new(ManualClock::new());
-                let mut pki = generate_pki(&td, clock.now_odt()).unwrap();
+                let mut pki = match &options.pkcs11 {
+                    Some(config) => {
+                        let (key, _) = Pkcs11Key::open_or_generate(config).unwrap();
+                        generate_pki_with_issuing_key(&td, clock.now_odt(), key).unwrap()
+                    }
+                    None => generate_pki(&td, clock.now_odt()).unwrap(),
+                };
                 if let Some(left) = options.ca_expires_in {
                     let old = generate_pki(&td, clock.now_odt() - DEV_VALIDITY + left).unwrap();
                     pki.ca = old.ca;
@@ -311,7 +324,10 @@ impl TestServer {
             grpc_addr: options.grpc_addr,
             http_addr: "127.0.0.1:0".parse().unwrap(),
             ca_cert_pem: pki.ca.cert_pem.clone(),
-            ca_key_pem: pki.ca.key_pem.clone(),
+            ca_key: match options.pkcs11 {
+                Some(config) => CaKeySource::Pkcs11(config),
+                None => CaKeySource::File(pki.ca.key_pem.clone()),
+            },
             ca_min_lifetime: mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME,
             server_cert_pem: pki.server.cert_pem.clone(),
             server_key_pem: pki.server.key_pem.clone(),

@@ -1,5 +1,6 @@
 //! The server's rustls configuration: a client certificate is mandatory, must chain to one of
-//! the configured CAs (Mintgate's issuing CA, the bootstrap CA, the operator CA), must be valid at
+//! the configured roots (Mintgate's root, through its issuing CA; the bootstrap CA; the operator
+//! CA), must be valid at
 //! the injected clock's "now", and must carry exactly one SPIFFE ID in our trust domain.
 //! It must not be revoked (the [`RevocationHub`]'s live set). Anything else fails the handshake;
 //! no handler ever runs for it.
@@ -31,9 +32,12 @@ pub enum TlsError {
     ServerCert(#[source] rustls::Error),
 }
 
-/// Builds the server config. `client_cas` are every CA whose certificates may connect.
+/// Builds the server config. `client_cas` are the roots whose certificates may connect;
+/// `intermediates` are the CAs between Mintgate's root and the certificates it issues (its
+/// issuing CA), used to build a client's chain when the client sent only its own certificate.
 pub fn server_config(
     client_cas: &[CertificateDer<'static>],
+    intermediates: Vec<CertificateDer<'static>>,
     trust_domain: TrustDomain,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
@@ -50,6 +54,7 @@ pub fn server_config(
         .map_err(TlsError::Verifier)?;
     let verifier = Arc::new(SpiffeClientVerifier {
         inner,
+        intermediates,
         trust_domain,
         revocations,
     });
@@ -105,6 +110,8 @@ impl rustls::time_provider::TimeProvider for ClockTime {
 #[derive(Debug)]
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    /// Known intermediates, added to those the client sent.
+    intermediates: Vec<CertificateDer<'static>>,
     trust_domain: TrustDomain,
     revocations: Arc<RevocationHub>,
 }
@@ -120,8 +127,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.intermediates.is_empty() {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?;
+        } else {
+            let mut chain = intermediates.to_vec();
+            chain.extend(self.intermediates.iter().cloned());
+            self.inner.verify_client_cert(end_entity, &chain, now)?;
+        }
         let refuse =
             || rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
         let (_, cert) = X509Certificate::from_der(end_entity).map_err(|_| refuse())?;

@@ -1,6 +1,7 @@
-//! The dev PKI behind `mintgate dev-certs` and `mintgate serve --dev`: three P-256 CAs (Mintgate's
-//! issuing CA, a bootstrap/node CA and an operator CA), the server, node and operator (admin, alice, bob) certificates
-//! they issue, and the join-token HMAC secret.
+//! The dev PKI behind `mintgate dev-certs` and `mintgate serve --dev`: P-256 CAs (Mintgate's
+//! offline root and the issuing CA under it, a bootstrap/node CA and an operator CA), the
+//! server, node and operator (admin, alice, bob) certificates they issue, and the join-token
+//! HMAC secret.
 //!
 //! [`generate_pki`] makes it in memory (tests use it for an ephemeral PKI); [`write_dev_pki`]
 //! writes it to a directory, only where nothing is there yet. Every dev CA carries
@@ -15,14 +16,15 @@ use std::path::{Path, PathBuf};
 use mintgate_domain::{Serial, TrustDomain};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
-    SerialNumber,
+    SerialNumber, SigningKey,
 };
 use ring::rand::{SecureRandom as _, SystemRandom};
 use time::{Duration, OffsetDateTime};
 use x509_parser::x509::X509Name;
 
 use crate::CaError;
-use crate::signer::{FileKey, LeafProfile, parse_certificate};
+use crate::key::FileKey;
+use crate::signer::{LeafProfile, parse_certificate};
 
 /// The organization (O) in the subject of every dev CA. Certificates carrying it are dev material.
 pub const DEV_ORGANIZATION: &str = "Mintgate Dev PKI (insecure)";
@@ -52,9 +54,14 @@ impl fmt::Debug for CertAndKey {
 /// The whole dev PKI in memory. `Debug` omits keys and the join-token secret.
 #[derive(Clone)]
 pub struct DevPki {
-    /// Mintgate's issuing CA: issues workload certificates and the server certificate.
+    /// Mintgate's root, standing in for an offline root: it signed the issuing CA only.
+    pub root: CertAndKey,
+    /// Mintgate's issuing CA, an intermediate under `root`: issues workload certificates and
+    /// the server certificate. `cert_pem` is the issuing CA then the root: the chain the server
+    /// loads (`ca.cert`) and the bundle clients trust.
     pub ca: CertAndKey,
-    /// serverAuth for `localhost`, `127.0.0.1`, `::1` and `spiffe://<td>/mintgate/server`.
+    /// serverAuth for `localhost`, `127.0.0.1`, `::1` and `spiffe://<td>/mintgate/server`;
+    /// `cert_pem` is the certificate then the issuing CA.
     pub server: CertAndKey,
     /// The node/bootstrap CA (the platform's node identity).
     pub bootstrap_ca: CertAndKey,
@@ -75,6 +82,7 @@ pub struct DevPki {
 impl fmt::Debug for DevPki {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DevPki")
+            .field("root", &self.root)
             .field("ca", &self.ca)
             .field("server", &self.server)
             .field("bootstrap_ca", &self.bootstrap_ca)
@@ -92,6 +100,8 @@ impl fmt::Debug for DevPki {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevPkiPaths {
     pub dir: PathBuf,
+    pub root_cert: PathBuf,
+    pub root_key: PathBuf,
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
     pub server_cert: PathBuf,
@@ -118,6 +128,8 @@ impl DevPkiPaths {
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            root_cert: dir.join("root.pem"),
+            root_key: dir.join("root.key"),
             ca_cert: dir.join("ca.pem"),
             ca_key: dir.join("ca.key"),
             server_cert: dir.join("server.pem"),
@@ -140,9 +152,11 @@ impl DevPkiPaths {
     }
 
     /// Every file and whether it holds a secret, in the order of [`DevPki::file_contents`].
-    fn entries(&self) -> [(&Path, Secrecy); 17] {
+    fn entries(&self) -> [(&Path, Secrecy); 19] {
         use Secrecy::{Public, Secret};
         [
+            (&self.root_cert, Public),
+            (&self.root_key, Secret),
             (&self.ca_cert, Public),
             (&self.ca_key, Secret),
             (&self.server_cert, Public),
@@ -166,8 +180,10 @@ impl DevPkiPaths {
 
 impl DevPki {
     /// What goes in each file, in the order of [`DevPkiPaths::entries`].
-    fn file_contents(&self) -> [&str; 17] {
+    fn file_contents(&self) -> [&str; 19] {
         [
+            &self.root.cert_pem,
+            &self.root.key_pem,
             &self.ca.cert_pem,
             &self.ca.key_pem,
             &self.server.cert_pem,
@@ -197,6 +213,19 @@ enum Secrecy {
 
 /// Generates the whole dev PKI in memory, valid from `now` (backdated a minute) for a year.
 pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<DevPki, CaError> {
+    let key = FileKey::generate_p256()?;
+    let key_pem = key.to_pkcs8_pem();
+    let mut pki = build_pki(trust_domain, now, key)?;
+    pki.ca.key_pem = key_pem;
+    Ok(pki)
+}
+
+/// The dev PKI with `issuing_key` as the issuing CA's key (`ca.key_pem` left empty).
+fn build_pki<K: SigningKey>(
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+    issuing_key: K,
+) -> Result<DevPki, CaError> {
     let rng = SystemRandom::new();
     let not_before = now - DEV_BACKDATE;
     let not_after = now + DEV_VALIDITY;
@@ -208,11 +237,13 @@ pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<D
         not_after,
     };
 
-    let ca = DevCa::generate("Mintgate Dev Issuing CA", not_before, not_after, &rng)?;
+    let root = DevCa::generate("Mintgate Dev Root CA", 1, not_before, not_after, &rng)?;
+    let ca = root.intermediate(issuing_key, "Mintgate Dev Issuing CA", &rng)?;
     let server = ca.issue(&leaf(&id("/mintgate/server"), true), &rng)?;
-    let bootstrap_ca = DevCa::generate("Mintgate Dev Bootstrap CA", not_before, not_after, &rng)?;
+    let bootstrap_ca =
+        DevCa::generate("Mintgate Dev Bootstrap CA", 0, not_before, not_after, &rng)?;
     let node = bootstrap_ca.issue(&leaf(&id("/node/dev-node-1"), false), &rng)?;
-    let operator_ca = DevCa::generate("Mintgate Dev Operator CA", not_before, not_after, &rng)?;
+    let operator_ca = DevCa::generate("Mintgate Dev Operator CA", 0, not_before, not_after, &rng)?;
     let admin = operator_ca.issue(&leaf(&id("/operator/admin"), false), &rng)?;
     let alice = operator_ca.issue(&leaf(&id("/operator/alice"), false), &rng)?;
     let bob = operator_ca.issue(&leaf(&id("/operator/bob"), false), &rng)?;
@@ -221,7 +252,11 @@ pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<D
     rng.fill(&mut secret).map_err(CaError::Random)?;
 
     Ok(DevPki {
-        ca: ca.into_cert_and_key(),
+        root: root.into_cert_and_key(),
+        ca: CertAndKey {
+            cert_pem: ca.cert_pem,
+            key_pem: String::new(),
+        },
         server,
         bootstrap_ca: bootstrap_ca.into_cert_and_key(),
         node,
@@ -231,6 +266,17 @@ pub fn generate_pki(trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<D
         bob,
         join_token_key_hex: format!("{}\n", hex::encode(secret)),
     })
+}
+
+/// The dev PKI of [`generate_pki`], but with an issuing CA whose key is `key` (a key in a
+/// PKCS#11 token, for tests of that backend). `ca.key_pem` is empty: the key is wherever `key`
+/// keeps it.
+pub fn generate_pki_with_issuing_key<K: SigningKey>(
+    trust_domain: &TrustDomain,
+    now: OffsetDateTime,
+    key: K,
+) -> Result<DevPki, CaError> {
+    build_pki(trust_domain, now, key)
 }
 
 /// Writes a fresh dev PKI into `dir` (created if missing) unless one is already there.
@@ -282,10 +328,13 @@ fn has_dev_organization(name: &X509Name<'_>) -> bool {
 }
 
 /// One dev CA while the PKI is being built.
-struct DevCa {
+struct DevCa<K = FileKey> {
     params: CertificateParams,
-    key: FileKey,
+    key: K,
     cert_pem: String,
+    /// What certificates it issues carry after themselves: nothing for a root, itself for an
+    /// intermediate.
+    chain_pem: String,
 }
 
 /// What differs between the dev end-entity certificates.
@@ -297,35 +346,85 @@ struct LeafTemplate {
 }
 
 impl DevCa {
-    /// A self-signed P-256 root: pathLen 0, keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
+    /// A self-signed P-256 root: pathLen `path_len` (1 for Mintgate's root, above the issuing
+    /// CA; 0 for a CA that signs only end entities), keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
     fn generate(
         common_name: &str,
+        path_len: u8,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
         rng: &SystemRandom,
     ) -> Result<Self, CaError> {
         let key = FileKey::generate_p256()?;
-        let mut params = CertificateParams::default();
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, DEV_ORGANIZATION);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut params = dev_ca_params(common_name, not_before, not_after, rng)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
         let cert = params.self_signed(&key).map_err(CaError::Build)?;
         Ok(Self {
             params,
             key,
             cert_pem: cert.pem(),
+            chain_pem: String::new(),
         })
     }
 
+    /// The CA and the chain above it (itself then its root, for an intermediate), and its key.
+    fn into_cert_and_key(self) -> CertAndKey {
+        CertAndKey {
+            key_pem: self.key.to_pkcs8_pem(),
+            cert_pem: self.cert_pem,
+        }
+    }
+
+    /// An intermediate CA for `key` (pathLen 0) with this root's validity, signed by this root.
+    fn intermediate<K: SigningKey>(
+        &self,
+        key: K,
+        common_name: &str,
+        rng: &SystemRandom,
+    ) -> Result<DevCa<K>, CaError> {
+        let params = dev_ca_params(
+            common_name,
+            self.params.not_before,
+            self.params.not_after,
+            rng,
+        )?;
+        let mut params = params;
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).map_err(CaError::Build)?;
+        Ok(DevCa {
+            params,
+            key,
+            chain_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
+        })
+    }
+}
+
+/// The parameters of a dev CA: pathLen 0, keyCertSign + cRLSign, O = [`DEV_ORGANIZATION`].
+pub(crate) fn dev_ca_params(
+    common_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    rng: &SystemRandom,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(SerialNumber::from_slice(random_serial(rng)?.as_bytes()));
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, DEV_ORGANIZATION);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+impl<K: SigningKey> DevCa<K> {
     /// An end-entity certificate with the Mintgate profile and a fresh P-256 key. A server
     /// certificate gets serverAuth and the loopback names; any other gets clientAuth.
     fn issue(&self, leaf: &LeafTemplate, rng: &SystemRandom) -> Result<CertAndKey, CaError> {
@@ -360,16 +459,9 @@ impl DevCa {
             .signed_by(&key, &issuer)
             .map_err(CaError::Build)?;
         Ok(CertAndKey {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
             key_pem: key.to_pkcs8_pem(),
         })
-    }
-
-    fn into_cert_and_key(self) -> CertAndKey {
-        CertAndKey {
-            key_pem: self.key.to_pkcs8_pem(),
-            cert_pem: self.cert_pem,
-        }
     }
 }
 

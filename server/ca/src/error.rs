@@ -16,8 +16,20 @@ pub enum CaError {
     CertificateParse(#[source] x509_parser::error::X509Error),
     #[error("the CA certificate is not a CA: {reason}")]
     NotACa { reason: &'static str },
+    #[error("certificate {position} of the CA chain (0 is the issuing CA): {reason}")]
+    Chain {
+        position: usize,
+        reason: &'static str,
+    },
     #[error("the CA private key could not be read (PKCS#8 PEM expected)")]
     KeyPem(#[source] rcgen::Error),
+    #[error(
+        "{} has mode {mode:o}: group and others must have no access (chmod 600)",
+        path.display()
+    )]
+    KeyFileMode { path: PathBuf, mode: u32 },
+    #[error("pkcs11: {0} ({reason})", reason = .0.reason())]
+    Pkcs11(#[source] crate::pkcs11::Pkcs11Error),
     #[error("the CA private key does not match the CA certificate's public key")]
     KeyMismatch,
     #[error("the CA certificate's subject cannot be reproduced as an issuer name")]

@@ -14,9 +14,8 @@ use mintgate_domain::ports::{
 };
 use rcgen::{
     CertificateParams, CertificateRevocationListParams, CrlDistributionPoint, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PublicKeyData, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm, SigningKey,
-    SubjectPublicKeyInfo,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData,
+    RevokedCertParams, SanType, SerialNumber, SigningKey, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -25,70 +24,31 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::CaError;
+use crate::key::FileKey;
 use crate::ocsp::{self, OcspIssuer};
 
 /// Longest common name X.509 allows (RFC 5280 `ub-common-name`).
 const MAX_COMMON_NAME_LEN: usize = 64;
 
 /// Where the issuing key lives. Any rcgen [`SigningKey`] that can be shared across threads is a
-/// backend: [`FileKey`] today, a PKCS#11 or KMS key later. A backend's `Debug` must not print
+/// backend: a [`FileKey`], a [`Pkcs11Key`](crate::Pkcs11Key), or [`CaKey`](crate::CaKey) for
+/// either. A backend's `Debug` must not print
 /// secret material, and a failing remote key should return [`rcgen::Error::RemoteKeyError`] so
 /// the failure is reported as "unavailable" rather than as a build error.
 pub trait KeyBackend: SigningKey + Send + Sync + 'static {}
 
 impl<T: SigningKey + Send + Sync + 'static> KeyBackend for T {}
 
-/// A private key loaded from a PKCS#8 PEM file. Its `Debug` names the algorithm only.
-pub struct FileKey(KeyPair);
-
-impl FileKey {
-    /// Parses a PKCS#8 PEM private key (P-256, P-384, Ed25519 or RSA).
-    pub fn from_pem(pem: &str) -> Result<Self, CaError> {
-        KeyPair::from_pem(pem).map(Self).map_err(CaError::KeyPem)
-    }
-
-    /// Generates a fresh P-256 key.
-    pub fn generate_p256() -> Result<Self, CaError> {
-        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map(Self)
-            .map_err(CaError::KeyGeneration)
-    }
-
-    /// The key as PKCS#8 PEM, for writing it to a file.
-    pub(crate) fn to_pkcs8_pem(&self) -> String {
-        self.0.serialize_pem()
-    }
-}
-
-impl fmt::Debug for FileKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileKey")
-            .field("algorithm", self.0.algorithm())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PublicKeyData for FileKey {
-    fn der_bytes(&self) -> &[u8] {
-        self.0.der_bytes()
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.0.algorithm()
-    }
-}
-
-impl SigningKey for FileKey {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0.sign(msg)
-    }
-}
-
 /// The issuing CA: its certificate, its key and the CRL location it stamps into what it issues.
 pub struct CertificateAuthority<K = FileKey> {
     issuer: Issuer<'static, K>,
     cert_der: CertificateDer<'static>,
-    cert_pem: String,
+    /// The issuing CA and the CAs above it, up to and including the root.
+    chain_der: Vec<CertificateDer<'static>>,
+    /// PEM of the chain without its root: what every issued certificate carries after itself.
+    chain_pem: String,
+    /// PEM of the whole chain: the trust bundle.
+    bundle_pem: String,
     subject: String,
     not_after: OffsetDateTime,
     crl_url: Option<String>,
@@ -109,18 +69,44 @@ impl CertificateAuthority<FileKey> {
         ca_key_pem: &str,
         crl_url: Option<String>,
     ) -> Result<Self, CaError> {
-        let certs = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(CaError::CertificatePem)?;
-        let [cert] = <[_; 1]>::try_from(certs)
-            .map_err(|certs| CaError::CertificateCount { found: certs.len() })?;
-        Self::new(cert, FileKey::from_pem(ca_key_pem)?, crl_url)
+        Self::from_pem_with_key(ca_cert_pem, FileKey::from_pem(ca_key_pem)?, crl_url)
     }
 }
 
 impl<K: KeyBackend> CertificateAuthority<K> {
-    /// Builds the CA from its certificate and any key backend, checking that they belong together
-    /// by signing one probe certificate and verifying it against the CA certificate.
+    /// Loads the CA from its certificate PEM (exactly one certificate) and a key in any
+    /// backend, with the checks of [`CertificateAuthority::new`].
+    pub fn from_pem_with_key(
+        ca_cert_pem: &str,
+        key: K,
+        crl_url: Option<String>,
+    ) -> Result<Self, CaError> {
+        let certs = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CaError::CertificatePem)?;
+        Self::with_chain(certs, key, crl_url)
+    }
+
+    /// Builds the CA from its chain (the issuing CA certificate first, then the CAs above it up
+    /// to a self-signed root; a self-signed issuing CA alone is a chain too) and any key
+    /// backend, with the checks of [`CertificateAuthority::new`] and of every link.
+    pub fn with_chain(
+        chain: Vec<CertificateDer<'static>>,
+        key: K,
+        crl_url: Option<String>,
+    ) -> Result<Self, CaError> {
+        crate::chain::check_chain(&chain)?;
+        let mut ca = Self::new(chain[0].clone(), key, crl_url)?;
+        let root = chain.len() - 1;
+        ca.chain_pem = chain[..root.max(1)].iter().map(|c| pem_encode(c)).collect();
+        ca.bundle_pem = chain.iter().map(|c| pem_encode(c)).collect();
+        ca.chain_der = chain;
+        Ok(ca)
+    }
+
+    /// Builds the CA from its certificate alone (its own trust bundle) and any key backend,
+    /// checking that they belong together by signing one probe certificate and verifying it
+    /// against the CA certificate. [`CertificateAuthority::with_chain`] adds the chain above it.
     pub fn new(
         cert_der: CertificateDer<'static>,
         key: K,
@@ -153,8 +139,10 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         let cert_pem = pem_encode(&cert_der);
         let ca = Self {
             issuer,
+            chain_der: vec![cert_der.clone()],
             cert_der,
-            cert_pem,
+            chain_pem: cert_pem.clone(),
+            bundle_pem: cert_pem,
             subject,
             not_after,
             crl_url,
@@ -194,7 +182,7 @@ impl<K: KeyBackend> CertificateAuthority<K> {
             .signed_by(&public_key, &self.issuer)
             .map_err(classify_signing_error)?;
         let der = cert.der().to_vec();
-        let chain_pem = format!("{}{}", cert.pem(), self.cert_pem);
+        let chain_pem = format!("{}{}", cert.pem(), self.chain_pem);
         Ok(SignedCertificate {
             der,
             chain_pem,
@@ -250,6 +238,11 @@ impl<K: KeyBackend> CertificateAuthority<K> {
     /// The CA certificate, DER.
     pub fn ca_cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
+    }
+
+    /// The issuing CA, then each CA above it, the root last.
+    pub fn chain_der(&self) -> &[CertificateDer<'static>] {
+        &self.chain_der
     }
 
     /// The end of the CA certificate's validity; nothing it issues outlives it.
@@ -321,7 +314,7 @@ impl<K: KeyBackend> Signer for CertificateAuthority<K> {
     }
 
     fn trust_bundle_pem(&self) -> &str {
-        &self.cert_pem
+        &self.bundle_pem
     }
 
     fn issuer_key_id(&self) -> &str {
@@ -478,7 +471,7 @@ pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, CaErr
     Ok(cert)
 }
 
-fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), CaError> {
+pub(crate) fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), CaError> {
     let basic = cert
         .basic_constraints()
         .map_err(CaError::CertificateParse)?

@@ -94,3 +94,41 @@ async fn every_benchmark_runs_at_tiny_sizes() {
         assert!(stdout.contains("skipped (cfssl not installed)"));
     }
 }
+
+/// `mintgate-bench ca-backends` at tiny sizes: both backends measured, raw and end to end.
+#[test]
+fn the_ca_backends_benchmark_runs_at_tiny_sizes() {
+    if !mintgate_ca::softhsm::available() {
+        assert!(
+            std::env::var("MINTGATE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "softhsm2 is not installed and MINTGATE_REQUIRE_TOOLS=1"
+        );
+        println!("note: softhsm2 is not installed; skipping the ca-backends benchmark");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ca.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mintgate-bench"))
+        .args(["ca-backends", "--crypto-ops", "40", "--issuances", "20"])
+        .args(["--clients", "4", "--sessions", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("pkcs11 (SoftHSM2)"), "{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["sessions"], 2);
+    for raw in ["raw_file", "raw_pkcs11"] {
+        assert_eq!(report[raw]["operations"], 40, "{raw}");
+        assert!(report[raw]["total"].as_f64().unwrap() > 0.0, "{raw}");
+    }
+    for run in ["issuance_file", "issuance_pkcs11"] {
+        assert_eq!(report[run]["issuances"], 20, "{run}");
+        assert!(report[run]["per_second"].as_f64().unwrap() > 0.0, "{run}");
+    }
+}

@@ -178,14 +178,18 @@ async fn malformed_requests_get_malformed_request() {
 }
 
 /// The files `openssl ocsp` reads: the CA and one workload's leaf certificate.
-struct Files {
-    ca: String,
-    leaf: String,
-    serial: String,
+pub(crate) struct Files {
+    pub(crate) ca: String,
+    pub(crate) leaf: String,
+    pub(crate) serial: String,
 }
 
 impl Files {
-    fn new(dir: &Path, server: &TestServer, workload: &crate::revocation::Workload) -> Self {
+    pub(crate) fn new(
+        dir: &Path,
+        server: &TestServer,
+        workload: &crate::revocation::Workload,
+    ) -> Self {
         let leaf = workload
             .chain_pem
             .split_inclusive("-----END CERTIFICATE-----\n")
@@ -200,7 +204,7 @@ impl Files {
 
     /// `openssl ocsp` `extra` (a digest must come before -cert) `-issuer ca.pem -cert leaf.pem
     /// -CAfile ca.pem` `args`.
-    fn ocsp(&self, args: &[&str], extra: &[&str]) -> String {
+    pub(crate) fn ocsp(&self, args: &[&str], extra: &[&str]) -> String {
         let base = [
             "-issuer", &self.ca, "-cert", &self.leaf, "-CAfile", &self.ca,
         ];
@@ -223,7 +227,7 @@ fn run_ocsp(args: &[&str]) -> String {
 }
 
 /// openssl verified the response against the CA and reports `status` for the leaf.
-fn assert_verified(out: &str, leaf: &str, status: &str) {
+pub(crate) fn assert_verified(out: &str, leaf: &str, status: &str) {
     assert!(out.contains("Response verify OK"), "{out}");
     assert!(out.contains(&format!("{leaf}: {status}\n")), "{out}");
     assert!(out.contains("This Update: "), "{out}");

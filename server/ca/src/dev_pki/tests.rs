@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{IpAddr as PkiIpAddr, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, IpAddr as PkiIpAddr, PrivateKeyDer, ServerName};
 
 use super::*;
 use crate::tests::{der_of, trust_domain, webpki_verify};
@@ -107,7 +107,7 @@ fn never_overwrites_and_refuses_a_partial_pki() {
     }
     assert!(err.to_string().contains("server.key"), "{err}");
     assert!(!first.server_key.exists(), "nothing is written on refusal");
-    assert_eq!(std::fs::read(&first.ca_key).unwrap(), before[1]);
+    assert_eq!(std::fs::read(&first.ca_key).unwrap(), before[3]);
 }
 
 #[test]
@@ -131,6 +131,24 @@ fn certificates_verify_under_their_own_ca_only() {
 
     let server = der_of(&pki.server.cert_pem);
     webpki_verify(&server, &ca, webpki::KeyUsage::server_auth()).unwrap();
+    // Through the issuing CA to the root, as clients see it: server.pem carries the issuing CA.
+    let root = der_of(&pki.root.cert_pem);
+    let server_chain: Vec<_> = CertificateDer::pem_slice_iter(pki.server.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(server_chain.len(), 2);
+    assert_eq!(server_chain[1], ca);
+    crate::tests::webpki_verify_chain(
+        &server,
+        &server_chain[1..],
+        &root,
+        webpki::KeyUsage::server_auth(),
+    )
+    .unwrap();
+    assert!(
+        webpki_verify(&server, &root, webpki::KeyUsage::server_auth()).is_err(),
+        "not without the issuing CA"
+    );
     let ee = webpki::EndEntityCert::try_from(&server).unwrap();
     for name in [
         ServerName::try_from("localhost").unwrap(),

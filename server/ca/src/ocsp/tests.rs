@@ -21,7 +21,8 @@ use x509_ocsp::{
 };
 
 use super::{OcspIssuer, OcspRefusal, OcspRequest, OcspRequestError, refusal};
-use crate::{CertificateAuthority, generate_pki};
+use crate::tests::on_both_backends;
+use crate::{CertificateAuthority, KeyBackend, generate_pki};
 
 const SERIAL: [u8; 17] = [0x5a; 17];
 
@@ -32,8 +33,8 @@ fn authority() -> CertificateAuthority {
 }
 
 /// A CertID for `serial` under the CA `ca`, hashed with `hash` (`oid` names it).
-fn cert_id(
-    ca: &CertificateAuthority,
+fn cert_id<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
     hash: &'static digest::Algorithm,
     oid: ObjectIdentifier,
     serial: SerialNumber,
@@ -53,7 +54,7 @@ fn cert_id(
     }
 }
 
-fn sha1_id(ca: &CertificateAuthority, serial: &[u8]) -> CertId {
+fn sha1_id<K: KeyBackend>(ca: &CertificateAuthority<K>, serial: &[u8]) -> CertId {
     let serial = SerialNumber::new(serial).unwrap();
     cert_id(ca, &digest::SHA1_FOR_LEGACY_USE_ONLY, ID_SHA_1, serial)
 }
@@ -170,12 +171,18 @@ fn refusals_carry_only_their_status() {
     }
 }
 
-#[test]
-fn a_signed_response_verifies_with_the_ca_key_and_answers_as_asked() {
-    let ca = authority();
+on_both_backends!(
+    signed_response,
+    a_signed_response_verifies_with_the_ca_key_and_answers_as_asked,
+    None
+);
+
+fn a_signed_response_verifies_with_the_ca_key_and_answers_as_asked<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
+) {
     let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
     let revoked_at = now - time::Duration::minutes(3);
-    let ids = [1u8, 2, 3, 4].map(|n| sha1_id(&ca, &[n]).to_der().unwrap());
+    let ids = [1u8, 2, 3, 4].map(|n| sha1_id(ca, &[n]).to_der().unwrap());
     let entry = |cert_id: &Vec<u8>, status| OcspEntry {
         cert_id: cert_id.clone(),
         status,

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use mintgate_ca::CertificateAuthority;
+use mintgate_ca::{CertificateAuthority, KeyBackend};
 use mintgate_domain::csr::validate_csr;
 use mintgate_domain::ports::IssueSpec;
 use mintgate_domain::{Serial, TrustDomain};
@@ -34,11 +34,23 @@ pub fn run(csrs: &[String], threads: usize, operations: usize) -> anyhow::Result
     let now = OffsetDateTime::now_utc();
     let pki = mintgate_ca::generate_pki(&td, now)?;
     let ca = CertificateAuthority::from_pem(&pki.ca.cert_pem, &pki.ca.key_pem, None)?;
+    run_with(&ca, csrs, threads, operations)
+}
+
+/// [`run`] with the CA `ca`, whatever holds its key.
+pub fn run_with<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
+    csrs: &[String],
+    threads: usize,
+    operations: usize,
+) -> anyhow::Result<Crypto> {
+    let td = TrustDomain::parse(TRUST_DOMAIN)?;
+    let now = OffsetDateTime::now_utc();
     let share = operations.div_ceil(threads).max(1);
     let bar = progress(share * threads, "crypto (1)")?;
     let start = Instant::now();
     let per_thread = std::thread::scope(|scope| {
-        let (ca, td, bar) = (&ca, &td, &bar);
+        let (td, bar) = (&td, &bar);
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || -> anyhow::Result<f64> {
@@ -68,8 +80,8 @@ pub fn run(csrs: &[String], threads: usize, operations: usize) -> anyhow::Result
 }
 
 /// What the server does per issuance in CPU: validate the CSR, draw a serial, sign.
-fn sign(
-    ca: &CertificateAuthority,
+fn sign<K: KeyBackend>(
+    ca: &CertificateAuthority<K>,
     td: &TrustDomain,
     csr_pem: &str,
     now: OffsetDateTime,

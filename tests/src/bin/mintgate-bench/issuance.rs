@@ -51,7 +51,19 @@ pub async fn run(
     clients: usize,
     ceiling: f64,
 ) -> anyhow::Result<Issuance> {
-    let server = TestServer::spawn_with(assessed_not_held(backend)).await;
+    run_with(assessed_not_held(backend), csrs, clients, ceiling).await
+}
+
+/// [`run`] on a server started with `options` (a PKCS#11 issuing key, for one; start from
+/// [`assessed_not_held`] to measure what [`run`] does).
+pub async fn run_with(
+    options: Options,
+    csrs: Arc<[String]>,
+    clients: usize,
+    ceiling: f64,
+) -> anyhow::Result<Issuance> {
+    let backend = options.backend;
+    let server = TestServer::spawn_with(options).await;
     let database = durability(&server).await?;
     let mut connections = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -112,7 +124,7 @@ pub async fn run(
 /// The server with its default risk thresholds, so a burst from one node costs what it costs in
 /// production (its spike and breadth signals fire), and the dev policy without its hold rules, so
 /// nothing waits for an approver (a mesh that has not configured holds).
-fn assessed_not_held(backend: Backend) -> Options {
+pub fn assessed_not_held(backend: Backend) -> Options {
     let mut policy = PolicySource::dev();
     policy.files.retain(|f| f.name != "holds.cedar");
     Options {

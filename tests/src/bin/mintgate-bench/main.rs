@@ -7,10 +7,13 @@
 //! 4. server memory per idle subscriber;
 //! 5. cfssl's sign endpoint with the same CSRs, when `cfssl` is installed.
 //!
+//! `mintgate-bench ca-backends` compares the CA key in a PKCS#11 token with a key file.
+//!
 //! It is a binary of the `mintgate-tests` package so that it reuses the end-to-end harness (the
 //! in-process `TestServer`, the ephemeral PKI, the CSR helpers) instead of growing a second one.
 //! The table goes to stdout, progress bars to stderr, the figures to `--json`.
 
+mod ca_backends;
 mod crypto;
 mod fanout;
 mod floor;
@@ -50,6 +53,9 @@ enum Internal {
     /// The bare tokio-rustls floor of the fan-out benchmark (started by the benchmark itself).
     #[command(hide = true)]
     FloorServer(floor::FloorArgs),
+    /// Issuance with the CA key in a PKCS#11 token (SoftHSM2) against a key file: the raw
+    /// signing rate and issuance end to end, side by side.
+    CaBackends(ca_backends::CaArgs),
 }
 
 #[derive(Args)]
@@ -96,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let options = match cli.internal {
         Some(Internal::FloorServer(args)) => return runtime.block_on(floor::serve(args)),
+        Some(Internal::CaBackends(args)) => return ca_backends::run(&args, &runtime),
         None => cli.options,
     };
     // Every subscriber holds a connection, and so does its server side (a child inherits this).
