@@ -1,7 +1,9 @@
 //! The checkpoint job (DESIGN §17): signs the audit chain's head every `every_events` events or
 //! `every` (on the injected clock), whichever comes first, and once more on clean shutdown.
 //! Each checkpoint is a write transaction of its own through the store's writer, so it
-//! serialises with appends. Several replicas may each write one: the store keeps one per head.
+//! serialises with appends. Of several replicas only the leader checkpoints (the events of every
+//! replica count: it follows the chain's head in the database); each still signs its own
+//! shutdown checkpoint, and the store keeps one per head.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +94,24 @@ impl Checkpointer {
         }
     }
 
+    /// On the leader: whether a checkpoint is due by time, or by the events every replica
+    /// appended (read from the database; this server's own appends are seen at once).
+    async fn due(&self, since: OffsetDateTime, covered: i64) -> Option<&'static str> {
+        if !self.store.is_leader() {
+            return None;
+        }
+        if self.clock.now() - since >= self.every {
+            return Some("time");
+        }
+        match self.store.audit_head().await {
+            Ok(head) => (head - covered >= self.every_events).then_some("events"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit chain's head could not be read");
+                None
+            }
+        }
+    }
+
     /// Writes checkpoints as they fall due until `stop` turns true. The shutdown checkpoint is
     /// the caller's, once nothing appends any more.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
@@ -114,13 +134,15 @@ impl Checkpointer {
                         return;
                     }
                     let head = *appends.borrow_and_update();
-                    (head - covered >= self.every_events).then_some("events")
+                    Some((head - covered >= self.every_events && self.store.is_leader())
+                        .then_some("events"))
                 }
-                // The leader alone checkpoints on time; every replica on the events it
-                // appended.
-                _ = tick.tick() => (self.clock.now() - since >= self.every
-                    && self.store.is_leader())
-                .then_some("time"),
+                _ = tick.tick() => None,
+            };
+            // (Out of the select: what `stop` lent it is not held across this await.)
+            let reason = match reason {
+                Some(reason) => reason,
+                None => self.due(since, covered).await,
             };
             if let Some(reason) = reason {
                 since = self.clock.now();

@@ -7,7 +7,9 @@ use mintgate_domain::audit::{AuditKey, Checkpoint, SignedCheckpoint};
 use mintgate_domain::ports::AuditSigner;
 use mintgate_domain::store::StoreError;
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, TryInsertResult};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryOrder, QuerySelect, TryInsertResult,
+};
 use time::OffsetDateTime;
 
 use crate::audit::AuditSnapshot;
@@ -73,6 +75,18 @@ impl SqlStore {
     }
 
     /// The newest checkpoint, if any.
+    /// The seq of the newest audit event any replica committed (0: none yet).
+    pub async fn audit_head(&self) -> Result<i64, StoreError> {
+        let head: Option<Option<i64>> = audit_event::Entity::find()
+            .select_only()
+            .column_as(audit_event::Column::Seq.max(), "head")
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(head.flatten().unwrap_or(0))
+    }
+
     pub async fn newest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StoreError> {
         newest(&self.db).await
     }

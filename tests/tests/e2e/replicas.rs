@@ -151,6 +151,36 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_alone_checkpoints_every_replicas_events() {
+    if !mintgate_tests::db::postgres_available().await {
+        return;
+    }
+    let options = || Options {
+        checkpoint_every_events: 10,
+        ..replica_options()
+    };
+    let a = TestServer::spawn_with(options()).await;
+    let b = a.replica(options()).await;
+    let replicas = [a, b];
+    let leader = wait_for_one_leader(&replicas).await;
+    let follower = &replicas[1 - leader];
+    // Events appended through the follower only.
+    for i in 0..8 {
+        let id = format!("spiffe://dev.mintgate.local/workload/c{i}");
+        enroll(follower, &id, &format!("c{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checkpoints(&replicas[leader]).await < 1.0 {
+        assert!(Instant::now() < deadline, "the leader wrote no checkpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(checkpoints(follower).await, 0.0);
+    let [a, b] = replicas;
+    b.stop().await;
+    a.stop().await;
+}
+
 /// Waits (up to 10 s) until exactly one of `replicas` leads; returns its index.
 async fn wait_for_one_leader(replicas: &[TestServer]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -453,4 +483,12 @@ async fn count(url: &str, sql: &str) -> i64 {
     let n = row.try_get_by_index(0).unwrap();
     db.close().await.unwrap();
     n
+}
+
+/// `mintgate_audit_checkpoints_total` on `server`'s /metrics.
+async fn checkpoints(server: &TestServer) -> f64 {
+    let text = String::from_utf8(server.http_get("/metrics").await.1).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("mintgate_audit_checkpoints_total "))
+        .map_or(0.0, |n| n.parse::<f64>().unwrap())
 }
