@@ -15,6 +15,7 @@ use mintgate_proto::v1;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::admin::AdminService;
@@ -26,24 +27,46 @@ use crate::status::to_status;
 /// Hold changes a WatchPending stream may fall behind by before it is cut loose.
 const FEED_CAPACITY: usize = 1024;
 
-/// This server's hold changes, for every WatchPending stream.
+/// This server's hold changes (and those other replicas announce), for every WatchPending
+/// stream.
 #[derive(Clone)]
 pub struct HoldFeed {
     tx: broadcast::Sender<HoldEvent>,
+    /// Cancelled when the server shuts down: the streams end so that it can drain.
+    closing: CancellationToken,
 }
 
 impl Default for HoldFeed {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(FEED_CAPACITY).0,
+            closing: CancellationToken::new(),
         }
     }
 }
 
-/// What the service reports: counted by [`Metrics`], hold changes also sent on the feed.
+impl HoldFeed {
+    /// Ends every WatchPending stream (server shutdown); watchers watch again elsewhere.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Sends a hold change another replica made to this server's WatchPending streams.
+    pub fn publish(&self, event: HoldEvent) {
+        // No stream listening is fine: there is nobody to tell.
+        let _ = self.tx.send(event);
+    }
+}
+
+/// Tells the other replicas of a hold change this server made (hold id, change).
+pub type AnnounceHold = Box<dyn Fn(i64, HoldChange) + Send + Sync>;
+
+/// What the service reports: counted by [`Metrics`], hold changes also sent on the feed and
+/// announced to the other replicas.
 pub struct EdgeObserver {
     pub metrics: Metrics,
     pub holds: HoldFeed,
+    pub announce: AnnounceHold,
 }
 
 impl Observer for EdgeObserver {
@@ -65,8 +88,10 @@ impl Observer for EdgeObserver {
 
     fn hold_changed(&self, event: &HoldEvent) {
         self.metrics.hold_changed(event);
-        // No stream listening is fine: there is nobody to tell.
-        let _ = self.holds.tx.send(event.clone());
+        if let Ok(pk) = event.hold.hold_id.parse() {
+            (self.announce)(pk, event.change);
+        }
+        self.holds.publish(event.clone());
     }
 }
 
@@ -155,6 +180,8 @@ impl<S: CertificateStore> AdminService<S> {
             failed |= item.is_err();
             std::future::ready(go)
         });
+        let closing = self.holds.closing.clone();
+        let live = live.take_until(async move { closing.cancelled().await });
         Ok(Response::new(Box::pin(snapshot.chain(live))))
     }
 }

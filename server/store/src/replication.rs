@@ -26,6 +26,8 @@ use crate::{SqlStore, unavailable};
 
 /// The channel revocations are announced on.
 pub const REVOCATIONS_CHANNEL: &str = "mintgate_revocations";
+/// The channel hold changes are announced on: `<instance>:<hold id>:<change>`.
+const HOLDS_CHANNEL: &str = "mintgate_holds";
 
 /// The leader lock's first key ("lead"); its second is 0.
 const LEADER_LOCK_CLASS: i64 = 0x6c65_6164;
@@ -49,10 +51,34 @@ impl WriteTx<'_> {
 }
 
 impl SqlStore {
+    /// Tells the other replicas that this one changed hold `pk` (`change` as the service names
+    /// it), once that change has committed. Best effort: a replica that misses it shows the
+    /// hold as it is on its next ListPending or WatchPending snapshot.
+    pub async fn announce_hold(&self, pk: i64, change: &str) {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return;
+        }
+        let payload = format!("{}:{pk}:{change}", self.instance.id());
+        let notify = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [HOLDS_CHANNEL.into(), payload.into()],
+        );
+        if let Err(e) = self.db.execute_raw(notify).await {
+            tracing::warn!(error = %e, "a hold change could not be announced to the other replicas");
+        }
+    }
+
     /// Calls `wake` for every revocation committed by any replica, and after each (re)connection
-    /// of its listener, until `stop` resolves. On SQLite (one server per database) it only waits
+    /// of its listener, and `on_hold` for each hold change another replica announces (its hold
+    /// id and change), until `stop` resolves. On SQLite (one server per database) it only waits
     /// for `stop`.
-    pub async fn follow_revocations(&self, wake: impl Fn() + Send, stop: impl Future<Output = ()>) {
+    pub async fn follow_revocations(
+        &self,
+        wake: impl Fn() + Send,
+        on_hold: impl Fn(i64, &str) + Send,
+        stop: impl Future<Output = ()>,
+    ) {
         tokio::pin!(stop);
         if self.db.get_database_backend() != DbBackend::Postgres {
             return stop.await;
@@ -61,7 +87,9 @@ impl SqlStore {
         loop {
             let listening = async {
                 let mut listener = PgListener::connect(&url).await?;
-                listener.listen(REVOCATIONS_CHANNEL).await?;
+                listener
+                    .listen_all([REVOCATIONS_CHANNEL, HOLDS_CHANNEL])
+                    .await?;
                 Ok::<_, sea_orm::sqlx::Error>(listener)
             };
             let listener = tokio::select! {
@@ -79,6 +107,17 @@ impl SqlStore {
                             next = listener.try_recv() => next,
                         };
                         match next {
+                            Ok(Some(n)) if n.channel() == HOLDS_CHANNEL => {
+                                let mine = self.instance.id().to_string();
+                                let mut parts = n.payload().splitn(3, ':');
+                                if let (Some(from), Some(pk), Some(change)) =
+                                    (parts.next(), parts.next(), parts.next())
+                                    && from != mine
+                                    && let Ok(pk) = pk.parse()
+                                {
+                                    on_hold(pk, change);
+                                }
+                            }
                             Ok(Some(_)) => wake(),
                             Ok(None) => {
                                 tracing::warn!("the revocation listener lost its connection");

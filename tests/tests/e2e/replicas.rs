@@ -492,3 +492,64 @@ async fn checkpoints(server: &TestServer) -> f64 {
         .find_map(|l| l.strip_prefix("mintgate_audit_checkpoints_total "))
         .map_or(0.0, |n| n.parse::<f64>().unwrap())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_pending_on_one_replica_follows_holds_changed_on_another() {
+    if !mintgate_tests::db::postgres_available().await {
+        return;
+    }
+    // Five requests from one node in a minute spike: the dev policy holds high risk for two.
+    let bursty = || Options {
+        risk: mintgate_domain::risk::RiskConfig {
+            spike_min_per_minute: 5,
+            ..mintgate_domain::risk::RiskConfig::default()
+        },
+        ..replica_options()
+    };
+    let a = TestServer::spawn_with(bursty()).await;
+    let b = a.replica(bursty()).await;
+    let mut on_b = b
+        .admin_as("bob")
+        .await
+        .watch_pending(v1::WatchPendingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let node = a.node().await;
+    let (csr_pem, _) = csr("spiffe://dev.mintgate.local/workload/burst", &[]);
+    let mut held = None;
+    for i in 1..=5 {
+        let answer = node
+            .enroll(enroll_request(&format!("h{i}"), &csr_pem))
+            .await;
+        held = answer.unwrap().hold;
+    }
+    let hold_id = held.expect("the fifth is held").hold_id;
+    let (kind, hold) = next_hold(&mut on_b).await;
+    assert_eq!(
+        (kind, hold.hold_id.as_str()),
+        (v1::HoldEventKind::Held, hold_id.as_str())
+    );
+
+    // bob approves on replica a: b's stream sees the vote, with the hold as it now is.
+    let approve = v1::ApproveRequest {
+        hold_id: hold_id.clone(),
+        reason: "expected rollout".to_owned(),
+    };
+    a.admin_as("bob").await.approve(approve).await.unwrap();
+    let (kind, hold) = next_hold(&mut on_b).await;
+    assert_eq!((kind, hold.approvals), (v1::HoldEventKind::Approved, 1));
+    // A server shuts down with WatchPending streams open: they end.
+    b.stop().await;
+    assert!(on_b.message().await.is_ok_and(|m| m.is_none()));
+    a.stop().await;
+}
+
+async fn next_hold(stream: &mut Streaming<v1::HoldEvent>) -> (v1::HoldEventKind, v1::Hold) {
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a hold event within 10 s")
+        .unwrap()
+        .expect("the stream is open");
+    (event.kind(), event.hold.unwrap())
+}

@@ -59,6 +59,18 @@ pub enum HoldChange {
 }
 
 impl HoldChange {
+    pub const ALL: [Self; 5] = [
+        Self::Held,
+        Self::Approved,
+        Self::Released,
+        Self::Denied,
+        Self::Expired,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Held => "held",
@@ -261,6 +273,20 @@ impl<S: CertificateStore> Mintgate<S> {
     /// Forgets risk counts that no window reaches any more. Returns how many rows went.
     pub async fn prune_risk_counts(&self) -> Result<u64, Error> {
         Ok(self.store.prune_risk_counts(self.clock.now()).await?)
+    }
+
+    /// `change` of hold `pk` as it stands now: what another replica's change looks like to this
+    /// one's WatchPending streams. None when there is no such request.
+    pub async fn hold_event(
+        &self,
+        pk: i64,
+        change: HoldChange,
+    ) -> Result<Option<HoldEvent>, Error> {
+        let Some(request) = self.store.request_by_pk(pk).await? else {
+            return Ok(None);
+        };
+        let hold = self.view(request).await?;
+        Ok(Some(HoldEvent { change, hold }))
     }
 
     /// The sweeper: every hold whose expiry has passed becomes EXPIRED. Returns how many.
