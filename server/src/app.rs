@@ -459,7 +459,7 @@ impl Application {
                 });
             };
             store
-                .follow_revocations(|| hub.nudge(), on_hold, stop)
+                .follow_other_replicas(|| hub.nudge(), on_hold, stop)
                 .await;
         });
         let (store, mut leader_stop) = (self.store.clone(), stop_rx.clone());

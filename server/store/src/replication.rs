@@ -5,7 +5,8 @@
 //! connection of its own and wakes its tailer, which reads the log from the table in sequence
 //! order: a notification carries nothing the log does not. Notifications sent while a listener
 //! is disconnected are lost, so it wakes the tailer after every (re)connection too, and the
-//! tailer's poll stays as a fallback.
+//! tailer's poll stays as a fallback. Hold changes travel the same way (`mintgate_holds`,
+//! announced after they commit) to every replica's WatchPending streams.
 //!
 //! Jobs that must run once (pruning, hold expiry) run on the replica that holds the session
 //! advisory lock [`LEADER_LOCK_CLASS`], taken on the instance's own connection (never a pooled
@@ -73,7 +74,7 @@ impl SqlStore {
     /// of its listener, and `on_hold` for each hold change another replica announces (its hold
     /// id and change), until `stop` resolves. On SQLite (one server per database) it only waits
     /// for `stop`.
-    pub async fn follow_revocations(
+    pub async fn follow_other_replicas(
         &self,
         wake: impl Fn() + Send,
         on_hold: impl Fn(i64, &str) + Send,
@@ -120,18 +121,18 @@ impl SqlStore {
                             }
                             Ok(Some(_)) => wake(),
                             Ok(None) => {
-                                tracing::warn!("the revocation listener lost its connection");
+                                tracing::warn!("the replication listener lost its connection");
                                 break;
                             }
                             Err(e) => {
-                                tracing::warn!(error = %e, "the revocation listener failed");
+                                tracing::warn!(error = %e, "the replication listener failed");
                                 break;
                             }
                         }
                     }
                     self.writer.metrics.set_listening(false);
                 }
-                Err(e) => tracing::warn!(error = %e, "the revocation listener could not connect"),
+                Err(e) => tracing::warn!(error = %e, "the replication listener could not connect"),
             }
             tokio::select! {
                 () = &mut stop => return,
