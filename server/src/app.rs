@@ -14,7 +14,7 @@ use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
 use mintgate_domain::ports::{AuditSigner as _, Clock, Signer};
-use mintgate_domain::service::{HoldChange, JoinTokenSecret, Mintgate, Parts};
+use mintgate_domain::service::{JoinTokenSecret, Mintgate, Parts};
 use mintgate_domain::store::StoreError;
 use mintgate_store::{SqlStore, StoreMetrics};
 use rustls::pki_types::pem::PemObject;
@@ -35,14 +35,6 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 const POLICY_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 /// Risk counts are pruned every this many policy refreshes (10 minutes).
 const RISK_PRUNE_TICKS: u32 = 300;
-
-/// Announces each hold change this server makes to the other replicas (after it committed).
-fn announce_holds(store: SqlStore) -> mintgate_api::holds::AnnounceHold {
-    Box::new(move |pk, change| {
-        let store = store.clone();
-        tokio::spawn(async move { store.announce_hold(pk, change.as_str()).await });
-    })
-}
 
 /// Why the application could not start. [`BuildError::is_config`] errors exit with 64.
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +316,7 @@ impl Application {
             observer: Arc::new(EdgeObserver {
                 metrics: edge_metrics.clone(),
                 holds: holds.clone(),
-                announce: announce_holds(store.clone()),
+                announce: crate::replication::announce_holds(store.clone()),
             }),
             trust_domain: settings.trust_domain.clone(),
             token_secret: JoinTokenSecret::new(settings.join_token_secret),
@@ -434,42 +426,12 @@ impl Application {
                 let _ = tailer_stop.wait_for(|s| *s).await;
             },
         ));
-        // Revocations committed by other replicas wake the tailer at once, and their hold
-        // changes reach this server's WatchPending streams (PostgreSQL).
-        let (store, hub, mut listener_stop) =
-            (self.store.clone(), self.server.hub.clone(), stop_rx.clone());
-        let (app, holds) = (self.server.app.clone(), self.server.holds.clone());
-        let listener = tokio::spawn(async move {
-            let stop = async move {
-                let _ = listener_stop.wait_for(|s| *s).await;
-            };
-            let on_hold = move |pk: i64, change: &str| {
-                let Some(change) = HoldChange::parse(change) else {
-                    return;
-                };
-                let (app, holds) = (app.clone(), holds.clone());
-                tokio::spawn(async move {
-                    match app.hold_event(pk, change).await {
-                        Ok(Some(event)) => holds.publish(event),
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "another replica's hold change could not be read")
-                        }
-                    }
-                });
-            };
-            store
-                .follow_other_replicas(|| hub.nudge(), on_hold, stop)
-                .await;
-        });
-        let (store, mut leader_stop) = (self.store.clone(), stop_rx.clone());
-        let every = self.replication.leader_check;
-        let leader = tokio::spawn(async move {
-            let stop = async move {
-                let _ = leader_stop.wait_for(|s| *s).await;
-            };
-            store.lead(every, stop).await;
-        });
+        let (listener, leader) = crate::replication::spawn(
+            &self.store,
+            &self.server,
+            self.replication.leader_check,
+            &stop_rx,
+        );
         let mut upkeep_stop = stop_rx.clone();
         let metrics = self.metrics.clone();
         let upkeep = tokio::spawn(async move {

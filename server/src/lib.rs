@@ -13,6 +13,7 @@ pub mod evidence;
 mod http;
 mod metrics;
 mod ocsp;
+mod replication;
 pub mod telemetry;
 
 pub use app::{Application, BuildError};
