@@ -52,7 +52,7 @@ async fn watch(admin: &mut Admin) -> Streaming<v1::HoldEvent> {
         .into_inner()
 }
 
-async fn next(stream: &mut Streaming<v1::HoldEvent>) -> (v1::HoldEventKind, v1::Hold) {
+pub(crate) async fn next(stream: &mut Streaming<v1::HoldEvent>) -> (v1::HoldEventKind, v1::Hold) {
     let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("a hold event within 10 s")

@@ -21,6 +21,7 @@ use mintgate_tests::db::TestDatabase;
 use mintgate_tests::{Backend, Options, TestServer};
 use tonic::Streaming;
 
+use crate::holds::next as next_hold_event;
 use crate::issuance::enroll_request;
 use crate::revocation::{enroll, revoke_request};
 
@@ -525,7 +526,7 @@ async fn watch_pending_on_one_replica_follows_holds_changed_on_another() {
         held = answer.unwrap().hold;
     }
     let hold_id = held.expect("the fifth is held").hold_id;
-    let (kind, hold) = next_hold(&mut on_b).await;
+    let (kind, hold) = next_hold_event(&mut on_b).await;
     assert_eq!(
         (kind, hold.hold_id.as_str()),
         (v1::HoldEventKind::Held, hold_id.as_str())
@@ -537,19 +538,10 @@ async fn watch_pending_on_one_replica_follows_holds_changed_on_another() {
         reason: "expected rollout".to_owned(),
     };
     a.admin_as("bob").await.approve(approve).await.unwrap();
-    let (kind, hold) = next_hold(&mut on_b).await;
+    let (kind, hold) = next_hold_event(&mut on_b).await;
     assert_eq!((kind, hold.approvals), (v1::HoldEventKind::Approved, 1));
     // A server shuts down with WatchPending streams open: they end.
     b.stop().await;
     assert!(on_b.message().await.is_ok_and(|m| m.is_none()));
     a.stop().await;
-}
-
-async fn next_hold(stream: &mut Streaming<v1::HoldEvent>) -> (v1::HoldEventKind, v1::Hold) {
-    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a hold event within 10 s")
-        .unwrap()
-        .expect("the stream is open");
-    (event.kind(), event.hold.unwrap())
 }

@@ -18,7 +18,8 @@ fn parse(toml: &str) -> Result<CaFiles, Box<figment::Error>> {
 fn a_file_key_others_may_read_is_a_config_error_naming_ca_key() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("ca.key");
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    std::fs::write(&key, pem).unwrap();
     let files = CaFiles {
         key: Some(key.clone()),
         ..CaFiles::default()
