@@ -14,6 +14,7 @@ mod m20261203_000006_governance;
 mod m20261203_000007_audit_checkpoints;
 mod m20261203_000008_holds;
 mod m20261207_000009_risk_counts;
+mod m20261207_000010_authorities;
 
 /// Runs Mintgate's migrations (`Migrator::up(&db, None)`).
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000007_audit_checkpoints::Migration),
             Box::new(m20261203_000008_holds::Migration),
             Box::new(m20261207_000009_risk_counts::Migration),
+            Box::new(m20261207_000010_authorities::Migration),
         ]
     }
 }

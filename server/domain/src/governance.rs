@@ -8,6 +8,8 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use crate::audit::AuditEvent;
+use crate::authority::{CaAction, PreparedCa};
+use crate::model::RevocationReason;
 use crate::policy::{LoadError, PolicySource};
 use crate::store::StoreError;
 
@@ -40,6 +42,17 @@ pub enum Change {
     },
     /// Lift the block on `spiffe_id`.
     Unblock { spiffe_id: String },
+    /// A step of a CA's staged rotation; `prepared` is the new CA for [`CaAction::Prepare`].
+    Ca {
+        action: CaAction,
+        key_id: String,
+        prepared: Option<PreparedCa>,
+    },
+    /// The compromise path: revoke everything the CA `key_id` signed.
+    RevokeIssuer {
+        key_id: String,
+        reason: RevocationReason,
+    },
 }
 
 impl Change {
@@ -48,6 +61,8 @@ impl Change {
             Self::Policy { .. } => ProposalKind::Policy,
             Self::RoleBinding { .. } => ProposalKind::RoleBinding,
             Self::Unblock { .. } => ProposalKind::Unblock,
+            Self::Ca { .. } => ProposalKind::Ca,
+            Self::RevokeIssuer { .. } => ProposalKind::RevokeIssuer,
         }
     }
 
@@ -84,6 +99,23 @@ impl Change {
                 None => format!("grant role {role} to {operator}"),
             },
             Self::Unblock { spiffe_id } => format!("unblock {spiffe_id}"),
+            Self::Ca {
+                action: CaAction::Prepare,
+                key_id,
+                prepared,
+            } => format!(
+                "prepare CA {key_id}{}",
+                prepared
+                    .as_ref()
+                    .map(|p| format!(" ({})", p.subject))
+                    .unwrap_or_default()
+            ),
+            Self::Ca { action, key_id, .. } => {
+                format!("{} CA {key_id}", action.as_str().to_ascii_lowercase())
+            }
+            Self::RevokeIssuer { key_id, reason } => {
+                format!("revoke issuer {key_id} reason {reason}")
+            }
         }
     }
 }
@@ -93,6 +125,8 @@ pub enum ProposalKind {
     Policy,
     RoleBinding,
     Unblock,
+    Ca,
+    RevokeIssuer,
 }
 
 impl ProposalKind {
@@ -102,6 +136,8 @@ impl ProposalKind {
             Self::Policy => "POLICY",
             Self::RoleBinding => "ROLE_BINDING",
             Self::Unblock => "UNBLOCK",
+            Self::Ca => "CA",
+            Self::RevokeIssuer => "REVOKE_ISSUER",
         }
     }
 
@@ -111,12 +147,20 @@ impl ProposalKind {
             Self::Policy => "policy",
             Self::RoleBinding => "role_binding",
             Self::Unblock => "unblock",
+            Self::Ca => "ca",
+            Self::RevokeIssuer => "revoke_issuer",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Policy, Self::RoleBinding, Self::Unblock]
-            .into_iter()
+        [
+            Self::Policy,
+            Self::RoleBinding,
+            Self::Unblock,
+            Self::Ca,
+            Self::RevokeIssuer,
+        ]
+        .into_iter()
             .find(|k| k.as_str() == s)
     }
 }
@@ -368,6 +412,30 @@ pub enum GovernanceError {
     NotBlocked(String),
     #[error("the role binding that would allow this ({role}) expired at {expired_at}")]
     RoleExpired { role: String, expired_at: i64 },
+    #[error("the CA could not be prepared: {0}")]
+    CaInvalid(String),
+    #[error("no CA has key id {0}")]
+    CaNotFound(String),
+    #[error("CA {key_id} is {state}; {action} needs a {needs} CA")]
+    CaState {
+        key_id: String,
+        state: &'static str,
+        action: &'static str,
+        needs: &'static str,
+    },
+    #[error("CA {key_id} has been in the trust bundle for {published}s of the {required}s \
+             required before it may be activated")]
+    CaNotPublished {
+        key_id: String,
+        published: i64,
+        required: u64,
+    },
+    #[error("CA {0} still vouches for unexpired certificates; retire it after the last expires")]
+    CaStillIssued(String),
+    #[error("CA {0} is active and no CA is prepared to succeed it: prepare one first")]
+    CaNoSuccessor(String),
+    #[error("CA {0} is already known")]
+    CaExists(String),
 }
 
 impl GovernanceError {
@@ -377,9 +445,10 @@ impl GovernanceError {
             Self::PolicyInvalid(_)
             | Self::RoleUnknown(_)
             | Self::ValidUntilPast
-            | Self::LabelInvalid => C::InvalidArgument,
+            | Self::LabelInvalid
+            | Self::CaInvalid(_) => C::InvalidArgument,
             Self::SelfApproval(_) | Self::RoleExpired { .. } => C::PermissionDenied,
-            Self::ProposalNotFound(_) => C::NotFound,
+            Self::ProposalNotFound(_) | Self::CaNotFound(_) => C::NotFound,
             Self::PolicyUnchanged(_)
             | Self::ProposalExpired(_)
             | Self::ProposalSuperseded { .. }
@@ -387,7 +456,12 @@ impl GovernanceError {
             | Self::ProposalClosed { .. }
             | Self::NotShadowable(_)
             | Self::RoleNotHeld { .. }
-            | Self::NotBlocked(_) => C::FailedPrecondition,
+            | Self::NotBlocked(_)
+            | Self::CaState { .. }
+            | Self::CaNotPublished { .. }
+            | Self::CaStillIssued(_)
+            | Self::CaNoSuccessor(_)
+            | Self::CaExists(_) => C::FailedPrecondition,
         }
     }
 
@@ -409,6 +483,13 @@ impl GovernanceError {
             Self::LabelInvalid => "LABEL_INVALID",
             Self::NotBlocked(_) => "IDENTITY_NOT_BLOCKED",
             Self::RoleExpired { .. } => "ROLE_EXPIRED",
+            Self::CaInvalid(_) => "CA_INVALID",
+            Self::CaNotFound(_) => "CA_NOT_FOUND",
+            Self::CaState { .. } => "CA_STATE",
+            Self::CaNotPublished { .. } => "CA_NOT_PUBLISHED",
+            Self::CaStillIssued(_) => "CA_STILL_ISSUED",
+            Self::CaNoSuccessor(_) => "CA_NO_SUCCESSOR",
+            Self::CaExists(_) => "CA_EXISTS",
         }
     }
 }

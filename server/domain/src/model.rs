@@ -183,6 +183,9 @@ pub struct CertificateRecord {
     pub der: Vec<u8>,
     pub chain_pem: String,
     pub request_pk: i64,
+    /// Hex SKI of the CA that signed it (none only for a certificate stored before the CA
+    /// registry existed and never claimed by a CA since).
+    pub issuer_key_id: Option<String>,
 }
 
 /// A join token as stored: only its hash, never the token.
@@ -276,6 +279,9 @@ pub struct RevocationRecord {
     pub issuer_key_id: String,
     /// SPIFFE ID of whoever revoked it.
     pub revoked_by: String,
+    /// The entry revokes the whole CA `issuer_key_id` (RevokeIssuer): `serial` is the CA
+    /// certificate's own, `not_after` its notAfter, `spiffe_id` empty.
+    pub issuer: bool,
 }
 
 /// What CheckStatus needs of a stored certificate: its state, its notAfter and, if it is

@@ -43,6 +43,8 @@ pub struct IssueSpec<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCertificate {
     pub der: Vec<u8>,
+    /// Hex SKI of the CA that signed it.
+    pub issuer_key_id: String,
     /// The leaf then the issuing CA, PEM.
     pub chain_pem: String,
     pub not_before: OffsetDateTime,
@@ -56,6 +58,8 @@ pub struct CrlSpec<'a> {
     pub next_update: OffsetDateTime,
     /// Monotonic CRL number: the revocation log's head sequence number.
     pub number: u64,
+    /// The CA that signs it (hex SKI); `entries` are what it signed.
+    pub issuer_key_id: &'a str,
     pub entries: &'a [crate::model::RevocationRecord],
 }
 
@@ -64,6 +68,8 @@ pub struct CrlSpec<'a> {
 pub struct OcspSpec<'a> {
     /// producedAt: when the response is signed.
     pub produced_at: OffsetDateTime,
+    /// The CA the request's CertIDs name (hex SKI): it signs the response.
+    pub issuer_key_id: &'a str,
     /// One answer per certificate asked about, in the request's order.
     pub responses: &'a [OcspEntry],
     /// The request's nonce extension value (extnValue, DER), echoed unchanged.
@@ -113,15 +119,27 @@ pub trait Signer: Send + Sync + 'static {
     /// itself (no delegated responder), and returns the whole OCSPResponse, DER.
     fn sign_ocsp(&self, spec: &OcspSpec<'_>) -> Result<Vec<u8>, SignerError>;
     /// PEM of the CA certificate(s) that verify what this signer issues.
-    fn trust_bundle_pem(&self) -> &str;
+    fn trust_bundle_pem(&self) -> String;
     /// Hex subject key identifier of the issuing CA (the AKI of what it signs).
-    fn issuer_key_id(&self) -> &str;
+    fn issuer_key_id(&self) -> String;
     /// The issuing CA certificate's notAfter: nothing it signs outlives it.
     fn not_after(&self) -> OffsetDateTime;
     /// How far certificates are backdated to absorb clock skew.
     fn backdate(&self) -> Duration {
         Duration::from_secs(30)
     }
+    /// Checks a CA proposed for rotation: `chain_pem` (the CA, then up to its root) must be a
+    /// CA this signer could use with the key at `key_ref`. A signer without rotation refuses.
+    fn inspect(&self, _chain_pem: &str, _key_ref: &str) -> Result<InspectedCa, String> {
+        Err("this server cannot rotate its CA".to_owned())
+    }
+}
+
+/// A CA checked by [`Signer::inspect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InspectedCa {
+    pub key_id: String,
+    pub prepared: crate::authority::PreparedCa,
 }
 
 /// Signs audit checkpoints ([`crate::audit::Checkpoint::message`]) with the audit key: a key of
@@ -149,6 +167,8 @@ pub trait Observer: Send + Sync + 'static {
     fn risk_assessed(&self, _risk: &crate::risk::RiskAssessment) {}
     /// A hold changed here: held, approved, released, denied or expired.
     fn hold_changed(&self, _event: &crate::service::HoldEvent) {}
+    /// A CA changed state here (prepared, activated, retired or revoked).
+    fn authorities_changed(&self) {}
 }
 
 /// An [`Observer`] that ignores everything.

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use crate::Serial;
 use crate::audit::{AuditEvent, ChainedEvent};
 use crate::error::Cause;
+use crate::authority::AuthorityStore;
 use crate::governance::GovernanceStore;
 use crate::hold::HoldStore;
 use crate::lifecycle::RequestState;
@@ -67,6 +68,8 @@ pub struct NewCertificate {
     pub der: Vec<u8>,
     pub chain_pem: String,
     pub issued_at: OffsetDateTime,
+    /// Hex SKI of the CA that signed it.
+    pub issuer_key_id: String,
 }
 
 /// A new join token (its hash) to store with the request that created it.
@@ -81,7 +84,7 @@ pub struct NewJoinToken {
 
 /// Persistent storage for requests, certificates, join tokens and the audit trail, and (through
 /// [`GovernanceStore`]) the policy history, proposals and role bindings.
-pub trait CertificateStore: GovernanceStore + HoldStore + Send + Sync + 'static {
+pub trait CertificateStore: GovernanceStore + HoldStore + AuthorityStore + Send + Sync + 'static {
     fn find_request(
         &self,
         caller: &str,

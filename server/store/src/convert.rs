@@ -92,6 +92,7 @@ pub(crate) fn revocation(m: revocation::Model) -> Result<RevocationRecord, Store
         spiffe_id: m.spiffe_id,
         issuer_key_id: m.issuer_key_id,
         revoked_by: m.revoked_by,
+        issuer: m.issuer,
     })
 }
 
@@ -119,6 +120,7 @@ pub(crate) fn certificate(m: certificate::Model) -> Result<CertificateRecord, St
         der: m.der,
         chain_pem: m.chain_pem,
         request_pk: m.request_pk,
+        issuer_key_id: m.issuer_key_id,
     })
 }
 

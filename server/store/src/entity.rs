@@ -60,6 +60,8 @@ pub mod certificate {
         pub request_pk: i64,
         pub issued_at: i64,
         pub updated_at: i64,
+        /// Hex SKI of the CA that signed it (NULL only before the CA registry existed).
+        pub issuer_key_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -138,7 +140,10 @@ pub mod revocation {
         pub not_after: i64,
         pub issuer_key_id: String,
         pub revoked_by: String,
-        pub request_pk: i64,
+        /// The request that revoked it; NULL for a CA revoked by an approved proposal.
+        pub request_pk: Option<i64>,
+        /// The entry revokes every certificate `issuer_key_id` signed.
+        pub issuer: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -267,6 +272,8 @@ pub mod proposal {
         pub approved_by: Option<String>,
         pub approved_at: Option<i64>,
         pub superseded_by: Option<String>,
+        /// What does not fit the columns above (a CA's chain and key location), JSON.
+        pub payload: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -397,6 +404,34 @@ pub mod node_identity {
         pub spiffe_id: String,
         pub last_asked_at: i64,
         pub allowed: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod authority {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "authorities")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key_id: String,
+        pub state: String,
+        pub subject: String,
+        pub chain_pem: String,
+        pub key_ref: String,
+        pub serial: String,
+        pub not_after: i64,
+        pub prepared_at: i64,
+        pub activated_at: Option<i64>,
+        pub retiring_at: Option<i64>,
+        pub retired_at: Option<i64>,
+        pub revoked_at: Option<i64>,
+        pub proposal_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,6 +2,8 @@
 //! proposals and role bindings. Each change is one write transaction with its audit events.
 
 use mintgate_domain::audit::AuditEvent;
+use mintgate_domain::authority::CaAction;
+use mintgate_domain::model::RevocationReason;
 use mintgate_domain::governance::{
     Activation, Bootstrapped, Change, GovernanceStore, NewProposal, ProposalInserted, ProposalKind,
     ProposalRecord, ProposalState, RoleBinding, StoredPolicy,
@@ -307,6 +309,17 @@ impl WriteTx<'_> {
                     .await
                     .map_err(unavailable)?;
             }
+            Change::Ca {
+                action,
+                key_id,
+                prepared,
+            } => {
+                self.apply_ca(*action, key_id, prepared.as_ref(), id, now)
+                    .await?;
+            }
+            Change::RevokeIssuer { key_id, reason } => {
+                self.revoke_issuer(key_id, *reason, approver, now).await?;
+            }
         }
         self.append(audit).await?;
         Ok(record)
@@ -448,6 +461,7 @@ fn proposal_model(p: NewProposal) -> proposal::Model {
         approved_by: None,
         approved_at: None,
         superseded_by: None,
+        payload: None,
     };
     match p.change {
         Change::Policy {
@@ -471,6 +485,19 @@ fn proposal_model(p: NewProposal) -> proposal::Model {
             m.remove_role = remove;
         }
         Change::Unblock { spiffe_id } => m.subject = Some(spiffe_id),
+        Change::Ca {
+            action,
+            key_id,
+            prepared,
+        } => {
+            m.subject = Some(key_id);
+            m.role = Some(action.as_str().to_owned());
+            m.payload = prepared.and_then(|p| serde_json::to_string(&p).ok());
+        }
+        Change::RevokeIssuer { key_id, reason } => {
+            m.subject = Some(key_id);
+            m.label = Some(reason.as_str().to_owned());
+        }
     }
     m
 }
@@ -491,6 +518,28 @@ fn proposal_record(m: proposal::Model) -> Result<ProposalRecord, StoreError> {
         },
         ProposalKind::Unblock => Change::Unblock {
             spiffe_id: m.subject.ok_or_else(missing)?,
+        },
+        ProposalKind::Ca => Change::Ca {
+            action: m
+                .role
+                .as_deref()
+                .and_then(CaAction::parse)
+                .ok_or_else(missing)?,
+            key_id: m.subject.ok_or_else(missing)?,
+            prepared: m
+                .payload
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|_| missing())?,
+        },
+        ProposalKind::RevokeIssuer => Change::RevokeIssuer {
+            key_id: m.subject.ok_or_else(missing)?,
+            reason: m
+                .label
+                .as_deref()
+                .and_then(RevocationReason::parse)
+                .ok_or_else(missing)?,
         },
     };
     Ok(ProposalRecord {

@@ -264,5 +264,6 @@ fn certificate_model(request_pk: i64, cert: NewCertificate) -> certificate::Acti
         request_pk: Set(request_pk),
         issued_at: Set(issued_at),
         updated_at: Set(issued_at),
+        issuer_key_id: Set(Some(cert.issuer_key_id)),
     }
 }

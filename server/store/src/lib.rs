@@ -13,6 +13,7 @@
 //! `/readyz` reports.
 
 mod audit;
+mod authority;
 mod batch;
 mod checkpoint;
 mod convert;
@@ -45,6 +46,7 @@ use sea_orm::{
 use time::OffsetDateTime;
 
 pub use crate::audit::{AuditSnapshot, ChainBounds};
+pub use crate::authority::AUTHORITIES_CHANNEL;
 pub use crate::checkpoint::CheckpointWrite;
 use crate::entity::{audit_event, certificate, join_token, request};
 use crate::health::HealthCell;

@@ -80,34 +80,58 @@ impl SqlStore {
         if serials.is_empty() {
             return Ok(Vec::new());
         }
-        let states: Vec<(String, String, i64)> = certificate::Entity::find()
+        let states: Vec<(String, String, i64, Option<String>)> = certificate::Entity::find()
             .select_only()
             .columns([
                 certificate::Column::Serial,
                 certificate::Column::State,
                 certificate::Column::NotAfter,
+                certificate::Column::IssuerKeyId,
             ])
             .filter(certificate::Column::Serial.is_in(serials.iter().map(Serial::to_hex)))
             .into_tuple()
             .all(&self.db)
             .await
             .map_err(unavailable)?;
-        let revoked = states
+        let revoked: Vec<_> = states
             .iter()
-            .filter(|(_, state, _)| state == CertState::Revoked.as_str())
-            .map(|(serial, ..)| serial.clone());
-        let query = revocation::Entity::find().filter(revocation::Column::Serial.is_in(revoked));
+            .filter(|(_, state, ..)| state == CertState::Revoked.as_str())
+            .collect();
+        let query = revocation::Entity::find()
+            .filter(revocation::Column::Serial.is_in(revoked.iter().map(|r| r.0.clone())));
         let mut entries: HashMap<String, RevocationRecord> = rows(query, &self.db, |m| {
             Ok((m.serial.clone(), convert::revocation(m)?))
         })
         .await?
         .into_iter()
         .collect();
+        // A certificate revoked with its whole CA has its CA's entry (RevokeIssuer).
+        let issuers: Vec<String> = revoked
+            .iter()
+            .filter(|r| !entries.contains_key(&r.0))
+            .filter_map(|r| r.3.clone())
+            .collect();
+        let mut by_issuer: HashMap<String, RevocationRecord> = HashMap::new();
+        if !issuers.is_empty() {
+            let query = revocation::Entity::find()
+                .filter(revocation::Column::Issuer.eq(true))
+                .filter(revocation::Column::IssuerKeyId.is_in(issuers));
+            by_issuer = rows(query, &self.db, |m| {
+                Ok((m.issuer_key_id.clone(), convert::revocation(m)?))
+            })
+            .await?
+            .into_iter()
+            .collect();
+        }
         states
             .into_iter()
-            .map(|(serial, state, not_after)| {
+            .map(|(serial, state, not_after, issuer)| {
+                let revocation = entries
+                    .remove(&serial)
+                    .or_else(|| issuer.and_then(|i| by_issuer.get(&i).cloned()))
+                    .filter(|_| state == CertState::Revoked.as_str());
                 Ok(StoredStatus {
-                    revocation: entries.remove(&serial),
+                    revocation,
                     serial: convert::serial(&serial)?,
                     state: convert::cert_state(&state)?,
                     not_after: convert::ts(not_after)?,

@@ -22,6 +22,7 @@ use mintgate_domain::store::StoreError;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+use crate::authority::AUTHORITIES_CHANNEL;
 use crate::write::WriteTx;
 use crate::{SqlStore, unavailable};
 
@@ -70,13 +71,14 @@ impl SqlStore {
         }
     }
 
-    /// Calls `wake` for every revocation committed by any replica, and after each (re)connection
-    /// of its listener, and `on_hold` for each hold change another replica announces (its hold
-    /// id and change), until `stop` resolves. On SQLite (one server per database) it only waits
+    /// Calls `wake` for every revocation committed by any replica, `on_authorities` for every
+    /// CA change (both also after each (re)connection of its listener), and `on_hold` for each
+    /// hold change another replica announces (its hold id and change), until `stop` resolves. On SQLite (one server per database) it only waits
     /// for `stop`.
     pub async fn follow_other_replicas(
         &self,
         wake: impl Fn() + Send,
+        on_authorities: impl Fn() + Send,
         on_hold: impl Fn(i64, &str) + Send,
         stop: impl Future<Output = ()>,
     ) {
@@ -89,7 +91,7 @@ impl SqlStore {
             let listening = async {
                 let mut listener = PgListener::connect(&url).await?;
                 listener
-                    .listen_all([REVOCATIONS_CHANNEL, HOLDS_CHANNEL])
+                    .listen_all([REVOCATIONS_CHANNEL, HOLDS_CHANNEL, AUTHORITIES_CHANNEL])
                     .await?;
                 Ok::<_, sea_orm::sqlx::Error>(listener)
             };
@@ -102,6 +104,7 @@ impl SqlStore {
                     self.writer.metrics.set_listening(true);
                     // Whatever was committed while nobody listened is read from the table.
                     wake();
+                    on_authorities();
                     loop {
                         let next = tokio::select! {
                             () = &mut stop => return,
@@ -119,6 +122,7 @@ impl SqlStore {
                                     on_hold(pk, change);
                                 }
                             }
+                            Ok(Some(n)) if n.channel() == AUTHORITIES_CHANNEL => on_authorities(),
                             Ok(Some(_)) => wake(),
                             Ok(None) => {
                                 tracing::warn!("the replication listener lost its connection");

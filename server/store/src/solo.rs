@@ -86,7 +86,8 @@ impl WriteTx<'_> {
                 not_after: cert.not_after,
                 issuer_key_id: r.issuer_key_id,
                 revoked_by: r.revoked_by,
-                request_pk,
+                request_pk: Some(request_pk),
+                issuer: false,
             };
             revocation::Entity::insert(revocation::ActiveModel::from(row.clone()))
                 .exec_without_returning(&self.txn)

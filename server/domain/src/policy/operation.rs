@@ -46,11 +46,14 @@ pub enum Operation {
     Deny,
     WatchPending,
     ExportEvidence,
+    ProposeCa,
+    ListAuthorities,
+    RevokeIssuer,
 }
 
 impl Operation {
     /// Every operation, in declaration order (so `op as usize` indexes it).
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 21] = [
         Self::CreateJoinToken,
         Self::Revoke,
         Self::RevokeIdentity,
@@ -69,6 +72,9 @@ impl Operation {
         Self::Deny,
         Self::WatchPending,
         Self::ExportEvidence,
+        Self::ProposeCa,
+        Self::ListAuthorities,
+        Self::RevokeIssuer,
     ];
 
     /// The Cedar action id and RPC name, e.g. "CreateJoinToken".
@@ -92,6 +98,9 @@ impl Operation {
             Self::Deny => "Deny",
             Self::WatchPending => "WatchPending",
             Self::ExportEvidence => "ExportEvidence",
+            Self::ProposeCa => "ProposeCa",
+            Self::ListAuthorities => "ListAuthorities",
+            Self::RevokeIssuer => "RevokeIssuer",
         }
     }
 
@@ -116,7 +125,9 @@ impl Operation {
             | Self::Approve
             | Self::Deny
             | Self::WatchPending => &[Operator],
-            Self::ExportEvidence => &[Operator],
+            Self::ExportEvidence | Self::ProposeCa | Self::ListAuthorities | Self::RevokeIssuer => {
+                &[Operator]
+            }
         }
     }
 
@@ -138,7 +149,10 @@ impl Operation {
             | Self::ListPending
             | Self::WatchPending => TargetKind::TrustDomain,
             Self::GetProposal | Self::ShadowPolicy | Self::ApproveProposal => TargetKind::Proposal,
-            Self::ExportEvidence => TargetKind::TrustDomain,
+            Self::ExportEvidence
+            | Self::ProposeCa
+            | Self::ListAuthorities
+            | Self::RevokeIssuer => TargetKind::TrustDomain,
         }
     }
 }

@@ -308,7 +308,7 @@ impl<S: CertificateStore> Mintgate<S> {
         };
         // Last, and before anything is recorded: a CA too close to its end is a system fault,
         // so the request stays unrecorded and its id can be retried once the CA is replaced.
-        let not_after = self.ca_window.end_of(now, ttl.as_duration())?;
+        let not_after = self.ca_window().end_of(now, ttl.as_duration())?;
         Ok(Approval {
             csr,
             grant,
@@ -331,7 +331,7 @@ impl<S: CertificateStore> Mintgate<S> {
         approval: &Approval,
     ) -> Result<Issued, Error> {
         let now = self.clock.now();
-        let not_after = match self.ca_window.end_of(now, approval.ttl.as_duration()) {
+        let not_after = match self.ca_window().end_of(now, approval.ttl.as_duration()) {
             Ok(t) => t,
             Err(e) => {
                 // The CA's last minimum lifetime began since the decision: FAILED, so a retry
@@ -400,6 +400,7 @@ impl<S: CertificateStore> Mintgate<S> {
             der: signed.der,
             chain_pem: signed.chain_pem.clone(),
             issued_at: now,
+            issuer_key_id: signed.issuer_key_id.clone(),
         };
         match self
             .store
@@ -514,7 +515,7 @@ impl<S: CertificateStore> Mintgate<S> {
     /// [`crate::lifetime::CaWindow::clamp`]), else the policy maximum when `ttl_cut`.
     fn clamp(&self, not_after: OffsetDateTime, ttl_cut: bool) -> Option<Clamp> {
         let policy = ttl_cut.then_some(Clamp::PolicyMaxTtl);
-        self.ca_window.clamp(not_after).or(policy)
+        self.ca_window().clamp(not_after).or(policy)
     }
 
     /// The answer for a certificate, fresh or stored. It was issued `backdate` after its
@@ -538,7 +539,7 @@ impl<S: CertificateStore> Mintgate<S> {
             granted: Duration::try_from(not_after - issued_at).unwrap_or_default(),
             clamp: self.clamp(not_after, ttl_cut),
             renew_after: renew_after(not_before, not_after, self.clock.now()),
-            trust_bundle_pem: self.signer.trust_bundle_pem().to_owned(),
+            trust_bundle_pem: self.signer.trust_bundle_pem(),
         }
     }
 }

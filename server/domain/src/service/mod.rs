@@ -2,6 +2,7 @@
 //! everything outside comes through the ports.
 
 mod attest;
+mod authorities;
 mod authorize;
 mod governance;
 mod holds;
@@ -29,6 +30,7 @@ use crate::risk::RiskConfig;
 use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
+pub use authorities::CaProposalInput;
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
 pub use authorize::{ShadowDisagreement, Verdict};
 pub use governance::{GovernanceStart, GovernanceView};
@@ -51,8 +53,10 @@ pub struct Mintgate<S> {
     store: S,
     attestors: Vec<Box<dyn Attestor<S>>>,
     signer: Arc<dyn Signer>,
-    /// When the signer may sign (its notAfter and the minimum lifetime).
-    ca_window: CaWindow,
+    /// Nothing is issued once the active CA's notAfter is less than this away.
+    min_lifetime: Duration,
+    /// How long a prepared CA must have been in the trust bundle before it may be activated.
+    ca_publish: Duration,
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
     /// The active policy, swapped when an activation commits.
@@ -109,6 +113,9 @@ pub struct Parts<S> {
     /// The risk assessment's thresholds and weights.
     pub risk: RiskConfig,
     pub holds: HoldSettings,
+    /// How long a prepared CA must have been in the trust bundle before it may be activated
+    /// ([`crate::authority::DEFAULT_PUBLISH`] unless configured).
+    pub ca_publish: Duration,
 }
 
 impl<S: CertificateStore> Mintgate<S> {
@@ -126,16 +133,14 @@ impl<S: CertificateStore> Mintgate<S> {
             min_lifetime,
             risk,
             holds,
+            ca_publish,
         } = parts;
-        let ca_window = CaWindow {
-            not_after: signer.not_after(),
-            min_lifetime,
-        };
         Self {
             store,
             attestors: default_attestors(),
             signer,
-            ca_window,
+            min_lifetime,
+            ca_publish,
             clock,
             random,
             policy: ArcSwap::new(policy),
@@ -148,6 +153,14 @@ impl<S: CertificateStore> Mintgate<S> {
             token_secret,
             risk,
             holds,
+        }
+    }
+
+    /// When the active CA may sign (its notAfter and the minimum lifetime).
+    fn ca_window(&self) -> CaWindow {
+        CaWindow {
+            not_after: self.signer.not_after(),
+            min_lifetime: self.min_lifetime,
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use crate::authority::CaAction;
 use crate::error::Error;
 use crate::governance::{
     Change, GovernanceError, MAX_LABEL_LEN, NewProposal, PROPOSAL_LIFETIME, ProposalInserted,
@@ -198,7 +199,7 @@ impl<S: CertificateStore> Mintgate<S> {
     }
 
     /// The proposal `caller` already made with `request_id`, if any (a retry answers the same).
-    async fn duplicate(
+    pub(super) async fn duplicate(
         &self,
         caller: &Caller,
         request_id: &RequestId,
@@ -214,7 +215,7 @@ impl<S: CertificateStore> Mintgate<S> {
         }
     }
 
-    async fn propose(
+    pub(super) async fn propose(
         &self,
         caller: &Caller,
         request_id: RequestId,
@@ -432,6 +433,19 @@ impl<S: CertificateStore> Mintgate<S> {
             Change::Unblock { spiffe_id } => {
                 ("identity.unblocked", format!("identity:{spiffe_id}"))
             }
+            Change::Ca { action, key_id, .. } => {
+                self.check_ca_change(&proposal.change, true).await?;
+                let action = match action {
+                    CaAction::Prepare => "ca.prepared",
+                    CaAction::Activate => "ca.activated",
+                    CaAction::Retire => "ca.retired",
+                };
+                (action, format!("ca:{key_id}"))
+            }
+            Change::RevokeIssuer { key_id, .. } => {
+                self.check_ca_change(&proposal.change, true).await?;
+                ("issuer.revoked", format!("ca:{key_id}"))
+            }
         };
         let mut effect = self.audit(now, caller.id.as_str(), action, subject);
         effect.detail = Some(format!(
@@ -452,8 +466,14 @@ impl<S: CertificateStore> Mintgate<S> {
             .await
         {
             Ok(applied) => {
-                if matches!(applied.change, Change::Policy { .. }) {
-                    self.refresh_policy().await?;
+                match applied.change {
+                    Change::Policy { .. } => {
+                        self.refresh_policy().await?;
+                    }
+                    Change::Ca { .. } | Change::RevokeIssuer { .. } => {
+                        self.observer.authorities_changed();
+                    }
+                    Change::RoleBinding { .. } | Change::Unblock { .. } => {}
                 }
                 Ok(applied)
             }

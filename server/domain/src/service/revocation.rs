@@ -134,7 +134,10 @@ impl<S: CertificateStore> Mintgate<S> {
             from: cert.state,
             reason: input.reason,
             revoked_by: caller.id.to_string(),
-            issuer_key_id: self.signer.issuer_key_id().to_owned(),
+            issuer_key_id: cert
+                .issuer_key_id
+                .clone()
+                .unwrap_or_else(|| self.signer.issuer_key_id()),
             now,
         };
         let stored = self
@@ -292,7 +295,10 @@ impl<S: CertificateStore> Mintgate<S> {
                     from: cert.state,
                     reason: input.reason,
                     revoked_by: caller.id.to_string(),
-                    issuer_key_id: self.signer.issuer_key_id().to_owned(),
+                    issuer_key_id: cert
+                .issuer_key_id
+                .clone()
+                .unwrap_or_else(|| self.signer.issuer_key_id()),
                     now,
                 });
             }
@@ -485,6 +491,7 @@ mod tests {
             revoked_at: at,
             not_after: at,
             issuer_key_id: "00".into(),
+            issuer: false,
             revoked_by: "spiffe://dev.mintgate.local/operator/admin".into(),
         };
         let cases = [
