@@ -83,6 +83,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .build(),
         )
+        .method(
+            method(
+                "revoke_issuer",
+                "RevokeIssuer",
+                "RevokeIssuerRequest",
+                "crate::v1::RevokeIssuerResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "watch_trust_bundle",
+                "WatchTrustBundle",
+                "WatchTrustBundleRequest",
+                "crate::v1::TrustBundle",
+            )
+            .server_streaming()
+            .build(),
+        )
         .build();
     Builder::new().build_client(false).compile(&[revocation]);
     Ok(())

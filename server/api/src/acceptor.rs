@@ -22,6 +22,7 @@ use tokio_rustls::{Accept, TlsAcceptor};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 use tracing::Instrument as _;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::admission::{Admission, Handshaking, Open, Throttle};
 use crate::metrics::Metrics;
@@ -140,7 +141,11 @@ impl Acceptor {
         };
         tracing::debug!(%remote, caller = %caller.id, kind = caller.kind.as_str(), "connected");
         let slot = admitted.authenticated();
-        let guard = self.hub.register_connection(caller.serial.clone());
+        let issuer = leaf.and_then(|leaf| {
+            let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+            crate::tls::authority_key_id_of(&cert)
+        });
+        let guard = self.hub.register_connection(caller.serial.clone(), issuer);
         let conn = AuthedConn {
             io: tls,
             revoked: Box::pin(guard.token().clone().cancelled_owned()),

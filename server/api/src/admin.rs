@@ -5,12 +5,15 @@ use std::sync::Arc;
 use mintgate_domain::governance::ProposalStatus;
 use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_domain::ports::Clock;
-use mintgate_domain::service::{JoinTokenInput, Mintgate, PolicyProposalInput, RoleBindingInput};
+use mintgate_domain::service::{
+    CaProposalInput, JoinTokenInput, Mintgate, PolicyProposalInput, RoleBindingInput,
+};
 use mintgate_domain::store::CertificateStore;
 use mintgate_domain::{Error, InputError};
 use mintgate_proto::v1;
 use tonic::{Request, Response, Status};
 
+use crate::bundle::BundleFeed;
 use crate::convert;
 use crate::evidence::{ChunkStream, EvidenceExporter};
 use crate::holds::{HoldFeed, WatchPendingStream};
@@ -23,6 +26,7 @@ pub(crate) struct AdminService<S> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) holds: HoldFeed,
     pub(crate) evidence: Arc<dyn EvidenceExporter>,
+    pub(crate) bundle: BundleFeed,
 }
 
 impl<S: CertificateStore> AdminService<S> {
@@ -109,6 +113,47 @@ impl<S: CertificateStore> v1::admin_server::Admin for AdminService<S> {
             .await
             .map(|p| self.proposal_response(&p))
             .map_err(status)
+    }
+
+    #[tracing::instrument(name = "ProposeCa", skip_all, fields(request_id, caller))]
+    async fn propose_ca(
+        &self,
+        request: Request<v1::ProposeCaRequest>,
+    ) -> Result<Response<v1::ProposalResponse>, Status> {
+        let (caller, body) = open_request(request)?;
+        let rid = body.request_id.clone();
+        let status = |e: Error| to_status(&e, "ProposeCa", &rid);
+        let input = CaProposalInput {
+            action: convert::ca_action(body.action).map_err(|e| status(e.into()))?,
+            request_id: body.request_id,
+            chain_pem: body.chain_pem,
+            key: body.key,
+            key_id: body.key_id,
+        };
+        self.app
+            .propose_ca(&caller, input)
+            .await
+            .map(|p| self.proposal_response(&p))
+            .map_err(status)
+    }
+
+    #[tracing::instrument(name = "ListAuthorities", skip_all, fields(caller))]
+    async fn list_authorities(
+        &self,
+        request: Request<v1::ListAuthoritiesRequest>,
+    ) -> Result<Response<v1::TrustBundle>, Status> {
+        let caller = caller(&request)?;
+        let authorities = self
+            .app
+            .list_authorities(&caller)
+            .await
+            .map_err(|e| to_status(&e, "ListAuthorities", ""))?;
+        let bundle = self.bundle.current();
+        Ok(Response::new(v1::TrustBundle {
+            bundle_pem: bundle.bundle_pem.clone(),
+            version: bundle.version.clone(),
+            authorities: authorities.iter().map(convert::authority).collect(),
+        }))
     }
 
     #[tracing::instrument(name = "GetProposal", skip_all, fields(caller))]

@@ -1,6 +1,7 @@
 //! Protobuf ↔ domain conversions.
 
 use mintgate_domain::InputError;
+use mintgate_domain::authority::{CaAction, CaRecord, CaState};
 use mintgate_domain::governance::{Change, ProposalRecord, ProposalStatus, RoleBinding};
 use mintgate_domain::lifecycle::RequestState;
 use mintgate_domain::lifetime::Clamp;
@@ -169,6 +170,38 @@ pub(crate) fn revocation_event(r: &RevocationRecord) -> v1::RevocationEvent {
         revoked_at: Some(timestamp(r.revoked_at)),
         not_after: Some(timestamp(r.not_after)),
         issuer_key_id: r.issuer_key_id.clone(),
+        issuer: r.issuer,
+    }
+}
+
+pub(crate) fn authority(ca: &CaRecord) -> v1::CertificateAuthority {
+    let state = match ca.state {
+        CaState::Prepared => v1::CaState::Prepared,
+        CaState::Active => v1::CaState::Active,
+        CaState::Retiring => v1::CaState::Retiring,
+        CaState::Retired => v1::CaState::Retired,
+        CaState::Revoked => v1::CaState::Revoked,
+    };
+    v1::CertificateAuthority {
+        key_id: ca.key_id.clone(),
+        state: state.into(),
+        subject: ca.subject.clone(),
+        not_after: Some(timestamp(ca.not_after)),
+        prepared_at: Some(timestamp(ca.prepared_at)),
+        activated_at: ca.activated_at.map(timestamp),
+        retiring_at: ca.retiring_at.map(timestamp),
+        retired_at: ca.retired_at.map(timestamp),
+        chain_pem: ca.chain_pem.clone(),
+    }
+}
+
+/// A CA rotation step as asked; unspecified is a bad argument.
+pub(crate) fn ca_action(action: i32) -> Result<CaAction, InputError> {
+    match v1::CaAction::try_from(action) {
+        Ok(v1::CaAction::Prepare) => Ok(CaAction::Prepare),
+        Ok(v1::CaAction::Activate) => Ok(CaAction::Activate),
+        Ok(v1::CaAction::Retire) => Ok(CaAction::Retire),
+        _ => Err(InputError::CaActionInvalid),
     }
 }
 
@@ -252,6 +285,24 @@ pub(crate) fn proposal(p: &ProposalRecord, status: ProposalStatus) -> v1::Propos
         Change::Unblock { spiffe_id } => {
             out.kind = v1::ProposalKind::Unblock.into();
             out.subject = spiffe_id.clone();
+        }
+        Change::Ca {
+            action,
+            key_id,
+            prepared,
+        } => {
+            out.kind = v1::ProposalKind::Ca.into();
+            out.subject = key_id.clone();
+            out.role = action.as_str().to_owned();
+            out.label = prepared
+                .as_ref()
+                .map(|p| p.subject.clone())
+                .unwrap_or_default();
+        }
+        Change::RevokeIssuer { key_id, reason } => {
+            out.kind = v1::ProposalKind::RevokeIssuer.into();
+            out.subject = key_id.clone();
+            out.label = reason.as_str().to_owned();
         }
     }
     out

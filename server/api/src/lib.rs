@@ -9,6 +9,7 @@
 mod acceptor;
 mod admin;
 mod admission;
+pub mod bundle;
 mod convert;
 mod deadline;
 pub mod evidence;
@@ -27,6 +28,7 @@ pub mod tls;
 #[cfg(test)]
 mod test_support;
 
+pub use bundle::BundleFeed;
 pub use metrics::Metrics;
 pub use registry::{HubConfig, RevocationHub, run_tailer};
 pub use server::{GrpcConfig, GrpcServer, serve};

@@ -94,5 +94,7 @@ request_id_field!(
     v1::RevokeIdentityRequest,
     v1::UnblockIdentityRequest,
     v1::ProposePolicyRequest,
-    v1::ProposeRoleBindingRequest
+    v1::ProposeRoleBindingRequest,
+    v1::ProposeCaRequest,
+    v1::RevokeIssuerRequest
 );

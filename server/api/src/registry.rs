@@ -63,7 +63,10 @@ pub struct RevocationHub {
     config: HubConfig,
     /// Revoked serial → its certificate's notAfter.
     live: RwLock<HashMap<Serial, OffsetDateTime>>,
-    connections: Mutex<HashMap<Serial, Vec<(u64, CancellationToken)>>>,
+    /// Revoked CA (hex SKI) → its notAfter: every certificate it signed is revoked.
+    issuers: RwLock<HashMap<String, OffsetDateTime>>,
+    /// Open connections by their certificate's serial: id, cut token, issuing CA (hex AKI).
+    connections: Mutex<HashMap<Serial, Vec<Connection>>>,
     /// Connections whose cut waits for their own answer (see [`RevocationHub::defer_cut`]).
     deferred: Mutex<HashMap<u64, CancellationToken>>,
     next_connection: AtomicU64,
@@ -88,6 +91,7 @@ impl RevocationHub {
         Arc::new(Self {
             config,
             live: RwLock::default(),
+            issuers: RwLock::default(),
             connections: Mutex::default(),
             deferred: Mutex::default(),
             next_connection: AtomicU64::new(0),
@@ -114,6 +118,14 @@ impl RevocationHub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(serial)
+    }
+
+    /// Whether the CA with hex SKI `key_id` is revoked (RevokeIssuer): so is all it signed.
+    pub fn is_issuer_revoked(&self, key_id: &str) -> bool {
+        self.issuers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key_id)
     }
 
     /// The sequence number of the newest entry applied here.
@@ -150,11 +162,17 @@ impl RevocationHub {
         self.feed.subscribe()
     }
 
-    /// Registers a connection authenticated by `serial`; the token is cancelled when that
-    /// serial is revoked. The registration ends when the returned guard drops.
-    pub fn register_connection(self: &Arc<Self>, serial: Serial) -> ConnectionGuard {
+    /// Registers a connection authenticated by `serial`, signed by the CA `issuer` (hex AKI);
+    /// the token is cancelled when that serial or that CA is revoked. The registration ends
+    /// when the returned guard drops.
+    pub fn register_connection(
+        self: &Arc<Self>,
+        serial: Serial,
+        issuer: Option<String>,
+    ) -> ConnectionGuard {
         let token = CancellationToken::new();
-        if self.is_revoked(&serial) {
+        if self.is_revoked(&serial) || issuer.as_deref().is_some_and(|i| self.is_issuer_revoked(i))
+        {
             token.cancel();
         }
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +181,11 @@ impl RevocationHub {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(serial.clone())
             .or_default()
-            .push((id, token.clone()));
+            .push(Connection {
+                id,
+                cut: token.clone(),
+                issuer,
+            });
         ConnectionGuard {
             hub: self.clone(),
             serial,
@@ -219,10 +241,17 @@ impl RevocationHub {
         if entry.seq <= self.applied() {
             return;
         }
-        self.live
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(entry.serial.clone(), entry.not_after);
+        if entry.issuer {
+            self.issuers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(entry.issuer_key_id.clone(), entry.not_after);
+        } else {
+            self.live
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(entry.serial.clone(), entry.not_after);
+        }
         // Out on the feed before any cut, so a watcher on a connection about to be closed has
         // the best chance to hear why. Encoded once here; every subscriber sends these bytes.
         let seq = entry.seq;
@@ -235,16 +264,32 @@ impl RevocationHub {
         };
         // No subscriber is not an error.
         let _ = self.feed.send(published);
-        let cut = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&entry.serial);
+        let cut: Vec<Connection> = {
+            let mut connections = self
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if entry.issuer {
+                let issuer = Some(entry.issuer_key_id.as_str());
+                let mut cut = Vec::new();
+                for list in connections.values_mut() {
+                    let (gone, kept) = std::mem::take(list)
+                        .into_iter()
+                        .partition(|c| c.issuer.as_deref() == issuer);
+                    *list = kept;
+                    cut.extend::<Vec<_>>(gone);
+                }
+                connections.retain(|_, list| !list.is_empty());
+                cut
+            } else {
+                connections.remove(&entry.serial).unwrap_or_default()
+            }
+        };
         let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
-        for (id, token) in cut.into_iter().flatten() {
-            match deferred.get_mut(&id) {
-                Some(held) => *held = token,
-                None => token.cancel(),
+        for c in cut {
+            match deferred.get_mut(&c.id) {
+                Some(held) => *held = c.cut,
+                None => c.cut.cancel(),
             }
         }
         drop(deferred);
@@ -254,6 +299,10 @@ impl RevocationHub {
     /// Drops entries whose certificate expired (with the skew allowance) before `now`.
     fn expire(&self, now: OffsetDateTime) {
         self.live
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, not_after| *not_after + EXPIRY_SKEW > now);
+        self.issuers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, not_after| *not_after + EXPIRY_SKEW > now);
@@ -267,6 +316,14 @@ pub struct Published {
     /// When this server applied it: where propagation lag is measured from.
     pub applied_at: Instant,
     pub encoded: Bytes,
+}
+
+/// One open connection the hub may have to cut.
+#[derive(Debug)]
+struct Connection {
+    id: u64,
+    cut: CancellationToken,
+    issuer: Option<String>,
 }
 
 /// Keeps a connection registered with the hub; see [`RevocationHub::register_connection`].
@@ -297,7 +354,7 @@ impl Drop for ConnectionGuard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(list) = connections.get_mut(&self.serial) {
-            list.retain(|(id, _)| *id != self.id);
+            list.retain(|c| c.id != self.id);
             if list.is_empty() {
                 connections.remove(&self.serial);
             }

@@ -18,6 +18,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::bundle::BundleFeed;
 use crate::convert;
 use crate::provisioning::open_request;
 use crate::registry::{LOG_BATCH, Published, RevocationHub, StreamPermit};
@@ -33,6 +34,7 @@ pub(crate) struct RevocationService<S> {
     pub(crate) app: Arc<Mintgate<S>>,
     pub(crate) hub: Arc<RevocationHub>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) bundle: BundleFeed,
 }
 
 #[tonic::async_trait]
@@ -119,6 +121,55 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
                 })
             })
             .map_err(|e| to_status(&e, "UnblockIdentity", &body.request_id))
+    }
+
+    #[tracing::instrument(name = "RevokeIssuer", skip_all, fields(request_id, caller))]
+    async fn revoke_issuer(
+        &self,
+        request: Request<v1::RevokeIssuerRequest>,
+    ) -> Result<Response<v1::RevokeIssuerResponse>, Status> {
+        let (caller, body) = open_request(request)?;
+        let status = |e: Error| to_status(&e, "RevokeIssuer", &body.request_id);
+        let reason = convert::revocation_reason(body.reason).map_err(|e| status(e.into()))?;
+        let now = self.clock.now();
+        self.app
+            .propose_revoke_issuer(&caller, &body.request_id, &body.key_id, reason)
+            .await
+            .map(|p| {
+                Response::new(v1::RevokeIssuerResponse {
+                    proposal: Some(convert::proposal(&p, p.status(now))),
+                })
+            })
+            .map_err(status)
+    }
+
+    type WatchTrustBundleStream = Pin<Box<dyn Stream<Item = Result<v1::TrustBundle, Status>> + Send>>;
+
+    #[tracing::instrument(name = "WatchTrustBundle", skip_all, fields(caller))]
+    async fn watch_trust_bundle(
+        &self,
+        request: Request<v1::WatchTrustBundleRequest>,
+    ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
+        let caller = caller(&request)?;
+        let status = |e: Error| to_status(&e, "WatchTrustBundle", "");
+        self.app.authorize_watch(&caller).await.map_err(status)?;
+        let permit = self
+            .hub
+            .acquire_stream(caller.id.as_str())
+            .map_err(status)?;
+        // The current bundle first, then each change, until the server shuts down.
+        let state = (self.bundle.subscribe(), self.hub.clone(), permit);
+        let bundles = futures_util::stream::unfold(state, |(mut rx, hub, permit)| async move {
+            tokio::select! {
+                () = hub.closed() => None,
+                changed = rx.changed() => {
+                    changed.ok()?;
+                    let bundle = (**rx.borrow_and_update()).clone();
+                    Some((Ok(bundle), (rx, hub, permit)))
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(bundles)))
     }
 
     #[tracing::instrument(name = "CheckStatus", skip_all, fields(caller))]

@@ -33,7 +33,7 @@ const UNMEASURED: [&str; 3] = [
 ];
 
 /// Mintgate's RPCs: the only values of the `rpc` label (a client cannot mint new series).
-const RPCS: [&str; 21] = [
+const RPCS: [&str; 25] = [
     "Enroll",
     "Renew",
     "GetRequest",
@@ -52,6 +52,10 @@ const RPCS: [&str; 21] = [
     "Revoke",
     "RevokeIdentity",
     "UnblockIdentity",
+    "RevokeIssuer",
+    "WatchTrustBundle",
+    "ProposeCa",
+    "ListAuthorities",
     "CheckStatus",
     "WatchRevocations",
     "ExportEvidence",

@@ -83,6 +83,8 @@ pub struct GrpcServer<S> {
     pub metrics: Metrics,
     /// Hold changes for Admin/WatchPending (the service's observer sends them).
     pub holds: HoldFeed,
+    /// The trust bundle for Admin/ListAuthorities and Revocation/WatchTrustBundle.
+    pub bundle: crate::BundleFeed,
     pub config: GrpcConfig,
 }
 
@@ -181,6 +183,7 @@ where
                 app: server.app.clone(),
                 hub: server.hub.clone(),
                 clock: server.clock.clone(),
+                bundle: server.bundle.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -190,6 +193,7 @@ where
                 clock: server.clock,
                 evidence: server.evidence,
                 holds: server.holds,
+                bundle: server.bundle,
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -5,7 +5,7 @@
 //! It must not be revoked (the [`RevocationHub`]'s live set). Anything else fails the handshake;
 //! no handler ever runs for it.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use mintgate_domain::ports::Clock;
 use mintgate_domain::{Serial, SpiffeId, TrustDomain};
@@ -32,33 +32,107 @@ pub enum TlsError {
     ServerCert(#[source] rustls::Error),
 }
 
-/// Builds the server config. `client_cas` are the roots whose certificates may connect;
-/// `intermediates` are the CAs between Mintgate's root and the certificates it issues (its
-/// issuing CA), used to build a client's chain when the client sent only its own certificate.
-pub fn server_config(
-    client_cas: &[CertificateDer<'static>],
+/// Mintgate's own issuing CAs as the listener trusts them (every CA in the trust bundle, with
+/// the chain above it), beside the fixed roots of the bootstrap and operator CAs. Swapped
+/// whole when the trust bundle changes ([`ClientTrust::update`]); a handshake sees one version.
+#[derive(Debug)]
+pub struct ClientTrust {
+    fixed_roots: Vec<CertificateDer<'static>>,
+    current: RwLock<Arc<TrustState>>,
+}
+
+#[derive(Debug)]
+struct TrustState {
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// The CAs between a root and the certificates it vouches for, added to a client's chain.
     intermediates: Vec<CertificateDer<'static>>,
+    /// Mintgate's issuing CAs: a certificate one of them signed is a workload's.
+    issuing: Vec<CertificateDer<'static>>,
+}
+
+impl ClientTrust {
+    /// `fixed_roots` are the bootstrap and operator CAs; `issuing_chains` each of Mintgate's
+    /// issuing CAs followed by the CAs above it, up to its root.
+    pub fn new(
+        fixed_roots: Vec<CertificateDer<'static>>,
+        issuing_chains: &[Vec<CertificateDer<'static>>],
+    ) -> Result<Arc<Self>, TlsError> {
+        let state = build_trust(&fixed_roots, issuing_chains)?;
+        Ok(Arc::new(Self {
+            fixed_roots,
+            current: RwLock::new(Arc::new(state)),
+        }))
+    }
+
+    /// Trusts exactly `issuing_chains` (and the fixed roots) from the next handshake on.
+    pub fn update(&self, issuing_chains: &[Vec<CertificateDer<'static>>]) -> Result<(), TlsError> {
+        let state = build_trust(&self.fixed_roots, issuing_chains)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+        Ok(())
+    }
+
+    /// Mintgate's issuing CAs trusted now.
+    pub fn issuing(&self) -> Vec<CertificateDer<'static>> {
+        self.state().issuing.clone()
+    }
+
+    fn state(&self) -> Arc<TrustState> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn build_trust(
+    fixed_roots: &[CertificateDer<'static>],
+    issuing_chains: &[Vec<CertificateDer<'static>>],
+) -> Result<TrustState, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let mut intermediates = Vec::new();
+    let mut issuing = Vec::new();
+    for chain in issuing_chains {
+        let Some((root, between)) = chain.split_last() else {
+            continue;
+        };
+        roots.add(root.clone()).map_err(TlsError::BadRoot)?;
+        intermediates.extend(between.iter().cloned());
+        issuing.extend(chain.first().cloned());
+    }
+    for ca in fixed_roots {
+        roots.add(ca.clone()).map_err(TlsError::BadRoot)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    Ok(TrustState {
+        verifier,
+        intermediates,
+        issuing,
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server config: a client certificate must chain to a root `trust` holds now.
+pub fn server_config(
+    trust: Arc<ClientTrust>,
     trust_domain: TrustDomain,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
     clock: Arc<dyn Clock>,
     revocations: Arc<RevocationHub>,
 ) -> Result<ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for ca in client_cas {
-        roots.add(ca.clone()).map_err(TlsError::BadRoot)?;
-    }
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(TlsError::Verifier)?;
+    let hints = trust.state().verifier.root_hint_subjects().to_vec();
     let verifier = Arc::new(SpiffeClientVerifier {
-        inner,
-        intermediates,
+        trust,
+        hints,
         trust_domain,
         revocations,
     });
-    let mut config = ServerConfig::builder_with_details(provider, Arc::new(ClockTime(clock)))
+    let mut config = ServerConfig::builder_with_details(provider(), Arc::new(ClockTime(clock)))
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(TlsError::ServerCert)?
         .with_client_cert_verifier(verifier)
@@ -66,6 +140,17 @@ pub fn server_config(
         .map_err(TlsError::ServerCert)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Hex authority key identifier of a certificate: the SKI of the CA that signed it.
+pub fn authority_key_id_of(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
+            _ => None,
+        })
+        .map(|id| hex::encode(id.0))
 }
 
 /// The one SPIFFE ID in a certificate's URI SANs, if there is exactly one and it parses.
@@ -109,16 +194,16 @@ impl rustls::time_provider::TimeProvider for ClockTime {
 /// webpki's verification, the SPIFFE rules, and the revocation registry.
 #[derive(Debug)]
 struct SpiffeClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    /// Known intermediates, added to those the client sent.
-    intermediates: Vec<CertificateDer<'static>>,
+    trust: Arc<ClientTrust>,
+    /// The roots trusted at start, named to clients (a hint; clients may send any certificate).
+    hints: Vec<DistinguishedName>,
     trust_domain: TrustDomain,
     revocations: Arc<RevocationHub>,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
 
     fn verify_client_cert(
@@ -127,13 +212,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.intermediates.is_empty() {
-            self.inner
+        let trust = self.trust.state();
+        if trust.intermediates.is_empty() {
+            trust
+                .verifier
                 .verify_client_cert(end_entity, intermediates, now)?;
         } else {
             let mut chain = intermediates.to_vec();
-            chain.extend(self.intermediates.iter().cloned());
-            self.inner.verify_client_cert(end_entity, &chain, now)?;
+            chain.extend(trust.intermediates.iter().cloned());
+            trust.verifier.verify_client_cert(end_entity, &chain, now)?;
         }
         let refuse =
             || rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
@@ -167,6 +254,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             );
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
+        if let Some(issuer) = authority_key_id_of(&cert)
+            && self.revocations.is_issuer_revoked(&issuer)
+        {
+            tracing::info!(
+                serial = %serial,
+                spiffe_id = %id,
+                issuer = %issuer,
+                reason = "issuer_revoked",
+                "handshake refused: the CA that signed the client certificate is revoked"
+            );
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -176,7 +275,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust.state().verifier.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -185,10 +284,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust.state().verifier.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust.state().verifier.supported_verify_schemes()
     }
 }

@@ -94,6 +94,7 @@ mod tests {
     fn signed_crl(ca: &CertificateAuthority) -> Vec<u8> {
         let now = OffsetDateTime::now_utc();
         ca.crl(&CrlSpec {
+            issuer_key_id: "",
             this_update: now,
             next_update: now + time::Duration::hours(1),
             number: 7,

@@ -17,6 +17,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod audit_key;
+mod authorities;
 mod chain;
 mod crl;
 mod dev_pki;
@@ -34,6 +35,7 @@ pub use audit_key::{
     AuditKeyError, ED25519_ALGORITHM, FileAuditSigner, P256_ALGORITHM, audit_key_from_pem,
     audit_key_from_spki, audit_key_pem, audit_keys_from_pem, verify_signature,
 };
+pub use authorities::{Authorities, AuthoritySet, KeyLoader, LoadedCa};
 pub use chain::issuing_ca_csr;
 pub use crl::{CrlError, CrlSummary, crl_der, verify_crl};
 pub use dev_pki::{

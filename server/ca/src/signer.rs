@@ -118,16 +118,7 @@ impl<K: KeyBackend> CertificateAuthority<K> {
             if key.subject_public_key_info() != cert.public_key().raw {
                 return Err(CaError::KeyMismatch);
             }
-            let key_id = cert
-                .extensions()
-                .iter()
-                .find_map(|e| match e.parsed_extension() {
-                    ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-                    _ => None,
-                })
-                .ok_or(CaError::NotACa {
-                    reason: "subjectKeyIdentifier is missing (RFC 5280 requires it of a CA)",
-                })?;
+            let key_id = subject_key_id(&cert)?;
             (
                 cert.validity().not_after.to_datetime(),
                 cert.subject().to_string(),
@@ -185,6 +176,7 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         let chain_pem = format!("{}{}", cert.pem(), self.chain_pem);
         Ok(SignedCertificate {
             der,
+            issuer_key_id: self.key_id_hex.clone(),
             chain_pem,
             not_before: params.not_before,
             not_after: params.not_after,
@@ -228,6 +220,11 @@ impl<K: KeyBackend> CertificateAuthority<K> {
         let key = self.issuer.key();
         let signature = key.sign(&message).map_err(classify_signing_error)?;
         ocsp::signed_response(tbs, key.algorithm(), &signature)
+    }
+
+    /// Hex subject key identifier: the authority key identifier of what it signs.
+    pub fn key_id_hex(&self) -> &str {
+        &self.key_id_hex
     }
 
     /// How OCSP CertIDs name this CA.
@@ -313,12 +310,12 @@ impl<K: KeyBackend> Signer for CertificateAuthority<K> {
         self.ocsp(spec).map_err(signer_error)
     }
 
-    fn trust_bundle_pem(&self) -> &str {
-        &self.bundle_pem
+    fn trust_bundle_pem(&self) -> String {
+        self.bundle_pem.clone()
     }
 
-    fn issuer_key_id(&self) -> &str {
-        &self.key_id_hex
+    fn issuer_key_id(&self) -> String {
+        self.key_id_hex.clone()
     }
 
     fn not_after(&self) -> OffsetDateTime {
@@ -463,6 +460,24 @@ pub(crate) fn pem_encode(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
+}
+
+/// A CA certificate's subject key identifier (RFC 5280 requires one of a CA).
+fn subject_key_id(cert: &X509Certificate<'_>) -> Result<Vec<u8>, CaError> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        })
+        .ok_or(CaError::NotACa {
+            reason: "subjectKeyIdentifier is missing (RFC 5280 requires it of a CA)",
+        })
+}
+
+/// The hex subject key identifier of the CA certificate `der`.
+pub(crate) fn key_id_hex_of(der: &[u8]) -> Result<String, CaError> {
+    subject_key_id(&parse_certificate(der)?).map(hex::encode)
 }
 
 pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {

@@ -581,6 +581,7 @@ fn a_signed_crl_verifies_under_the_ca<K: KeyBackend>(ca: &CertificateAuthority<K
     let now = OffsetDateTime::now_utc();
     let crl = ca
         .sign_crl(&mintgate_domain::ports::CrlSpec {
+            issuer_key_id: "",
             this_update: now,
             next_update: now + Duration::hours(1),
             number: 3,

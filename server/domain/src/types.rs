@@ -32,6 +32,8 @@ pub enum InputError {
     ProposalStateInvalid,
     #[error("tier must be low, elevated or high")]
     RiskTierInvalid,
+    #[error("action must be PREPARE, ACTIVATE or RETIRE")]
+    CaActionInvalid,
 }
 
 impl InputError {
@@ -47,6 +49,7 @@ impl InputError {
             Self::TimestampInvalid { .. } => "TIMESTAMP_INVALID",
             Self::ProposalStateInvalid => "PROPOSAL_STATE_INVALID",
             Self::RiskTierInvalid => "RISK_TIER_INVALID",
+            Self::CaActionInvalid => "CA_ACTION_INVALID",
         }
     }
 }

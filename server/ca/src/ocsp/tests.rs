@@ -199,6 +199,7 @@ fn a_signed_response_verifies_with_the_ca_key_and_answers_as_asked<K: KeyBackend
     let echoed = nonce(16);
     let der = ca
         .ocsp(&OcspSpec {
+            issuer_key_id: "",
             produced_at: now,
             responses: &entries,
             nonce: Some(&echoed),
@@ -272,6 +273,7 @@ fn without_a_nonce_the_response_has_no_extensions() {
     }];
     let der = ca
         .ocsp(&OcspSpec {
+            issuer_key_id: "",
             produced_at: now,
             responses: &entries,
             nonce: None,

@@ -9,7 +9,7 @@ use crate::governance::{Change, GovernanceError, ProposalKind, ProposalRecord};
 use crate::model::{Caller, RevocationReason};
 use crate::policy::{Operation, Target};
 use crate::store::CertificateStore;
-use crate::RequestId;
+use crate::{InputError, RequestId};
 
 use super::{Mintgate, payload_hash};
 
@@ -40,6 +40,20 @@ impl<S: CertificateStore> Mintgate<S> {
             Target::TrustDomain(&self.trust_domain),
         )
         .await?;
+        let required = |value: &str, field: &'static str| {
+            if value.trim().is_empty() {
+                Err(InputError::Missing { field })
+            } else {
+                Ok(())
+            }
+        };
+        match input.action {
+            CaAction::Prepare => {
+                required(&input.chain_pem, "chain_pem")?;
+                required(&input.key, "key")?;
+            }
+            CaAction::Activate | CaAction::Retire => required(&input.key_id, "key_id")?,
+        }
         let change = match input.action {
             CaAction::Prepare => {
                 let inspected = self
@@ -114,17 +128,6 @@ impl<S: CertificateStore> Mintgate<S> {
         )
         .await?;
         Ok(self.store.authorities().await?)
-    }
-
-    /// Revocation/WatchTrustBundle may be followed by `caller` (as the revocation feed may).
-    pub async fn authorize_trust_bundle(&self, caller: &Caller) -> Result<(), Error> {
-        self.authorize(
-            caller,
-            Operation::WatchRevocations,
-            Target::TrustDomain(&self.trust_domain),
-        )
-        .await
-        .map(|_| ())
     }
 
     /// Whether `change` can take effect now: the CA exists (or, to prepare, does not) and is in
