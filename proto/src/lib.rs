@@ -98,6 +98,7 @@ mod tests {
             }),
             not_after: None,
             issuer_key_id: "7bfd".into(),
+            issuer: false,
         };
         let frame = WatchRevocationsFrame {
             message: Some(frame::Message::Event(event.encode_to_vec().into())),

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use mintgate_api::holds::{EdgeObserver, HoldFeed};
 use mintgate_api::peer::PeerClassifier;
-use mintgate_api::tls;
-use mintgate_api::{GrpcConfig, GrpcServer, Metrics, RevocationHub};
-use mintgate_ca::{CaError, CaKey, CertificateAuthority, FileKey, Pkcs11Key};
+use mintgate_api::tls::{self, ClientTrust};
+use mintgate_api::{BundleFeed, GrpcConfig, GrpcServer, Metrics, RevocationHub};
 use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
@@ -21,9 +20,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
+use crate::authorities::CaRegistry;
 use crate::checkpoint::Checkpointer;
 use crate::clock::OsRandom;
-use crate::config::{CaKeySource, ReplicationSettings, Settings, redact_url};
+use crate::config::{ReplicationSettings, Settings, redact_url};
 use crate::http::{CrlPublisher, HttpState};
 use crate::metrics::Exporter;
 use crate::ocsp::OcspResponder;
@@ -111,16 +111,16 @@ pub struct Application {
     ocsp: Arc<OcspResponder>,
     metrics: Arc<Exporter>,
     ca_window: CaWindow,
+    /// The CAs, kept in step with the registry.
+    registry: Arc<CaRegistry>,
     /// Signs audit checkpoints; none without an audit key.
     checkpoints: Option<Arc<Checkpointer>>,
     replication: ReplicationSettings,
-    /// The trust bundle served at `/bundle.pem`.
-    bundle: Arc<str>,
 }
 
 impl Application {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, BuildError> {
-        let ca_chain = certs(&settings.ca_cert_pem, "ca.cert")?;
+        let ca_chain = certs(&settings.ca.cert_pem, "ca.cert")?;
         let server_chain = certs(&settings.server_cert_pem, "tls.server_cert")?;
         let bootstrap = settings
             .bootstrap_cas_pem
@@ -160,31 +160,12 @@ impl Application {
             environment = %settings.environment,
             "policy loaded"
         );
-        let ca_key = match &settings.ca_key {
-            CaKeySource::File(pem) => CaKey::File(FileKey::from_pem(pem).map_err(BuildError::Ca)?),
-            CaKeySource::Pkcs11(config) => CaKey::Pkcs11(
-                Pkcs11Key::open(config).map_err(|e| BuildError::Ca(CaError::Pkcs11(e)))?,
-            ),
-        };
-        let backend = ca_key.backend();
-        let ca = CertificateAuthority::from_pem_with_key(
-            &settings.ca_cert_pem,
-            ca_key,
-            settings.crl_url.clone(),
-        )
-        .map_err(BuildError::Ca)?;
-        tracing::info!(subject = %ca.subject(), backend, "issuing CA loaded");
-        let ca_window = CaWindow {
-            not_after: ca.not_after(),
-            min_lifetime: settings.ca_min_lifetime,
-        };
-        ca_window
-            .check(clock.now())
-            .map_err(|source| BuildError::CaExpiring {
-                subject: ca.subject().to_owned(),
-                source,
-            })?;
-        let metrics = Arc::new(Exporter::new(ca.not_after(), clock.clone()));
+        let authorities = Arc::new(
+            crate::authorities::load(&settings.ca, settings.crl_url.as_deref())
+                .map_err(BuildError::Ca)?,
+        );
+        let signer: Arc<dyn Signer> = authorities.clone();
+        let metrics = Arc::new(Exporter::new(signer.clone(), clock.clone()));
         let edge_metrics = Metrics::new(metrics.recorder());
         let holds = HoldFeed::default();
         let server_key = PrivateKeyDer::from_pem_slice(settings.server_key_pem.as_bytes())
@@ -217,26 +198,9 @@ impl Application {
                 source,
             })?;
 
-        // Workloads are told apart by their issuer, Mintgate's issuing CA; their chains are
-        // checked up to Mintgate's root through it (and any CA between them).
+        // Workloads are told apart by their issuer, one of Mintgate's issuing CAs (the trust
+        // follows the CA registry); nodes and operators by their configured CAs.
         let mut classified: Vec<(CallerKind, CertificateDer<'static>)> = Vec::new();
-        classified.extend(
-            ca_chain
-                .iter()
-                .take(1)
-                .cloned()
-                .map(|c| (CallerKind::Workload, c)),
-        );
-        let issuing_chain = ca.chain_der().to_vec();
-        let (mintgate_root, intermediates) = match issuing_chain.split_last() {
-            Some((root, intermediates)) => (root.clone(), intermediates.to_vec()),
-            None => {
-                return Err(BuildError::Pem {
-                    field: "ca.cert",
-                    what: "certificate",
-                });
-            }
-        };
         classified.extend(
             bootstrap
                 .iter()
@@ -251,12 +215,38 @@ impl Application {
                 .cloned()
                 .map(|c| (CallerKind::Operator, c)),
         );
-        let client_cas: Vec<_> = std::iter::once(mintgate_root)
-            .chain(classified.iter().skip(1).map(|(_, c)| c.clone()))
-            .collect();
+        let trust = ClientTrust::new(
+            classified.iter().map(|(_, c)| c.clone()).collect(),
+            &[authorities.current().active().chain_der().to_vec()],
+        )
+        .map_err(BuildError::Tls)?;
+        let bundle = BundleFeed::default();
+        let registry = Arc::new(CaRegistry {
+            store: store.clone(),
+            signer: authorities.clone(),
+            trust: trust.clone(),
+            bundle: bundle.clone(),
+            changed: tokio::sync::Notify::new(),
+        });
+        registry
+            .start(&settings.ca.key_ref, &*clock)
+            .await
+            .map_err(|source| BuildError::Store {
+                url: redact_url(&settings.database_url),
+                source,
+            })?;
+        let ca_window = CaWindow {
+            not_after: signer.not_after(),
+            min_lifetime: settings.ca.min_lifetime,
+        };
+        ca_window
+            .check(clock.now())
+            .map_err(|source| BuildError::CaExpiring {
+                subject: authorities.current().active().subject().to_owned(),
+                source,
+            })?;
         let tls_config = tls::server_config(
-            &client_cas,
-            intermediates,
+            trust.clone(),
             settings.trust_domain.clone(),
             server_chain,
             server_key,
@@ -264,7 +254,7 @@ impl Application {
             hub.clone(),
         )
         .map_err(BuildError::Tls)?;
-        let classifier = PeerClassifier::new(classified);
+        let classifier = PeerClassifier::new(trust, classified);
 
         let checkpoints = match &settings.audit {
             Some(audit) => {
@@ -292,18 +282,15 @@ impl Application {
                 None
             }
         };
-        let ocsp_issuer = ca.ocsp_issuer().clone();
-        let signer: Arc<dyn Signer> = Arc::new(ca);
-        let signer_bundle = signer.trust_bundle_pem().to_owned();
         let crl = Arc::new(CrlPublisher::new(
-            signer.clone(),
+            authorities.clone(),
             hub.clone(),
             clock.clone(),
         ));
         let evidence = Arc::new(crate::evidence::ServerExporter::new(
             store.clone(),
             crl.clone(),
-            signer.trust_bundle_pem().as_bytes().to_vec(),
+            signer.clone(),
             clock.clone(),
         ));
         let app = Arc::new(Mintgate::new(Parts {
@@ -317,17 +304,21 @@ impl Application {
                 metrics: edge_metrics.clone(),
                 holds: holds.clone(),
                 announce: crate::replication::announce_holds(store.clone()),
+                authorities: {
+                    let registry = registry.clone();
+                    Box::new(move || registry.nudge())
+                },
             }),
             trust_domain: settings.trust_domain.clone(),
             token_secret: JoinTokenSecret::new(settings.join_token_secret),
-            min_lifetime: settings.ca_min_lifetime,
+            min_lifetime: settings.ca.min_lifetime,
+            ca_publish: settings.ca.publish,
             risk: settings.risk.clone(),
             holds: settings.holds,
         }));
         let ocsp = Arc::new(OcspResponder::new(
             app.clone(),
-            signer,
-            ocsp_issuer,
+            authorities.clone(),
             clock.clone(),
         ));
         let operators = settings
@@ -384,6 +375,7 @@ impl Application {
                 evidence,
                 metrics: edge_metrics,
                 holds,
+                bundle,
                 config: grpc_config,
             },
             store,
@@ -391,9 +383,9 @@ impl Application {
             ocsp,
             metrics,
             ca_window,
+            registry,
             checkpoints,
             replication: settings.replication,
-            bundle: Arc::from(signer_bundle.as_str()),
         })
     }
 
@@ -429,6 +421,7 @@ impl Application {
         let (listener, leader) = crate::replication::spawn(
             &self.store,
             &self.server,
+            &self.registry,
             self.replication.leader_check,
             &stop_rx,
         );
@@ -474,6 +467,11 @@ impl Application {
                 ticks = ticks.wrapping_add(1);
             }
         });
+        let registry = tokio::spawn(
+            self.registry
+                .clone()
+                .run(self.server.hub.config().poll_interval, stop_rx.clone()),
+        );
         let checkpoint_job = self.checkpoints.clone().map(|checkpoints| {
             let stop = stop_rx.clone();
             tokio::spawn(async move { checkpoints.run(stop).await })
@@ -486,7 +484,7 @@ impl Application {
             metrics: self.metrics,
             ca_window: self.ca_window,
             clock: self.server.clock.clone(),
-            bundle: self.bundle,
+            signer: self.registry.signer.clone(),
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {
@@ -514,6 +512,7 @@ impl Application {
         let _ = leader.await;
         let _ = upkeep.await;
         let _ = refresh.await;
+        let _ = registry.await;
         if let Some(job) = checkpoint_job {
             let _ = job.await;
         }

@@ -11,7 +11,6 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_domain::TrustDomain;
-use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::policy::{
     DEFAULT_ENVIRONMENT, POLICY_EXTENSION, PolicyFile, PolicySource, SCHEMA_FILE,
 };
@@ -29,7 +28,7 @@ mod risk;
 pub use audit::{
     AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
 };
-pub use ca::{CaBackend, CaFiles, CaKeySource, Pkcs11File};
+pub use ca::{CaBackend, CaFiles, CaKeySource, CaSettings, Pkcs11File};
 pub use readiness::ReadinessFile;
 pub use replication::{ReplicationFile, ReplicationSettings};
 pub use risk::{HoldsFile, RiskFile};
@@ -284,11 +283,8 @@ pub struct Settings {
     pub database_url: String,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub ca_cert_pem: String,
-    /// Where the issuing CA's key is (`ca.backend`, `ca.key`, `[ca.pkcs11]`).
-    pub ca_key: CaKeySource,
-    /// Nothing is issued while the CA's notAfter is less than this away (`ca.min_lifetime_seconds`).
-    pub ca_min_lifetime: Duration,
+    /// The issuing CA the server starts with, where its key is, and its lifecycle settings.
+    pub ca: CaSettings,
     pub server_cert_pem: String,
     pub server_key_pem: String,
     pub bootstrap_cas_pem: Vec<String>,
@@ -333,8 +329,7 @@ impl std::fmt::Debug for Settings {
             .field("descriptor_reserve", &self.descriptor_reserve)
             .field("policy_origin", &self.policy_origin)
             .field("environment", &self.environment)
-            .field("ca_key", &self.ca_key)
-            .field("ca_min_lifetime", &self.ca_min_lifetime)
+            .field("ca", &self.ca)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("audit", &self.audit)
             .field("dev", &self.dev)
@@ -392,7 +387,6 @@ impl Settings {
     fn from_file_config(c: FileConfig) -> Result<Self, ConfigError> {
         let td = required(c.trust_domain, "trust_domain")?;
         let trust_domain = TrustDomain::parse(&td).map_err(|e| invalid("trust_domain", e))?;
-        let ca_min_lifetime = c.ca.min_lifetime()?;
         let policy_dir = required(c.policy_dir, "policy_dir")?;
         let policy = load_policy_dir(&policy_dir)?;
         let environment = c
@@ -417,9 +411,7 @@ impl Settings {
             database_url: required(c.database_url, "database_url")?,
             grpc_addr: required(c.grpc_addr, "grpc_addr")?,
             http_addr: required(c.http_addr, "http_addr")?,
-            ca_key: c.ca.key_source()?,
-            ca_cert_pem: read(&required(c.ca.cert, "ca.cert")?, "ca.cert")?,
-            ca_min_lifetime,
+            ca: c.ca.settings()?,
             server_cert_pem: read(
                 &required(c.tls.server_cert, "tls.server_cert")?,
                 "tls.server_cert",
@@ -484,9 +476,7 @@ impl Settings {
                 .grpc_addr
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8443))),
             http_addr,
-            ca_cert_pem: read(&file("ca.pem"), "ca.cert")?,
-            ca_key: CaKeySource::File(ca::read_key_file(&file("ca.key"))?),
-            ca_min_lifetime: DEFAULT_MIN_LIFETIME,
+            ca: CaSettings::dev(&file("ca.pem"), &file("ca.key"))?,
             server_cert_pem: read(&file("server.pem"), "tls.server_cert")?,
             server_key_pem: read(&file("server.key"), "tls.server_key")?,
             bootstrap_cas_pem: vec![read(&file("bootstrap-ca.pem"), "trust.bootstrap_cas")?],

@@ -1,10 +1,13 @@
 //! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits and
 //! the issuing CA is not within its minimum lifetime of its notAfter),
-//! `/bundle.pem` (the trust bundle: the issuing CA and the CAs above it up to the root, PEM),
-//! `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by the issuing CA), `/ocsp`
+//! `/bundle.pem` (the trust bundle: every CA PREPARED, ACTIVE or RETIRING and the CAs above
+//! it up to the root, PEM), `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by
+//! the ACTIVE CA; `/crl/{key id}` the same for any CA in the bundle, what each CA stamps into
+//! the certificates it signs), `/ocsp`
 //! (the same registry over OCSP, RFC 6960; see [`crate::ocsp`]) and `/metrics` (Prometheus text
 //! format; see `docs/slo.md`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mintgate_api::RevocationHub;
+use mintgate_ca::Authorities;
 use mintgate_domain::lifetime::CaWindow;
 use mintgate_domain::ports::{Clock, CrlSpec, Signer};
 use mintgate_domain::service::EXPIRY_SKEW;
@@ -36,8 +40,8 @@ pub(crate) struct HttpState {
     pub(crate) metrics: Arc<Exporter>,
     pub(crate) ca_window: CaWindow,
     pub(crate) clock: Arc<dyn Clock>,
-    /// The trust bundle, PEM.
-    pub(crate) bundle: Arc<str>,
+    /// The CAs: the trust bundle, and the active one's notAfter.
+    pub(crate) signer: Arc<dyn Signer>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -45,7 +49,8 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/bundle.pem", get(bundle))
-        .route("/crl", get(crl))
+        .route("/crl", get(active_crl))
+        .route("/crl/{key_id}", get(crl))
         .route(
             "/ocsp",
             post(ocsp::post).layer(DefaultBodyLimit::max(ocsp::MAX_REQUEST_BYTES)),
@@ -59,7 +64,11 @@ pub(crate) fn router(state: HttpState) -> Router {
 /// and this say 503, never hang (see `mintgate_store::SqlStore::health`).
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
     // A CA this close to its end issues nothing (CA_EXPIRING), so this replica cannot serve.
-    if let Err(e) = state.ca_window.check(state.clock.now()) {
+    let window = CaWindow {
+        not_after: state.signer.not_after(),
+        ..state.ca_window
+    };
+    if let Err(e) = window.check(state.clock.now()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
     }
     match state.store.health() {
@@ -86,14 +95,30 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 async fn bundle(State(state): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
-        state.bundle.to_string(),
+        state.signer.trust_bundle_pem(),
     )
         .into_response()
 }
 
-async fn crl(State(state): State<HttpState>) -> Response {
-    match state.crl.current(&state.store).await {
-        Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+/// `/crl`: the CRL of the ACTIVE CA.
+async fn active_crl(State(state): State<HttpState>) -> Response {
+    let key_id = state.signer.issuer_key_id();
+    crl(State(state), axum::extract::Path(key_id)).await
+}
+
+/// `/crl/{key_id}`: the CRL of any CA in the trust bundle (what each CA stamps into the
+/// certificates it signs).
+async fn crl(
+    State(state): State<HttpState>,
+    axum::extract::Path(key_id): axum::extract::Path<String>,
+) -> Response {
+    match state.crl.current(&state.store, &key_id).await {
+        Ok(Some(der)) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            "no CA in the trust bundle has this key id\n",
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "could not produce the CRL");
             (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable; retry\n").into_response()
@@ -101,13 +126,14 @@ async fn crl(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// Signs CRLs from the registry and keeps the latest: re-signed when the hub has applied a new
-/// revocation or the cached one is half-way to its nextUpdate.
+/// Signs each CA's CRL from the registry and keeps the latest: re-signed when the hub has
+/// applied a new revocation or the cached one is half-way to its nextUpdate.
 pub(crate) struct CrlPublisher {
-    signer: Arc<dyn Signer>,
+    authorities: Arc<Authorities>,
     hub: Arc<RevocationHub>,
     clock: Arc<dyn Clock>,
-    cached: Mutex<Option<CachedCrl>>,
+    /// By CA key id.
+    cached: Mutex<HashMap<String, CachedCrl>>,
 }
 
 struct CachedCrl {
@@ -119,51 +145,66 @@ struct CachedCrl {
 
 impl CrlPublisher {
     pub(crate) fn new(
-        signer: Arc<dyn Signer>,
+        authorities: Arc<Authorities>,
         hub: Arc<RevocationHub>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            signer,
+            authorities,
             hub,
             clock,
-            cached: Mutex::new(None),
+            cached: Mutex::default(),
         }
     }
 
-    pub(crate) async fn current(&self, store: &SqlStore) -> anyhow::Result<Vec<u8>> {
+    /// The CRL of the CA `key_id`, DER; none when no CA in the trust bundle has that key id.
+    pub(crate) async fn current(
+        &self,
+        store: &SqlStore,
+        key_id: &str,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        if self.authorities.current().find(key_id).is_none() {
+            return Ok(None);
+        }
         let now = self.clock.now();
         let applied = self.hub.applied();
         let previous = {
             let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = cached.as_ref()
+            if let Some(c) = cached.get(key_id)
                 && c.applied == applied
                 && now - c.this_update < CRL_VALIDITY / 2
             {
-                return Ok(c.der.clone());
+                return Ok(Some(c.der.clone()));
             }
-            cached.as_ref().map_or(0, |c| c.number)
+            cached.get(key_id).map_or(0, |c| c.number)
         };
         // Exactly the revoked, unexpired certificates, as of at least `applied`: like the live
         // set and WatchRevocations snapshots, an entry stays EXPIRY_SKEW past its notAfter for
         // relying parties whose clocks run behind.
-        let entries = store.live_revocations(now - EXPIRY_SKEW).await?;
+        let mut entries = store.live_revocations(now - EXPIRY_SKEW).await?;
+        // What this CA signed; a whole CA's revocation is its issuer's business, not its own.
+        entries.retain(|e| !e.issuer && e.issuer_key_id == key_id);
         // Monotonic across restarts (seconds since the epoch) and across re-signings.
         let number = previous
             .saturating_add(1)
             .max(u64::try_from(now.unix_timestamp()).unwrap_or_default());
-        let der = self.signer.sign_crl(&CrlSpec {
+        let der = self.authorities.sign_crl(&CrlSpec {
             this_update: now,
             next_update: now + CRL_VALIDITY,
             number,
+            issuer_key_id: key_id,
             entries: &entries,
         })?;
-        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(CachedCrl {
+        let cached = CachedCrl {
             applied,
             number,
             this_update: now,
             der: der.clone(),
-        });
-        Ok(der)
+        };
+        self.cached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_id.to_owned(), cached);
+        Ok(Some(der))
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod audit;
+mod authorities;
 pub mod ca_admin;
 pub mod checkpoint;
 pub mod clock;

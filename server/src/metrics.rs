@@ -9,10 +9,9 @@ use std::sync::Arc;
 use metrics::{Gauge, Recorder, Unit, describe_gauge, gauge, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use mintgate_api::metrics::{ISSUANCE_DURATION, PROPAGATION, RPC_DURATION};
-use mintgate_domain::ports::Clock;
+use mintgate_domain::ports::{Clock, Signer};
 use mintgate_store::SqlStore;
 use mintgate_store::metrics::COMMIT_BATCH;
-use time::OffsetDateTime;
 
 /// Seconds until the issuing CA certificate's notAfter (negative once it has passed).
 pub const CA_EXPIRY: &str = "mintgate_ca_expiry_seconds";
@@ -42,12 +41,13 @@ pub(crate) struct Exporter {
     ca_expiry: Gauge,
     join_tokens: Gauge,
     store_ready: Gauge,
-    ca_not_after: OffsetDateTime,
+    /// The active CA, whose notAfter the expiry gauge counts down to.
+    signer: Arc<dyn Signer>,
     clock: Arc<dyn Clock>,
 }
 
 impl Exporter {
-    pub(crate) fn new(ca_not_after: OffsetDateTime, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(signer: Arc<dyn Signer>, clock: Arc<dyn Clock>) -> Self {
         let mut builder = PrometheusBuilder::new();
         for (name, buckets) in [
             (RPC_DURATION, LATENCY),
@@ -85,7 +85,7 @@ impl Exporter {
             ca_expiry,
             join_tokens,
             store_ready,
-            ca_not_after,
+            signer,
             clock,
         }
     }
@@ -107,7 +107,7 @@ impl Exporter {
     pub(crate) async fn render(&self, store: &SqlStore) -> String {
         let now = self.clock.now();
         self.ca_expiry
-            .set((self.ca_not_after - now).as_seconds_f64());
+            .set((self.signer.not_after() - now).as_seconds_f64());
         self.store_ready
             .set(if store.health().is_ok() { 1.0 } else { 0.0 });
         let tokens = tokio::time::timeout(SCRAPE_DB_TIMEOUT, store.outstanding_join_tokens(now));

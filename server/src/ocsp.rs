@@ -29,7 +29,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use mintgate_ca::ocsp::{OcspIssuer, OcspRefusal, OcspRequest, refusal};
+use mintgate_ca::Authorities;
+use mintgate_ca::ocsp::{OcspRefusal, OcspRequest, refusal};
 use mintgate_domain::Serial;
 use mintgate_domain::ports::{Clock, OcspEntry, OcspSpec, OcspStatus, Signer, SignerError};
 use mintgate_domain::service::{CertificateStatus, Mintgate};
@@ -50,22 +51,19 @@ pub(crate) const OCSP_VALIDITY: Duration = Duration::from_secs(300);
 /// Answers OCSP requests: reads them, looks the serials up, has the CA sign the answer.
 pub(crate) struct OcspResponder {
     app: Arc<Mintgate<SqlStore>>,
-    signer: Arc<dyn Signer>,
-    issuer: OcspIssuer,
+    authorities: Arc<Authorities>,
     clock: Arc<dyn Clock>,
 }
 
 impl OcspResponder {
     pub(crate) fn new(
         app: Arc<Mintgate<SqlStore>>,
-        signer: Arc<dyn Signer>,
-        issuer: OcspIssuer,
+        authorities: Arc<Authorities>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             app,
-            signer,
-            issuer,
+            authorities,
             clock,
         }
     }
@@ -82,15 +80,24 @@ impl OcspResponder {
                 return refusal(OcspRefusal::MalformedRequest);
             }
         };
+        // The first CA in the trust bundle that a CertID names answers, for its own
+        // certificates; CertIDs naming another issuer are unknown.
+        let set = self.authorities.current();
+        let Some(ca) = set
+            .cas()
+            .iter()
+            .map(|c| &c.ca)
+            .find(|ca| request.certs.iter().any(|c| ca.ocsp_issuer().names(c)))
+        else {
+            return refusal(OcspRefusal::Unauthorized);
+        };
+        let issuer = ca.ocsp_issuer();
         let asked: Vec<Option<Serial>> = request
             .certs
             .iter()
-            .map(|cert| self.issuer.serial_of(cert))
+            .map(|cert| issuer.serial_of(cert))
             .collect();
         let serials: Vec<Serial> = asked.iter().flatten().cloned().collect();
-        if serials.is_empty() && !request.certs.iter().any(|c| self.issuer.names(c)) {
-            return refusal(OcspRefusal::Unauthorized);
-        }
         // Read before the registry: every status below is at least as fresh as thisUpdate.
         let now = self.clock.now();
         // Nothing to look up when every CertID names us with a serial we never issue.
@@ -120,10 +127,11 @@ impl OcspResponder {
             .collect();
         let spec = OcspSpec {
             produced_at: now,
+            issuer_key_id: ca.key_id_hex(),
             responses: &responses,
             nonce: request.nonce.as_deref(),
         };
-        match self.signer.sign_ocsp(&spec) {
+        match self.authorities.sign_ocsp(&spec) {
             Ok(der) => der,
             Err(e) => {
                 tracing::error!(error = %e, "OCSP: the response could not be signed");

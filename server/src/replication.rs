@@ -2,6 +2,7 @@
 //! the others commit (revocations wake the tailer, hold changes reach WatchPending), announcing
 //! its own hold changes, and taking its turn as the leader of the jobs that run once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mintgate_api::GrpcServer;
@@ -10,6 +11,8 @@ use mintgate_domain::service::HoldChange;
 use mintgate_store::SqlStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::authorities::CaRegistry;
 
 /// Announces each hold change this server makes to the other replicas (after it committed).
 pub(crate) fn announce_holds(store: SqlStore) -> AnnounceHold {
@@ -24,6 +27,7 @@ pub(crate) fn announce_holds(store: SqlStore) -> AnnounceHold {
 pub(crate) fn spawn(
     store: &SqlStore,
     server: &GrpcServer<SqlStore>,
+    registry: &Arc<CaRegistry>,
     leader_check: Duration,
     stop: &watch::Receiver<bool>,
 ) -> (JoinHandle<()>, JoinHandle<()>) {
@@ -44,12 +48,13 @@ pub(crate) fn spawn(
         });
     };
     let (follower, mut stopped) = (store.clone(), stop.clone());
+    let registry = registry.clone();
     let listener = tokio::spawn(async move {
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
         follower
-            .follow_other_replicas(|| hub.nudge(), on_hold, stop)
+            .follow_other_replicas(|| hub.nudge(), || registry.nudge(), on_hold, stop)
             .await;
     });
     let (leading, mut stopped) = (store.clone(), stop.clone());

@@ -25,7 +25,7 @@ use mintgate_domain::policy::PolicySource;
 use mintgate_domain::risk::RiskConfig;
 use mintgate_domain::service::HoldSettings;
 use mintgate_sdk::{Client, TlsMaterial, v1};
-use mintgate_server::config::{AuditSettings, CaKeySource, ReplicationSettings};
+use mintgate_server::config::{AuditSettings, CaKeySource, CaSettings, ReplicationSettings};
 use mintgate_server::{Application, BuildError, Settings};
 use mintgate_store::{ProbeSettings, SqlStore};
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -236,6 +236,9 @@ pub struct Options {
     /// label) instead of a file: the dev PKI gets an issuing CA certificate for it. Only for a
     /// fresh server (not with `reuse`).
     pub pkcs11: Option<Pkcs11Config>,
+    /// How long a prepared CA is published before it may be activated (default: the
+    /// server's, a day; rotation tests move the clock past it).
+    pub ca_publish: std::time::Duration,
 }
 
 /// The server's risk defaults without the rate and breadth signals: most tests issue in
@@ -270,6 +273,7 @@ impl Options {
             holds: HoldSettings::default(),
             leader_check: std::time::Duration::from_millis(100),
             pkcs11: None,
+            ca_publish: mintgate_domain::authority::DEFAULT_PUBLISH,
         }
     }
 }
@@ -323,12 +327,19 @@ impl TestServer {
             database_url: db.url.clone(),
             grpc_addr: options.grpc_addr,
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            ca_cert_pem: pki.ca.cert_pem.clone(),
-            ca_key: match options.pkcs11 {
-                Some(config) => CaKeySource::Pkcs11(config),
-                None => CaKeySource::File(pki.ca.key_pem.clone()),
+            ca: CaSettings {
+                cert_pem: pki.ca.cert_pem.clone(),
+                key_ref: options
+                    .pkcs11
+                    .as_ref()
+                    .map_or_else(String::new, |c| c.key_label.clone()),
+                key: match options.pkcs11 {
+                    Some(config) => CaKeySource::Pkcs11(config),
+                    None => CaKeySource::File(pki.ca.key_pem.clone()),
+                },
+                min_lifetime: mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME,
+                publish: options.ca_publish,
             },
-            ca_min_lifetime: mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME,
             server_cert_pem: pki.server.cert_pem.clone(),
             server_key_pem: pki.server.key_pem.clone(),
             bootstrap_cas_pem: vec![pki.bootstrap_ca.cert_pem.clone()],

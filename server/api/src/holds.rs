@@ -67,6 +67,8 @@ pub struct EdgeObserver {
     pub metrics: Metrics,
     pub holds: HoldFeed,
     pub announce: AnnounceHold,
+    /// Called when a CA changed here (the server reloads its CAs).
+    pub authorities: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Observer for EdgeObserver {
@@ -84,6 +86,10 @@ impl Observer for EdgeObserver {
 
     fn risk_assessed(&self, risk: &RiskAssessment) {
         self.metrics.risk_assessed(risk);
+    }
+
+    fn authorities_changed(&self) {
+        (self.authorities)();
     }
 
     fn hold_changed(&self, event: &HoldEvent) {

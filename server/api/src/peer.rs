@@ -21,7 +21,10 @@ pub struct PeerClassifier {
 
 impl PeerClassifier {
     /// `cas` pairs each other trusted CA certificate (DER) with the caller kind it vouches for.
-    pub fn new(workloads: Arc<ClientTrust>, cas: Vec<(CallerKind, CertificateDer<'static>)>) -> Self {
+    pub fn new(
+        workloads: Arc<ClientTrust>,
+        cas: Vec<(CallerKind, CertificateDer<'static>)>,
+    ) -> Self {
         Self {
             workloads,
             cas: cas.into_iter().map(|(k, c)| (k, c.to_vec())).collect(),
@@ -35,12 +38,14 @@ impl PeerClassifier {
         let serial = Serial::from_der_bytes(leaf.raw_serial()).ok()?;
         let workloads = self.workloads.issuing();
         let mine = workloads.iter().map(|c| (CallerKind::Workload, c.to_vec()));
-        let kind = mine.chain(self.cas.iter().cloned()).find_map(|(kind, ca_der)| {
-            let (_, ca) = X509Certificate::from_der(&ca_der).ok()?;
-            let issued_by = leaf.issuer().as_raw() == ca.subject().as_raw()
-                && leaf.verify_signature(Some(ca.public_key())).is_ok();
-            issued_by.then_some(kind)
-        })?;
+        let kind = mine
+            .chain(self.cas.iter().cloned())
+            .find_map(|(kind, ca_der)| {
+                let (_, ca) = X509Certificate::from_der(&ca_der).ok()?;
+                let issued_by = leaf.issuer().as_raw() == ca.subject().as_raw()
+                    && leaf.verify_signature(Some(ca.public_key())).is_ok();
+                issued_by.then_some(kind)
+            })?;
         let not_before = leaf.validity().not_before.to_datetime();
         Some(Arc::new(Caller {
             id,

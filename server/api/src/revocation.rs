@@ -143,7 +143,8 @@ impl<S: CertificateStore> revocation_server::Revocation for RevocationService<S>
             .map_err(status)
     }
 
-    type WatchTrustBundleStream = Pin<Box<dyn Stream<Item = Result<v1::TrustBundle, Status>> + Send>>;
+    type WatchTrustBundleStream =
+        Pin<Box<dyn Stream<Item = Result<v1::TrustBundle, Status>> + Send>>;
 
     #[tracing::instrument(name = "WatchTrustBundle", skip_all, fields(caller))]
     async fn watch_trust_bundle(

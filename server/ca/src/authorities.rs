@@ -124,7 +124,9 @@ impl Authorities {
         let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(CaError::CertificatePem)?;
-        let first = chain.first().ok_or(CaError::CertificateCount { found: 0 })?;
+        let first = chain
+            .first()
+            .ok_or(CaError::CertificateCount { found: 0 })?;
         let key_id = crate::signer::key_id_hex_of(first)?;
         let crl_url = crl_base.map(|base| format!("{base}/{key_id}"));
         CertificateAuthority::with_chain(chain, key, crl_url)
@@ -196,13 +198,17 @@ impl Signer for Authorities {
 
     fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError> {
         let set = self.current();
-        let ca = set.find(spec.issuer_key_id).ok_or_else(|| not_here(spec.issuer_key_id))?;
+        let ca = set
+            .find(spec.issuer_key_id)
+            .ok_or_else(|| not_here(spec.issuer_key_id))?;
         ca.sign_crl(spec)
     }
 
     fn sign_ocsp(&self, spec: &OcspSpec<'_>) -> Result<Vec<u8>, SignerError> {
         let set = self.current();
-        let ca = set.find(spec.issuer_key_id).ok_or_else(|| not_here(spec.issuer_key_id))?;
+        let ca = set
+            .find(spec.issuer_key_id)
+            .ok_or_else(|| not_here(spec.issuer_key_id))?;
         ca.sign_ocsp(spec)
     }
 

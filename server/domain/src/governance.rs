@@ -161,7 +161,7 @@ impl ProposalKind {
             Self::RevokeIssuer,
         ]
         .into_iter()
-            .find(|k| k.as_str() == s)
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -423,8 +423,10 @@ pub enum GovernanceError {
         action: &'static str,
         needs: &'static str,
     },
-    #[error("CA {key_id} has been in the trust bundle for {published}s of the {required}s \
-             required before it may be activated")]
+    #[error(
+        "CA {key_id} has been in the trust bundle for {published}s of the {required}s \
+             required before it may be activated"
+    )]
     CaNotPublished {
         key_id: String,
         published: i64,

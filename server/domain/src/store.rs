@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 
 use crate::Serial;
 use crate::audit::{AuditEvent, ChainedEvent};
-use crate::error::Cause;
 use crate::authority::AuthorityStore;
+use crate::error::Cause;
 use crate::governance::GovernanceStore;
 use crate::hold::HoldStore;
 use crate::lifecycle::RequestState;
@@ -84,7 +84,9 @@ pub struct NewJoinToken {
 
 /// Persistent storage for requests, certificates, join tokens and the audit trail, and (through
 /// [`GovernanceStore`]) the policy history, proposals and role bindings.
-pub trait CertificateStore: GovernanceStore + HoldStore + AuthorityStore + Send + Sync + 'static {
+pub trait CertificateStore:
+    GovernanceStore + HoldStore + AuthorityStore + Send + Sync + 'static
+{
     fn find_request(
         &self,
         caller: &str,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mintgate_ca::{CaError, Pin, Pkcs11Config};
+use mintgate_domain::authority::DEFAULT_PUBLISH;
 use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,37 @@ pub struct CaFiles {
     pub min_lifetime_seconds: Option<u64>,
     /// The token (`backend = "pkcs11"` only).
     pub pkcs11: Option<Pkcs11File>,
+    /// A prepared CA may be activated once the trust bundle holding it has been published this
+    /// many seconds (default 86400: a day for every relying party to fetch it).
+    pub publish_seconds: Option<u64>,
+}
+
+/// `[ca]`, read and checked.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    /// The issuing CA certificate and the chain above it, PEM.
+    pub cert_pem: String,
+    pub key: CaKeySource,
+    /// How the CA registry names where the key is: the key file's path, or the token's key
+    /// label. A CA prepared later is named the same way (`ProposeCaRequest.key`).
+    pub key_ref: String,
+    /// Nothing is issued while the CA's notAfter is less than this away.
+    pub min_lifetime: Duration,
+    /// How long a prepared CA is published before it may be activated.
+    pub publish: Duration,
+}
+
+impl CaSettings {
+    /// The dev PKI's CA, from files.
+    pub fn dev(cert: &Path, key: &Path) -> Result<Self, ConfigError> {
+        Ok(Self {
+            cert_pem: read(cert, "ca.cert")?,
+            key: CaKeySource::File(read_key_file(key)?),
+            key_ref: key.display().to_string(),
+            min_lifetime: DEFAULT_MIN_LIFETIME,
+            publish: DEFAULT_PUBLISH,
+        })
+    }
 }
 
 /// `[ca] backend`.
@@ -72,6 +104,26 @@ impl std::fmt::Debug for CaKeySource {
 }
 
 impl CaFiles {
+    /// The whole section, read and checked.
+    pub fn settings(&self) -> Result<CaSettings, ConfigError> {
+        let key = self.key_source()?;
+        let key_ref = match &key {
+            CaKeySource::File(_) => required(self.key.clone(), "ca.key")?.display().to_string(),
+            CaKeySource::Pkcs11(config) => config.key_label.clone(),
+        };
+        let publish = match self.publish_seconds {
+            None => DEFAULT_PUBLISH,
+            Some(s) => Duration::from_secs(s),
+        };
+        Ok(CaSettings {
+            cert_pem: read(&required(self.cert.clone(), "ca.cert")?, "ca.cert")?,
+            key,
+            key_ref,
+            min_lifetime: self.min_lifetime()?,
+            publish,
+        })
+    }
+
     /// `min_lifetime_seconds`, or the default.
     pub fn min_lifetime(&self) -> Result<Duration, ConfigError> {
         match self.min_lifetime_seconds {

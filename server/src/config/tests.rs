@@ -1,4 +1,5 @@
 use super::*;
+use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 
 #[test]
 fn the_sample_config_parses_and_unknown_keys_are_refused() {

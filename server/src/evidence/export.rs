@@ -359,7 +359,10 @@ impl ProposalLine {
                 base_version,
                 ..
             } => (Some(version.clone()), Some(base_version.clone())),
-            Change::RoleBinding { .. } | Change::Unblock { .. } => (None, None),
+            Change::RoleBinding { .. }
+            | Change::Unblock { .. }
+            | Change::Ca { .. }
+            | Change::RevokeIssuer { .. } => (None, None),
         };
         Ok(Self {
             id: p.id.clone(),

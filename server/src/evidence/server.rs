@@ -20,7 +20,7 @@ const IN_FLIGHT: usize = 4;
 pub struct ServerExporter {
     store: SqlStore,
     crl: Arc<CrlPublisher>,
-    ca_pem: Vec<u8>,
+    signer: Arc<dyn mintgate_domain::ports::Signer>,
     clock: Arc<dyn mintgate_domain::ports::Clock>,
 }
 
@@ -28,13 +28,13 @@ impl ServerExporter {
     pub(crate) fn new(
         store: SqlStore,
         crl: Arc<CrlPublisher>,
-        ca_pem: Vec<u8>,
+        signer: Arc<dyn mintgate_domain::ports::Signer>,
         clock: Arc<dyn mintgate_domain::ports::Clock>,
     ) -> Self {
         Self {
             store,
             crl,
-            ca_pem,
+            signer,
             clock,
         }
     }
@@ -48,10 +48,12 @@ impl EvidenceExporter for ServerExporter {
     ) -> mpsc::Receiver<Result<EvidencePart, Error>> {
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let (store, crl) = (self.store.clone(), self.crl.clone());
-        let ca_cert = Some(self.ca_pem.clone());
+        // The trust bundle and the ACTIVE CA's CRL as they are now.
+        let ca_cert = Some(self.signer.trust_bundle_pem().into_bytes());
+        let active = self.signer.issuer_key_id();
         let now = self.clock.now();
         tokio::spawn(async move {
-            let crl = match crl.current(&store).await {
+            let crl = match crl.current(&store, &active).await {
                 Ok(der) => der,
                 Err(e) => {
                     let _ = tx.send(Err(Error::Internal(e.into()))).await;
@@ -62,7 +64,7 @@ impl EvidenceExporter for ServerExporter {
                 since,
                 until,
                 ca_cert,
-                crl: Some(crl),
+                crl,
                 now,
             };
             let mut sink = ChannelSink::new(tx.clone());

@@ -66,7 +66,11 @@ impl AuthorityStore for SqlStore {
         tx.end(result).await
     }
 
-    async fn issued_unexpired(&self, key_id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+    async fn issued_unexpired(
+        &self,
+        key_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let left = certificate::Entity::find()
             .filter(certificate::Column::IssuerKeyId.eq(key_id))
             .filter(certificate::Column::NotAfter.gt(now.unix_timestamp()))

@@ -3,11 +3,11 @@
 
 use mintgate_domain::audit::AuditEvent;
 use mintgate_domain::authority::CaAction;
-use mintgate_domain::model::RevocationReason;
 use mintgate_domain::governance::{
     Activation, Bootstrapped, Change, GovernanceStore, NewProposal, ProposalInserted, ProposalKind,
     ProposalRecord, ProposalState, RoleBinding, StoredPolicy,
 };
+use mintgate_domain::model::RevocationReason;
 use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_domain::store::StoreError;
 use sea_orm::ActiveValue::Set;

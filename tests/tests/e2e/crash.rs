@@ -216,10 +216,14 @@ impl FirstServer {
             min_lifetime: DEFAULT_MIN_LIFETIME,
             risk: mintgate_tests::quiet_risk(),
             holds: Default::default(),
+            ca_publish: mintgate_domain::authority::DEFAULT_PUBLISH,
         });
         let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let classifier =
-            PeerClassifier::new(vec![(CallerKind::Node, der(&pki.bootstrap_ca.cert_pem))]);
+        let nobody = mintgate_api::tls::ClientTrust::new(Vec::new(), &[]).unwrap();
+        let classifier = PeerClassifier::new(
+            nobody,
+            vec![(CallerKind::Node, der(&pki.bootstrap_ca.cert_pem))],
+        );
         let node = classifier.classify(&der(&pki.node.cert_pem)).unwrap();
         Self {
             app: Arc::new(app),
@@ -287,11 +291,11 @@ impl Signer for DiesSigning {
         self.ca.sign_ocsp(spec)
     }
 
-    fn trust_bundle_pem(&self) -> &str {
+    fn trust_bundle_pem(&self) -> String {
         self.ca.trust_bundle_pem()
     }
 
-    fn issuer_key_id(&self) -> &str {
+    fn issuer_key_id(&self) -> String {
         self.ca.issuer_key_id()
     }
 

@@ -221,6 +221,9 @@ pub fn event(action: &str, subject: &str) -> AuditEvent {
     }
 }
 
+/// The key id of the CA the store tests pretend signed their certificates.
+pub const ISSUER: &str = "7bfd";
+
 pub fn certificate(serial: &Serial) -> NewCertificate {
     NewCertificate {
         serial: serial.clone(),
@@ -231,6 +234,7 @@ pub fn certificate(serial: &Serial) -> NewCertificate {
         der: vec![0x30, 0x82, 0x00, serial.as_bytes()[0]],
         chain_pem: format!("-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n"),
         issued_at: at(1),
+        issuer_key_id: ISSUER.to_owned(),
     }
 }
 

@@ -123,6 +123,7 @@ async fn issuance(backend: Backend) {
         der: new.der,
         chain_pem: new.chain_pem,
         request_pk: pk,
+        issuer_key_id: Some(new.issuer_key_id),
     };
     assert_eq!(
         h.store.certificate(&serial(2)).await.unwrap(),

@@ -149,10 +149,9 @@ impl Operation {
             | Self::ListPending
             | Self::WatchPending => TargetKind::TrustDomain,
             Self::GetProposal | Self::ShadowPolicy | Self::ApproveProposal => TargetKind::Proposal,
-            Self::ExportEvidence
-            | Self::ProposeCa
-            | Self::ListAuthorities
-            | Self::RevokeIssuer => TargetKind::TrustDomain,
+            Self::ExportEvidence | Self::ProposeCa | Self::ListAuthorities | Self::RevokeIssuer => {
+                TargetKind::TrustDomain
+            }
         }
     }
 }

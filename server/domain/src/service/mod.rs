@@ -30,8 +30,8 @@ use crate::risk::RiskConfig;
 use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
-pub use authorities::CaProposalInput;
 pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
+pub use authorities::CaProposalInput;
 pub use authorize::{ShadowDisagreement, Verdict};
 pub use governance::{GovernanceStart, GovernanceView};
 pub use holds::{HoldChange, HoldEvent, HoldView};

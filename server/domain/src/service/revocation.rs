@@ -296,9 +296,9 @@ impl<S: CertificateStore> Mintgate<S> {
                     reason: input.reason,
                     revoked_by: caller.id.to_string(),
                     issuer_key_id: cert
-                .issuer_key_id
-                .clone()
-                .unwrap_or_else(|| self.signer.issuer_key_id()),
+                        .issuer_key_id
+                        .clone()
+                        .unwrap_or_else(|| self.signer.issuer_key_id()),
                     now,
                 });
             }

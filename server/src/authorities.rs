@@ -1,0 +1,139 @@
+//! The server's CAs kept in step with the registry (DESIGN §14). The CA in `[ca]` is recorded
+//! as ACTIVE on the first start; from then on the registry decides: every CA in the trust
+//! bundle is loaded (its key opened by the configured backend), the ACTIVE one signs, the
+//! listener trusts them all, and the bundle is published to `/bundle.pem`, ListAuthorities and
+//! WatchTrustBundle. A change approved here, a notification from another replica, or the
+//! periodic look ([`CaRegistry::run`]) refreshes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mintgate_api::BundleFeed;
+use mintgate_api::tls::ClientTrust;
+use mintgate_ca::{Authorities, CaError, CaKey, FileKey, KeyLoader, Pkcs11Key};
+use mintgate_domain::authority::AuthorityStore;
+use mintgate_domain::ports::Clock;
+use mintgate_domain::store::StoreError;
+use mintgate_store::SqlStore;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{CaKeySource, CaSettings};
+
+/// Loads the CA the server starts with, and how to open the key of any CA the registry names.
+pub(crate) fn load(ca: &CaSettings, crl_base: Option<&str>) -> Result<Authorities, CaError> {
+    let first_key = match &ca.key {
+        CaKeySource::File(pem) => CaKey::File(FileKey::from_pem(pem)?),
+        CaKeySource::Pkcs11(config) => {
+            CaKey::Pkcs11(Pkcs11Key::open(config).map_err(CaError::Pkcs11)?)
+        }
+    };
+    let backend = first_key.backend();
+    let first = Authorities::load(&ca.cert_pem, first_key, crl_base)?;
+    tracing::info!(subject = %first.subject(), backend, "issuing CA loaded");
+    Ok(Authorities::new(
+        first,
+        key_loader(&ca.key),
+        crl_base.map(str::to_owned),
+    ))
+}
+
+/// Opens a CA key named as the registry names it: a key file's path (mode 0600 or stricter)
+/// for the `file` backend, a key label in the configured token for `pkcs11`.
+fn key_loader(source: &CaKeySource) -> Box<KeyLoader> {
+    match source {
+        CaKeySource::File(_) => Box::new(|path: &str| {
+            mintgate_ca::check_private_to_owner(std::path::Path::new(path))?;
+            let pem = std::fs::read_to_string(path).map_err(|source| CaError::Io {
+                path: path.into(),
+                source,
+            })?;
+            FileKey::from_pem(&pem).map(CaKey::File)
+        }),
+        CaKeySource::Pkcs11(config) => {
+            let config = config.clone();
+            Box::new(move |label: &str| {
+                let mut config = config.clone();
+                label.clone_into(&mut config.key_label);
+                Pkcs11Key::open(&config)
+                    .map(CaKey::Pkcs11)
+                    .map_err(CaError::Pkcs11)
+            })
+        }
+    }
+}
+
+/// Keeps the signer, the listener's trust and the published bundle on the registry's CAs.
+pub(crate) struct CaRegistry {
+    pub(crate) store: SqlStore,
+    pub(crate) signer: Arc<Authorities>,
+    pub(crate) trust: Arc<ClientTrust>,
+    pub(crate) bundle: BundleFeed,
+    pub(crate) changed: Notify,
+}
+
+impl CaRegistry {
+    /// Records the configured CA on the first start, then loads the registry's CAs.
+    pub(crate) async fn start(&self, key_ref: &str, clock: &dyn Clock) -> Result<(), StoreError> {
+        let first = self
+            .signer
+            .first_record(key_ref, clock.now())
+            .map_err(|e| StoreError::Corrupt(Box::new(e)))?;
+        let key_id = first.key_id.clone();
+        if self.store.register_first_authority(first).await? {
+            tracing::info!(%key_id, "first start: the configured CA is recorded as ACTIVE");
+        } else if !self
+            .store
+            .authorities()
+            .await?
+            .iter()
+            .any(|ca| ca.key_id == key_id)
+        {
+            tracing::warn!(
+                %key_id,
+                "the CA in [ca] is not in the CA registry: the registry's ACTIVE CA signs \
+                 (rotate with Admin/ProposeCa)"
+            );
+        }
+        self.refresh().await
+    }
+
+    /// Asks for a refresh (a CA changed here or on another replica).
+    pub(crate) fn nudge(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Reads the registry and makes it current.
+    pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
+        let records = self.store.authorities().await?;
+        for (key_id, e) in self.signer.reload(&records) {
+            tracing::error!(%key_id, error = %e, "a CA in the trust bundle could not be loaded here");
+        }
+        let set = self.signer.current();
+        let chains: Vec<_> = set
+            .cas()
+            .iter()
+            .map(|c| c.ca.chain_der().to_vec())
+            .collect();
+        if let Err(e) = self.trust.update(&chains) {
+            tracing::error!(error = %e, "the listener's trust could not be updated");
+        }
+        self.bundle
+            .publish(set.bundle_pem(), set.version(), &records);
+        Ok(())
+    }
+
+    /// Refreshes when nudged, and every `every` in case a notification was lost, until `stop`.
+    pub(crate) async fn run(self: Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = self.changed.notified() => {}
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "the CA registry could not be read");
+            }
+        }
+    }
+}
