@@ -90,7 +90,7 @@ fn the_example_policy_directory_loads_and_validates() {
     assert_eq!(source.files.len(), 3, "issuance, operators and holds");
     let td = TrustDomain::parse("prod.example").unwrap();
     let policy = mintgate_domain::policy::Policy::load(&source, Some(&td)).unwrap();
-    assert_eq!(policy.policy_count(), 20);
+    assert_eq!(policy.policy_count(), 21);
 
     // The dev directory on disk is what --dev embeds.
     let dev = load_policy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/dev"));

@@ -40,8 +40,8 @@ permit (principal, action in [Action::"Issue", Action::"Renew"], resource) when 
 fn the_shipped_policies_load() {
     let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
     let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
-    // issuance.cedar 2, operators.cedar 14, holds.cedar 2.
-    assert_eq!(p.policy_count(), 18);
+    // issuance.cedar 2, operators.cedar 15, holds.cedar 2.
+    assert_eq!(p.policy_count(), 19);
     assert!(p.maps_risk_to_holds());
     assert_eq!(p.version().len(), 64);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
@@ -65,7 +65,7 @@ fn the_shipped_policies_load() {
         ),
     ]);
     let p = Policy::load(&example, Some(&td())).unwrap();
-    assert_eq!(p.policy_count(), 20);
+    assert_eq!(p.policy_count(), 21);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
     // Each serves its own trust domain only.
     assert!(Policy::load(&example, Some(&dev)).is_err());

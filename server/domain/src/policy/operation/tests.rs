@@ -87,7 +87,7 @@ fn ask(p: &Policy, who: Who<'_>, operation: Operation, on: On) -> Result<PolicyD
 
 /// The columns of [`ROLE_TABLE`]: each operation on what it acts on, ApproveProposal once per
 /// proposal kind.
-const COLUMNS: [(&str, Operation, On); 20] = [
+const COLUMNS: [(&str, Operation, On); 25] = [
     ("Join", CreateJoinToken, On::Identity("/joined/laptop")),
     ("Revoke", Revoke, On::Identity("/workload/ns/web")),
     ("RevId", RevokeIdentity, On::Identity("/workload/ns/web")),
@@ -112,22 +112,27 @@ const COLUMNS: [(&str, Operation, On); 20] = [
     ("Appr:hold", Approve, On::Identity("/workload/web")),
     ("Deny", Deny, On::Identity("/workload/web")),
     ("Evid", ExportEvidence, On::TrustDomain),
+    ("PropCa", ProposeCa, On::TrustDomain),
+    ("Cas", ListAuthorities, On::TrustDomain),
+    ("RevIss", RevokeIssuer, On::TrustDomain),
+    ("Appr:ca", ApproveProposal, On::Proposal("ca")),
+    ("Appr:reviss", ApproveProposal, On::Proposal("revoke_issuer")),
 ];
 
 /// What an operator holding one role (or none) may do under the dev policy: `Y` allowed, `.`
 /// denied with no permit. The columns are [`COLUMNS`].
 #[rustfmt::skip]
 const ROLE_TABLE: &str = "
-role             Join Revoke RevId Unblock Check Watch PropPol PropRole List Get Shadow Appr:policy Appr:role Appr:unblock Gov Pend WatchP Appr:hold Deny Evid
-issuer           Y    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .
-revoker          .    Y      Y     Y       Y     Y     .       .        Y    Y   .      .           .         .            Y   .    .      .         .    .
-approver         .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         Y            Y   Y    Y      Y         Y    .
-policy-author    .    .      .     .       Y     Y     Y       Y        Y    Y   Y      .           .         .            Y   .    .      .         .    .
-policy-approver  .    .      .     .       Y     Y     .       .        Y    Y   .      Y           Y         .            Y   .    .      .         .    .
-ca-custodian     .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .
-auditor          .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         .            Y   Y    Y      .         .    Y
-admin            Y    Y      Y     Y       Y     Y     Y       Y        Y    Y   Y      Y           Y         Y            Y   Y    Y      Y         Y    Y
-(none)           .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .
+role             Join Revoke RevId Unblock Check Watch PropPol PropRole List Get Shadow Appr:policy Appr:role Appr:unblock Gov Pend WatchP Appr:hold Deny Evid PropCa Cas RevIss Appr:ca Appr:reviss
+issuer           Y    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .    .      .   .      .       .
+revoker          .    Y      Y     Y       Y     Y     .       .        Y    Y   .      .           .         .            Y   .    .      .         .    .    .      .   .      .       .
+approver         .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         Y            Y   Y    Y      Y         Y    .    .      .   .      .       .
+policy-author    .    .      .     .       Y     Y     Y       Y        Y    Y   Y      .           .         .            Y   .    .      .         .    .    .      .   .      .       .
+policy-approver  .    .      .     .       Y     Y     .       .        Y    Y   .      Y           Y         .            Y   .    .      .         .    .    .      .   .      .       .
+ca-custodian     .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         .            Y   .    .      .         .    .    Y      Y   Y      Y       Y
+auditor          .    .      .     .       Y     Y     .       .        Y    Y   .      .           .         .            Y   Y    Y      .         .    Y    .      .   .      .       .
+admin            Y    Y      Y     Y       Y     Y     Y       Y        Y    Y   Y      Y           Y         Y            Y   Y    Y      Y         Y    Y    Y      Y   Y      Y       Y
+(none)           .    .      .     .       Y     Y     .       .        .    .   .      .           .         .            .   .    .      .         .    .    .      .   .      .       .
 ";
 
 #[test]
