@@ -10,6 +10,8 @@
 //! - [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with the server's
 //!   revocation feed (single certificates, and whole CAs revoked by `RevokeIssuer`), persisted
 //!   with its cursor, resumed with jittered [`Backoff`].
+//! - [`TrustBundleWatcher`]: follows the trust bundle (CAs prepared, activated, retired,
+//!   revoked), on a watch channel and, through [`BundleFile`], in a file replaced atomically.
 //! - [`DurableQueue`]: operations that must not be lost (a revocation asked for while Mintgate
 //!   is unreachable) kept on disk and replayed in order, idempotently.
 //! - [`agent`]: the sidecar behind the `mintgate-agent` binary.
@@ -22,6 +24,7 @@
 
 pub mod agent;
 mod backoff;
+mod bundle;
 mod client;
 mod credentials;
 mod error;
@@ -33,6 +36,7 @@ mod verify;
 mod watcher;
 
 pub use backoff::Backoff;
+pub use bundle::{BundleFile, TrustBundleConfig, TrustBundleWatcher};
 pub use client::{Client, TlsMaterial, new_request_id};
 pub use credentials::{
     CircuitBreaker, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy, SystemClock,
