@@ -202,14 +202,8 @@ async fn session(
 mod tests {
     use super::*;
 
-    fn ca_pem(name: &str) -> String {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.self_signed(&key).unwrap().pem()
+    fn ca_pem() -> String {
+        crate::test_pki::TestCa::new(&rand::random::<[u8; 20]>()).pem()
     }
 
     #[cfg(unix)]
@@ -233,7 +227,7 @@ mod tests {
         let path = dir.path().join("bundle.pem");
         let mut file = BundleFile::new(&path);
         let (tx, mut rx) = watch::channel(None);
-        let (old, new) = (ca_pem("old"), ca_pem("old and prepared"));
+        let (old, new) = (ca_pem(), ca_pem());
         let v1 = bundle("aa", &old);
         let v2 = bundle("bb", &format!("{old}{new}"));
         let v3 = bundle("cc", &new);
@@ -275,7 +269,7 @@ mod tests {
         let path = dir.path().join("bundle.pem");
         let mut file = BundleFile::new(&path);
         let (tx, rx) = watch::channel(None);
-        let good = bundle("aa", &ca_pem("ca"));
+        let good = bundle("aa", &ca_pem());
         assert!(accept(&tx, Some(&mut file), good.clone()));
         for bad in [
             "",
@@ -297,7 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bundle.pem");
         std::fs::write(&path, "stale").unwrap();
-        let pem = ca_pem("ca");
+        let pem = ca_pem();
         let mut file = BundleFile::new(&path);
         assert!(file.write_pem(&pem).unwrap());
         assert!(!file.write_pem(&pem).unwrap());

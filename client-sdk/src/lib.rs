@@ -25,12 +25,15 @@
 pub mod agent;
 mod backoff;
 mod bundle;
+mod cert_ids;
 mod client;
 mod credentials;
 mod error;
 mod fs;
 mod hold;
 mod queue;
+#[cfg(test)]
+mod test_pki;
 mod transport;
 mod verify;
 mod watcher;

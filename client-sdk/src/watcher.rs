@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cert_ids::CertificateIds;
 use crate::{Backoff, Client, Error, ErrorKind};
 
 /// The revoked, unexpired serials and CAs this process knows of, and how fresh that knowledge is.
@@ -169,7 +170,7 @@ impl RevocationSet {
 
     /// [`RevocationSet::apply`] with the current Unix time given: entries whose notAfter is
     /// not after `now` leave the set.
-    fn apply_at(&self, message: Message, now: i64) -> bool {
+    pub(crate) fn apply_at(&self, message: Message, now: i64) -> bool {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         state.last_contact = Some(Instant::now());
         let changed = match message {
@@ -217,41 +218,6 @@ fn insert(state: &mut SetState, e: &v1::RevocationEvent) {
         state.revoked_issuers.insert(key_id, not_after);
     } else {
         state.revoked.insert(normalize_serial(&e.serial), not_after);
-    }
-}
-
-/// What a certificate is looked up by.
-struct CertificateIds {
-    /// Normalised serial.
-    serial: String,
-    /// The issuing CA's key id (authority key identifier), normalised.
-    authority_key_id: Option<String>,
-    /// Its own key id (subject key identifier), normalised: set for CA certificates.
-    subject_key_id: Option<String>,
-}
-
-impl CertificateIds {
-    fn parse(der: &[u8]) -> Option<Self> {
-        use x509_parser::extensions::ParsedExtension;
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let mut ids = Self {
-            serial: normalize_serial(&hex::encode(cert.raw_serial())),
-            authority_key_id: None,
-            subject_key_id: None,
-        };
-        for ext in cert.extensions() {
-            match ext.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                    ids.authority_key_id = aki.key_identifier.as_ref().map(|k| hex::encode(k.0));
-                }
-                ParsedExtension::SubjectKeyIdentifier(ski) => {
-                    ids.subject_key_id = Some(hex::encode(ski.0));
-                }
-                _ => {}
-            }
-        }
-        Some(ids)
     }
 }
 
@@ -376,45 +342,11 @@ fn save(path: &Path, state: &SetState) -> Result<(), std::io::Error> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyIdMethod, KeyPair,
-        SerialNumber,
-    };
     use rustls::pki_types::CertificateDer;
 
     use super::*;
+    use crate::test_pki::{CA_KEY_ID, TestCa};
     use crate::{RevocationCheck, WhenStale};
-
-    const CA_KEY_ID: [u8; 20] = [0xab; 20];
-
-    /// A CA whose subject key identifier is `key_id`, and certificates it signs.
-    struct TestCa {
-        ca: CertifiedIssuer<'static, KeyPair>,
-    }
-
-    impl TestCa {
-        fn new(key_id: &[u8]) -> Self {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_identifier_method = KeyIdMethod::PreSpecified(key_id.to_vec());
-            params.serial_number = Some(SerialNumber::from_slice(&[0x7f, 0x01]));
-            let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-            Self { ca }
-        }
-
-        fn der(&self) -> Vec<u8> {
-            self.ca.der().to_vec()
-        }
-
-        /// A leaf with `serial`, naming this CA in its authority key identifier.
-        fn leaf(&self, serial: &[u8]) -> Vec<u8> {
-            let mut params = CertificateParams::new(vec!["workload.example".to_owned()]).unwrap();
-            params.use_authority_key_identifier_extension = true;
-            params.serial_number = Some(SerialNumber::from_slice(serial));
-            let key = KeyPair::generate().unwrap();
-            params.signed_by(&key, &self.ca).unwrap().der().to_vec()
-        }
-    }
 
     fn event(seq: i64, serial: &str, not_after: i64) -> v1::RevocationEvent {
         v1::RevocationEvent {
