@@ -1,22 +1,41 @@
 //! The sidecar agent (`mintgate-agent`): enrolls, writes `cert.pem`, `key.pem` (0600) and
 //! `bundle.pem` atomically, renews inside the window, runs a hook or signals a process after
-//! each rotation, follows the revocation feed, and serves a health endpoint. An enrollment or
-//! renewal held for approvers is waited through (same request id and key) and reported as held
-//! on the health endpoint. If its own certificate is revoked it deletes the key material, says
-//! why, and stops (fail closed); it never re-enrolls a revoked identity on its own.
+//! each rotation, follows the revocation feed and the trust bundle, and serves a health
+//! endpoint. An enrollment or renewal held for approvers is waited through (same request id and
+//! key) and reported as held on the health endpoint. If its own certificate is revoked it
+//! deletes the key material, says why, and stops (fail closed); it never re-enrolls a revoked
+//! identity on its own.
+//!
+//! `bundle.pem` follows `WatchTrustBundle` (through the node identity, like the revocation
+//! feed): every change of the bundle (a CA prepared for rotation, so workloads trust it before
+//! it signs anything; a CA retired or revoked, so it leaves their roots) replaces the file
+//! atomically and runs the hook / signal as a rotation does. Until the first bundle arrives,
+//! and if the server never sends one, the bundle of the issuance answer is written.
+//!
+//! When the CA that signed its certificate is revoked (`RevokeIssuer`: the identity is not at
+//! fault, the CA is), the agent removes the key material as for a revocation, then enrolls again
+//! through the node certificate, the way it obtained its first certificate; the server issues
+//! from the successor CA. If that enrollment is refused (a one-time join token is not sent
+//! again, so an identity that needs one cannot come back this way) it stops as
+//! [`AgentExit::IssuerRevoked`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mintgate_proto::v1;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cert_ids::CertificateIds;
 use crate::{
-    Client, Clock, Credential, CredentialManager, CredentialState, Endpoint, Error, RenewalPolicy,
-    RevocationSet, RevocationWatcher, TlsMaterial, WatcherConfig, atomic_write,
+    BundleFile, Client, Clock, Connect, Credential, CredentialManager, CredentialState, Endpoint,
+    Error, RenewalPolicy, RevocationSet, RevocationWatcher, TlsMaterial, TrustBundleConfig,
+    TrustBundleWatcher, WatcherConfig, atomic_write,
 };
 
 /// Everything the agent needs.
@@ -38,9 +57,9 @@ pub struct AgentConfig {
     pub out_dir: PathBuf,
     /// Lifetime and renewal window.
     pub policy: RenewalPolicy,
-    /// Run after each rotation (program and arguments).
+    /// Run after each rotation and each change of the trust bundle (program and arguments).
     pub hook: Option<Vec<String>>,
-    /// Send SIGHUP to this process after each rotation.
+    /// Send SIGHUP to this process after each rotation and each change of the trust bundle.
     pub signal_pid: Option<u32>,
     /// Serve `GET /healthz` here.
     pub health_addr: Option<SocketAddr>,
@@ -57,6 +76,14 @@ pub enum AgentExit {
     Revoked {
         /// The revoked certificate's serial.
         serial: String,
+    },
+    /// The CA that signed its certificate was revoked and enrolling again was refused: the key
+    /// material is gone.
+    IssuerRevoked {
+        /// The certificate's serial.
+        serial: String,
+        /// The revoked CA's key id (the certificate's authority key identifier, hex).
+        issuer_key_id: String,
     },
     /// The certificate expired and could not be renewed; the key material is gone.
     Expired {
@@ -88,7 +115,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     }
 }
 
-/// Runs the agent until `shutdown` resolves, its certificate is revoked, or it expires.
+/// Runs the agent until `shutdown` resolves, its certificate is revoked, or it expires (or its
+/// issuing CA is revoked and enrolling again is refused).
 ///
 /// `/healthz` is served from the start: while the enrollment is held for approvers it answers
 /// 503 `held: <reason> (hold <id>, <n>/<quorum> approvals)`, and the agent keeps asking with the
@@ -111,13 +139,12 @@ pub async fn run(
     let bootstrap =
         Client::connect(&config.endpoint.url, &config.endpoint.server_name, &node).await?;
     let endpoint = config.endpoint.clone();
+    let connect: Connect = Arc::new(move || {
+        let (endpoint, tls) = (endpoint.clone(), node.clone());
+        Box::pin(async move { Client::connect(&endpoint.url, &endpoint.server_name, &tls).await })
+    });
     let watcher = RevocationWatcher::spawn(
-        Arc::new(move || {
-            let (endpoint, tls) = (endpoint.clone(), node.clone());
-            Box::pin(
-                async move { Client::connect(&endpoint.url, &endpoint.server_name, &tls).await },
-            )
-        }),
+        connect.clone(),
         WatcherConfig {
             state_file: Some(config.out_dir.join("revocations.json")),
             ..WatcherConfig::default()
@@ -125,6 +152,12 @@ pub async fn run(
     )
     .map_err(io(&config.out_dir))?;
     let set = watcher.set();
+    // The agent writes bundle.pem itself (one writer, in the loop below), so the follower keeps
+    // the bundle on its channel only.
+    let bundles = TrustBundleWatcher::spawn(connect, TrustBundleConfig::default());
+    let mut bundle_rx = bundles.subscribe();
+    let mut bundle_open = true;
+    let mut files = Files::new(&config);
     let (state, state_rx) = watch::channel(CredentialState::Enrolling);
     let (installed, installed_rx) = watch::channel(None::<Credential>);
     let _health = match config.health_addr {
@@ -157,15 +190,15 @@ pub async fn run(
         config.join_token.clone(),
         config.policy.clone(),
         clock.clone(),
-        state,
+        state.clone(),
     );
-    let manager = tokio::select! {
+    let mut manager = tokio::select! {
         () = &mut shutdown => return Ok(AgentExit::Shutdown),
         manager = enroll => manager?,
     };
     let mut updates = manager.subscribe();
     let mut current = manager.current();
-    install(&config, &current)?;
+    files.install(&current, bundle_rx.borrow_and_update().as_ref())?;
     installed.send_replace(Some(current.clone()));
     tracing::info!(serial = %current.serial, spiffe_id = %current.spiffe_id, "enrolled");
 
@@ -181,9 +214,18 @@ pub async fn run(
                     return Ok(AgentExit::Expired { serial: current.serial });
                 }
                 current = updates.borrow_and_update().clone();
-                install(&config, &current)?;
+                files.install(&current, bundle_rx.borrow_and_update().as_ref())?;
                 installed.send_replace(Some(current.clone()));
                 tracing::info!(serial = %current.serial, not_after = %current.not_after, "certificate rotated");
+            }
+            changed = bundle_rx.changed(), if bundle_open => {
+                if changed.is_err() {
+                    // The follower is gone (it never stops on its own); keep the last bundle.
+                    tracing::error!("trust bundle follower stopped; bundle.pem is no longer updated");
+                    bundle_open = false;
+                } else if let Some(bundle) = bundle_rx.borrow_and_update().clone() {
+                    files.bundle_changed(&bundle)?;
+                }
             }
             () = set.applied_through(next_seq) => {}
         }
@@ -198,7 +240,62 @@ pub async fn run(
                 serial: current.serial,
             });
         }
+        if let Some(issuer_key_id) = revoked_issuer(&set, &current) {
+            // The CA is compromised, not this identity: replace the certificate the way the
+            // first one was obtained. Stop renewing the old one first (no server accepts it).
+            drop(manager);
+            remove_key_material(&config.out_dir);
+            installed.send_replace(None);
+            tracing::warn!(
+                serial = %current.serial,
+                %issuer_key_id,
+                "the CA that signed this agent's certificate was revoked: key material removed; enrolling again through the node certificate"
+            );
+            // A one-time join token was spent on the first enrollment: never replay it.
+            let enroll = CredentialManager::enroll_reporting(
+                &bootstrap,
+                config.endpoint.clone(),
+                &config.spiffe_id,
+                None,
+                config.policy.clone(),
+                clock.clone(),
+                state.clone(),
+            );
+            manager = tokio::select! {
+                () = &mut shutdown => return Ok(AgentExit::Shutdown),
+                enrolled = enroll => match enrolled {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(serial = %current.serial, %issuer_key_id, error = %e, "enrolling again after the issuer's revocation failed; stopping");
+                        return Ok(AgentExit::IssuerRevoked { serial: current.serial, issuer_key_id });
+                    }
+                },
+            };
+            let replaced = std::mem::replace(&mut current, manager.current());
+            updates = manager.subscribe();
+            if revoked_issuer(&set, &current).is_some() || set.is_revoked(&current.serial) {
+                // Issued by a revoked CA again: no point asking a third time.
+                tracing::error!(serial = %current.serial, %issuer_key_id, "the new certificate is revoked too; stopping");
+                return Ok(AgentExit::IssuerRevoked {
+                    serial: replaced.serial,
+                    issuer_key_id,
+                });
+            }
+            files.install(&current, bundle_rx.borrow_and_update().as_ref())?;
+            installed.send_replace(Some(current.clone()));
+            tracing::info!(serial = %current.serial, revoked = %replaced.serial, not_after = %current.not_after, "enrolled again under a new CA");
+        }
     }
+}
+
+/// The key id of the CA that signed `credential`'s certificate, if that CA is revoked.
+fn revoked_issuer(set: &RevocationSet, credential: &Credential) -> Option<String> {
+    let leaf = CertificateDer::pem_slice_iter(credential.chain_pem.as_bytes())
+        .next()?
+        .ok()?;
+    CertificateIds::parse(&leaf)?
+        .authority_key_id
+        .filter(|key_id| set.is_issuer_revoked(key_id))
 }
 
 /// Stops a background task when the agent returns.
@@ -210,25 +307,63 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Writes the three files (each atomically; key first, so a reader that sees the new
-/// certificate finds its key), then runs the hook and the signal.
-fn install(config: &AgentConfig, credential: &Credential) -> Result<(), AgentError> {
-    let dir = &config.out_dir;
-    for (name, contents, mode) in [
-        ("key.pem", &credential.key_pem, 0o600),
-        ("cert.pem", &credential.chain_pem, 0o644),
-        ("bundle.pem", &credential.trust_bundle_pem, 0o644),
-    ] {
-        let path = dir.join(name);
-        atomic_write(&path, contents.as_bytes(), mode).map_err(io(&path))?;
+/// The agent's files and what is told after they change.
+struct Files<'a> {
+    config: &'a AgentConfig,
+    bundle: BundleFile,
+}
+
+impl<'a> Files<'a> {
+    fn new(config: &'a AgentConfig) -> Self {
+        Self {
+            config,
+            bundle: BundleFile::new(config.out_dir.join("bundle.pem")),
+        }
     }
-    if let Some(hook) = config.hook.as_ref().and_then(|h| h.split_first()) {
-        run_quietly(hook.0, hook.1);
+
+    /// Writes the three files (each atomically; key first, so a reader that sees the new
+    /// certificate finds its key), then runs the hook and the signal. The bundle is the one
+    /// followed from the server if one has arrived, else the issuance answer's.
+    fn install(
+        &mut self,
+        credential: &Credential,
+        followed: Option<&v1::TrustBundle>,
+    ) -> Result<(), AgentError> {
+        let dir = &self.config.out_dir;
+        for (name, contents, mode) in [
+            ("key.pem", &credential.key_pem, 0o600),
+            ("cert.pem", &credential.chain_pem, 0o644),
+        ] {
+            let path = dir.join(name);
+            atomic_write(&path, contents.as_bytes(), mode).map_err(io(&path))?;
+        }
+        let bundle = followed.map_or(&credential.trust_bundle_pem, |b| &b.bundle_pem);
+        self.bundle
+            .write_pem(bundle)
+            .map_err(io(self.bundle.path()))?;
+        self.notify();
+        Ok(())
     }
-    if let Some(pid) = config.signal_pid {
-        run_quietly("kill", &["-HUP".to_owned(), pid.to_string()]);
+
+    /// A new trust bundle from the server: replaces bundle.pem, then runs the hook and the
+    /// signal, unless the file already holds exactly that bundle.
+    fn bundle_changed(&mut self, bundle: &v1::TrustBundle) -> Result<(), AgentError> {
+        let written = self.bundle.apply(bundle).map_err(io(self.bundle.path()))?;
+        if written {
+            tracing::info!(version = %bundle.version, "trust bundle changed; bundle.pem replaced");
+            self.notify();
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn notify(&self) {
+        if let Some(hook) = self.config.hook.as_ref().and_then(|h| h.split_first()) {
+            run_quietly(hook.0, hook.1);
+        }
+        if let Some(pid) = self.config.signal_pid {
+            run_quietly("kill", &["-HUP".to_owned(), pid.to_string()]);
+        }
+    }
 }
 
 /// Runs a rotation hook; its failure is logged, never fatal (the files are already in place).
@@ -276,6 +411,8 @@ impl Health {
         };
         if self.set.is_revoked(&current.serial) {
             Err("certificate revoked".to_owned())
+        } else if revoked_issuer(&self.set, &current).is_some() {
+            Err("certificate's issuing CA revoked".to_owned())
         } else if self.clock.now() >= current.not_after {
             Err("certificate expired".to_owned())
         } else if self
@@ -319,5 +456,131 @@ async fn serve_health(listener: TcpListener, health: Health) {
             );
             let _ = conn.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mintgate_proto::v1::watch_revocations_response::Message;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::test_pki::{CA_KEY_ID, TestCa};
+
+    fn config(out_dir: &Path, hook_log: &Path) -> AgentConfig {
+        AgentConfig {
+            endpoint: Endpoint {
+                url: "https://127.0.0.1:1".to_owned(),
+                server_name: "localhost".to_owned(),
+            },
+            ca_pem: String::new(),
+            node_cert_pem: String::new(),
+            node_key_pem: String::new(),
+            spiffe_id: "spiffe://example/web".to_owned(),
+            join_token: None,
+            out_dir: out_dir.to_owned(),
+            policy: RenewalPolicy::default(),
+            hook: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                format!("echo run >> {}", hook_log.display()),
+            ]),
+            signal_pid: None,
+            health_addr: None,
+            max_staleness: Duration::from_secs(60),
+        }
+    }
+
+    fn credential(ca: &TestCa, serial: &[u8]) -> Credential {
+        let now = OffsetDateTime::now_utc();
+        Credential {
+            chain_pem: ca.chain_pem(serial),
+            key_pem: "key".to_owned(),
+            trust_bundle_pem: ca.pem(),
+            serial: hex::encode(serial),
+            spiffe_id: "spiffe://example/web".to_owned(),
+            not_before: now,
+            not_after: now + time::Duration::hours(1),
+            renew_after: None,
+        }
+    }
+
+    fn hook_runs(log: &Path) -> usize {
+        std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn bundle_pem_follows_the_server_and_the_hook_runs_only_on_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hook.log");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let config = config(&out, &log);
+        let mut files = Files::new(&config);
+        let (ca, successor) = (TestCa::new(&CA_KEY_ID), TestCa::new(&[0x11; 20]));
+        let bundle_pem = || std::fs::read_to_string(out.join("bundle.pem")).unwrap();
+
+        // Enrolled before the first bundle arrived: the answer's bundle.
+        files.install(&credential(&ca, &[1]), None).unwrap();
+        assert_eq!((bundle_pem(), hook_runs(&log)), (ca.pem(), 1));
+        // The server's first bundle is the same: nothing rewritten, the hook not run.
+        let same = v1::TrustBundle {
+            bundle_pem: ca.pem(),
+            version: "v1".to_owned(),
+            authorities: Vec::new(),
+        };
+        files.bundle_changed(&same).unwrap();
+        assert_eq!(hook_runs(&log), 1);
+        // A successor is prepared: workloads get it before it signs anything.
+        let prepared = v1::TrustBundle {
+            bundle_pem: format!("{}{}", ca.pem(), successor.pem()),
+            version: "v2".to_owned(),
+            authorities: Vec::new(),
+        };
+        files.bundle_changed(&prepared).unwrap();
+        assert_eq!(
+            (bundle_pem(), hook_runs(&log)),
+            (prepared.bundle_pem.clone(), 2)
+        );
+        // A rotation writes the followed bundle, not the answer's older one.
+        files
+            .install(&credential(&ca, &[2]), Some(&prepared))
+            .unwrap();
+        assert_eq!(
+            (bundle_pem(), hook_runs(&log)),
+            (prepared.bundle_pem.clone(), 3)
+        );
+        // An empty bundle is refused and bundle.pem keeps its roots.
+        let empty = v1::TrustBundle::default();
+        assert!(files.bundle_changed(&empty).is_err());
+        assert_eq!((bundle_pem(), hook_runs(&log)), (prepared.bundle_pem, 3));
+    }
+
+    #[test]
+    fn the_agent_sees_its_certificate_revoked_through_its_issuer() {
+        let (ca, other) = (TestCa::new(&CA_KEY_ID), TestCa::new(&[0x22; 20]));
+        let mine = credential(&ca, &[0x0a]);
+        let theirs = credential(&other, &[0x0a]);
+        let set = RevocationSet::empty();
+        assert_eq!(revoked_issuer(&set, &mine), None);
+        set.apply_at(
+            Message::Event(v1::RevocationEvent {
+                seq: 1,
+                serial: "7f01".to_owned(),
+                issuer_key_id: hex::encode(CA_KEY_ID),
+                issuer: true,
+                not_after: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..v1::RevocationEvent::default()
+            }),
+            0,
+        );
+        assert_eq!(revoked_issuer(&set, &mine), Some(hex::encode(CA_KEY_ID)));
+        assert_eq!(revoked_issuer(&set, &theirs), None);
+        // Not a revocation of its serial: the agent re-enrolls rather than stopping.
+        assert!(!set.is_revoked(&mine.serial));
     }
 }

@@ -152,6 +152,34 @@ impl Client {
             .into_inner())
     }
 
+    /// Revocation/RevokeIssuer: proposes revoking a whole CA by its key id (hex SKI, as
+    /// [`Client::list_authorities`] shows it). Nothing is revoked until a different operator
+    /// approves the proposal; then one log entry (an event with `issuer` set) revokes every
+    /// certificate the CA signed, which [`crate::RevocationSet`] applies to all of them.
+    pub async fn revoke_issuer(
+        &self,
+        mut request: v1::RevokeIssuerRequest,
+    ) -> Result<v1::Proposal, Error> {
+        request.request_id = request_id(request.request_id);
+        let mut client = self.revocation.clone();
+        with_deadline(client.revoke_issuer(request))
+            .await?
+            .into_inner()
+            .proposal
+            .ok_or_else(|| missing("proposal"))
+    }
+
+    /// Revocation/WatchTrustBundle: the current trust bundle at once, then each change. The
+    /// stream has no deadline and ends when the server shuts down;
+    /// [`crate::TrustBundleWatcher`] keeps one alive and reconnects.
+    pub async fn watch_trust_bundle(&self) -> Result<Streaming<v1::TrustBundle>, Error> {
+        let mut client = self.revocation.clone();
+        Ok(client
+            .watch_trust_bundle(v1::WatchTrustBundleRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// Admin/CreateJoinToken.
     pub async fn create_join_token(
         &self,
@@ -162,6 +190,32 @@ impl Client {
         Ok(with_deadline(client.create_join_token(request))
             .await?
             .into_inner())
+    }
+
+    /// Admin/ProposeCa: proposes one step of a CA's staged rotation (prepare, activate,
+    /// retire). It takes effect when a different operator approves the proposal.
+    pub async fn propose_ca(
+        &self,
+        mut request: v1::ProposeCaRequest,
+    ) -> Result<v1::Proposal, Error> {
+        request.request_id = request_id(request.request_id);
+        let mut client = self.admin.clone();
+        with_deadline(client.propose_ca(request))
+            .await?
+            .into_inner()
+            .proposal
+            .ok_or_else(|| missing("proposal"))
+    }
+
+    /// Admin/ListAuthorities: every CA the server knows (newest first, with its state) and the
+    /// current trust bundle.
+    pub async fn list_authorities(&self) -> Result<v1::TrustBundle, Error> {
+        let mut client = self.admin.clone();
+        Ok(
+            with_deadline(client.list_authorities(v1::ListAuthoritiesRequest {}))
+                .await?
+                .into_inner(),
+        )
     }
 }
 

@@ -8,30 +8,38 @@
 //!   A request held for approvers is an [`Issuance::Held`], not an error: the manager waits
 //!   through it (same request id and key) and reports it as [`CredentialState::Held`].
 //! - [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with the server's
-//!   revocation feed, persisted with its cursor, resumed with jittered [`Backoff`].
+//!   revocation feed (single certificates, and whole CAs revoked by `RevokeIssuer`), persisted
+//!   with its cursor, resumed with jittered [`Backoff`].
+//! - [`TrustBundleWatcher`]: follows the trust bundle (CAs prepared, activated, retired,
+//!   revoked), on a watch channel and, through [`BundleFile`], in a file replaced atomically.
 //! - [`DurableQueue`]: operations that must not be lost (a revocation asked for while Mintgate
 //!   is unreachable) kept on disk and replayed in order, idempotently.
 //! - [`agent`]: the sidecar behind the `mintgate-agent` binary.
 //! - [`RevocationAwareClientVerifier`] / [`RevocationAwareServerVerifier`]: rustls verifiers
-//!   that refuse revoked peers in your own mTLS services, fail-open or fail-closed when the
-//!   feed is stale.
+//!   that refuse revoked peers (by serial or by revoked issuing CA) in your own mTLS services,
+//!   fail-open or fail-closed when the feed is stale.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
 pub mod agent;
 mod backoff;
+mod bundle;
+mod cert_ids;
 mod client;
 mod credentials;
 mod error;
 mod fs;
 mod hold;
 mod queue;
+#[cfg(test)]
+mod test_pki;
 mod transport;
 mod verify;
 mod watcher;
 
 pub use backoff::Backoff;
+pub use bundle::{BundleFile, TrustBundleConfig, TrustBundleWatcher};
 pub use client::{Client, TlsMaterial, new_request_id};
 pub use credentials::{
     CircuitBreaker, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy, SystemClock,
@@ -48,7 +56,9 @@ pub use queue::{
 pub use verify::{
     RevocationAwareClientVerifier, RevocationAwareServerVerifier, RevocationCheck, WhenStale,
 };
-pub use watcher::{Connect, RevocationSet, RevocationWatcher, WatcherConfig, normalize_serial};
+pub use watcher::{
+    Connect, RevocationSet, RevocationWatcher, WatcherConfig, normalize_key_id, normalize_serial,
+};
 
 /// A protobuf Duration of `secs` seconds.
 pub fn seconds(secs: i64) -> prost_types::Duration {

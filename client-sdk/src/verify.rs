@@ -1,5 +1,6 @@
 //! Revocation-aware rustls verifiers: the normal webpki verification, then a refusal of any peer
-//! whose serial is in the live [`RevocationSet`]. Put them in your own `ServerConfig` or
+//! the live [`RevocationSet`] holds revoked: by its serial, or because the CA that issued it (its
+//! authority key identifier) was revoked whole. Put them in your own `ServerConfig` or
 //! `ClientConfig`, and a revoked peer is refused by your service within the propagation time.
 //!
 //! When the feed has been silent longer than [`RevocationCheck::max_staleness`], the verifier
@@ -12,7 +13,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::watcher::RevocationSet;
 
@@ -38,7 +38,8 @@ pub struct RevocationCheck {
 }
 
 impl RevocationCheck {
-    /// Refuses a revoked certificate, and any certificate when stale and failing closed.
+    /// Refuses a revoked certificate (its serial, or its issuing CA, revoked), and any
+    /// certificate when stale and failing closed.
     pub fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let stale = self
             .set
@@ -50,12 +51,13 @@ impl RevocationCheck {
                 CertificateError::ApplicationVerificationFailure,
             ));
         }
-        let (_, cert) = X509Certificate::from_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if self.set.is_revoked(&hex::encode(cert.raw_serial())) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        match self.set.certificate_status(end_entity) {
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            )),
+            Some(true) => Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)),
+            Some(false) => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -1,6 +1,11 @@
 //! [`RevocationWatcher`]: keeps a local [`RevocationSet`] in step with Mintgate's revocation feed,
 //! persists it with its cursor, resumes after disconnects with jittered backoff, and reports how
 //! stale it is.
+//!
+//! The feed revokes single certificates (by serial) and whole CAs: an event with `issuer` set
+//! (Revocation/RevokeIssuer) revokes every certificate whose authority key identifier is its
+//! `issuer_key_id`. [`RevocationSet::is_revoked_certificate`] checks both for a certificate;
+//! [`RevocationSet::is_revoked`] knows serials only.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cert_ids::CertificateIds;
 use crate::{Backoff, Client, Error, ErrorKind};
 
-/// The revoked, unexpired serials this process knows of, and how fresh that knowledge is.
+/// The revoked, unexpired serials and CAs this process knows of, and how fresh that knowledge is.
 #[derive(Debug)]
 pub struct RevocationSet {
     state: RwLock<SetState>,
@@ -31,6 +37,11 @@ struct SetState {
     cursor: i64,
     /// Normalised serial (lowercase hex, no leading zero bytes) → notAfter (Unix seconds).
     revoked: HashMap<String, i64>,
+    /// Revoked CAs: normalised key id (lowercase hex, see [`normalize_key_id`]) → the CA's
+    /// notAfter (nothing it signed outlives it). Absent from files written before issuer
+    /// revocation existed.
+    #[serde(default)]
+    revoked_issuers: HashMap<String, i64>,
     #[serde(skip)]
     last_contact: Option<Instant>,
 }
@@ -42,6 +53,15 @@ pub fn normalize_serial(hex: &str) -> String {
         s.drain(..2);
     }
     s
+}
+
+/// A key identifier as the set keys it: lowercase hex without separators (`AB:CD` and `abcd`
+/// are the same key id).
+pub fn normalize_key_id(hex: &str) -> String {
+    hex.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 impl RevocationSet {
@@ -59,11 +79,47 @@ impl RevocationSet {
         Self::new(SetState::default())
     }
 
-    /// Whether the serial (hex, any case, with or without a leading zero byte) is revoked.
+    /// Whether the serial (hex, any case, with or without a leading zero byte) is revoked by
+    /// its own entry. A certificate revoked with its whole CA is not found here (a serial alone
+    /// does not say who issued it): use [`RevocationSet::is_revoked_certificate`].
     pub fn is_revoked(&self, serial_hex: &str) -> bool {
         self.read()
             .revoked
             .contains_key(&normalize_serial(serial_hex))
+    }
+
+    /// Whether the CA with this key id (hex SKI, any case, colons allowed) is revoked: every
+    /// certificate it signed is.
+    pub fn is_issuer_revoked(&self, key_id_hex: &str) -> bool {
+        let key_id = normalize_key_id(key_id_hex);
+        !key_id.is_empty() && self.read().revoked_issuers.contains_key(&key_id)
+    }
+
+    /// Whether a certificate (DER) is revoked: its serial is, or the CA named by its authority
+    /// key identifier is, or it is itself a revoked CA (its subject key identifier). A
+    /// certificate that does not parse counts as revoked (no caller should trust it).
+    pub fn is_revoked_certificate(&self, der: &[u8]) -> bool {
+        self.certificate_status(der).unwrap_or(true)
+    }
+
+    /// [`RevocationSet::is_revoked_certificate`], `None` when the certificate does not parse.
+    pub(crate) fn certificate_status(&self, der: &[u8]) -> Option<bool> {
+        let ids = CertificateIds::parse(der)?;
+        let state = self.read();
+        Some(
+            state.revoked.contains_key(&ids.serial)
+                || [ids.authority_key_id, ids.subject_key_id]
+                    .iter()
+                    .flatten()
+                    .any(|k| state.revoked_issuers.contains_key(k)),
+        )
+    }
+
+    /// The key ids (normalised hex) of the revoked, unexpired CAs.
+    pub fn revoked_issuers(&self) -> Vec<String> {
+        let mut ids: Vec<_> = self.read().revoked_issuers.keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     /// The last sequence number applied.
@@ -71,14 +127,16 @@ impl RevocationSet {
         self.read().cursor
     }
 
-    /// How many serials are revoked and unexpired.
+    /// How many serials are revoked and unexpired (revoked CAs not counted: see
+    /// [`RevocationSet::revoked_issuers`]).
     pub fn len(&self) -> usize {
         self.read().revoked.len()
     }
 
-    /// Whether no serial is revoked.
+    /// Whether nothing is revoked: no serial and no CA.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let state = self.read();
+        state.revoked.is_empty() && state.revoked_issuers.is_empty()
     }
 
     /// Time since the server last proved this view current (an event or a heartbeat); `None`
@@ -107,19 +165,25 @@ impl RevocationSet {
 
     /// Applies one message of the feed; returns whether the set changed.
     fn apply(&self, message: Message) -> bool {
-        let now = unix_now();
+        self.apply_at(message, unix_now())
+    }
+
+    /// [`RevocationSet::apply`] with the current Unix time given: entries whose notAfter is
+    /// not after `now` leave the set.
+    pub(crate) fn apply_at(&self, message: Message, now: i64) -> bool {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         state.last_contact = Some(Instant::now());
         let changed = match message {
             Message::Event(e) => {
-                insert(&mut state.revoked, &e);
+                insert(&mut state, &e);
                 state.cursor = state.cursor.max(e.seq);
                 true
             }
             Message::Snapshot(s) => {
                 state.revoked.clear();
+                state.revoked_issuers.clear();
                 for e in &s.entries {
-                    insert(&mut state.revoked, e);
+                    insert(&mut state, e);
                 }
                 state.cursor = s.as_of_seq;
                 true
@@ -127,6 +191,9 @@ impl RevocationSet {
             Message::Heartbeat(_) => false,
         };
         state.revoked.retain(|_, not_after| *not_after > now);
+        state
+            .revoked_issuers
+            .retain(|_, not_after| *not_after > now);
         let cursor = state.cursor;
         drop(state);
         self.applied.send_replace(cursor);
@@ -139,9 +206,19 @@ impl RevocationSet {
     }
 }
 
-fn insert(revoked: &mut HashMap<String, i64>, e: &v1::RevocationEvent) {
+/// An event revokes one serial, or (with `issuer` set) every certificate of one CA.
+fn insert(state: &mut SetState, e: &v1::RevocationEvent) {
     let not_after = e.not_after.as_ref().map_or(i64::MAX, |t| t.seconds);
-    revoked.insert(normalize_serial(&e.serial), not_after);
+    if e.issuer {
+        let key_id = normalize_key_id(&e.issuer_key_id);
+        if key_id.is_empty() {
+            tracing::warn!(seq = e.seq, serial = %e.serial, "issuer revocation without a key id; ignored");
+            return;
+        }
+        state.revoked_issuers.insert(key_id, not_after);
+    } else {
+        state.revoked.insert(normalize_serial(&e.serial), not_after);
+    }
 }
 
 fn unix_now() -> i64 {
@@ -261,4 +338,168 @@ fn load(path: &Path) -> Result<SetState, std::io::Error> {
 fn save(path: &Path, state: &SetState) -> Result<(), std::io::Error> {
     let json = serde_json::to_vec(state).map_err(std::io::Error::other)?;
     crate::atomic_write(path, &json, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::CertificateDer;
+
+    use super::*;
+    use crate::test_pki::{CA_KEY_ID, TestCa};
+    use crate::{RevocationCheck, WhenStale};
+
+    fn event(seq: i64, serial: &str, not_after: i64) -> v1::RevocationEvent {
+        v1::RevocationEvent {
+            seq,
+            serial: serial.to_owned(),
+            not_after: Some(prost_types::Timestamp {
+                seconds: not_after,
+                nanos: 0,
+            }),
+            ..v1::RevocationEvent::default()
+        }
+    }
+
+    /// RevokeIssuer's log entry: the CA's own serial and notAfter, its key id.
+    fn issuer_event(seq: i64, key_id: &str, not_after: i64) -> v1::RevocationEvent {
+        v1::RevocationEvent {
+            issuer: true,
+            issuer_key_id: key_id.to_owned(),
+            ..event(seq, "7f01", not_after)
+        }
+    }
+
+    fn heartbeat() -> Message {
+        Message::Heartbeat(v1::Heartbeat::default())
+    }
+
+    #[test]
+    fn an_issuer_event_revokes_every_serial_of_that_issuer_and_no_other() {
+        let ca = TestCa::new(&CA_KEY_ID);
+        let other = TestCa::new(&[0xcd; 20]);
+        let (a, b) = (ca.leaf(&[0x01, 0x02]), ca.leaf(&[0x55]));
+        let elsewhere = other.leaf(&[0x01, 0x03]);
+        let set = RevocationSet::empty();
+        let now = 1_000;
+        set.apply_at(Message::Event(event(1, "0102", 5_000)), now);
+        assert!(set.is_revoked_certificate(&a));
+        assert!(!set.is_revoked_certificate(&b));
+
+        // The key id as the server writes it (lowercase hex); any spelling finds it.
+        let key_id = hex::encode(CA_KEY_ID);
+        assert!(set.apply_at(Message::Event(issuer_event(2, &key_id, 9_000)), now));
+        for cert in [&a, &b] {
+            assert!(set.is_revoked_certificate(cert));
+        }
+        assert!(set.is_revoked_certificate(&ca.der()), "the CA itself");
+        assert!(!set.is_revoked_certificate(&elsewhere));
+        assert!(!set.is_revoked_certificate(&other.der()));
+        assert!(set.is_issuer_revoked(&key_id.to_uppercase()));
+        assert!(set.is_issuer_revoked(&"AB:".repeat(20)));
+        assert!(!set.is_issuer_revoked(&hex::encode([0xcd; 20])));
+        assert!(!set.is_issuer_revoked(""));
+        assert_eq!(set.revoked_issuers(), [key_id]);
+        // The serial lookup is unchanged: only serials revoked one by one, and the CA's own
+        // serial is not taken for a leaf's.
+        assert!(set.is_revoked("0102") && !set.is_revoked("55") && !set.is_revoked("7f01"));
+        assert_eq!((set.len(), set.cursor()), (1, 2));
+        // Garbage is never taken for a good certificate.
+        assert!(set.is_revoked_certificate(b"not a certificate"));
+    }
+
+    #[test]
+    fn a_revoked_issuer_leaves_the_set_after_its_not_after() {
+        let ca = TestCa::new(&CA_KEY_ID);
+        let leaf = ca.leaf(&[0x09]);
+        let set = RevocationSet::empty();
+        set.apply_at(
+            Message::Event(issuer_event(1, &hex::encode(CA_KEY_ID), 2_000)),
+            1_000,
+        );
+        set.apply_at(heartbeat(), 1_999);
+        assert!(set.is_revoked_certificate(&leaf) && !set.is_empty());
+        set.apply_at(heartbeat(), 2_000);
+        assert!(!set.is_revoked_certificate(&leaf));
+        assert!(set.revoked_issuers().is_empty() && set.is_empty());
+        // An issuer entry without a key id revokes nothing (it cannot be matched).
+        set.apply_at(Message::Event(issuer_event(2, "", 9_000)), 1_000);
+        assert!(set.is_empty() && set.cursor() == 2);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_serials_and_issuers_alike() {
+        let (ca, other) = (TestCa::new(&CA_KEY_ID), TestCa::new(&[0xcd; 20]));
+        let set = RevocationSet::empty();
+        set.apply_at(
+            Message::Event(issuer_event(1, &hex::encode(CA_KEY_ID), 9_000)),
+            1_000,
+        );
+        set.apply_at(Message::Event(event(2, "42", 9_000)), 1_000);
+        set.apply_at(
+            Message::Snapshot(v1::Snapshot {
+                entries: vec![
+                    issuer_event(7, &hex::encode([0xcd; 20]), 9_000),
+                    issuer_event(8, "ef", 500), // already expired: not kept
+                    event(9, "43", 9_000),
+                ],
+                as_of_seq: 10,
+            }),
+            1_000,
+        );
+        assert!(!set.is_revoked_certificate(&ca.leaf(&[0x01])));
+        assert!(set.is_revoked_certificate(&other.leaf(&[0x01])));
+        assert!(!set.is_revoked("42") && set.is_revoked("43"));
+        assert_eq!(set.revoked_issuers(), [hex::encode([0xcd; 20])]);
+        assert_eq!(set.cursor(), 10);
+    }
+
+    #[test]
+    fn revoked_issuers_survive_a_restart_and_old_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revocations.json");
+        let set = RevocationSet::empty();
+        set.apply_at(Message::Event(issuer_event(3, "AB", i64::MAX)), 1_000);
+        save(&path, &set.snapshot()).unwrap();
+        let restored = RevocationSet::new(load(&path).unwrap());
+        assert!(restored.is_issuer_revoked("ab") && restored.cursor() == 3);
+
+        // A file written before issuer revocation existed.
+        std::fs::write(
+            &path,
+            r#"{"cursor":5,"revoked":{"0a":9223372036854775807}}"#,
+        )
+        .unwrap();
+        let old = RevocationSet::new(load(&path).unwrap());
+        assert!(old.is_revoked("0a") && old.revoked_issuers().is_empty());
+    }
+
+    #[test]
+    fn the_verifiers_refuse_a_peer_whose_issuer_is_revoked() {
+        let ca = TestCa::new(&CA_KEY_ID);
+        let peer = CertificateDer::from(ca.leaf(&[0x0b, 0x0c]));
+        let set = RevocationSet::empty();
+        set.apply_at(heartbeat(), unix_now());
+        let check = RevocationCheck {
+            set: set.clone(),
+            max_staleness: Duration::from_secs(60),
+            when_stale: WhenStale::FailClosed,
+        };
+        assert!(check.check(&peer).is_ok());
+        set.apply_at(
+            Message::Event(issuer_event(1, &hex::encode(CA_KEY_ID), i64::MAX)),
+            unix_now(),
+        );
+        assert_eq!(
+            check.check(&peer),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        );
+        assert_eq!(
+            check.check(&CertificateDer::from(b"junk".to_vec())),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding
+            ))
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! `mintgate-agent`: the sidecar that keeps a workload's certificate fresh on disk and stops
-//! serving it the moment it is revoked. See `mintgate_sdk::agent`.
+//! `mintgate-agent`: the sidecar that keeps a workload's certificate and trust bundle fresh on
+//! disk and stops serving the certificate the moment it is revoked. See `mintgate_sdk::agent`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,11 +14,13 @@ use serde::Deserialize;
 
 /// Exit code for a configuration problem.
 const EXIT_CONFIG: u8 = 64;
-/// Exit code when the agent's own certificate was revoked or expired (fail closed).
+/// Exit code when the agent's own certificate was revoked or expired (fail closed), or its
+/// issuing CA was revoked and enrolling again was refused.
 const EXIT_REVOKED: u8 = 3;
 
 /// Keeps a workload certificate (cert.pem, key.pem, bundle.pem) fresh in --out, renewing it
-/// before it expires and removing it if it is revoked.
+/// before it expires, replacing bundle.pem whenever Mintgate's trust bundle changes, removing
+/// the certificate if it is revoked, and enrolling again if its issuing CA is revoked.
 #[derive(Debug, Parser)]
 #[command(name = "mintgate-agent", version)]
 struct Args {
@@ -55,10 +57,10 @@ struct Args {
     /// Certificate lifetime to ask for, in seconds (default: the policy maximum).
     #[arg(long)]
     ttl_seconds: Option<u64>,
-    /// A command run after each rotation (split on whitespace).
+    /// A command run after each rotation and trust bundle change (split on whitespace).
     #[arg(long)]
     hook: Option<String>,
-    /// A process sent SIGHUP after each rotation.
+    /// A process sent SIGHUP after each rotation and trust bundle change.
     #[arg(long)]
     signal_pid: Option<u32>,
     /// Serve GET /healthz on this address.
@@ -109,7 +111,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(config, Arc::new(SystemClock), shutdown)) {
         Ok(AgentExit::Shutdown) => ExitCode::SUCCESS,
-        Ok(AgentExit::Revoked { .. } | AgentExit::Expired { .. }) => ExitCode::from(EXIT_REVOKED),
+        Ok(
+            AgentExit::Revoked { .. } | AgentExit::IssuerRevoked { .. } | AgentExit::Expired { .. },
+        ) => ExitCode::from(EXIT_REVOKED),
         Err(e) => {
             tracing::error!(error = %e, "agent failed");
             ExitCode::FAILURE
