@@ -39,8 +39,8 @@ pub use authorities::{Authorities, AuthoritySet, KeyLoader, LoadedCa};
 pub use chain::issuing_ca_csr;
 pub use crl::{CrlError, CrlSummary, crl_der, verify_crl};
 pub use dev_pki::{
-    CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, generate_pki,
-    generate_pki_with_issuing_key, is_dev_material, write_dev_pki,
+    CertAndKey, DEV_ORGANIZATION, DEV_VALIDITY, DevPki, DevPkiPaths, dev_successor_ca,
+    generate_pki, generate_pki_with_issuing_key, is_dev_material, write_dev_pki,
 };
 pub use error::CaError;
 pub use key::{CaKey, FileKey, check_private_to_owner};

@@ -34,6 +34,7 @@ mod revocation;
 mod revocation_stream;
 mod revoked_client;
 mod roles;
+mod rotation;
 mod sdk;
 mod sdk_holds;
 mod tools;

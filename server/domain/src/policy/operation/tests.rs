@@ -116,7 +116,11 @@ const COLUMNS: [(&str, Operation, On); 25] = [
     ("Cas", ListAuthorities, On::TrustDomain),
     ("RevIss", RevokeIssuer, On::TrustDomain),
     ("Appr:ca", ApproveProposal, On::Proposal("ca")),
-    ("Appr:reviss", ApproveProposal, On::Proposal("revoke_issuer")),
+    (
+        "Appr:reviss",
+        ApproveProposal,
+        On::Proposal("revoke_issuer"),
+    ),
 ];
 
 /// What an operator holding one role (or none) may do under the dev policy: `Y` allowed, `.`
