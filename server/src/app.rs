@@ -9,6 +9,7 @@ use mintgate_api::holds::{EdgeObserver, HoldFeed};
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls::{self, ClientTrust};
 use mintgate_api::{BundleFeed, GrpcConfig, GrpcServer, Metrics, RevocationHub};
+use mintgate_ca::Authorities;
 use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
@@ -165,6 +166,21 @@ impl Application {
                 .map_err(BuildError::Ca)?,
         );
         let signer: Arc<dyn Signer> = authorities.clone();
+        // The configured CA before anything is opened; the ACTIVE one once the registry is read.
+        let ca_window = |signer: &Arc<Authorities>| {
+            let window = CaWindow {
+                not_after: signer.not_after(),
+                min_lifetime: settings.ca.min_lifetime,
+            };
+            window
+                .check(clock.now())
+                .map_err(|source| BuildError::CaExpiring {
+                    subject: signer.current().active().subject().to_owned(),
+                    source,
+                })
+                .map(|()| window)
+        };
+        ca_window(&authorities)?;
         let metrics = Arc::new(Exporter::new(signer.clone(), clock.clone()));
         let edge_metrics = Metrics::new(metrics.recorder());
         let holds = HoldFeed::default();
@@ -235,16 +251,7 @@ impl Application {
                 url: redact_url(&settings.database_url),
                 source,
             })?;
-        let ca_window = CaWindow {
-            not_after: signer.not_after(),
-            min_lifetime: settings.ca.min_lifetime,
-        };
-        ca_window
-            .check(clock.now())
-            .map_err(|source| BuildError::CaExpiring {
-                subject: authorities.current().active().subject().to_owned(),
-                source,
-            })?;
+        let ca_window = ca_window(&authorities)?;
         let tls_config = tls::server_config(
             trust.clone(),
             settings.trust_domain.clone(),

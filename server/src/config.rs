@@ -543,10 +543,19 @@ pub fn dev_operators() -> HashMap<String, Vec<String>> {
     let roles = |roles: &[&str]| roles.iter().map(|r| (*r).to_owned()).collect();
     HashMap::from([
         (id("admin"), roles(&["admin"])),
-        (id("alice"), roles(&["policy-author", "issuer", "revoker"])),
+        (
+            id("alice"),
+            roles(&["policy-author", "issuer", "revoker", "ca-custodian"]),
+        ),
         (
             id("bob"),
-            roles(&["policy-approver", "approver", "revoker", "auditor"]),
+            roles(&[
+                "policy-approver",
+                "approver",
+                "revoker",
+                "auditor",
+                "ca-custodian",
+            ]),
         ),
     ])
 }

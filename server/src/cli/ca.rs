@@ -26,6 +26,11 @@ pub(crate) enum CaCommand {
         common_name: String,
         #[arg(long)]
         organization: Option<String>,
+        /// The key of a CA to rotate to, instead of [ca]'s: a key file path (made if missing,
+        /// mode 0600) with backend "file", a key label in the configured token with "pkcs11".
+        /// This is the `key` of Admin/ProposeCa PREPARE.
+        #[arg(long)]
+        key: Option<String>,
     },
     /// Check the certificate the root signed (a CA, for the configured key, linking up to a
     /// self-signed root, valid now) and write it, with its chain, to [ca] cert. Exits 1 naming
@@ -50,7 +55,7 @@ pub(crate) fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
     let config = match &command {
         CaCommand::Csr { config, .. } | CaCommand::Import { config, .. } => config,
     };
-    let files = match ca_admin::ca_files(config) {
+    let mut files = match ca_admin::ca_files(config) {
         Ok(files) => files,
         Err(e) => return fail(e.into()),
     };
@@ -59,8 +64,15 @@ pub(crate) fn ca_command(command: CaCommand) -> anyhow::Result<ExitCode> {
             out,
             common_name,
             organization,
+            key,
             ..
         } => {
+            if let Some(key) = key {
+                match files.pkcs11.as_mut() {
+                    Some(token) => token.key_label = Some(key),
+                    None => files.key = Some(key.into()),
+                }
+            }
             let subject = CsrSubject {
                 common_name,
                 organization,

@@ -49,14 +49,15 @@ pub struct CaSettings {
 }
 
 impl CaSettings {
-    /// The dev PKI's CA, from files.
+    /// The dev PKI's CA, from files. A prepared CA may be activated after a minute (a day
+    /// outside --dev).
     pub fn dev(cert: &Path, key: &Path) -> Result<Self, ConfigError> {
         Ok(Self {
             cert_pem: read(cert, "ca.cert")?,
             key: CaKeySource::File(read_key_file(key)?),
             key_ref: key.display().to_string(),
             min_lifetime: DEFAULT_MIN_LIFETIME,
-            publish: DEFAULT_PUBLISH,
+            publish: Duration::from_secs(60),
         })
     }
 }

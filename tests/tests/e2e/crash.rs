@@ -219,10 +219,11 @@ impl FirstServer {
             ca_publish: mintgate_domain::authority::DEFAULT_PUBLISH,
         });
         let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let nobody = mintgate_api::tls::ClientTrust::new(Vec::new(), &[]).unwrap();
+        let nodes = vec![der(&pki.bootstrap_ca.cert_pem)];
+        let trust = mintgate_api::tls::ClientTrust::new(nodes.clone(), &[]).unwrap();
         let classifier = PeerClassifier::new(
-            nobody,
-            vec![(CallerKind::Node, der(&pki.bootstrap_ca.cert_pem))],
+            trust,
+            nodes.into_iter().map(|c| (CallerKind::Node, c)).collect(),
         );
         let node = classifier.classify(&der(&pki.node.cert_pem)).unwrap();
         Self {
