@@ -162,7 +162,7 @@ impl Application {
             "policy loaded"
         );
         let authorities = Arc::new(
-            crate::authorities::load(&settings.ca, settings.crl_url.as_deref())
+            crate::authorities::load(&settings.ca, settings.crl_url.as_deref(), settings.dev)
                 .map_err(BuildError::Ca)?,
         );
         let signer: Arc<dyn Signer> = authorities.clone();

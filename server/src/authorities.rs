@@ -20,7 +20,11 @@ use tokio::sync::{Notify, watch};
 use crate::config::{CaKeySource, CaSettings};
 
 /// Loads the CA the server starts with, and how to open the key of any CA the registry names.
-pub(crate) fn load(ca: &CaSettings, crl_base: Option<&str>) -> Result<Authorities, CaError> {
+pub(crate) fn load(
+    ca: &CaSettings,
+    crl_base: Option<&str>,
+    dev: bool,
+) -> Result<Authorities, CaError> {
     let first_key = match &ca.key {
         CaKeySource::File(pem) => CaKey::File(FileKey::from_pem(pem)?),
         CaKeySource::Pkcs11(config) => {
@@ -34,6 +38,7 @@ pub(crate) fn load(ca: &CaSettings, crl_base: Option<&str>) -> Result<Authoritie
         first,
         key_loader(&ca.key),
         crl_base.map(str::to_owned),
+        dev,
     ))
 }
 

@@ -94,14 +94,18 @@ pub struct Authorities {
     load_key: Box<KeyLoader>,
     /// Each CA stamps `<crl_base>/<key id>` into what it signs.
     crl_base: Option<String>,
+    /// Whether a CA made by the dev PKI may be prepared (`--dev` only).
+    dev: bool,
 }
 
 impl Authorities {
-    /// Starts with `first` as the only (ACTIVE) CA.
+    /// Starts with `first` as the only (ACTIVE) CA. Without `dev`, a CA from the dev PKI is
+    /// never prepared.
     pub fn new(
         first: CertificateAuthority<CaKey>,
         load_key: Box<KeyLoader>,
         crl_base: Option<String>,
+        dev: bool,
     ) -> Self {
         let set = AuthoritySet::new(vec![LoadedCa {
             state: CaState::Active,
@@ -112,6 +116,7 @@ impl Authorities {
             current: RwLock::new(Arc::new(set.unwrap_or_else(|| unreachable!()))),
             load_key,
             crl_base,
+            dev,
         }
     }
 
@@ -227,6 +232,13 @@ impl Signer for Authorities {
     fn inspect(&self, chain_pem: &str, key_ref: &str) -> Result<InspectedCa, String> {
         let key = (self.load_key)(key_ref).map_err(|e| e.to_string())?;
         let ca = Self::load(chain_pem, key, self.crl_base.as_deref()).map_err(|e| e.to_string())?;
+        if !self.dev && ca.chain_der().iter().any(|c| crate::is_dev_material(c)) {
+            return Err(
+                "the chain is dev material (made by `mintgate dev-certs`); it is accepted only \
+                 with --dev"
+                    .to_owned(),
+            );
+        }
         Ok(InspectedCa {
             key_id: ca.key_id_hex().to_owned(),
             prepared: PreparedCa {

@@ -174,3 +174,123 @@ async fn agent(backend: Backend) {
     drop(stop);
     server.shutdown().await;
 }
+
+both_backends!(
+    the_agent_trusts_a_prepared_ca_and_enrolls_again_when_its_issuer_is_revoked,
+    agent_and_rotation
+);
+async fn agent_and_rotation(backend: Backend) {
+    use crate::rotation::{custodians, key_id_of, prepare, successor};
+    let server = TestServer::spawn_with(custodians(backend)).await;
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("certs");
+    let config = AgentConfig {
+        endpoint: Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        ca_pem: server.pki.ca.cert_pem.clone(),
+        node_cert_pem: server.pki.node.cert_pem.clone(),
+        node_key_pem: server.pki.node.key_pem.clone(),
+        spiffe_id: WEB.into(),
+        join_token: None,
+        out_dir: dir.clone(),
+        policy: RenewalPolicy::default(),
+        hook: None,
+        signal_pid: None,
+        health_addr: None,
+        max_staleness: Duration::from_secs(60),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // No renewal comes due: time stands still.
+    let clock = Arc::new(JumpingClock {
+        clock: server.clock.clone(),
+        jumps: 0.into(),
+    });
+    let task = tokio::spawn(run(config, clock, async {
+        let _ = stopped.await;
+    }));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    eventually("the first certificate", || !read("cert.pem").is_empty()).await;
+    let old_id = key_id_of(&server.pki.ca.cert_pem);
+    assert_eq!(issuer_of(&read("cert.pem")), old_id);
+
+    // Prepared: the agent's bundle.pem holds the new CA before it signs anything.
+    let keys = tempfile::tempdir().unwrap();
+    let (next, key) = successor(&server, keys.path());
+    let next_id = key_id_of(&next.cert_pem);
+    let next_ca = next
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    prepare(&server, &next, &key).await;
+    eventually("the prepared CA in bundle.pem", || {
+        read("bundle.pem").contains(next_ca)
+    })
+    .await;
+
+    // The old CA is revoked: the agent enrolls again, under the successor, and the old CA
+    // leaves its bundle.
+    let revocation = server.revocation_as(&server.pki.alice.cert_pem, &server.pki.alice.key_pem);
+    let proposal = revocation
+        .await
+        .revoke_issuer(v1::RevokeIssuerRequest {
+            request_id: "drill".into(),
+            key_id: old_id.clone(),
+            reason: v1::RevocationReason::CaCompromise.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .proposal
+        .unwrap();
+    crate::governance::approve(&mut server.admin_as("bob").await, &proposal.id)
+        .await
+        .unwrap();
+    eventually("a certificate from the successor", || {
+        let cert = read("cert.pem");
+        !cert.is_empty() && issuer_of(&cert) == next_id
+    })
+    .await;
+    check_issued(
+        &read("cert.pem"),
+        &next.cert_pem,
+        WEB,
+        server.clock.now_odt().unix_timestamp(),
+    );
+    let old_ca = server
+        .pki
+        .ca
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap()
+        .to_owned();
+    eventually("the revoked CA out of bundle.pem", || {
+        !read("bundle.pem").contains(&old_ca)
+    })
+    .await;
+    assert!(!task.is_finished(), "the agent goes on");
+    drop(stop);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    server.shutdown().await;
+}
+
+/// The hex authority key identifier of a PEM certificate: its issuer's key id.
+fn issuer_of(cert_pem: &str) -> String {
+    let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| hex::encode(id.0))
+            }
+            _ => None,
+        })
+        .unwrap()
+}

@@ -35,6 +35,7 @@ mod revocation_stream;
 mod revoked_client;
 mod roles;
 mod rotation;
+mod rotation_tools;
 mod sdk;
 mod sdk_holds;
 mod tools;

@@ -30,7 +30,7 @@ const API: &str = "spiffe://dev.mintgate.local/workload/api";
 const PUBLISH: Duration = Duration::from_secs(600);
 
 /// alice and bob are CA custodians (each proposes, the other approves).
-fn custodians(backend: Backend) -> Options {
+pub(crate) fn custodians(backend: Backend) -> Options {
     let id = |name: &str| format!("spiffe://dev.mintgate.local/operator/{name}");
     let roles = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     Options {
@@ -45,7 +45,7 @@ fn custodians(backend: Backend) -> Options {
 }
 
 /// A successor issuing CA under the dev root, its key in a file only its owner may read.
-fn successor(server: &TestServer, dir: &Path) -> (CertAndKey, String) {
+pub(crate) fn successor(server: &TestServer, dir: &Path) -> (CertAndKey, String) {
     let ca = dev_successor_ca(&server.pki.root, "Mintgate Dev Issuing CA 2").unwrap();
     let path = dir.join("ca-2.key");
     std::fs::write(&path, &ca.key_pem).unwrap();
@@ -53,7 +53,7 @@ fn successor(server: &TestServer, dir: &Path) -> (CertAndKey, String) {
     (ca, path.display().to_string())
 }
 
-fn key_id_of(cert_pem: &str) -> String {
+pub(crate) fn key_id_of(cert_pem: &str) -> String {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     cert.extensions()
@@ -89,7 +89,7 @@ fn step(id: &str, action: v1::CaAction, key_id: &str) -> v1::ProposeCaRequest {
 }
 
 /// Prepares `ca` (alice proposes, bob approves).
-async fn prepare(server: &TestServer, ca: &CertAndKey, key: &str) {
+pub(crate) async fn prepare(server: &TestServer, ca: &CertAndKey, key: &str) {
     let proposal = propose(
         server,
         "alice",
