@@ -279,9 +279,13 @@ pub fn generate_pki_with_issuing_key<K: SigningKey>(
     build_pki(trust_domain, now, key)
 }
 
-/// A new dev issuing CA under the dev root `root` (its certificate and key), for rotation
-/// drills: a fresh P-256 key, the root's validity, `cert_pem` the CA then the root.
-pub fn dev_successor_ca(root: &CertAndKey, common_name: &str) -> Result<CertAndKey, CaError> {
+/// A new dev issuing CA for `key` under the dev root `root` (its certificate and key), for
+/// rotation drills: the root's validity; returns the CA's certificate then the root's, PEM.
+pub fn dev_successor_ca<K: SigningKey>(
+    root: &CertAndKey,
+    common_name: &str,
+    key: &K,
+) -> Result<String, CaError> {
     let rng = SystemRandom::new();
     let root_key = FileKey::from_pem(&root.key_pem)?;
     let root_der =
@@ -291,7 +295,6 @@ pub fn dev_successor_ca(root: &CertAndKey, common_name: &str) -> Result<CertAndK
         .map_err(CaError::CertificatePem)?;
     let validity = parse_certificate(&root_der)?.validity().clone();
     let issuer = Issuer::from_ca_cert_der(&root_der, &root_key).map_err(CaError::IssuerName)?;
-    let key = FileKey::generate_p256()?;
     let mut params = dev_ca_params(
         common_name,
         validity.not_before.to_datetime(),
@@ -299,11 +302,8 @@ pub fn dev_successor_ca(root: &CertAndKey, common_name: &str) -> Result<CertAndK
         &rng,
     )?;
     params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer).map_err(CaError::Build)?;
-    Ok(CertAndKey {
-        cert_pem: format!("{}{}", cert.pem(), root.cert_pem),
-        key_pem: key.to_pkcs8_pem(),
-    })
+    let cert = params.signed_by(key, &issuer).map_err(CaError::Build)?;
+    Ok(format!("{}{}", cert.pem(), root.cert_pem))
 }
 
 /// Writes a fresh dev PKI into `dir` (created if missing) unless one is already there.

@@ -83,6 +83,52 @@ async fn issue_revoke_and_check(hsm: &SoftHsm, backend: Backend) {
         assert_verified(&out, &files.leaf, "revoked");
         assert!(out.contains("Reason: keyCompromise"), "{out}");
     }
+
+    // A rotation inside the token: a second key pair under its own label, its CA (under the
+    // same root) prepared by one custodian, approved by another, activated once published.
+    let mut next_config = config.clone();
+    next_config.key_label = "issuing-ca-2".into();
+    let (next_key, generated) = Pkcs11Key::open_or_generate(&next_config).unwrap();
+    assert!(generated);
+    let next = mintgate_ca::CertAndKey {
+        cert_pem: mintgate_ca::dev_successor_ca(&server.pki.root, "Token Issuing CA 2", &next_key)
+            .unwrap(),
+        key_pem: String::new(),
+    };
+    crate::rotation::prepare(&server, &next, "issuing-ca-2").await;
+    server
+        .clock
+        .advance(mintgate_domain::authority::DEFAULT_PUBLISH);
+    let next_id = crate::rotation::key_id_of(&next.cert_pem);
+    let activate = server
+        .admin_as("alice")
+        .await
+        .propose_ca(v1::ProposeCaRequest {
+            request_id: "hsm-activate".into(),
+            action: v1::CaAction::Activate.into(),
+            key_id: next_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .proposal
+        .unwrap();
+    crate::governance::approve(&mut server.admin_as("bob").await, &activate.id)
+        .await
+        .unwrap();
+    let now = server.clock.now_odt().unix_timestamp();
+    let (csr_pem, _) = mintgate_tests::csr::csr(WORKLOAD, &[]);
+    let issued = server
+        .node()
+        .await
+        .enroll(crate::issuance::enroll_request("hsm-2", &csr_pem))
+        .await
+        .unwrap();
+    mintgate_tests::csr::check_issued(&issued.certificate_chain_pem, &next.cert_pem, WORKLOAD, now);
+    let (status, crl) = server.http_get(&format!("/crl/{next_id}")).await;
+    assert_eq!(status, 200);
+    mintgate_ca::verify_crl(next.cert_pem.as_bytes(), &crl).unwrap();
     server.shutdown().await;
 }
 

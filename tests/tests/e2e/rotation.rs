@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mintgate_ca::{CertAndKey, dev_successor_ca};
+use mintgate_ca::{CertAndKey, FileKey, dev_successor_ca};
 use mintgate_domain::store::CertificateStore as _;
 use mintgate_sdk::{
     Client, Connect, RevocationWatcher, TrustBundleConfig, TrustBundleWatcher, WatcherConfig, v1,
@@ -46,7 +46,11 @@ pub(crate) fn custodians(backend: Backend) -> Options {
 
 /// A successor issuing CA under the dev root, its key in a file only its owner may read.
 pub(crate) fn successor(server: &TestServer, dir: &Path) -> (CertAndKey, String) {
-    let ca = dev_successor_ca(&server.pki.root, "Mintgate Dev Issuing CA 2").unwrap();
+    let key = FileKey::generate_p256().unwrap();
+    let ca = CertAndKey {
+        cert_pem: dev_successor_ca(&server.pki.root, "Mintgate Dev Issuing CA 2", &key).unwrap(),
+        key_pem: key.to_pkcs8_pem(),
+    };
     let path = dir.join("ca-2.key");
     std::fs::write(&path, &ca.key_pem).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
