@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod authorities;
 mod checkpoints;
 mod disk_full;
 mod governance;
