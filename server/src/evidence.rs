@@ -6,6 +6,7 @@
 //! (a directory or the `Admin/ExportEvidence` stream) in [`sink`].
 
 pub mod access;
+mod authorities;
 mod bindings;
 mod controls;
 pub mod export;
@@ -41,6 +42,8 @@ pub const CA_CERT: &str = "ca.pem";
 /// over `Admin/ExportEvidence`, `--crl` from the command line.
 pub const CRL: &str = "crl.der";
 pub const CONTROLS: &str = "controls.md";
+/// Every CA the registry knows, with its certificates and its state history.
+pub const AUTHORITIES: &str = "authorities.json";
 
 /// The manifest's `format`.
 pub const FORMAT: &str = "mintgate-evidence-v1";
@@ -110,6 +113,36 @@ pub struct CheckpointLine {
     pub at: i64,
     pub key_id: String,
     pub signature: String,
+}
+
+/// One CA in `authorities.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityLine {
+    /// Hex subject key identifier (what the certificates it signs name as their issuer).
+    pub key_id: String,
+    pub subject: String,
+    /// PREPARED, ACTIVE, RETIRING, RETIRED or REVOKED at export time.
+    pub state: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// The CA certificate, then the certificates above it up to the root, PEM.
+    pub chain_pem: String,
+    /// Each state it entered, oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// A CA entering a state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: String,
+    /// RFC 3339.
+    pub at: String,
+    /// The applied proposal that made it so; none for the CA a server first started with.
+    pub proposal: Option<String>,
+    pub approved_by: Option<String>,
+    /// The seq of that proposal's `proposal.approved` event in the audit chain, if exported.
+    pub approval_seq: Option<i64>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

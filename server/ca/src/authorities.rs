@@ -132,7 +132,7 @@ impl Authorities {
         let first = chain
             .first()
             .ok_or(CaError::CertificateCount { found: 0 })?;
-        let key_id = crate::signer::key_id_hex_of(first)?;
+        let key_id = crate::signer::subject_key_id_hex(first)?;
         let crl_url = crl_base.map(|base| format!("{base}/{key_id}"));
         CertificateAuthority::with_chain(chain, key, crl_url)
     }

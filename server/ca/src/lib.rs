@@ -45,4 +45,4 @@ pub use dev_pki::{
 pub use error::CaError;
 pub use key::{CaKey, FileKey, check_private_to_owner};
 pub use pkcs11::{Pin, Pkcs11Config, Pkcs11Error, Pkcs11Key};
-pub use signer::{CertificateAuthority, KeyBackend};
+pub use signer::{CertificateAuthority, KeyBackend, subject_key_id_hex};

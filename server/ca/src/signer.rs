@@ -476,7 +476,7 @@ fn subject_key_id(cert: &X509Certificate<'_>) -> Result<Vec<u8>, CaError> {
 }
 
 /// The hex subject key identifier of the CA certificate `der`.
-pub(crate) fn key_id_hex_of(der: &[u8]) -> Result<String, CaError> {
+pub fn subject_key_id_hex(der: &[u8]) -> Result<String, CaError> {
     subject_key_id(&parse_certificate(der)?).map(hex::encode)
 }
 

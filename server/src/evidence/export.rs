@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use mintgate_domain::audit::SignedCheckpoint;
+use mintgate_domain::authority::AuthorityStore as _;
 use mintgate_domain::governance::{Activation, Change, GovernanceStore as _, ProposalRecord};
 use mintgate_domain::store::StoreError;
 use mintgate_store::{ChainBounds, SqlStore};
@@ -16,8 +17,9 @@ use time::format_description::well_known::Rfc3339;
 
 use super::sink::{DirSink, Hashing, Sink};
 use super::{
-    ACTIVATIONS, AUDIT_KEYS, CA_CERT, CHECKPOINTS, CONTROLS, CRL, CheckpointLine, EVENTS, FORMAT,
-    Manifest, POLICY_DIR, PROPOSALS, Period, ROLE_BINDINGS, SeqRange, bindings, controls,
+    ACTIVATIONS, AUDIT_KEYS, AUTHORITIES, CA_CERT, CHECKPOINTS, CONTROLS, CRL, CheckpointLine,
+    EVENTS, FORMAT, Manifest, POLICY_DIR, PROPOSALS, Period, ROLE_BINDINGS, SeqRange, bindings,
+    controls,
 };
 
 /// Events read from the database at a time.
@@ -151,6 +153,11 @@ pub async fn export<S: Sink>(
     files
         .file(ROLE_BINDINGS, &serde_json::to_vec_pretty(&spans)?)
         .await?;
+    let cas = store.authorities().await?;
+    let authorities = super::authorities::lines(&cas, &all_proposals, &approvals)?;
+    files
+        .file(AUTHORITIES, &serde_json::to_vec_pretty(&authorities)?)
+        .await?;
     if let Some(ca) = &request.ca_cert {
         files.file(CA_CERT, ca).await?;
     }
@@ -173,6 +180,7 @@ pub async fn export<S: Sink>(
         bindings: spans.len(),
         ca_cert: request.ca_cert.is_some(),
         crl: request.crl.is_some(),
+        authorities: authorities.len(),
     };
     files
         .file(CONTROLS, controls::render(&facts).as_bytes())

@@ -18,11 +18,12 @@ use mintgate_domain::audit::{
     FailedCheckpoint, SignedCheckpoint, verify_checkpoints_at,
 };
 use mintgate_domain::policy::{LoadError, Policy};
+use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 
 use super::{
-    ACTIVATIONS, AUDIT_KEYS, CA_CERT, CHECKPOINTS, CRL, CheckpointLine, EVENTS, MANIFEST, Manifest,
-    POLICY_DIR, SeqRange,
+    ACTIVATIONS, AUDIT_KEYS, AUTHORITIES, AuthorityLine, CA_CERT, CHECKPOINTS, CRL, CheckpointLine,
+    EVENTS, MANIFEST, Manifest, POLICY_DIR, SeqRange,
 };
 use crate::config::{ConfigError, load_policy_dir};
 
@@ -47,6 +48,8 @@ pub struct Verified {
     pub policy_versions: usize,
     /// The CRL, if the export has one.
     pub crl: Option<CrlSummary>,
+    /// CAs in `authorities.json`.
+    pub authorities: usize,
 }
 
 impl fmt::Display for Verified {
@@ -70,8 +73,8 @@ impl fmt::Display for Verified {
         write!(
             f,
             "evidence verified: {} files, audit chain of {} events ({period}), {} under {keys}, \
-             {} policy versions, {crl}",
-            self.files, self.events, self.checkpoints, self.policy_versions
+             {} policy versions, {} CAs with their history, {crl}",
+            self.files, self.events, self.checkpoints, self.policy_versions, self.authorities
         )
     }
 }
@@ -140,6 +143,10 @@ pub enum Failure {
     CrlWithoutCa,
     #[error("{CRL}: {0}")]
     Crl(#[source] CrlError),
+    #[error("{AUTHORITIES}: {0}")]
+    Authorities(serde_json::Error),
+    #[error("{AUTHORITIES}: CA {key_id}: {problem}")]
+    Authority { key_id: String, problem: String },
 }
 
 /// Verifies the evidence in `dir`.
@@ -155,7 +162,13 @@ pub fn verify(dir: &Path, trust: Trust) -> Result<Verified, Failure> {
         .flatten()
         .map(|c| c.checkpoint.seq)
         .collect();
-    let chain = read_chain(dir, &wanted)?;
+    let authorities = authorities(dir, &manifest)?;
+    let approvals: HashSet<i64> = authorities
+        .iter()
+        .flat_map(|a| &a.history)
+        .filter_map(|t| t.approval_seq)
+        .collect();
+    let chain = read_chain(dir, &wanted, &approvals)?;
     let checkpoints = checkpoints?;
     let (keys, keys_given) = match trust {
         Trust::Given(keys) => (keys, true),
@@ -186,6 +199,7 @@ pub fn verify(dir: &Path, trust: Trust) -> Result<Verified, Failure> {
         });
     }
     let policy_versions = check_policies(dir, &manifest)?;
+    check_authorities(&authorities, &chain)?;
     let crl = check_crl(dir, &manifest)?;
     Ok(Verified {
         files: manifest.files.len(),
@@ -195,6 +209,7 @@ pub fn verify(dir: &Path, trust: Trust) -> Result<Verified, Failure> {
         keys_given,
         policy_versions,
         crl,
+        authorities: authorities.len(),
     })
 }
 
@@ -204,10 +219,16 @@ struct Chain {
     found: Option<SeqRange>,
     /// The hash at each of the wanted seqs the chain has.
     hashes: HashMap<i64, [u8; 32]>,
+    /// The action and subject of the events at the CA approvals' seqs.
+    approvals: HashMap<i64, (String, String)>,
 }
 
 /// Reads the events file a line at a time, checking every link.
-fn read_chain(dir: &Path, wanted: &HashSet<i64>) -> Result<Chain, Failure> {
+fn read_chain(
+    dir: &Path,
+    wanted: &HashSet<i64>,
+    approval_seqs: &HashSet<i64>,
+) -> Result<Chain, Failure> {
     let path = dir.join(EVENTS);
     let unreadable = |source| Failure::Unreadable {
         path: path.clone(),
@@ -216,6 +237,7 @@ fn read_chain(dir: &Path, wanted: &HashSet<i64>) -> Result<Chain, Failure> {
     let mut reader = BufReader::new(std::fs::File::open(&path).map_err(unreadable)?);
     let mut links = ChainVerifier::new();
     let (mut found, mut hashes) = (None::<SeqRange>, HashMap::new());
+    let mut approvals = HashMap::new();
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
@@ -236,6 +258,9 @@ fn read_chain(dir: &Path, wanted: &HashSet<i64>) -> Result<Chain, Failure> {
         if wanted.contains(&seq) {
             hashes.insert(seq, event.hash);
         }
+        if approval_seqs.contains(&seq) {
+            approvals.insert(seq, (event.event.action, event.event.subject));
+        }
         found = Some(found.map_or(
             SeqRange {
                 first: seq,
@@ -248,7 +273,59 @@ fn read_chain(dir: &Path, wanted: &HashSet<i64>) -> Result<Chain, Failure> {
         count: links.count(),
         found,
         hashes,
+        approvals,
     })
+}
+
+/// `authorities.json`, if the export has one.
+fn authorities(dir: &Path, manifest: &Manifest) -> Result<Vec<AuthorityLine>, Failure> {
+    if !manifest.files.iter().any(|f| f.path == AUTHORITIES) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&read(&dir.join(AUTHORITIES))?).map_err(Failure::Authorities)
+}
+
+/// Each CA's chain starts with a certificate that has the key id it is listed under, and each
+/// state change's approval is, at the seq it names, that proposal's `proposal.approved` event.
+fn check_authorities(authorities: &[AuthorityLine], chain: &Chain) -> Result<(), Failure> {
+    for ca in authorities {
+        let problem = |problem: String| Failure::Authority {
+            key_id: ca.key_id.clone(),
+            problem,
+        };
+        let first = rustls::pki_types::CertificateDer::pem_slice_iter(ca.chain_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| problem("chain_pem holds no certificate".to_owned()))?;
+        let key_id = mintgate_ca::subject_key_id_hex(&first)
+            .map_err(|e| problem(format!("its certificate does not parse as a CA: {e}")))?;
+        if key_id != ca.key_id {
+            return Err(problem(format!("its certificate's key id is {key_id}")));
+        }
+        for step in &ca.history {
+            let (Some(seq), Some(proposal)) = (step.approval_seq, &step.proposal) else {
+                continue;
+            };
+            let expected = ("proposal.approved", format!("proposal:{proposal}"));
+            match chain.approvals.get(&seq) {
+                Some((action, subject)) if *action == expected.0 && *subject == expected.1 => {}
+                Some((action, subject)) => {
+                    return Err(problem(format!(
+                        "{}: event {seq} is {action} {subject}, not the approval of {proposal}",
+                        step.state
+                    )));
+                }
+                None if chain.found.is_some_and(|r| seq <= r.last) => {
+                    return Err(problem(format!(
+                        "{}: event {seq} is not in {EVENTS}",
+                        step.state
+                    )));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The CRL, if there is one, is signed by the CA certificate beside it.

@@ -381,7 +381,7 @@ fn write_events(dir: &Path, events: &[ChainedEvent]) {
 }
 
 /// What a forger does after editing: every listed file's hash and size recomputed.
-fn rehash(dir: &Path) -> Manifest {
+pub(crate) fn rehash(dir: &Path) -> Manifest {
     let mut manifest: Manifest =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     for entry in &mut manifest.files {
@@ -399,7 +399,7 @@ fn write_manifest(dir: &Path, manifest: &Manifest) {
     .unwrap();
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -13,6 +13,7 @@ mod checkpoints;
 mod crash;
 mod deadline;
 mod evidence;
+mod evidence_ca;
 mod evidence_grpc;
 mod faults;
 mod flood;
