@@ -3,7 +3,9 @@
 //! its size and SHA-256, no file it does not list), the audit chain's links, every checkpoint
 //! (signature under a trusted key, and the exported chain has the hash it signed at its seq),
 //! the event range the manifest claims, every policy version directory (it loads, and its
-//! texts hash to its name), and the CRL's signature under the exported CA certificate. Files are
+//! texts hash to its name), the CA records (each certificate has its listed key id, each state
+//! change's approval is that event in the chain), and the CRL's signature under the exported
+//! CA certificate. Files are
 //! read as streams: memory stays small whatever the chain's length (it keeps the hashes at the
 //! checkpoints' seqs only).
 
