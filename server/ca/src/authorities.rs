@@ -38,8 +38,13 @@ pub struct AuthoritySet {
 }
 
 impl AuthoritySet {
+    /// The set of `cas`, if one of them is ACTIVE.
     fn new(cas: Vec<LoadedCa>) -> Option<Self> {
         let active = cas.iter().position(|c| c.state == CaState::Active)?;
+        Some(Self::with_active(cas, active))
+    }
+
+    fn with_active(cas: Vec<LoadedCa>, active: usize) -> Self {
         let mut seen: Vec<&CertificateDer<'static>> = Vec::new();
         let mut bundle_pem = String::new();
         for c in &cas {
@@ -51,12 +56,12 @@ impl AuthoritySet {
             }
         }
         let version = hex::encode(Sha256::digest(bundle_pem.as_bytes()));
-        Some(Self {
+        Self {
             cas,
             active,
             bundle_pem,
             version,
-        })
+        }
     }
 
     /// The CA that signs new certificates.
@@ -107,13 +112,12 @@ impl Authorities {
         crl_base: Option<String>,
         dev: bool,
     ) -> Self {
-        let set = AuthoritySet::new(vec![LoadedCa {
+        let first = LoadedCa {
             state: CaState::Active,
             ca: Arc::new(first),
-        }]);
+        };
         Self {
-            // One CA, ACTIVE: always a set.
-            current: RwLock::new(Arc::new(set.unwrap_or_else(|| unreachable!()))),
+            current: RwLock::new(Arc::new(AuthoritySet::with_active(vec![first], 0))),
             load_key,
             crl_base,
             dev,

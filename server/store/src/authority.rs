@@ -97,6 +97,13 @@ impl WriteTx<'_> {
         match action {
             CaAction::Prepare => {
                 let p = prepared.ok_or_else(|| corrupt("CA proposal"))?;
+                let known = authority::Entity::find_by_id(key_id.to_owned())
+                    .one(&self.txn)
+                    .await
+                    .map_err(unavailable)?;
+                if known.is_some() {
+                    return Err(StoreError::Conflict("authority"));
+                }
                 authority::Entity::insert(model(CaRecord {
                     key_id: key_id.to_owned(),
                     state: CaState::Prepared,
@@ -114,7 +121,7 @@ impl WriteTx<'_> {
                 }))
                 .exec_without_returning(&self.txn)
                 .await
-                .map_err(|_| StoreError::Conflict("authority"))?;
+                .map_err(unavailable)?;
             }
             CaAction::Activate => {
                 self.move_authority(None, CaState::Active, CaState::Retiring, at)
@@ -194,7 +201,7 @@ impl WriteTx<'_> {
         revocation::Entity::insert(revocation::ActiveModel::from(entry))
             .exec_without_returning(&self.txn)
             .await
-            .map_err(|_| StoreError::Conflict("revocation"))?;
+            .map_err(unavailable)?;
         self.done.revocations += 1;
         self.notify_revocations(seq).await?;
         self.notify_authorities().await
