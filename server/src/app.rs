@@ -243,6 +243,7 @@ impl Application {
             trust: trust.clone(),
             bundle: bundle.clone(),
             changed: tokio::sync::Notify::new(),
+            in_step: true.into(),
         });
         registry
             .start(&settings.ca.key_ref, &*clock)
@@ -491,7 +492,7 @@ impl Application {
             metrics: self.metrics,
             ca_window: self.ca_window,
             clock: self.server.clock.clone(),
-            signer: self.registry.signer.clone(),
+            ca: self.registry.clone(),
         };
         let http =
             axum::serve(self.http, crate::http::router(state)).with_graceful_shutdown(async move {

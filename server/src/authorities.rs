@@ -6,12 +6,13 @@
 //! periodic look ([`CaRegistry::run`]) refreshes it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mintgate_api::BundleFeed;
 use mintgate_api::tls::ClientTrust;
 use mintgate_ca::{Authorities, CaError, CaKey, FileKey, KeyLoader, Pkcs11Key};
-use mintgate_domain::authority::AuthorityStore;
+use mintgate_domain::authority::{AuthorityStore, CaState};
 use mintgate_domain::ports::Clock;
 use mintgate_domain::store::StoreError;
 use mintgate_store::SqlStore;
@@ -74,6 +75,8 @@ pub(crate) struct CaRegistry {
     pub(crate) trust: Arc<ClientTrust>,
     pub(crate) bundle: BundleFeed,
     pub(crate) changed: Notify,
+    /// Whether this server signs with the registry's ACTIVE CA (it could open its key).
+    pub(crate) in_step: AtomicBool,
 }
 
 impl CaRegistry {
@@ -102,6 +105,11 @@ impl CaRegistry {
         self.refresh().await
     }
 
+    /// Whether this server signs with the registry's ACTIVE CA; `/readyz` fails otherwise.
+    pub(crate) fn in_step(&self) -> bool {
+        self.in_step.load(Ordering::Relaxed)
+    }
+
     /// Asks for a refresh (a CA changed here or on another replica).
     pub(crate) fn nudge(&self) {
         self.changed.notify_one();
@@ -114,6 +122,15 @@ impl CaRegistry {
             tracing::error!(%key_id, error = %e, "a CA in the trust bundle could not be loaded here");
         }
         let set = self.signer.current();
+        let active = records.iter().find(|ca| ca.state == CaState::Active);
+        let in_step = active.is_none_or(|ca| ca.key_id == set.active().key_id_hex());
+        if !in_step && self.in_step.load(Ordering::Relaxed) {
+            tracing::error!(
+                signing = %set.active().key_id_hex(),
+                "the registry's ACTIVE CA cannot be used here: this server is not ready"
+            );
+        }
+        self.in_step.store(in_step, Ordering::Relaxed);
         let chains: Vec<_> = set
             .cas()
             .iter()

@@ -25,6 +25,7 @@ use mintgate_domain::store::CertificateStore;
 use mintgate_store::SqlStore;
 use time::OffsetDateTime;
 
+use crate::authorities::CaRegistry;
 use crate::metrics::Exporter;
 use crate::ocsp::{self, OcspResponder};
 
@@ -40,8 +41,8 @@ pub(crate) struct HttpState {
     pub(crate) metrics: Arc<Exporter>,
     pub(crate) ca_window: CaWindow,
     pub(crate) clock: Arc<dyn Clock>,
-    /// The CAs: the trust bundle, and the active one's notAfter.
-    pub(crate) signer: Arc<dyn Signer>,
+    /// The CAs: the trust bundle, the active one's notAfter, whether it is the registry's.
+    pub(crate) ca: Arc<CaRegistry>,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -64,8 +65,14 @@ pub(crate) fn router(state: HttpState) -> Router {
 /// and this say 503, never hang (see `mintgate_store::SqlStore::health`).
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
     // A CA this close to its end issues nothing (CA_EXPIRING), so this replica cannot serve.
+    if !state.ca.in_step() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CA_NOT_LOADED: the registry's ACTIVE CA key cannot be opened here\n".to_owned(),
+        );
+    }
     let window = CaWindow {
-        not_after: state.signer.not_after(),
+        not_after: state.ca.signer.not_after(),
         ..state.ca_window
     };
     if let Err(e) = window.check(state.clock.now()) {
@@ -95,14 +102,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 async fn bundle(State(state): State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
-        state.signer.trust_bundle_pem(),
+        state.ca.signer.trust_bundle_pem(),
     )
         .into_response()
 }
 
 /// `/crl`: the CRL of the ACTIVE CA.
 async fn active_crl(State(state): State<HttpState>) -> Response {
-    let key_id = state.signer.issuer_key_id();
+    let key_id = state.ca.signer.issuer_key_id();
     crl(State(state), axum::extract::Path(key_id)).await
 }
 

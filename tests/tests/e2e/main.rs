@@ -36,6 +36,7 @@ mod revocation_stream;
 mod revoked_client;
 mod roles;
 mod rotation;
+mod rotation_refusals;
 mod rotation_tools;
 mod sdk;
 mod sdk_holds;

@@ -83,7 +83,7 @@ async fn propose(server: &TestServer, who: &str, request: v1::ProposeCaRequest) 
         .unwrap()
 }
 
-fn step(id: &str, action: v1::CaAction, key_id: &str) -> v1::ProposeCaRequest {
+pub(crate) fn step(id: &str, action: v1::CaAction, key_id: &str) -> v1::ProposeCaRequest {
     v1::ProposeCaRequest {
         request_id: id.into(),
         action: action.into(),
@@ -123,7 +123,7 @@ async fn next_bundle(stream: &mut tonic::Streaming<v1::TrustBundle>) -> v1::Trus
 
 /// Each CA's key id and state, in the order of the states' life (CAs prepared in the same
 /// second have no newest).
-fn states(bundle: &v1::TrustBundle) -> Vec<(String, v1::CaState)> {
+pub(crate) fn states(bundle: &v1::TrustBundle) -> Vec<(String, v1::CaState)> {
     let mut states: Vec<_> = bundle
         .authorities
         .iter()
@@ -506,105 +506,4 @@ async fn compromise_drill(backend: Backend) {
     assert_eq!(code, 404);
     let (code, _) = server.http_get("/crl").await;
     assert_eq!(code, 200);
-}
-
-both_backends!(a_bad_ca_proposal_is_refused_with_its_reason, bad_proposals);
-async fn bad_proposals(backend: Backend) {
-    let server = TestServer::spawn_with(custodians(backend)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (next, key) = successor(&server, dir.path());
-    let old_id = key_id_of(&server.pki.ca.cert_pem);
-    let mut alice = server.admin_as("alice").await;
-    let prepare = |chain: &str, key: &str| v1::ProposeCaRequest {
-        request_id: "bad".into(),
-        action: v1::CaAction::Prepare.into(),
-        chain_pem: chain.into(),
-        key: key.into(),
-        key_id: String::new(),
-    };
-    let loose = dir.path().join("loose.key");
-    std::fs::write(&loose, &next.key_pem).unwrap();
-    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let old_key = dir.path().join("old.key");
-    std::fs::write(&old_key, &server.pki.ca.key_pem).unwrap();
-    std::fs::set_permissions(
-        &old_key,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let unspecified = v1::ProposeCaRequest {
-        request_id: "bad".into(),
-        ..Default::default()
-    };
-    let cases = [
-        (unspecified, Code::InvalidArgument, "CA_ACTION_INVALID"),
-        (prepare("", &key), Code::InvalidArgument, "FIELD_MISSING"),
-        (
-            prepare(
-                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-                &key,
-            ),
-            Code::InvalidArgument,
-            "CA_INVALID",
-        ),
-        // The chain of one CA with the key of another.
-        (
-            prepare(&server.pki.ca.cert_pem, &key),
-            Code::InvalidArgument,
-            "CA_INVALID",
-        ),
-        // A key file others may read.
-        (
-            prepare(&next.cert_pem, &loose.display().to_string()),
-            Code::InvalidArgument,
-            "CA_INVALID",
-        ),
-        (
-            prepare(&server.pki.ca.cert_pem, &old_key.display().to_string()),
-            Code::FailedPrecondition,
-            "CA_EXISTS",
-        ),
-        (
-            step("bad", v1::CaAction::Activate, "00ff"),
-            Code::NotFound,
-            "CA_NOT_FOUND",
-        ),
-        (
-            step("bad", v1::CaAction::Retire, &old_id),
-            Code::FailedPrecondition,
-            "CA_STATE",
-        ),
-        (
-            step("bad", v1::CaAction::Activate, ""),
-            Code::InvalidArgument,
-            "FIELD_MISSING",
-        ),
-    ];
-    for (request, code, why) in cases {
-        let refused = alice.propose_ca(request.clone()).await.unwrap_err();
-        assert_eq!(
-            (refused.code(), reason(&refused).as_str()),
-            (code, why),
-            "{request:?}: {refused:?}"
-        );
-    }
-    // Not an operator: refused before anything is looked at.
-    let mut node = v1::admin_client::AdminClient::new(
-        server
-            .channel(&server.pki.node.cert_pem, &server.pki.node.key_pem)
-            .await
-            .unwrap(),
-    );
-    let refused = node
-        .propose_ca(prepare(&next.cert_pem, &key))
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied);
-    // Nothing was recorded.
-    let listed = alice
-        .list_authorities(v1::ListAuthoritiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(states(&listed), [(old_id, v1::CaState::Active)]);
 }
