@@ -1,5 +1,6 @@
-//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits and
-//! the issuing CA is not within its minimum lifetime of its notAfter),
+//! The plain-HTTP port: `/healthz` (the process is up), `/readyz` (the database commits, this
+//! server signs with the registry's ACTIVE CA, and that CA is not within its minimum lifetime
+//! of its notAfter),
 //! `/bundle.pem` (the trust bundle: every CA PREPARED, ACTIVE or RETIRING and the CAs above
 //! it up to the root, PEM), `/crl` (the revocation registry as an RFC 5280 CRL, DER, signed by
 //! the ACTIVE CA; `/crl/{key id}` the same for any CA in the bundle, what each CA stamps into
