@@ -9,7 +9,6 @@ use mintgate_api::holds::{EdgeObserver, HoldFeed};
 use mintgate_api::peer::PeerClassifier;
 use mintgate_api::tls::{self, ClientTrust};
 use mintgate_api::{BundleFeed, GrpcConfig, GrpcServer, Metrics, RevocationHub};
-use mintgate_ca::Authorities;
 use mintgate_domain::lifetime::{CaExpiring, CaWindow};
 use mintgate_domain::model::CallerKind;
 use mintgate_domain::policy::Policy;
@@ -166,21 +165,16 @@ impl Application {
                 .map_err(BuildError::Ca)?,
         );
         let signer: Arc<dyn Signer> = authorities.clone();
-        // The configured CA before anything is opened; the ACTIVE one once the registry is read.
-        let ca_window = |signer: &Arc<Authorities>| {
-            let window = CaWindow {
-                not_after: signer.not_after(),
-                min_lifetime: settings.ca.min_lifetime,
-            };
-            window
-                .check(clock.now())
-                .map_err(|source| BuildError::CaExpiring {
-                    subject: signer.current().active().subject().to_owned(),
-                    source,
-                })
-                .map(|()| window)
-        };
-        ca_window(&authorities)?;
+        // The configured CA, before anything is opened.
+        CaWindow {
+            not_after: signer.not_after(),
+            min_lifetime: settings.ca.min_lifetime,
+        }
+        .check(clock.now())
+        .map_err(|source| BuildError::CaExpiring {
+            subject: authorities.current().active().subject().to_owned(),
+            source,
+        })?;
         let metrics = Arc::new(Exporter::new(signer.clone(), clock.clone()));
         let edge_metrics = Metrics::new(metrics.recorder());
         let holds = HoldFeed::default();
@@ -245,14 +239,20 @@ impl Application {
             changed: tokio::sync::Notify::new(),
             in_step: true.into(),
         });
+        bundle.set_reload(registry.reload_hook(hub.clone()));
         registry
-            .start(&settings.ca.key_ref, &*clock)
+            .start(&settings.ca.key_ref, settings.ca.min_lifetime, &*clock)
             .await
             .map_err(|source| BuildError::Store {
                 url: redact_url(&settings.database_url),
                 source,
             })?;
-        let ca_window = ca_window(&authorities)?;
+        // The registry's ACTIVE CA may have run out: the server still starts, so that operators
+        // can rotate (issuance answers CA_EXPIRING and /readyz 503 meanwhile).
+        let ca_window = CaWindow {
+            not_after: signer.not_after(),
+            min_lifetime: settings.ca.min_lifetime,
+        };
         let tls_config = tls::server_config(
             trust.clone(),
             settings.trust_domain.clone(),

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mintgate_api::BundleFeed;
+use mintgate_api::bundle::Reload;
 use mintgate_api::tls::ClientTrust;
+use mintgate_api::{BundleFeed, RevocationHub};
 use mintgate_ca::{Authorities, CaError, CaKey, FileKey, KeyLoader, Pkcs11Key};
 use mintgate_domain::authority::{AuthorityStore, CaState};
 use mintgate_domain::ports::Clock;
-use mintgate_domain::store::StoreError;
+use mintgate_domain::store::{CertificateStore as _, StoreError};
 use mintgate_store::SqlStore;
 use tokio::sync::{Notify, watch};
 
@@ -81,26 +82,45 @@ pub(crate) struct CaRegistry {
 
 impl CaRegistry {
     /// Records the configured CA on the first start, then loads the registry's CAs.
-    pub(crate) async fn start(&self, key_ref: &str, clock: &dyn Clock) -> Result<(), StoreError> {
+    ///
+    /// Later, a CA in `[ca]` that the registry does not know is ignored (rotations go through
+    /// proposals), except when the registry's ACTIVE CA has run out (within `min_lifetime` of
+    /// its notAfter): then the configured one is adopted as ACTIVE, audited as `ca.adopted`, so
+    /// that replacing `[ca]` still revives a server whose CA expired unrotated.
+    pub(crate) async fn start(
+        &self,
+        key_ref: &str,
+        min_lifetime: Duration,
+        clock: &dyn Clock,
+    ) -> Result<(), StoreError> {
+        let now = clock.now();
         let first = self
             .signer
-            .first_record(key_ref, clock.now())
+            .first_record(key_ref, now)
             .map_err(|e| StoreError::Corrupt(Box::new(e)))?;
         let key_id = first.key_id.clone();
-        if self.store.register_first_authority(first).await? {
+        if self.store.register_first_authority(first.clone()).await? {
             tracing::info!(%key_id, "first start: the configured CA is recorded as ACTIVE");
-        } else if !self
-            .store
-            .authorities()
-            .await?
-            .iter()
-            .any(|ca| ca.key_id == key_id)
-        {
-            tracing::warn!(
-                %key_id,
-                "the CA in [ca] is not in the CA registry: the registry's ACTIVE CA signs \
-                 (rotate with Admin/ProposeCa)"
-            );
+            return self.refresh().await;
+        }
+        let records = self.store.authorities().await?;
+        if !records.iter().any(|ca| ca.key_id == key_id) {
+            let active = records.iter().find(|ca| ca.state == CaState::Active);
+            let run_out = active.is_none_or(|ca| ca.not_after - min_lifetime <= now);
+            if run_out {
+                let event = adopted(&first, active.map(|ca| ca.key_id.as_str()), now);
+                self.store.adopt_authority(first, event).await?;
+                tracing::warn!(
+                    %key_id,
+                    "the registry's ACTIVE CA has run out: the CA in [ca] is adopted as ACTIVE"
+                );
+            } else {
+                tracing::warn!(
+                    %key_id,
+                    "the CA in [ca] is not in the CA registry: the registry's ACTIVE CA signs \
+                     (rotate with Admin/ProposeCa)"
+                );
+            }
         }
         self.refresh().await
     }
@@ -108,6 +128,24 @@ impl CaRegistry {
     /// Whether this server signs with the registry's ACTIVE CA; `/readyz` fails otherwise.
     pub(crate) fn in_step(&self) -> bool {
         self.in_step.load(Ordering::Relaxed)
+    }
+
+    /// What an approval of a CA change awaits before it is answered: the CAs reloaded, and the
+    /// revocation log applied up to its head (a revoked issuer is cut off).
+    pub(crate) fn reload_hook(self: &Arc<Self>, hub: Arc<RevocationHub>) -> Reload {
+        let registry = self.clone();
+        Arc::new(move || {
+            let (registry, hub) = (registry.clone(), hub.clone());
+            Box::pin(async move {
+                if let Err(e) = registry.refresh().await {
+                    tracing::warn!(error = %e, "the CA registry could not be read");
+                }
+                if let Ok(bounds) = registry.store.revocation_bounds().await {
+                    hub.nudge();
+                    hub.applied_through(bounds.head).await;
+                }
+            })
+        })
     }
 
     /// Asks for a refresh (a CA changed here or on another replica).
@@ -157,5 +195,33 @@ impl CaRegistry {
                 tracing::warn!(error = %e, "the CA registry could not be read");
             }
         }
+    }
+}
+
+/// The audit event of a CA adopted from `[ca]`.
+fn adopted(
+    ca: &mintgate_domain::authority::CaRecord,
+    replaced: Option<&str>,
+    now: time::OffsetDateTime,
+) -> mintgate_domain::audit::AuditEvent {
+    mintgate_domain::audit::AuditEvent {
+        seq: 0,
+        at: now.unix_timestamp(),
+        actor: mintgate_domain::governance::BOOTSTRAP_ACTOR.to_owned(),
+        action: "ca.adopted".to_owned(),
+        subject: format!("ca:{}", ca.key_id),
+        spiffe_id: None,
+        dns_names: Vec::new(),
+        key_type: None,
+        not_before: None,
+        not_after: Some(ca.not_after.unix_timestamp()),
+        policy_version: None,
+        policy_rule: None,
+        request_id: None,
+        detail: Some(format!(
+            "{} from [ca]: the ACTIVE CA {} had run out",
+            ca.subject,
+            replaced.unwrap_or("(none)")
+        )),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mintgate_domain::governance::ProposalStatus;
+use mintgate_domain::governance::{Change, ProposalStatus};
 use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_domain::ports::Clock;
 use mintgate_domain::service::{
@@ -229,11 +229,19 @@ impl<S: CertificateStore> v1::admin_server::Admin for AdminService<S> {
     ) -> Result<Response<v1::ProposalResponse>, Status> {
         let caller = caller(&request)?;
         let id = request.into_inner().proposal_id;
-        self.app
+        let applied = self
+            .app
             .approve_proposal(&caller, &id)
             .await
-            .map(|p| self.proposal_response(&p))
-            .map_err(|e| to_status(&e, "ApproveProposal", ""))
+            .map_err(|e| to_status(&e, "ApproveProposal", ""))?;
+        // A CA change is in force here (signer, listener, bundle, revocations) when answered.
+        if matches!(
+            applied.change,
+            Change::Ca { .. } | Change::RevokeIssuer { .. }
+        ) {
+            self.bundle.reloaded().await;
+        }
+        Ok(self.proposal_response(&applied))
     }
 
     #[tracing::instrument(name = "GetGovernance", skip_all, fields(caller))]

@@ -82,6 +82,32 @@ impl AuthorityStore for SqlStore {
     }
 }
 
+impl SqlStore {
+    /// The break-glass path for a CA that has run out: `ca` (the one in `[ca]`, not in the
+    /// registry) becomes ACTIVE and the ACTIVE one RETIRING, with `audit`, in one transaction.
+    /// The caller decides when that is allowed.
+    pub async fn adopt_authority(
+        &self,
+        ca: CaRecord,
+        audit: mintgate_domain::audit::AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let result = async {
+            let at = ca.prepared_at.unix_timestamp();
+            tx.move_authority(None, CaState::Active, CaState::Retiring, at)
+                .await?;
+            authority::Entity::insert(model(ca))
+                .exec_without_returning(&tx.txn)
+                .await
+                .map_err(unavailable)?;
+            tx.append(vec![audit]).await?;
+            tx.notify_authorities().await
+        }
+        .await;
+        tx.end(result).await
+    }
+}
+
 impl WriteTx<'_> {
     /// Applies a rotation step. Each one moves rows only from the state it expects, so a step
     /// approved twice, or against a CA that moved meanwhile, is a conflict.
