@@ -183,7 +183,8 @@ pub trait KeySource: Send + Sync + 'static {
     /// The key set as last read.
     fn current(&self) -> std::sync::Arc<crate::jwt::JwkSet>;
     /// A token named a key the set lacks: read the keys again unless they were read too
-    /// recently, and return the set to retry with; `None` when nothing new was read.
+    /// recently, and return the set to retry with (the one it has when it did not read);
+    /// `None` when there is nothing to retry with.
     fn refresh(
         &self,
     ) -> Pin<Box<dyn Future<Output = Option<std::sync::Arc<crate::jwt::JwkSet>>> + Send + '_>>;
