@@ -277,6 +277,7 @@ impl CredentialManager {
             csr: csr.into_bytes(),
             ttl: policy.ttl.map(proto_duration),
             join_token: join_token.unwrap_or_default(),
+            service_account_token: String::new(),
         };
         state.send_replace(CredentialState::Enrolling);
         let enrolled = renew::enroll_until_issued(

@@ -62,6 +62,8 @@ pub enum BuildError {
     CaExpiring { subject: String, source: CaExpiring },
     #[error("tls: {0}")]
     Tls(#[source] tls::TlsError),
+    #[error("attestation.jwt: {0}")]
+    Jwt(#[source] crate::jwks::ReadError),
     #[error("database {url}: {source}")]
     Store { url: String, source: StoreError },
     #[error("cannot listen on {addr}: {source}")]
@@ -94,6 +96,7 @@ impl BuildError {
                 | Self::Ca(_)
                 | Self::CaExpiring { .. }
                 | Self::Tls(_)
+                | Self::Jwt(_)
                 | Self::NoDescriptors { .. }
         ) || matches!(self, Self::Governance { source, .. } if source.class().is_user_fault())
     }
@@ -160,6 +163,9 @@ impl Application {
             environment = %settings.environment,
             "policy loaded"
         );
+        let jwt = crate::jwks::attestor(settings.jwt.as_ref())
+            .await
+            .map_err(BuildError::Jwt)?;
         let authorities = Arc::new(
             crate::authorities::load(&settings.ca, settings.crl_url.as_deref(), settings.dev)
                 .map_err(BuildError::Ca)?,
@@ -301,7 +307,7 @@ impl Application {
             signer.clone(),
             clock.clone(),
         ));
-        let app = Arc::new(Mintgate::new(Parts {
+        let app = Mintgate::new(Parts {
             store: store.clone(),
             signer: signer.clone(),
             clock: clock.clone(),
@@ -323,7 +329,8 @@ impl Application {
             ca_publish: settings.ca.publish,
             risk: settings.risk.clone(),
             holds: settings.holds,
-        }));
+        });
+        let app = Arc::new(app.with_jwt(jwt));
         let ocsp = Arc::new(OcspResponder::new(
             app.clone(),
             authorities.clone(),

@@ -11,24 +11,26 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use mintgate_api::{GrpcConfig, HubConfig};
 use mintgate_domain::TrustDomain;
-use mintgate_domain::policy::{
-    DEFAULT_ENVIRONMENT, POLICY_EXTENSION, PolicyFile, PolicySource, SCHEMA_FILE,
-};
+use mintgate_domain::policy::{DEFAULT_ENVIRONMENT, PolicySource};
 use mintgate_domain::risk::RiskConfig;
 use mintgate_domain::service::HoldSettings;
 use mintgate_store::ProbeSettings;
 use serde::{Deserialize, Serialize};
 
+mod attestation;
 mod audit;
 mod ca;
+mod policy_dir;
 mod readiness;
 mod replication;
 mod risk;
 
+pub use attestation::{AttestationFile, JwksSource, JwtFile, JwtSettings};
 pub use audit::{
     AuditFile, AuditSettings, DEFAULT_CHECKPOINT_EVERY_EVENTS, DEFAULT_CHECKPOINT_EVERY_SECONDS,
 };
 pub use ca::{CaBackend, CaFiles, CaKeySource, CaSettings, Pkcs11File};
+pub use policy_dir::load_policy_dir;
 pub use readiness::ReadinessFile;
 pub use replication::{ReplicationFile, ReplicationSettings};
 pub use risk::{HoldsFile, RiskFile};
@@ -95,6 +97,8 @@ pub struct FileConfig {
     pub holds: HoldsFile,
     #[serde(default)]
     pub replication: ReplicationFile,
+    #[serde(default)]
+    pub attestation: AttestationFile,
     /// Operator SPIFFE ID → roles: the first role bindings, taken only by the first server
     /// that starts on an empty database (with the policy directory). After that, roles change
     /// only through two-person proposals (Admin/ProposeRoleBinding).
@@ -314,6 +318,8 @@ pub struct Settings {
     pub risk: RiskConfig,
     pub holds: HoldSettings,
     pub replication: ReplicationSettings,
+    /// The `jwt` attestor (`[attestation.jwt]`); off when `None`.
+    pub jwt: Option<JwtSettings>,
     /// Dev material is accepted only when this is set (`--dev`).
     pub dev: bool,
 }
@@ -403,6 +409,7 @@ impl Settings {
                     "must hold 32 bytes as 64 hex digits",
                 )
             })?;
+        let jwt = c.attestation.jwt(&trust_domain)?;
         let read_all = |paths: &[PathBuf], field| -> Result<Vec<String>, ConfigError> {
             paths.iter().map(|p| read(p, field)).collect()
         };
@@ -437,6 +444,7 @@ impl Settings {
             risk: c.risk.config()?,
             holds: c.holds.settings()?,
             replication: c.replication.settings()?,
+            jwt,
             dev: false,
         })
     }
@@ -501,39 +509,11 @@ impl Settings {
             risk: RiskConfig::default(),
             holds: HoldSettings::default(),
             replication: ReplicationSettings::default(),
+            jwt: None,
             trust_domain,
             dev: true,
         })
     }
-}
-
-/// Reads a policy directory: its `schema.cedarschema` and every `*.cedar` file in it (not in
-/// subdirectories); anything else there is ignored. Whether it is a valid policy is the
-/// domain's to say ([`mintgate_domain::policy::Policy::load`]).
-pub fn load_policy_dir(dir: &Path) -> Result<PolicySource, ConfigError> {
-    let field = "policy_dir";
-    let schema = read(&dir.join(SCHEMA_FILE), field)?;
-    let unreadable = |source| ConfigError::Read {
-        field,
-        path: dir.to_owned(),
-        source,
-    };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
-        let path = entry.map_err(unreadable)?.path();
-        if path.extension().is_some_and(|e| e == POLICY_EXTENSION) && path.is_file() {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.push(PolicyFile {
-                name,
-                text: read(&path, field)?,
-            });
-        }
-    }
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(PolicySource { schema, files })
 }
 
 /// The dev operators and their roles: `admin` (break-glass), `alice` who proposes and `bob`

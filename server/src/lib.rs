@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod evidence;
 mod http;
+pub mod jwks;
 mod metrics;
 mod ocsp;
 mod replication;

@@ -83,7 +83,7 @@ fn policy_check_passes_a_good_directory_with_its_version() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.starts_with("policy: valid, 2 policies in 1 file; version "),
+        stdout.starts_with("policy: valid, 3 policies in 1 file; version "),
         "{stdout}"
     );
     // Without a trust domain the policies need only agree on one.

@@ -239,6 +239,8 @@ pub struct Options {
     /// How long a prepared CA is published before it may be activated (default: the
     /// server's, a day; rotation tests move the clock past it).
     pub ca_publish: std::time::Duration,
+    /// The `jwt` attestor's settings (`[attestation.jwt]`; default: off).
+    pub jwt: Option<mintgate_server::config::JwtSettings>,
 }
 
 /// The server's risk defaults without the rate and breadth signals: most tests issue in
@@ -274,6 +276,7 @@ impl Options {
             leader_check: std::time::Duration::from_millis(100),
             pkcs11: None,
             ca_publish: mintgate_domain::authority::DEFAULT_PUBLISH,
+            jwt: None,
         }
     }
 }
@@ -366,6 +369,7 @@ impl TestServer {
             replication: ReplicationSettings {
                 leader_check: options.leader_check,
             },
+            jwt: options.jwt,
             dev: true,
         };
         let app = match Application::build(settings, clock.clone()).await {

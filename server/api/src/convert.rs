@@ -29,6 +29,7 @@ pub(crate) fn enroll_input(r: v1::EnrollRequest) -> IssueInput {
         csr: r.csr,
         ttl: ttl(r.ttl),
         join_token: Some(r.join_token).filter(|t| !t.is_empty()),
+        service_account_token: Some(r.service_account_token).filter(|t| !t.is_empty()),
     }
 }
 
@@ -38,6 +39,7 @@ pub(crate) fn renew_input(r: v1::RenewRequest) -> IssueInput {
         csr: r.csr,
         ttl: ttl(r.ttl),
         join_token: None,
+        service_account_token: None,
     }
 }
 

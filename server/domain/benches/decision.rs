@@ -40,6 +40,7 @@ fn main() {
         dns_names,
         attestors: &["node_cert"],
         join_token,
+        kubernetes: None,
         risk: &no_risk,
     };
     let cases = [

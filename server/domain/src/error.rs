@@ -174,6 +174,8 @@ pub enum AttestationError {
     WrongCallerKind(&'static str),
     #[error("a workload may only act on its own identity's certificates")]
     IdentityMismatch,
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::JwtError),
 }
 
 impl AttestationError {
@@ -189,6 +191,7 @@ impl AttestationError {
             Self::JoinTokenWrongIdentity => "JOIN_TOKEN_WRONG_IDENTITY",
             Self::WrongCallerKind(_) => "CALLER_KIND_NOT_ALLOWED",
             Self::IdentityMismatch => "IDENTITY_MISMATCH",
+            Self::Jwt(e) => e.reason(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod csr;
 pub mod error;
 pub mod governance;
 pub mod hold;
+pub mod jwt;
 pub mod lifecycle;
 pub mod lifetime;
 pub mod model;

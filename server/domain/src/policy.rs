@@ -6,7 +6,7 @@
 //! [`Policy::decide`] asks Cedar whether a principal may take an action on the SPIFFE ID asked
 //! for: a [`Principal::Node`] enrolling (`Action::"Issue"`) or a [`Principal::Workload`]
 //! renewing its own ID (`Action::"Renew"`), with the facts of the request as context (ttl, key
-//! type, DNS names, attestors, join token, environment). Deny by default: a request is granted
+//! type, DNS names, attestors, join token, Kubernetes service account, environment). Deny by default: a request is granted
 //! only if a permit applies and no forbid does. Cedar alone decides; the annotations of the
 //! permits that granted it only shape what is granted (`@max_ttl_seconds`, `@server_auth`).
 //!
@@ -119,6 +119,8 @@ pub struct DecisionInput<'a> {
     pub attestors: &'a [&'a str],
     /// A valid join token bound to exactly `spiffe_id` came with the request.
     pub join_token: bool,
+    /// The service account a verified `jwt` token named (`context.kubernetes`).
+    pub kubernetes: Option<&'a crate::jwt::ServiceAccount>,
     /// What the risk assessment found (`context.risk`).
     pub risk: &'a RiskAssessment,
 }

@@ -175,3 +175,17 @@ pub trait Observer: Send + Sync + 'static {
 pub struct Unobserved;
 
 impl Observer for Unobserved {}
+
+/// Where the `jwt` attestor's keys come from: a JWKS file or HTTPS URL the server reads. The
+/// source bounds how often it reads, so a caller sending tokens with made-up key ids cannot make
+/// it fetch more often than that.
+pub trait KeySource: Send + Sync + 'static {
+    /// The key set as last read.
+    fn current(&self) -> std::sync::Arc<crate::jwt::JwkSet>;
+    /// A token named a key the set lacks: read the keys again unless they were read too
+    /// recently, and return the set to retry with (the one it has when it did not read);
+    /// `None` when there is nothing to retry with.
+    fn refresh(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Option<std::sync::Arc<crate::jwt::JwkSet>>> + Send + '_>>;
+}

@@ -75,6 +75,69 @@ fn the_sample_config_parses_and_unknown_keys_are_refused() {
     let err = zero.hub_config().unwrap_err().to_string();
     assert!(err.contains("revocation.heartbeat_seconds"), "{err}");
 
+    let td = TrustDomain::parse("prod.example").unwrap();
+    let jwt = parsed.attestation.jwt(&td).unwrap().unwrap();
+    assert_eq!(jwt.rules.audiences, ["mintgate"]);
+    assert_eq!(
+        jwt.rules.spiffe_id.as_str(),
+        "spiffe://prod.example/ns/{namespace}/sa/{serviceaccount}"
+    );
+    assert_eq!(jwt.min_refresh, Duration::from_secs(30));
+    assert!(matches!(jwt.jwks, JwksSource::File(_)));
+    assert!(AttestationFile::default().jwt(&td).unwrap().is_none());
+    let base = parsed.attestation.jwt.clone().unwrap();
+    let refused = [
+        (
+            JwtFile {
+                jwks_url: Some("https://issuer/jwks".to_owned()),
+                ..base.clone()
+            },
+            "exactly one of jwks_file and jwks_url",
+        ),
+        (
+            JwtFile {
+                jwks_file: None,
+                jwks_url: Some("http://issuer/jwks".to_owned()),
+                ..base.clone()
+            },
+            "attestation.jwt.jwks_url",
+        ),
+        (
+            JwtFile {
+                jwks_file: None,
+                jwks_url: Some("https://issuer/jwks".to_owned()),
+                ..base.clone()
+            },
+            "attestation.jwt.jwks_ca_file",
+        ),
+        (
+            JwtFile {
+                audiences: Vec::new(),
+                ..base.clone()
+            },
+            "attestation.jwt.audiences",
+        ),
+        (
+            JwtFile {
+                spiffe_id: Some("spiffe://other.example/ns/{namespace}".to_owned()),
+                ..base.clone()
+            },
+            "attestation.jwt.spiffe_id",
+        ),
+        (
+            JwtFile {
+                jwks_min_refresh_seconds: Some(0),
+                ..base.clone()
+            },
+            "attestation.jwt.jwks_min_refresh_seconds",
+        ),
+    ];
+    for (file, field) in refused {
+        let attestation = AttestationFile { jwt: Some(file) };
+        let err = attestation.jwt(&td).unwrap_err().to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+
     let bad = format!("{sample}\ntypo_key = 1\n");
     let err = Figment::new()
         .merge(Toml::string(&bad))

@@ -187,6 +187,7 @@ async fn refused_as_expected(
         csr: row.csr.clone(),
         ttl: row.ttl,
         join_token: String::new(),
+        service_account_token: String::new(),
     };
     let status = match raw.enroll(request).await {
         Ok(issued) => return Err(format!("issued {}", issued.into_inner().serial)),

@@ -267,6 +267,7 @@ fn input(request_id: &str, csr_pem: &str) -> IssueInput {
         csr: csr_pem.as_bytes().to_vec(),
         ttl: None,
         join_token: None,
+        service_account_token: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub fn enroll_request(request_id: &str, csr_pem: &str) -> v1::EnrollRequest {
         csr: csr_pem.as_bytes().to_vec(),
         ttl: None,
         join_token: String::new(),
+        service_account_token: String::new(),
     }
 }
 

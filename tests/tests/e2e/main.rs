@@ -21,6 +21,7 @@ mod governance;
 mod holds;
 mod idempotency;
 mod issuance;
+mod jwt;
 mod metrics;
 mod mtls;
 mod ocsp;

@@ -57,6 +57,7 @@ async fn every_refusal_before_a_handler_carries_error_info_and_is_counted() {
             csr: vec![b'A'; 70_000],
             ttl: None,
             join_token: String::new(),
+            service_account_token: String::new(),
         })
         .await
         .unwrap_err();

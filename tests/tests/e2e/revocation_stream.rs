@@ -54,6 +54,7 @@ async fn enroll(server: &TestServer, prefix: &str, n: usize, ttl: Option<i64>) -
                         csr: csr_pem.into_bytes(),
                         ttl: ttl.map(mintgate_sdk::seconds),
                         join_token: String::new(),
+                        service_account_token: String::new(),
                     };
                     let issued = node.enroll(request).await.unwrap();
                     check_issued(&issued.certificate_chain_pem, &ca, &id, now);

@@ -137,6 +137,7 @@ async fn an_openssl_csr_yields_a_chain_openssl_and_pkilint_accept() {
             csr: std::fs::read(&csr).unwrap(),
             ttl: None,
             join_token: String::new(),
+            service_account_token: String::new(),
         };
         let now = server.clock.now_odt().unix_timestamp();
         let issued = server.node().await.enroll(request).await.unwrap();

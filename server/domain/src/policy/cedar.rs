@@ -18,8 +18,9 @@ use cedar_policy::{
 };
 
 use super::operation::{Actor, Operation, OperationInput, ROLES, Target};
-use super::{DecideError, DecisionInput, Principal};
+use super::{DEFAULT_ENVIRONMENT, DecideError, DecisionInput, Principal};
 use crate::error::Cause;
+use crate::jwt::ServiceAccount;
 use crate::{SpiffeId, TrustDomain};
 
 /// What Cedar said about one request.
@@ -42,6 +43,9 @@ pub(super) struct Engine {
     has_hold: bool,
     /// The schema's `Issuance` context has `risk` (a policy written before holds has not).
     pub(super) sees_risk: bool,
+    /// The schema's `Issuance` context has `kubernetes` (a policy written before the `jwt`
+    /// attestor has not): only then is it sent.
+    sees_kubernetes: bool,
 }
 
 /// A request, its entities and the policies to ask about it.
@@ -132,6 +136,7 @@ impl Engine {
             names,
             has_hold,
             sees_risk: true,
+            sees_kubernetes: true,
         })
     }
 
@@ -169,6 +174,24 @@ impl Engine {
 
     pub(super) fn has_hold(&self) -> bool {
         self.has_hold
+    }
+
+    /// Learns whether the schema declares `context.kubernetes`, from whether a `sample` that
+    /// carries one is accepted by it.
+    pub(super) fn learn_kubernetes(&mut self, sample: &DecisionInput<'_>, schema: &Schema) {
+        let account = crate::jwt::ServiceAccount {
+            namespace: "default".to_owned(),
+            name: "default".to_owned(),
+            pod: Some("pod".to_owned()),
+        };
+        let with = DecisionInput {
+            kubernetes: Some(&account),
+            ..*sample
+        };
+        self.sees_kubernetes = true;
+        self.sees_kubernetes = self
+            .request(&with, DEFAULT_ENVIRONMENT, Some(schema), false)
+            .is_ok();
     }
 
     /// Asks Cedar about an operation.
@@ -223,7 +246,8 @@ impl Engine {
         let action = if hold { &n.hold } else { action };
         let principal = n.identity(principal_type, principal_id, [])?;
         let resource = n.identity(&n.spiffe_id, input.spiffe_id, [])?;
-        let context = Context::from_pairs(context(input, environment, self.sees_risk))?;
+        let kubernetes = input.kubernetes.filter(|_| self.sees_kubernetes);
+        let context = Context::from_pairs(context(input, environment, self.sees_risk, kubernetes))?;
         let request = Request::new(
             principal.uid(),
             action.clone(),
@@ -390,11 +414,13 @@ fn scope_admits(policy: &Policy, action: &EntityUid, actions: &Entities) -> bool
     }
 }
 
-/// The `Issuance` context (see the schema); `risk` only for a schema that declares it.
+/// The `Issuance` context (see the schema); `risk` only for a schema that declares it, and
+/// `kubernetes` when given.
 fn context(
     input: &DecisionInput<'_>,
     environment: &str,
     risk: bool,
+    kubernetes: Option<&ServiceAccount>,
 ) -> Vec<(String, RestrictedExpression)> {
     let strings = |items: &mut dyn Iterator<Item = String>| {
         RestrictedExpression::new_set(items.map(RestrictedExpression::new_string))
@@ -431,6 +457,19 @@ fn context(
             "ttl_seconds".to_owned(),
             RestrictedExpression::new_long(i64::try_from(secs).unwrap_or(i64::MAX)),
         ));
+    }
+    if let Some(account) = kubernetes {
+        let text = |s: &str| RestrictedExpression::new_string(s.to_owned());
+        let mut record = vec![
+            ("namespace".to_owned(), text(&account.namespace)),
+            ("service_account".to_owned(), text(&account.name)),
+        ];
+        if let Some(pod) = &account.pod {
+            record.push(("pod".to_owned(), text(pod)));
+        }
+        if let Ok(record) = RestrictedExpression::new_record(record) {
+            pairs.push(("kubernetes".to_owned(), record));
+        }
     }
     if risk {
         let assessment = input.risk;

@@ -439,6 +439,7 @@ impl Loader<'_> {
             dns_names: &dns,
             attestors: &["node_cert"],
             join_token: false,
+            kubernetes: None,
             risk: &risk,
         };
         // A schema written before risk existed has no `context.risk`: its policy decides
@@ -466,6 +467,7 @@ impl Loader<'_> {
                 engine.sees_risk = true;
             }
         }
+        engine.learn_kubernetes(&sample(Principal::Node(&node)), &schema);
         let mut asked = vec![
             (Principal::Node(&node), false, "a Node's Action::\"Issue\""),
             (

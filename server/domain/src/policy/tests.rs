@@ -135,6 +135,7 @@ impl Ask {
                 dns_names: &dns,
                 attestors,
                 join_token: self.token,
+                kubernetes: None,
                 risk: &RiskAssessment::none(),
             })
             .map_err(|e| match e {
@@ -373,6 +374,7 @@ fn the_dev_policy_grants_workloads_and_joined_ids() {
             dns_names: dns,
             attestors: &["node_cert"],
             join_token: token,
+            kubernetes: None,
             risk: &RiskAssessment::none(),
         })
     };
@@ -393,6 +395,63 @@ fn the_dev_policy_grants_workloads_and_joined_ids() {
     let not_a_node = id("/workload/x");
     assert!(ask(Principal::Node(&not_a_node), &web, &[], false).is_err());
     assert!(ask(Principal::Node(&worker), &id("/payments/api"), &[], false).is_err());
+}
+
+#[test]
+fn jwt_attested_service_accounts_are_in_the_context() {
+    let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
+    let node = SpiffeId::parse("spiffe://dev.mintgate.local/node/worker-1").unwrap();
+    let wanted = SpiffeId::parse("spiffe://dev.mintgate.local/ns/web/sa/api").unwrap();
+    let account = crate::jwt::ServiceAccount {
+        namespace: "web".to_owned(),
+        name: "api".to_owned(),
+        pod: Some("web-0".to_owned()),
+    };
+    let ask = |p: &Policy, attestors: &[&str], kubernetes| {
+        p.decide(&DecisionInput {
+            principal: Principal::Node(&node),
+            spiffe_id: &wanted,
+            ttl: None,
+            key_type: KeyType::EcdsaP256,
+            dns_names: &[],
+            attestors,
+            join_token: false,
+            kubernetes,
+            risk: &RiskAssessment::none(),
+        })
+    };
+    let jwt: &[&str] = &["node_cert", "jwt"];
+    let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
+    let grant = ask(&p, jwt, Some(&account)).unwrap();
+    assert_eq!(grant.decision.policies, ["jwt-workload"]);
+    assert!(ask(&p, &["node_cert"], None).is_err());
+
+    // A forbid sees the namespace and the pod.
+    let mut source = PolicySource::dev();
+    source.files.push(PolicyFile {
+        name: "no-web.cedar".to_owned(),
+        text: r#"@id("no-web")
+forbid (principal, action == Action::"Issue", resource)
+when { context has kubernetes && context.kubernetes.namespace == "web" &&
+       context.kubernetes has pod && context.kubernetes.pod like "web-*" };
+"#
+        .to_owned(),
+    });
+    let p = Policy::load(&source, Some(&dev)).unwrap();
+    match ask(&p, jwt, Some(&account)) {
+        Err(DecideError::Denied(denied)) => assert_eq!(denied.decision.policies, ["no-web"]),
+        other => panic!("{other:?}"),
+    }
+
+    // A schema written before the jwt attestor still loads and decides, without it: the dev
+    // permit's `context has kubernetes` is false there.
+    let mut old = PolicySource::dev();
+    old.schema = old.schema.replace("  kubernetes?: Kubernetes,\n", "");
+    let p = Policy::load(&old, Some(&dev)).unwrap();
+    assert!(matches!(
+        ask(&p, jwt, Some(&account)),
+        Err(DecideError::Denied(d)) if d.decision.policies.is_empty()
+    ));
 }
 
 #[test]

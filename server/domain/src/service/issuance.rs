@@ -32,6 +32,8 @@ pub struct IssueInput {
     pub ttl: Option<(i64, i32)>,
     /// Enroll only.
     pub join_token: Option<String>,
+    /// Enroll only: a Kubernetes service-account token for the `jwt` attestor.
+    pub service_account_token: Option<String>,
 }
 
 /// An issued certificate as returned to the caller.
@@ -77,6 +79,8 @@ pub(super) struct Approval {
     pub(super) token: Option<String>,
     /// The attestors that vouched for the caller.
     via: Vec<&'static str>,
+    /// The service account a `jwt` token named.
+    account: Option<crate::jwt::ServiceAccount>,
     supersedes: Option<Serial>,
     pub(super) risk: RiskAssessment,
 }
@@ -153,12 +157,17 @@ impl<S: CertificateStore> Mintgate<S> {
             .ttl
             .map(|(s, n)| format!("{s}.{n}"))
             .unwrap_or_default();
-        let hash = payload_hash(&[
+        let mut fields: Vec<&[u8]> = vec![
             kind.as_str().as_bytes(),
             &input.csr,
             ttl_text.as_bytes(),
             input.join_token.as_deref().unwrap_or_default().as_bytes(),
-        ]);
+        ];
+        // Only when present, so requests without one hash as they always did.
+        if let Some(token) = input.service_account_token.as_deref() {
+            fields.push(token.as_bytes());
+        }
+        let hash = payload_hash(&fields);
         if let Some(existing) = self
             .store
             .find_request(caller.id.as_str(), request_id.as_str())
@@ -234,6 +243,7 @@ impl<S: CertificateStore> Mintgate<S> {
                 let evidence = Evidence {
                     wanted: &csr.spiffe_id,
                     join_token: input.join_token.as_deref(),
+                    service_account_token: input.service_account_token.as_deref(),
                     now,
                     consumed_by_this_request,
                 };
@@ -299,6 +309,7 @@ impl<S: CertificateStore> Mintgate<S> {
             dns_names: &csr.dns_names,
             attestors: &attested.via,
             join_token: attested.bound_identity.as_ref() == Some(&csr.spiffe_id),
+            kubernetes: attested.service_account.as_ref(),
             risk: &risk,
         })?;
         let (ttl, ttl_cut) = match requested {
@@ -317,6 +328,7 @@ impl<S: CertificateStore> Mintgate<S> {
             not_after,
             token: attested.join_token_id,
             via: attested.via,
+            account: attested.service_account,
             supersedes,
             risk,
         })
@@ -503,6 +515,13 @@ impl<S: CertificateStore> Mintgate<S> {
         let mut via = approval.via.join("+");
         if let Some(t) = &approval.token {
             via.push_str(&format!(" (join token {t})"));
+        }
+        if let Some(sa) = &approval.account {
+            via.push_str(&format!(" (service account {}/{}", sa.namespace, sa.name));
+            if let Some(pod) = &sa.pod {
+                via.push_str(&format!(", pod {pod}"));
+            }
+            via.push(')');
         }
         event.detail = Some(format!(
             "{kind} RECEIVED->VERIFIED->APPROVED via {via}, serial {serial}, {}",

@@ -30,7 +30,7 @@ use crate::risk::RiskConfig;
 use crate::store::CertificateStore;
 use crate::{Serial, TrustDomain};
 
-pub use attest::{Attested, Attestor, Evidence, JoinToken, NodeCert, default_attestors};
+pub use attest::{Attested, Attestor, Evidence, JoinToken, Jwt, NodeCert, default_attestors};
 pub use authorities::CaProposalInput;
 pub use authorize::{ShadowDisagreement, Verdict};
 pub use governance::{GovernanceStart, GovernanceView};
@@ -154,6 +154,14 @@ impl<S: CertificateStore> Mintgate<S> {
             risk,
             holds,
         }
+    }
+
+    /// Verifies Kubernetes service-account tokens on Enroll with `jwt` (`[attestation.jwt]`).
+    pub fn with_jwt(mut self, jwt: Jwt) -> Self {
+        let name = <Jwt as Attestor<S>>::name(&jwt);
+        self.attestors.retain(|a| a.name() != name);
+        self.attestors.push(Box::new(jwt));
+        self
     }
 
     /// When the active CA may sign (its notAfter and the minimum lifetime).

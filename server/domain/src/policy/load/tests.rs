@@ -40,8 +40,8 @@ permit (principal, action in [Action::"Issue", Action::"Renew"], resource) when 
 fn the_shipped_policies_load() {
     let dev = TrustDomain::parse("dev.mintgate.local").unwrap();
     let p = Policy::load(&PolicySource::dev(), Some(&dev)).unwrap();
-    // issuance.cedar 2, operators.cedar 15, holds.cedar 2.
-    assert_eq!(p.policy_count(), 19);
+    // issuance.cedar 3, operators.cedar 15, holds.cedar 2.
+    assert_eq!(p.policy_count(), 20);
     assert!(p.maps_risk_to_holds());
     assert_eq!(p.version().len(), 64);
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
