@@ -370,7 +370,7 @@ impl Application {
         let grpc_addr = local(&grpc, settings.grpc_addr)?;
         let http_addr = local(&http, settings.http_addr)?;
         let grpc_config = GrpcConfig {
-            max_connections: connection_limit(
+            max_connections: crate::fd_limit::connection_limit(
                 settings.grpc.max_connections,
                 settings.descriptor_reserve,
             )?,
@@ -538,49 +538,6 @@ impl Application {
         self.store.close().await;
         Ok(())
     }
-}
-
-/// How many gRPC connections may be open at once: `configured`, but never more than the soft
-/// `RLIMIT_NOFILE` (as `main` left it, raised to the hard limit) minus `reserve`.
-///
-/// Each TCP connection holds one file descriptor, so the gRPC acceptor counting its open
-/// connections against this limit (and closing new ones at once when it is reached) keeps at
-/// least `reserve` descriptors free for everything else the process opens: the HTTP port's
-/// connections (`/healthz`, `/readyz`, `/metrics` keep answering under a connection flood),
-/// database connections, log and OTLP sockets, and the listeners themselves. Without it, a flood
-/// drives the process to `EMFILE`, where every `accept` fails — the HTTP port's included — until
-/// half-open handshakes time out.
-fn connection_limit(configured: usize, reserve: u64) -> Result<usize, BuildError> {
-    let limit = match open_file_limit() {
-        Ok(soft) => soft,
-        Err(e) => {
-            tracing::warn!(error = %e, "open-file limit unknown; gRPC connections not capped by it");
-            return Ok(configured);
-        }
-    };
-    let left = limit.saturating_sub(reserve);
-    if left == 0 {
-        return Err(BuildError::NoDescriptors { reserve, limit });
-    }
-    let capped = configured.min(usize::try_from(left).unwrap_or(usize::MAX));
-    tracing::info!(
-        open_file_limit = limit,
-        reserve,
-        max_connections = capped,
-        "gRPC connection limit"
-    );
-    Ok(capped)
-}
-
-/// The soft `RLIMIT_NOFILE`.
-#[cfg(unix)]
-fn open_file_limit() -> std::io::Result<u64> {
-    rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _hard)| soft)
-}
-
-#[cfg(not(unix))]
-fn open_file_limit() -> std::io::Result<u64> {
-    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn certs(pem: &str, field: &'static str) -> Result<Vec<CertificateDer<'static>>, BuildError> {

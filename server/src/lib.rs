@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod evidence;
+mod fd_limit;
 mod http;
 pub mod jwks;
 mod metrics;

@@ -93,6 +93,15 @@ impl CaAction {
         }
     }
 
+    /// The audit action of the step once applied.
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            Self::Prepare => "ca.prepared",
+            Self::Activate => "ca.activated",
+            Self::Retire => "ca.retired",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Prepare, Self::Activate, Self::Retire]
             .into_iter()

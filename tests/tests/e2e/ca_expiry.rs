@@ -156,7 +156,10 @@ async fn ca_end(backend: Backend) {
     // The registry's ACTIVE CA had run out, so the one now in [ca] was adopted, audited.
     let chain = server.store().audit_chain().await.unwrap();
     let adopted = chain.iter().rev().find(|e| e.event.action == "ca.adopted");
-    assert!(adopted.is_some_and(|e| e.event.actor == "bootstrap"), "{chain:?}");
+    assert!(
+        adopted.is_some_and(|e| e.event.actor == "bootstrap"),
+        "{chain:?}"
+    );
     let now = server.clock.now_odt().unix_timestamp();
     let issued = server
         .node()

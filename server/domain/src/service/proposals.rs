@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::authority::CaAction;
 use crate::error::Error;
 use crate::governance::{
     Change, GovernanceError, MAX_LABEL_LEN, NewProposal, PROPOSAL_LIFETIME, ProposalInserted,
@@ -435,12 +434,7 @@ impl<S: CertificateStore> Mintgate<S> {
             }
             Change::Ca { action, key_id, .. } => {
                 self.check_ca_change(&proposal.change, true).await?;
-                let action = match action {
-                    CaAction::Prepare => "ca.prepared",
-                    CaAction::Activate => "ca.activated",
-                    CaAction::Retire => "ca.retired",
-                };
-                (action, format!("ca:{key_id}"))
+                (action.audit_action(), format!("ca:{key_id}"))
             }
             Change::RevokeIssuer { key_id, .. } => {
                 self.check_ca_change(&proposal.change, true).await?;
