@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mintgate/v1/provisioning.proto",
         "mintgate/v1/admin.proto",
         "mintgate/v1/revocation.proto",
+        "spiffe/workload.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -37,6 +37,7 @@ mod test_pki;
 mod transport;
 mod verify;
 mod watcher;
+pub mod workload_api;
 
 pub use backoff::Backoff;
 pub use bundle::{BundleFile, TrustBundleConfig, TrustBundleWatcher};

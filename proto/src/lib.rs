@@ -6,6 +6,13 @@ pub mod v1 {
     tonic::include_proto!("mintgate.v1");
 }
 
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no package: methods are
+/// `/SpiffeWorkloadAPI/<Method>`), which the agent serves on a Unix socket.
+pub mod spiffe {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 /// The server side of `mintgate.v1.Revocation` as the server implements it: `WatchRevocations`
 /// sends [`WatchRevocationsFrame`], which is wire-identical to `v1::WatchRevocationsResponse`
 /// but carries each event already encoded. A revocation is thus encoded once, however many
