@@ -65,6 +65,8 @@ pub struct AgentConfig {
     pub health_addr: Option<SocketAddr>,
     /// The feed counts as stale (unhealthy) after this long without news.
     pub max_staleness: Duration,
+    /// Serve the SPIFFE Workload API on a Unix socket (see [`crate::workload_api`]).
+    pub workload_api: Option<crate::workload_api::AgentWorkloadApi>,
 }
 
 /// Why the agent stopped.
@@ -182,6 +184,14 @@ pub async fn run(
         None => None,
     };
 
+    let _workload_api = (config.workload_api.as_ref())
+        .map(|api| {
+            let (installed, bundles) = (installed.subscribe(), bundles.subscribe());
+            crate::workload_api::serve_agent(api, &config.spiffe_id, installed, bundles)
+                .map(AbortOnDrop)
+                .map_err(io(&api.socket))
+        })
+        .transpose()?;
     tokio::pin!(shutdown);
     let enroll = CredentialManager::enroll_reporting(
         &bootstrap,
@@ -488,6 +498,7 @@ mod tests {
             signal_pid: None,
             health_addr: None,
             max_staleness: Duration::from_secs(60),
+            workload_api: None,
         }
     }
 

@@ -24,6 +24,7 @@ use mintgate_proto::spiffe::{
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,
 };
+use rustls::pki_types::pem::PemObject as _;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -201,31 +202,39 @@ impl WorkloadApi {
     }
 }
 
-/// The caller's SVIDs now, or why the stream ends.
+/// The caller's SVIDs now; `None` while one has not been issued yet (the agent is still
+/// enrolling); an error once one that was issued is withdrawn (revoked), which ends the stream.
 fn svid_response(
     svids: &mut [watch::Receiver<Option<Svid>>],
+    issued: &mut [bool],
     bundle: Option<&Bundle>,
-) -> Result<X509svidResponse, Status> {
+) -> Result<Option<X509svidResponse>, Status> {
     let bundle_der: Vec<u8> = bundle.map(|b| b.certs_der.concat()).unwrap_or_default();
-    let svids = svids
-        .iter_mut()
-        .map(|rx| {
-            let current = rx.borrow_and_update().clone();
-            current
-                .map(|svid| X509svid {
+    let mut out = Vec::with_capacity(svids.len());
+    for (rx, issued) in svids.iter_mut().zip(issued.iter_mut()) {
+        match rx.borrow_and_update().clone() {
+            Some(svid) => {
+                *issued = true;
+                out.push(X509svid {
                     spiffe_id: svid.spiffe_id,
                     x509_svid: svid.chain_der.concat(),
                     x509_svid_key: svid.key_der,
                     bundle: bundle_der.clone(),
                     hint: String::new(),
-                })
-                .ok_or_else(|| Status::permission_denied("the identity was withdrawn (revoked)"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(X509svidResponse {
-        svids,
+                });
+            }
+            None if *issued => {
+                return Err(Status::permission_denied(
+                    "the identity was withdrawn (revoked)",
+                ));
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(X509svidResponse {
+        svids: out,
         ..Default::default()
-    })
+    }))
 }
 
 #[tonic::async_trait]
@@ -239,12 +248,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let mut svids = self.entitled(&request)?;
+        let mut issued = vec![false; svids.len()];
         let mut bundle = self.bundle.clone();
         let stream = async_stream(move |tx| async move {
             loop {
-                let answer = svid_response(&mut svids, bundle.borrow_and_update().as_ref());
+                let answer =
+                    svid_response(&mut svids, &mut issued, bundle.borrow_and_update().as_ref());
                 let end = answer.is_err();
-                if tx.send(answer).await.is_err() || end {
+                if let Some(answer) = answer.transpose()
+                    && (tx.send(answer).await.is_err() || end)
+                {
                     return;
                 }
                 // The next rotation of any of them, or a new bundle.
@@ -306,6 +319,124 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         Err(Status::unimplemented("JWT-SVIDs are not issued"))
     }
+}
+
+/// The agent's Workload API: where it listens and who gets the agent's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentWorkloadApi {
+    /// The Unix socket, e.g. `/run/mintgate/agent.sock`.
+    pub socket: PathBuf,
+    /// The processes that get the agent's identity (all must match; at least one).
+    pub selectors: Vec<Selector>,
+}
+
+/// Serves the agent's credential (as it is installed, rotated and withdrawn) and the bundle it
+/// follows on `config.socket`, for the processes `config.selectors` match. The returned task
+/// serves until aborted.
+pub(crate) fn serve_agent(
+    config: &AgentWorkloadApi,
+    spiffe_id: &str,
+    mut installed: watch::Receiver<Option<crate::Credential>>,
+    mut followed: watch::Receiver<Option<mintgate_proto::v1::TrustBundle>>,
+) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
+    let listener = WorkloadApi::bind(&config.socket)?;
+    let trust_domain = spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split('/').next())
+        .map(|td| format!("spiffe://{td}"))
+        .unwrap_or_default();
+    let to_svid = |c: &crate::Credential| Svid {
+        spiffe_id: c.spiffe_id.clone(),
+        chain_der: pem_certs(&c.chain_pem),
+        key_der: rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+            .map(|k| k.secret_der().to_vec())
+            .unwrap_or_default(),
+    };
+    let (svid_tx, svid_rx) = watch::channel(installed.borrow_and_update().as_ref().map(to_svid));
+    let (bundle_tx, bundle_rx) = watch::channel(None);
+    let entry = RegistrationEntry {
+        spiffe_id: spiffe_id.to_owned(),
+        selectors: config.selectors.clone(),
+    };
+    let api = WorkloadApi::new(vec![(entry, svid_rx)], bundle_rx);
+    Ok(tokio::spawn(async move {
+        let follow = async {
+            loop {
+                // The followed bundle once there is one, the issuance answer's until then.
+                let pem = followed
+                    .borrow_and_update()
+                    .as_ref()
+                    .map(|b| b.bundle_pem.clone())
+                    .or_else(|| {
+                        installed
+                            .borrow()
+                            .as_ref()
+                            .map(|c| c.trust_bundle_pem.clone())
+                    });
+                bundle_tx.send_replace(pem.map(|pem| Bundle {
+                    trust_domain: trust_domain.clone(),
+                    certs_der: pem_certs(&pem),
+                }));
+                tokio::select! {
+                    changed = installed.changed() => {
+                        if changed.is_err() { return; }
+                        svid_tx.send_replace(installed.borrow_and_update().as_ref().map(to_svid));
+                    }
+                    changed = followed.changed() => if changed.is_err() { return },
+                }
+            }
+        };
+        tokio::select! {
+            () = follow => {}
+            served = api.serve(listener, std::future::pending()) => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the Workload API stopped");
+                }
+            }
+        }
+    }))
+}
+
+/// A channel to a Workload API on the Unix socket `path` (for Rust callers and tests; every
+/// call must still carry [`SECURITY_HEADER`]).
+pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(UnixConnector(path.to_owned()))
+        .await
+}
+
+/// Connects every request to one Unix socket.
+#[derive(Clone)]
+struct UnixConnector(PathBuf);
+
+impl tonic::codegen::Service<tonic::transport::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::transport::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        })
+    }
+}
+
+fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// A response stream fed by `produce` through a small channel (a slow reader holds it back).

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mintgate_sdk::agent::{AgentConfig, AgentExit, run};
+use mintgate_sdk::workload_api::{AgentWorkloadApi, Selector};
 use mintgate_sdk::{Endpoint, RenewalPolicy, SystemClock};
 use serde::Deserialize;
 
@@ -66,6 +67,13 @@ struct Args {
     /// Serve GET /healthz on this address.
     #[arg(long, env = "MINTGATE_AGENT_HEALTH_ADDR")]
     health_addr: Option<SocketAddr>,
+    /// Serve the SPIFFE Workload API on this Unix socket (e.g. /run/mintgate/agent.sock).
+    #[arg(long, env = "MINTGATE_AGENT_WORKLOAD_API")]
+    workload_api: Option<PathBuf>,
+    /// Which processes get the identity over the Workload API: unix:uid:<n>, unix:gid:<n> or
+    /// unix:path:<executable>; repeatable, all must match. Required with --workload-api.
+    #[arg(long = "workload-selector")]
+    workload_selectors: Vec<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -87,6 +95,9 @@ struct FileOptions {
     hook: Option<String>,
     signal_pid: Option<u32>,
     health_addr: Option<SocketAddr>,
+    workload_api: Option<PathBuf>,
+    #[serde(default)]
+    workload_selectors: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -188,7 +199,35 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         signal_pid: args.signal_pid.or(file.signal_pid),
         health_addr: args.health_addr.or(file.health_addr),
         max_staleness: Duration::from_secs(60),
+        workload_api: workload_api(
+            args.workload_api.or(file.workload_api),
+            if args.workload_selectors.is_empty() {
+                file.workload_selectors
+            } else {
+                args.workload_selectors
+            },
+        )?,
     })
+}
+
+fn workload_api(
+    socket: Option<PathBuf>,
+    selectors: Vec<String>,
+) -> Result<Option<AgentWorkloadApi>, String> {
+    let Some(socket) = socket else {
+        return match selectors.is_empty() {
+            true => Ok(None),
+            false => Err("--workload-selector needs --workload-api".to_owned()),
+        };
+    };
+    if selectors.is_empty() {
+        return Err("--workload-api needs at least one --workload-selector".to_owned());
+    }
+    let selectors = selectors
+        .iter()
+        .map(|s| s.parse::<Selector>())
+        .collect::<Result<_, _>>()?;
+    Ok(Some(AgentWorkloadApi { socket, selectors }))
 }
 
 fn read(path: &Path) -> Result<String, String> {

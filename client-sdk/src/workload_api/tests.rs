@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use mintgate_proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use super::*;
 
@@ -74,19 +73,7 @@ async fn serve() -> Fixture {
 }
 
 async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = path.to_owned();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(connect(path).await.unwrap())
 }
 
 fn with_header<T>(message: T) -> Request<T> {

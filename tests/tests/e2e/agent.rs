@@ -90,6 +90,7 @@ async fn agent(backend: Backend) {
         signal_pid: None,
         health_addr: Some(health_addr),
         max_staleness: Duration::from_secs(60),
+        workload_api: None,
     };
     // One jump of the clock: the first renewal happens at once, then time stands still.
     let clock = Arc::new(JumpingClock {
@@ -200,6 +201,7 @@ async fn agent_and_rotation(backend: Backend) {
         signal_pid: None,
         health_addr: None,
         max_staleness: Duration::from_secs(60),
+        workload_api: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // No renewal comes due: time stands still.
@@ -293,4 +295,168 @@ fn issuer_of(cert_pem: &str) -> String {
             _ => None,
         })
         .unwrap()
+}
+
+both_backends!(
+    the_agent_serves_its_svid_over_the_spiffe_workload_api,
+    workload_api
+);
+async fn workload_api(backend: Backend) {
+    use mintgate_proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    use mintgate_proto::spiffe::{X509BundlesRequest, X509svidRequest};
+    use mintgate_sdk::workload_api::{AgentWorkloadApi, SECURITY_HEADER, Selector, connect};
+
+    let server = TestServer::spawn(backend).await;
+    let out = tempfile::tempdir().unwrap();
+    let socket = out.path().join("agent.sock");
+    // This test's own uid gets the identity over the socket.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let config = AgentConfig {
+        endpoint: Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        ca_pem: server.pki.ca.cert_pem.clone(),
+        node_cert_pem: server.pki.node.cert_pem.clone(),
+        node_key_pem: server.pki.node.key_pem.clone(),
+        spiffe_id: WEB.into(),
+        join_token: None,
+        out_dir: out.path().join("certs"),
+        policy: RenewalPolicy {
+            ttl: Some(Duration::from_secs(600)),
+            ..RenewalPolicy::default()
+        },
+        hook: None,
+        signal_pid: None,
+        health_addr: None,
+        max_staleness: Duration::from_secs(60),
+        workload_api: Some(AgentWorkloadApi {
+            socket: socket.clone(),
+            selectors: vec![Selector::Uid(uid)],
+        }),
+    };
+    // No renewal until the test moves the clock.
+    let clock = Arc::new(JumpingClock {
+        clock: server.clock.clone(),
+        jumps: 0.into(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, clock, async {
+        let _ = stopped.await;
+    }));
+    eventually("the socket", || socket.exists()).await;
+    let mut api = SpiffeWorkloadApiClient::new(connect(&socket).await.unwrap());
+    fn request<T>(body: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(body);
+        request
+            .metadata_mut()
+            .insert(SECURITY_HEADER, "true".parse().unwrap());
+        request
+    }
+    let mut svids = api
+        .fetch_x509svid(request(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = loop {
+        // Before the first enrollment the identity has no SVID yet: wait for it.
+        match tokio::time::timeout(Duration::from_secs(10), svids.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(message)) => break message,
+            other => panic!("{other:?}"),
+        }
+    };
+    let svid = &first.svids[0];
+    assert_eq!(svid.spiffe_id, WEB);
+    // DER chain, leaf first: the certificate chains to the bundle's root and has the profile;
+    // the key is the certificate's.
+    let chain_pem = der_chain_to_pem(&svid.x509_svid);
+    check_issued(
+        &chain_pem,
+        &server.pki.ca.cert_pem,
+        WEB,
+        server.clock.now_odt().unix_timestamp(),
+    );
+    let key = rcgen::KeyPair::try_from(svid.x509_svid_key.as_slice()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&svid.x509_svid).unwrap();
+    assert_eq!(
+        cert.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+    );
+    let mut bundles = api
+        .fetch_x509_bundles(request(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let bundle = tokio::time::timeout(Duration::from_secs(10), bundles.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        bundle.bundles["spiffe://dev.mintgate.local"],
+        pem_to_der(&server.pki.ca.cert_pem)
+    );
+
+    // Revoked: the agent withdraws the identity and stops; the stream ends.
+    let serial = mintgate_sdk::normalize_serial(&hex::encode(cert.raw_serial()));
+    server
+        .admin()
+        .await
+        .revoke(revoke_request(
+            "r",
+            &serial,
+            v1::RevocationReason::KeyCompromise,
+        ))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match svids.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream ends when the identity is revoked"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, AgentExit::Revoked { serial });
+    drop(stop);
+    server.shutdown().await;
+}
+
+fn der_chain_to_pem(mut der: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut pem = String::new();
+    while !der.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(der).unwrap();
+        let one = &der[..der.len() - rest.len()];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(one);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+        der = rest;
+    }
+    pem
+}
+
+fn pem_to_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap().to_vec())
+        .collect::<Vec<_>>()
+        .concat()
 }

@@ -277,6 +277,7 @@ async fn agent_held(backend: Backend) {
         signal_pid: None,
         health_addr: Some(health_addr),
         max_staleness: Duration::from_secs(60),
+        workload_api: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(config, clock, async {
