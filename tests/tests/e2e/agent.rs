@@ -358,16 +358,12 @@ async fn workload_api(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let first = loop {
-        // Before the first enrollment the identity has no SVID yet: wait for it.
-        match tokio::time::timeout(Duration::from_secs(10), svids.message())
-            .await
-            .unwrap()
-        {
-            Ok(Some(message)) => break message,
-            other => panic!("{other:?}"),
-        }
-    };
+    // The stream answers once the agent has enrolled.
+    let first = tokio::time::timeout(Duration::from_secs(10), svids.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let svid = &first.svids[0];
     assert_eq!(svid.spiffe_id, WEB);
     // DER chain, leaf first: the certificate chains to the bundle's root and has the profile;
