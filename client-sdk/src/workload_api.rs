@@ -27,9 +27,13 @@ use mintgate_proto::spiffe::{
 use rustls::pki_types::pem::PemObject as _;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::UdsConnectInfo;
+
+use self::authority::Relayed;
+
+mod authority;
 use tonic::{Request, Response, Status};
 
 /// The metadata every Workload API call must carry.
@@ -163,7 +167,10 @@ impl WorkloadApi {
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(self))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener).map(|accepted| accepted.map(Relayed::new)),
+                shutdown,
+            )
             .await
     }
 

@@ -12,6 +12,7 @@ pub mod disk;
 pub mod logs;
 pub mod proxy;
 pub mod raw;
+mod tools;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use crate::clock::ManualClock;
 pub use crate::db::Backend;
+pub use tools::{python_module_available, tool_available};
 
 pub const TRUST_DOMAIN: &str = "dev.mintgate.local";
 pub const NODE_ID: &str = "spiffe://dev.mintgate.local/node/dev-node-1";
@@ -54,24 +56,6 @@ pub fn mintgate_bin() -> std::path::PathBuf {
         bin.display()
     );
     bin
-}
-
-/// Whether an outside tool is on PATH. CI sets `MINTGATE_REQUIRE_TOOLS=1`, where a missing
-/// tool fails the test instead of skipping it.
-pub fn tool_available(name: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        let required = std::env::var("MINTGATE_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "MINTGATE_REQUIRE_TOOLS=1 but {name} is not installed"
-        );
-        eprintln!("note: {name} not installed; skipping");
-    }
-    found
 }
 
 /// GET `path` from the HTTP server at `addr`: (status code, body).

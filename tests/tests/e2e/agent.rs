@@ -396,6 +396,17 @@ async fn workload_api(backend: Backend) {
         pem_to_der(&server.pki.ca.cert_pem)
     );
 
+    // A grpc-core client (Python's grpcio) works unchanged: it sends the percent-encoded socket
+    // path as :authority, which the agent's relay mends before h2 parses it.
+    if mintgate_tests::python_module_available("grpc") {
+        let out = grpc_core_client(&socket);
+        assert!(out.contains(&format!("svid {WEB}")), "{out}");
+        assert!(
+            out.contains("without header: StatusCode.INVALID_ARGUMENT"),
+            "{out}"
+        );
+    }
+
     // Revoked: the agent withdraws the identity and stops; the stream ends.
     let serial = mintgate_sdk::normalize_serial(&hex::encode(cert.raw_serial()));
     server
@@ -429,6 +440,39 @@ async fn workload_api(backend: Backend) {
     assert_eq!(exit, AgentExit::Revoked { serial });
     drop(stop);
     server.shutdown().await;
+}
+
+/// Fetches an X.509 SVID from the Workload API at `socket` with Python's grpcio (grpc-core),
+/// with and without the security header; what it printed.
+fn grpc_core_client(socket: &Path) -> String {
+    const SCRIPT: &str = r#"
+import sys, grpc
+def field(buf):
+    """The first length-delimited field's bytes (after its tag and varint length)."""
+    i, n, shift = 1, 0, 0
+    while True:
+        b = buf[i]; i += 1
+        n |= (b & 0x7F) << shift; shift += 7
+        if b < 0x80:
+            return buf[i:i + n]
+channel = grpc.insecure_channel("unix:" + sys.argv[1])
+fetch = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID",
+    request_serializer=lambda m: m, response_deserializer=lambda b: b)
+for message in fetch(b"", metadata=[("workload.spiffe.io", "true")], timeout=10):
+    # X509SVIDResponse.svids[0].spiffe_id: field 1 of field 1, both length-delimited.
+    print("svid", field(field(message)).decode())
+    break
+try:
+    next(iter(fetch(b"", timeout=10)))
+except grpc.RpcError as e:
+    print("without header:", e.code())
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(socket)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn der_chain_to_pem(mut der: &[u8]) -> String {
