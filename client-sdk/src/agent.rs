@@ -184,14 +184,9 @@ pub async fn run(
         None => None,
     };
 
-    let _workload_api = (config.workload_api.as_ref())
-        .map(|api| {
-            let (installed, bundles) = (installed.subscribe(), bundles.subscribe());
-            crate::workload_api::serve_agent(api, &config.spiffe_id, installed, bundles)
-                .map(AbortOnDrop)
-                .map_err(io(&api.socket))
-        })
-        .transpose()?;
+    let workload_api = (&installed, &bundles);
+    let served = crate::workload_api::serve_agent(&config, &bootstrap, &clock, &set, workload_api);
+    let _workload_api = served?.map(AbortOnDrop);
     tokio::pin!(shutdown);
     let enroll = CredentialManager::enroll_reporting(
         &bootstrap,

@@ -32,8 +32,10 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::UdsConnectInfo;
 
 use self::authority::Relayed;
+use self::identities::Enroller;
 
 mod authority;
+mod identities;
 use tonic::{Request, Response, Status};
 
 /// The metadata every Workload API call must carry.
@@ -328,45 +330,68 @@ impl SpiffeWorkloadApi for WorkloadApi {
     }
 }
 
-/// The agent's Workload API: where it listens and who gets the agent's identity.
+/// The agent's Workload API: where it listens, who gets the agent's identity, and the other
+/// identities it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentWorkloadApi {
     /// The Unix socket, e.g. `/run/mintgate/agent.sock`.
     pub socket: PathBuf,
     /// The processes that get the agent's identity (all must match; at least one).
     pub selectors: Vec<Selector>,
+    /// Other identities, each enrolled (its own key) and renewed by the agent for the processes
+    /// its selectors match.
+    pub entries: Vec<RegistrationEntry>,
 }
 
-/// Serves the agent's credential (as it is installed, rotated and withdrawn) and the bundle it
-/// follows on `config.socket`, for the processes `config.selectors` match. The returned task
+/// If the agent is configured to, serves its credential (as it is installed, rotated and
+/// withdrawn) for the processes its selectors match, each other entry's identity (see
+/// [`Enroller`]) and the bundle it follows, on its Workload API socket. The returned task
 /// serves until aborted.
 pub(crate) fn serve_agent(
-    config: &AgentWorkloadApi,
-    spiffe_id: &str,
-    mut installed: watch::Receiver<Option<crate::Credential>>,
-    mut followed: watch::Receiver<Option<mintgate_proto::v1::TrustBundle>>,
-) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
-    let listener = WorkloadApi::bind(&config.socket)?;
+    agent: &crate::agent::AgentConfig,
+    bootstrap: &crate::Client,
+    clock: &Arc<dyn crate::Clock>,
+    revocations: &Arc<crate::RevocationSet>,
+    (installed, followed): (
+        &watch::Sender<Option<crate::Credential>>,
+        &crate::TrustBundleWatcher,
+    ),
+) -> Result<Option<tokio::task::JoinHandle<()>>, crate::agent::AgentError> {
+    let Some(config) = &agent.workload_api else {
+        return Ok(None);
+    };
+    let (mut installed, mut followed) = (installed.subscribe(), followed.subscribe());
+    let spiffe_id = agent.spiffe_id.as_str();
+    let enroller = Enroller {
+        bootstrap: bootstrap.clone(),
+        endpoint: agent.endpoint.clone(),
+        policy: agent.policy.clone(),
+        clock: clock.clone(),
+        revocations: revocations.clone(),
+    };
+    let listener =
+        WorkloadApi::bind(&config.socket).map_err(|source| crate::agent::AgentError::Io {
+            path: config.socket.clone(),
+            source,
+        })?;
     let trust_domain = spiffe_id
         .strip_prefix("spiffe://")
         .and_then(|rest| rest.split('/').next())
         .map(|td| format!("spiffe://{td}"))
         .unwrap_or_default();
-    let to_svid = |c: &crate::Credential| Svid {
-        spiffe_id: c.spiffe_id.clone(),
-        chain_der: pem_certs(&c.chain_pem),
-        key_der: rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
-            .map(|k| k.secret_der().to_vec())
-            .unwrap_or_default(),
-    };
+    let to_svid = identities::svid;
     let (svid_tx, svid_rx) = watch::channel(installed.borrow_and_update().as_ref().map(to_svid));
     let (bundle_tx, bundle_rx) = watch::channel(None);
     let entry = RegistrationEntry {
         spiffe_id: spiffe_id.to_owned(),
         selectors: config.selectors.clone(),
     };
-    let api = WorkloadApi::new(vec![(entry, svid_rx)], bundle_rx);
-    Ok(tokio::spawn(async move {
+    let mut entries = vec![(entry, svid_rx)];
+    for other in &config.entries {
+        entries.push((other.clone(), enroller.follow(other.spiffe_id.clone())));
+    }
+    let api = WorkloadApi::new(entries, bundle_rx);
+    Ok(Some(tokio::spawn(async move {
         let follow = async {
             loop {
                 // The followed bundle once there is one, the issuance answer's until then.
@@ -401,7 +426,7 @@ pub(crate) fn serve_agent(
                 }
             }
         }
-    }))
+    })))
 }
 
 /// A channel to a Workload API on the Unix socket `path` (for Rust callers and tests; every

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mintgate_sdk::agent::{AgentConfig, AgentExit, run};
-use mintgate_sdk::workload_api::{AgentWorkloadApi, Selector};
+use mintgate_sdk::workload_api::{AgentWorkloadApi, RegistrationEntry, Selector};
 use mintgate_sdk::{Endpoint, RenewalPolicy, SystemClock};
 use serde::Deserialize;
 
@@ -74,6 +74,10 @@ struct Args {
     /// unix:path:<executable>; repeatable, all must match. Required with --workload-api.
     #[arg(long = "workload-selector")]
     workload_selectors: Vec<String>,
+    /// Another identity the agent serves over the Workload API, with its own key and renewal:
+    /// `<spiffe id>=<selector>[,<selector>...]`; repeatable.
+    #[arg(long = "workload-entry")]
+    workload_entries: Vec<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -98,6 +102,8 @@ struct FileOptions {
     workload_api: Option<PathBuf>,
     #[serde(default)]
     workload_selectors: Vec<String>,
+    #[serde(default)]
+    workload_entries: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -206,6 +212,11 @@ fn config(args: Args) -> Result<AgentConfig, String> {
             } else {
                 args.workload_selectors
             },
+            if args.workload_entries.is_empty() {
+                file.workload_entries
+            } else {
+                args.workload_entries
+            },
         )?,
     })
 }
@@ -213,11 +224,12 @@ fn config(args: Args) -> Result<AgentConfig, String> {
 fn workload_api(
     socket: Option<PathBuf>,
     selectors: Vec<String>,
+    entries: Vec<String>,
 ) -> Result<Option<AgentWorkloadApi>, String> {
     let Some(socket) = socket else {
-        return match selectors.is_empty() {
+        return match selectors.is_empty() && entries.is_empty() {
             true => Ok(None),
-            false => Err("--workload-selector needs --workload-api".to_owned()),
+            false => Err("--workload-selector and --workload-entry need --workload-api".to_owned()),
         };
     };
     if selectors.is_empty() {
@@ -227,7 +239,27 @@ fn workload_api(
         .iter()
         .map(|s| s.parse::<Selector>())
         .collect::<Result<_, _>>()?;
-    Ok(Some(AgentWorkloadApi { socket, selectors }))
+    let entries = entries
+        .iter()
+        .map(|entry| {
+            let (spiffe_id, selectors) = entry.split_once('=').ok_or_else(|| {
+                format!("--workload-entry {entry:?}: expected <spiffe id>=<selector>[,...]")
+            })?;
+            let selectors = selectors
+                .split(',')
+                .map(|s| s.trim().parse::<Selector>())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RegistrationEntry {
+                spiffe_id: spiffe_id.to_owned(),
+                selectors,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Some(AgentWorkloadApi {
+        socket,
+        selectors,
+        entries,
+    }))
 }
 
 fn read(path: &Path) -> Result<String, String> {

@@ -333,6 +333,7 @@ async fn workload_api(backend: Backend) {
         workload_api: Some(AgentWorkloadApi {
             socket: socket.clone(),
             selectors: vec![Selector::Uid(uid)],
+            entries: Vec::new(),
         }),
     };
     // No renewal until the test moves the clock.

@@ -42,3 +42,4 @@ mod rotation_tools;
 mod sdk;
 mod sdk_holds;
 mod tools;
+mod workload_api;

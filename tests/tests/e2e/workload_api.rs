@@ -1,0 +1,135 @@
+//! The agent's Workload API across processes (DESIGN §16): two processes under different uids
+//! get each their own SVID over the same socket, the agent holding a key for each.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mintgate_proto::spiffe::X509svidRequest;
+use mintgate_proto::spiffe::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use mintgate_sdk::agent::{AgentConfig, run};
+use mintgate_sdk::workload_api::{
+    AgentWorkloadApi, RegistrationEntry, SECURITY_HEADER, Selector, connect,
+};
+use mintgate_sdk::{Endpoint, RenewalPolicy};
+use mintgate_tests::{Backend, TestServer, both_backends};
+
+use crate::agent::eventually;
+use crate::sdk::JumpingClock;
+
+const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
+const BATCH: &str = "spiffe://dev.mintgate.local/workload/batch";
+/// `nobody` on Debian.
+const OTHER_UID: u32 = 65534;
+/// Where the child process finds the socket.
+const SOCKET_VAR: &str = "MINTGATE_TEST_WORKLOAD_SOCKET";
+
+/// The SPIFFE IDs the Workload API at `socket` gives this process.
+async fn my_svids(socket: &Path) -> Vec<String> {
+    let mut api = SpiffeWorkloadApiClient::new(connect(socket).await.unwrap());
+    let mut request = tonic::Request::new(X509svidRequest {});
+    request
+        .metadata_mut()
+        .insert(SECURITY_HEADER, "true".parse().unwrap());
+    let mut stream = api.fetch_x509svid(request).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    first.svids.into_iter().map(|s| s.spiffe_id).collect()
+}
+
+/// Run by the parent test as another uid: prints what the Workload API gives it.
+#[tokio::test]
+async fn child_prints_its_svids() {
+    let Ok(socket) = std::env::var(SOCKET_VAR) else {
+        return;
+    };
+    println!("svids {}", my_svids(Path::new(&socket)).await.join(","));
+}
+
+both_backends!(
+    two_processes_under_different_uids_get_their_own_svids,
+    two_uids
+);
+async fn two_uids(backend: Backend) {
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if uid.ok() != Some(0) {
+        eprintln!("note: not root, cannot run a process as another uid; skipping");
+        return;
+    }
+    let server = TestServer::spawn(backend).await;
+    // Directories another uid can traverse: the socket's, and the copy of this test binary the
+    // child runs.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = shared.path().join("agent.sock");
+    let child_exe = shared.path().join("e2e");
+    std::fs::copy(std::env::current_exe().unwrap(), &child_exe).unwrap();
+    std::fs::set_permissions(&child_exe, PermissionsExt::from_mode(0o755)).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        endpoint: Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        ca_pem: server.pki.ca.cert_pem.clone(),
+        node_cert_pem: server.pki.node.cert_pem.clone(),
+        node_key_pem: server.pki.node.key_pem.clone(),
+        spiffe_id: WEB.into(),
+        join_token: None,
+        out_dir: out.path().join("certs"),
+        policy: RenewalPolicy::default(),
+        hook: None,
+        signal_pid: None,
+        health_addr: None,
+        max_staleness: Duration::from_secs(60),
+        workload_api: Some(AgentWorkloadApi {
+            socket: socket.clone(),
+            selectors: vec![Selector::Uid(0)],
+            entries: vec![RegistrationEntry {
+                spiffe_id: BATCH.into(),
+                selectors: vec![Selector::Uid(OTHER_UID)],
+            }],
+        }),
+    };
+    let clock = Arc::new(JumpingClock {
+        clock: server.clock.clone(),
+        jumps: 0.into(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, clock, async {
+        let _ = stopped.await;
+    }));
+    eventually("the socket", || socket.exists()).await;
+
+    // This process (uid 0) gets the agent's own identity, and only that.
+    assert_eq!(my_svids(&socket).await, [WEB]);
+    // A process of uid 65534 gets the other entry's identity, and only that.
+    let socket_for_child = socket.clone();
+    let child = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&child_exe)
+            .args([
+                "--exact",
+                "workload_api::child_prints_its_svids",
+                "--nocapture",
+            ])
+            .env(SOCKET_VAR, &socket_for_child)
+            .uid(OTHER_UID)
+            .gid(OTHER_UID)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&child.stdout).into_owned()
+        + &String::from_utf8_lossy(&child.stderr);
+    assert!(printed.contains(&format!("svids {BATCH}\n")), "{printed}");
+    drop(stop);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    server.shutdown().await;
+}
