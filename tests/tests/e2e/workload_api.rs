@@ -133,3 +133,141 @@ async fn two_uids(backend: Backend) {
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     server.shutdown().await;
 }
+
+/// The SDK's clock over the server's manual clock: a sleep waits until the test releases it,
+/// then moves the server's time forward by its length (so a renewal comes due on command).
+struct ReleasedClock {
+    clock: Arc<mintgate_tests::ManualClock>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl mintgate_sdk::Clock for ReleasedClock {
+    fn now(&self) -> time::OffsetDateTime {
+        self.clock.now_odt()
+    }
+
+    fn sleep(
+        &self,
+        d: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let (clock, release) = (self.clock.clone(), self.release.clone());
+        Box::pin(async move {
+            release.notified().await;
+            clock.advance(d);
+        })
+    }
+}
+
+both_backends!(
+    rotations_are_pushed_on_the_open_stream_and_a_revoked_entry_ends_it,
+    rotation_and_revocation
+);
+async fn rotation_and_revocation(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let out = tempfile::tempdir().unwrap();
+    let socket = out.path().join("agent.sock");
+    let uid =
+        std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m));
+    // This process matches both: the agent's own identity by uid, the other entry by uid too.
+    let config = AgentConfig {
+        endpoint: Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        ca_pem: server.pki.ca.cert_pem.clone(),
+        node_cert_pem: server.pki.node.cert_pem.clone(),
+        node_key_pem: server.pki.node.key_pem.clone(),
+        spiffe_id: WEB.into(),
+        join_token: None,
+        out_dir: out.path().join("certs"),
+        policy: RenewalPolicy::default(),
+        hook: None,
+        signal_pid: None,
+        health_addr: None,
+        max_staleness: Duration::from_secs(60),
+        workload_api: Some(AgentWorkloadApi {
+            socket: socket.clone(),
+            selectors: vec![Selector::Uid(uid)],
+            entries: vec![RegistrationEntry {
+                spiffe_id: BATCH.into(),
+                selectors: vec![Selector::Uid(uid)],
+            }],
+        }),
+    };
+    let release = Arc::new(tokio::sync::Notify::new());
+    let clock = Arc::new(ReleasedClock {
+        clock: server.clock.clone(),
+        release: release.clone(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, clock, async {
+        let _ = stopped.await;
+    }));
+    eventually("the socket", || socket.exists()).await;
+    let mut api = SpiffeWorkloadApiClient::new(connect(&socket).await.unwrap());
+    let mut request = tonic::Request::new(X509svidRequest {});
+    request
+        .metadata_mut()
+        .insert(SECURITY_HEADER, "true".parse().unwrap());
+    let mut stream = api.fetch_x509svid(request).await.unwrap().into_inner();
+    let leaves = |m: &mintgate_proto::spiffe::X509svidResponse| -> Vec<(String, Vec<u8>)> {
+        m.svids
+            .iter()
+            .map(|s| {
+                let (rest, _) = x509_parser::parse_x509_certificate(&s.x509_svid).unwrap();
+                (
+                    s.spiffe_id.clone(),
+                    s.x509_svid[..s.x509_svid.len() - rest.len()].to_vec(),
+                )
+            })
+            .collect()
+    };
+    // Both identities, each with a certificate of its own.
+    let first = leaves(&next(&mut stream).await.unwrap().unwrap());
+    let ids: Vec<&str> = first.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, [WEB, BATCH]);
+    assert_ne!(first[0].1, first[1].1);
+
+    // One renewal comes due (one sleeper released, the time moved once): its rotated
+    // certificate is pushed on the open stream.
+    release.notify_one();
+    let rotated = loop {
+        let now = leaves(&next(&mut stream).await.unwrap().unwrap());
+        if now.iter().zip(&first).any(|(a, b)| a.1 != b.1) {
+            break now;
+        }
+    };
+
+    // The other entry's certificate is revoked: its identity is withdrawn and the stream ends.
+    let (_, cert) = x509_parser::parse_x509_certificate(&rotated[1].1).unwrap();
+    let serial = mintgate_sdk::normalize_serial(&hex::encode(cert.raw_serial()));
+    server
+        .admin()
+        .await
+        .revoke(crate::revocation::revoke_request(
+            "revoke-batch",
+            &serial,
+            mintgate_sdk::v1::RevocationReason::KeyCompromise,
+        ))
+        .await
+        .unwrap();
+    let ended = loop {
+        match next(&mut stream).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied);
+    drop(stop);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    server.shutdown().await;
+}
+
+async fn next(
+    stream: &mut tonic::Streaming<mintgate_proto::spiffe::X509svidResponse>,
+) -> Result<Option<mintgate_proto::spiffe::X509svidResponse>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+}
