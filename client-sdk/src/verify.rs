@@ -38,6 +38,23 @@ pub struct RevocationCheck {
 }
 
 impl RevocationCheck {
+    /// Refuses a revoked certificate (its serial, or its issuing CA, revoked), one that came
+    /// with a revoked CA among `intermediates` (a leaf the CA's key minted without naming it),
+    /// and any certificate when stale and failing closed.
+    pub fn check_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
+        if intermediates
+            .iter()
+            .any(|ca| self.set.certificate_status(ca) == Some(true))
+        {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        self.check(end_entity)
+    }
+
     /// Refuses a revoked certificate (its serial, or its issuing CA, revoked), and any
     /// certificate when stale and failing closed.
     pub fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
@@ -85,7 +102,7 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.check.check(end_entity)?;
+        self.check.check_chain(end_entity, intermediates)?;
         Ok(verified)
     }
 
@@ -138,7 +155,7 @@ impl ServerCertVerifier for RevocationAwareServerVerifier {
             ocsp_response,
             now,
         )?;
-        self.check.check(end_entity)?;
+        self.check.check_chain(end_entity, intermediates)?;
         Ok(verified)
     }
 

@@ -274,6 +274,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     svids.iter_mut().map(|rx| Box::pin(rx.changed())),
                 );
                 tokio::select! {
+                    () = tx.closed() => return,
                     (result, _, _) = changed => if result.is_err() { return },
                     result = bundle.changed() => if result.is_err() { return },
                 }
@@ -300,8 +301,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
                         return;
                     }
                 }
-                if bundle.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    () = tx.closed() => return,
+                    changed = bundle.changed() => if changed.is_err() { return },
                 }
             }
         });

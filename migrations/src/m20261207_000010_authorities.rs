@@ -63,15 +63,18 @@ DROP TABLE revocations;
 ALTER TABLE revocations_new RENAME TO revocations;
 CREATE INDEX revocations_request_pk ON revocations (request_pk);
 CREATE INDEX revocations_not_after ON revocations (not_after);
+CREATE INDEX revocations_issuers ON revocations (issuer_key_id) WHERE issuer;
 "#;
 
 const POSTGRES_LOG: &str = r#"
 ALTER TABLE revocations DROP CONSTRAINT IF EXISTS revocations_serial_fkey;
 ALTER TABLE revocations ALTER COLUMN request_pk DROP NOT NULL;
 ALTER TABLE revocations ADD COLUMN issuer BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX revocations_issuers ON revocations (issuer_key_id) WHERE issuer;
 "#;
 
 const DOWN: &str = r#"
+DROP INDEX revocations_issuers;
 ALTER TABLE revocations DROP COLUMN issuer;
 ALTER TABLE proposals DROP COLUMN payload;
 DROP INDEX certificates_issuer;

@@ -178,7 +178,9 @@ impl Application {
         }
         .check(clock.now())
         .map_err(|source| BuildError::CaExpiring {
-            subject: authorities.current().active().subject().to_owned(),
+            subject: (authorities.current().active())
+                .map(|ca| ca.subject().to_owned())
+                .unwrap_or_default(),
             source,
         })?;
         let metrics = Arc::new(Exporter::new(signer.clone(), clock.clone()));
@@ -233,7 +235,10 @@ impl Application {
         );
         let trust = ClientTrust::new(
             classified.iter().map(|(_, c)| c.clone()).collect(),
-            &[authorities.current().active().chain_der().to_vec()],
+            &(authorities.current().cas())
+                .iter()
+                .map(|c| c.ca.chain_der().to_vec())
+                .collect::<Vec<_>>(),
         )
         .map_err(BuildError::Tls)?;
         let bundle = BundleFeed::default();
@@ -244,6 +249,7 @@ impl Application {
             bundle: bundle.clone(),
             changed: tokio::sync::Notify::new(),
             in_step: true.into(),
+            refreshing: tokio::sync::Mutex::default(),
         });
         bundle.set_reload(registry.reload_hook(hub.clone()));
         registry

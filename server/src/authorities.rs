@@ -78,6 +78,8 @@ pub(crate) struct CaRegistry {
     pub(crate) changed: Notify,
     /// Whether this server signs with the registry's ACTIVE CA (it could open its key).
     pub(crate) in_step: AtomicBool,
+    /// One refresh at a time: an older read never lands after a newer one.
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
 }
 
 impl CaRegistry {
@@ -155,17 +157,19 @@ impl CaRegistry {
 
     /// Reads the registry and makes it current.
     pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
+        let _one = self.refreshing.lock().await;
         let records = self.store.authorities().await?;
         for (key_id, e) in self.signer.reload(&records) {
             tracing::error!(%key_id, error = %e, "a CA in the trust bundle could not be loaded here");
         }
         let set = self.signer.current();
         let active = records.iter().find(|ca| ca.state == CaState::Active);
-        let in_step = active.is_none_or(|ca| ca.key_id == set.active().key_id_hex());
+        let signing = set.active().map(|ca| ca.key_id_hex());
+        let in_step = active.is_none_or(|ca| Some(ca.key_id.as_str()) == signing);
         if !in_step && self.in_step.load(Ordering::Relaxed) {
             tracing::error!(
-                signing = %set.active().key_id_hex(),
-                "the registry's ACTIVE CA cannot be used here: this server is not ready"
+                active = ?active.map(|ca| &ca.key_id),
+                "the registry's ACTIVE CA cannot be used here: this server signs nothing and is not ready"
             );
         }
         self.in_step.store(in_step, Ordering::Relaxed);

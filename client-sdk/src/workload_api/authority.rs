@@ -26,11 +26,15 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// SETTINGS_MAX_FRAME_SIZE's default, which h2 keeps: the largest frame we send it.
+/// SETTINGS_MAX_FRAME_SIZE's default, which h2 keeps: the largest frame a client may send us
+/// and the largest we send h2.
 const MAX_FRAME: usize = 16_384;
-/// The largest header block accepted from a client (h2's default header list limit is 16 MiB;
-/// gRPC headers are a few hundred bytes).
-const MAX_BLOCK: usize = 1 << 20;
+/// The largest header block accepted from a client, encoded or decoded (gRPC headers are a few
+/// hundred bytes): a small block of indexed fields cannot expand into gigabytes.
+const MAX_BLOCK: usize = 64 * 1024;
+/// SETTINGS_HEADER_TABLE_SIZE's default, which h2 advertises: the client's table may not grow
+/// past it.
+const TABLE_SIZE: usize = 4096;
 /// What replaces an authority h2 would refuse.
 const AUTHORITY: &[u8] = b"localhost";
 
@@ -115,6 +119,7 @@ pub(super) async fn relay(
     from.read_exact(&mut preface).await?;
     to.write_all(&preface).await?;
     let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(TABLE_SIZE);
     let mut block: Option<Block> = None;
     loop {
         let mut header = [0u8; 9];
@@ -126,8 +131,8 @@ pub(super) async fn relay(
         let len =
             usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
         let (kind, flags) = (header[3], header[4]);
-        if len > MAX_BLOCK {
-            return Err(invalid("frame too large"));
+        if len > MAX_FRAME {
+            return Err(invalid("frame larger than SETTINGS_MAX_FRAME_SIZE"));
         }
         let mut payload = vec![0u8; len];
         from.read_exact(&mut payload).await?;
@@ -174,9 +179,19 @@ pub(super) async fn relay(
         if flags & END_HEADERS != 0
             && let Some(done) = block.take()
         {
-            let headers = decoder
-                .decode(&done.fragment)
+            let (mut headers, mut size) = (Vec::new(), 0usize);
+            decoder
+                .decode_with_cb(&done.fragment, |name, value| {
+                    // RFC 7541 §4.1's size of an entry; past the limit nothing more is kept.
+                    size += name.len() + value.len() + 32;
+                    if size <= MAX_BLOCK {
+                        headers.push((name.into_owned(), value.into_owned()));
+                    }
+                })
                 .map_err(|e| invalid(&format!("HPACK: {e:?}")))?;
+            if size > MAX_BLOCK {
+                return Err(invalid("header list too large"));
+            }
             to.write_all(&reencode(&done, &headers)).await?;
         }
     }

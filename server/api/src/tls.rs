@@ -254,8 +254,21 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             );
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
+        // Its issuer, as the leaf names it, or any CA it came with: a leaf minted with a
+        // revoked CA's key need not name it.
+        let presented = intermediates.iter().filter_map(|ca| {
+            let (_, ca) = X509Certificate::from_der(ca).ok()?;
+            ca.extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(id) => Some(hex::encode(id.0)),
+                    _ => None,
+                })
+        });
         if let Some(issuer) = authority_key_id_of(&cert)
-            && self.revocations.is_issuer_revoked(&issuer)
+            .into_iter()
+            .chain(presented)
+            .find(|issuer| self.revocations.is_issuer_revoked(issuer))
         {
             tracing::info!(
                 serial = %serial,

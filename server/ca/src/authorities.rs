@@ -29,22 +29,22 @@ pub struct LoadedCa {
     pub ca: Arc<CertificateAuthority<CaKey>>,
 }
 
-/// The CAs in the trust bundle, one of them ACTIVE.
+/// The CAs in the trust bundle that this server could load, normally one of them ACTIVE.
 pub struct AuthoritySet {
     cas: Vec<LoadedCa>,
-    active: usize,
+    /// None when the registry's ACTIVE CA could not be loaded here: nothing is signed then.
+    active: Option<usize>,
     bundle_pem: String,
     version: String,
 }
 
 impl AuthoritySet {
-    /// The set of `cas`, if one of them is ACTIVE.
-    fn new(cas: Vec<LoadedCa>) -> Option<Self> {
-        let active = cas.iter().position(|c| c.state == CaState::Active)?;
-        Some(Self::with_active(cas, active))
+    fn new(cas: Vec<LoadedCa>) -> Self {
+        let active = cas.iter().position(|c| c.state == CaState::Active);
+        Self::with_active(cas, active)
     }
 
-    fn with_active(cas: Vec<LoadedCa>, active: usize) -> Self {
+    fn with_active(cas: Vec<LoadedCa>, active: Option<usize>) -> Self {
         let mut seen: Vec<&CertificateDer<'static>> = Vec::new();
         let mut bundle_pem = String::new();
         for c in &cas {
@@ -64,9 +64,10 @@ impl AuthoritySet {
         }
     }
 
-    /// The CA that signs new certificates.
-    pub fn active(&self) -> &Arc<CertificateAuthority<CaKey>> {
-        &self.cas[self.active].ca
+    /// The CA that signs new certificates; none when the registry's ACTIVE CA could not be
+    /// loaded here.
+    pub fn active(&self) -> Option<&Arc<CertificateAuthority<CaKey>>> {
+        self.active.map(|i| &self.cas[i].ca)
     }
 
     /// Every CA in the bundle, in the registry's order (newest first).
@@ -117,7 +118,7 @@ impl Authorities {
             ca: Arc::new(first),
         };
         Self {
-            current: RwLock::new(Arc::new(AuthoritySet::with_active(vec![first], 0))),
+            current: RwLock::new(Arc::new(AuthoritySet::with_active(vec![first], Some(0)))),
             load_key,
             crl_base,
             dev,
@@ -152,7 +153,7 @@ impl Authorities {
     /// What the registry records for the CA a server starts with, before any rotation.
     pub fn first_record(&self, key_ref: &str, now: OffsetDateTime) -> Result<CaRecord, CaError> {
         let set = self.current();
-        let ca = set.active();
+        let ca = set.active().ok_or(CaError::CertificateCount { found: 0 })?;
         Ok(CaRecord {
             key_id: ca.key_id_hex().to_owned(),
             state: CaState::Active,
@@ -171,9 +172,9 @@ impl Authorities {
     }
 
     /// Makes the registry's CAs current: every CA in the bundle, its key opened unless it is
-    /// loaded already. A CA whose key cannot be opened here is left out (and reported); the
-    /// set is kept when the registry has no ACTIVE CA this server can sign with. Returns the
-    /// CAs left out, with why.
+    /// loaded already; nothing else (a CA retired or revoked is dropped at once). A CA whose key
+    /// cannot be opened here is left out (and reported); if that is the ACTIVE one, this server
+    /// signs nothing until it can. Returns the CAs left out, with why.
     pub fn reload(&self, records: &[CaRecord]) -> Vec<(String, CaError)> {
         let before = self.current();
         let mut failed = Vec::new();
@@ -193,16 +194,19 @@ impl Authorities {
                 Err(e) => failed.push((record.key_id.clone(), e)),
             }
         }
-        if let Some(set) = AuthoritySet::new(cas) {
-            *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
-        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(AuthoritySet::new(cas));
         failed
     }
 }
 
 impl Signer for Authorities {
     fn sign(&self, spec: &IssueSpec<'_>) -> Result<SignedCertificate, SignerError> {
-        self.current().active().sign(spec)
+        let set = self.current();
+        let active = set.active().ok_or_else(|| {
+            SignerError::Unavailable("the ACTIVE CA's key cannot be opened on this server".into())
+        })?;
+        active.sign(spec)
     }
 
     fn sign_crl(&self, spec: &CrlSpec<'_>) -> Result<Vec<u8>, SignerError> {
@@ -226,11 +230,17 @@ impl Signer for Authorities {
     }
 
     fn issuer_key_id(&self) -> String {
-        self.current().active().key_id_hex().to_owned()
+        let set = self.current();
+        set.active()
+            .map(|ca| ca.key_id_hex().to_owned())
+            .unwrap_or_default()
     }
 
+    /// The ACTIVE CA's notAfter; the epoch when there is none here (nothing may be signed).
     fn not_after(&self) -> OffsetDateTime {
-        self.current().active().not_after()
+        self.current()
+            .active()
+            .map_or(OffsetDateTime::UNIX_EPOCH, |ca| ca.not_after())
     }
 
     fn inspect(&self, chain_pem: &str, key_ref: &str) -> Result<InspectedCa, String> {

@@ -105,11 +105,13 @@ impl SqlStore {
         .await?
         .into_iter()
         .collect();
-        // A certificate revoked with its whole CA has its CA's entry (RevokeIssuer).
-        let issuers: Vec<String> = revoked
+        // A certificate whose CA was revoked (RevokeIssuer) is revoked with the CA's entry, even
+        // one a replica issued from that CA while the revocation committed.
+        let issuers: Vec<String> = states
             .iter()
-            .filter(|r| !entries.contains_key(&r.0))
             .filter_map(|r| r.3.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         let mut by_issuer: HashMap<String, RevocationRecord> = HashMap::new();
         if !issuers.is_empty() {
@@ -126,10 +128,15 @@ impl SqlStore {
         states
             .into_iter()
             .map(|(serial, state, not_after, issuer)| {
-                let revocation = entries
-                    .remove(&serial)
-                    .or_else(|| issuer.and_then(|i| by_issuer.get(&i).cloned()))
-                    .filter(|_| state == CertState::Revoked.as_str());
+                let own = entries.remove(&serial);
+                let of_issuer = issuer.and_then(|i| by_issuer.get(&i).cloned());
+                let (state, revocation) = match (own, of_issuer) {
+                    (Some(own), _) => (state, Some(own)),
+                    (None, Some(ca)) if state != CertState::Expired.as_str() => {
+                        (CertState::Revoked.as_str().to_owned(), Some(ca))
+                    }
+                    (None, _) => (state, None),
+                };
                 Ok(StoredStatus {
                     revocation,
                     serial: convert::serial(&serial)?,

@@ -501,6 +501,34 @@ async fn compromise_drill(backend: Backend) {
         .await
         .unwrap();
     client.check_status(vec![web.serial.clone()]).await.unwrap();
+    // A leaf minted with the compromised key that names no issuer key, presented with the
+    // compromised CA, is refused at the handshake too.
+    let old_ca = server
+        .pki
+        .ca
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        old_ca,
+        rcgen::KeyPair::from_pem(&server.pki.ca.key_pem).unwrap(),
+    )
+    .unwrap();
+    let forged_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(WEB.try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = false;
+    let forged = params.signed_by(&forged_key, &issuer).unwrap();
+    let forged_chain = format!("{}{old_ca}", forged.pem());
+    assert!(
+        server
+            .client_with(&forged_chain, &forged_key.serialize_pem())
+            .await
+            .is_err()
+    );
+
     // The compromised CA signs no CRL any more; the successor does.
     let (code, _) = server.http_get(&format!("/crl/{old_id}")).await;
     assert_eq!(code, 404);
