@@ -134,10 +134,7 @@ impl<S: CertificateStore> Mintgate<S> {
             from: cert.state,
             reason: input.reason,
             revoked_by: caller.id.to_string(),
-            issuer_key_id: cert
-                .issuer_key_id
-                .clone()
-                .unwrap_or_else(|| self.signer.issuer_key_id()),
+            issuer_key_id: self.issuer_of(&cert),
             now,
         };
         let stored = self
@@ -295,10 +292,7 @@ impl<S: CertificateStore> Mintgate<S> {
                     from: cert.state,
                     reason: input.reason,
                     revoked_by: caller.id.to_string(),
-                    issuer_key_id: cert
-                        .issuer_key_id
-                        .clone()
-                        .unwrap_or_else(|| self.signer.issuer_key_id()),
+                    issuer_key_id: self.issuer_of(cert),
                     now,
                 });
             }
@@ -460,6 +454,15 @@ fn no_entry() -> Error {
 }
 
 impl<S: CertificateStore> Mintgate<S> {
+    /// The key id of the CA that signed `cert`: as recorded, else as the certificate names it
+    /// (one stored by a release without the CA registry), else the ACTIVE CA's.
+    fn issuer_of(&self, cert: &crate::model::CertificateRecord) -> String {
+        cert.issuer_key_id
+            .clone()
+            .or_else(|| authority_key_id(&cert.der))
+            .unwrap_or_else(|| self.signer.issuer_key_id())
+    }
+
     /// Revocation/WatchRevocations: whether `caller` may subscribe.
     pub async fn authorize_watch(&self, caller: &Caller) -> Result<(), Error> {
         self.authorize(
@@ -472,8 +475,50 @@ impl<S: CertificateStore> Mintgate<S> {
     }
 }
 
+/// The hex authority key identifier of the certificate `der`, if it has one.
+fn authority_key_id(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| hex::encode(id.0))
+            }
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_certificate_names_its_issuer_key_when_the_store_does_not() {
+        use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.use_authority_key_identifier_extension = true;
+        let named = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        leaf.use_authority_key_identifier_extension = false;
+        let unnamed = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let (_, parsed) = X509Certificate::from_der(ca_cert.der()).unwrap();
+        let ski = parsed
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(hex::encode(id.0)),
+                _ => None,
+            });
+        assert!(ski.is_some());
+        assert_eq!(super::authority_key_id(named.der()), ski);
+        assert_eq!(super::authority_key_id(unnamed.der()), None);
+        assert_eq!(super::authority_key_id(b"not a certificate"), None);
+    }
     use time::OffsetDateTime;
 
     use super::{CertificateStatus, OcspStatus};
