@@ -143,7 +143,7 @@ impl Acceptor {
         let slot = admitted.authenticated();
         let issuer = leaf.and_then(|leaf| {
             let (_, cert) = X509Certificate::from_der(leaf).ok()?;
-            crate::tls::authority_key_id_of(&cert)
+            mintgate_domain::key_ids::authority_key_id(&cert)
         });
         let guard = self.hub.register_connection(caller.serial.clone(), issuer);
         let conn = AuthedConn {

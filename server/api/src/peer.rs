@@ -37,11 +37,11 @@ impl PeerClassifier {
         let id = spiffe_id_of(&leaf)?;
         let serial = Serial::from_der_bytes(leaf.raw_serial()).ok()?;
         let workloads = self.workloads.issuing();
-        let mine = workloads.iter().map(|c| (CallerKind::Workload, c.to_vec()));
+        let mine = workloads.iter().map(|c| (CallerKind::Workload, c.as_ref()));
         let kind = mine
-            .chain(self.cas.iter().cloned())
+            .chain(self.cas.iter().map(|(kind, c)| (*kind, c.as_slice())))
             .find_map(|(kind, ca_der)| {
-                let (_, ca) = X509Certificate::from_der(&ca_der).ok()?;
+                let (_, ca) = X509Certificate::from_der(ca_der).ok()?;
                 let issued_by = leaf.issuer().as_raw() == ca.subject().as_raw()
                     && leaf.verify_signature(Some(ca.public_key())).is_ok();
                 issued_by.then_some(kind)

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use mintgate_domain::key_ids::{authority_key_id, subject_key_id};
 use mintgate_domain::ports::Clock;
 use mintgate_domain::{Serial, SpiffeId, TrustDomain};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -47,7 +48,7 @@ struct TrustState {
     /// The CAs between a root and the certificates it vouches for, added to a client's chain.
     intermediates: Vec<CertificateDer<'static>>,
     /// Mintgate's issuing CAs: a certificate one of them signed is a workload's.
-    issuing: Vec<CertificateDer<'static>>,
+    issuing: Arc<[CertificateDer<'static>]>,
 }
 
 impl ClientTrust {
@@ -71,8 +72,8 @@ impl ClientTrust {
         Ok(())
     }
 
-    /// Mintgate's issuing CAs trusted now.
-    pub fn issuing(&self) -> Vec<CertificateDer<'static>> {
+    /// Mintgate's issuing CAs trusted now (shared, not copied: asked on every connection).
+    pub fn issuing(&self) -> Arc<[CertificateDer<'static>]> {
         self.state().issuing.clone()
     }
 
@@ -108,7 +109,7 @@ fn build_trust(
     Ok(TrustState {
         verifier,
         intermediates,
-        issuing,
+        issuing: issuing.into(),
     })
 }
 
@@ -140,17 +141,6 @@ pub fn server_config(
         .map_err(TlsError::ServerCert)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-/// Hex authority key identifier of a certificate: the SKI of the CA that signed it.
-pub fn authority_key_id_of(cert: &X509Certificate<'_>) -> Option<String> {
-    cert.extensions()
-        .iter()
-        .find_map(|ext| match ext.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
-            _ => None,
-        })
-        .map(|id| hex::encode(id.0))
 }
 
 /// The one SPIFFE ID in a certificate's URI SANs, if there is exactly one and it parses.
@@ -258,14 +248,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         // revoked CA's key need not name it.
         let presented = intermediates.iter().filter_map(|ca| {
             let (_, ca) = X509Certificate::from_der(ca).ok()?;
-            ca.extensions()
-                .iter()
-                .find_map(|e| match e.parsed_extension() {
-                    ParsedExtension::SubjectKeyIdentifier(id) => Some(hex::encode(id.0)),
-                    _ => None,
-                })
+            subject_key_id(&ca)
         });
-        if let Some(issuer) = authority_key_id_of(&cert)
+        if let Some(issuer) = authority_key_id(&cert)
             .into_iter()
             .chain(presented)
             .find(|issuer| self.revocations.is_issuer_revoked(issuer))

@@ -13,6 +13,7 @@ pub mod error;
 pub mod governance;
 pub mod hold;
 pub mod jwt;
+pub mod key_ids;
 pub mod lifecycle;
 pub mod lifetime;
 pub mod model;

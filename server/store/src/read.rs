@@ -1,14 +1,15 @@
 //! The revocation registry's reads. They run outside the writer lock: the writer assigns
 //! sequence numbers in commit order, so a reader never sees a later entry before an earlier one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use mintgate_domain::Serial;
 use mintgate_domain::lifecycle::CertState;
 use mintgate_domain::model::{BlockRecord, CertificateRecord, RevocationRecord, StoredStatus};
 use mintgate_domain::store::{LogBounds, StoreError};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Select,
 };
 use time::OffsetDateTime;
 
@@ -72,7 +73,7 @@ impl SqlStore {
     }
 
     /// Two queries: the states of the stored ones among `serials`, then the log entries of
-    /// the revoked ones.
+    /// the revoked ones and of their CAs.
     pub(crate) async fn certificate_status_rows(
         &self,
         serials: &[Serial],
@@ -93,37 +94,29 @@ impl SqlStore {
             .all(&self.db)
             .await
             .map_err(unavailable)?;
-        let revoked: Vec<_> = states
+        // One read for the log entries: those of the revoked certificates, and those of their
+        // CAs (RevokeIssuer), under which a certificate counts as revoked even if a replica
+        // issued it from that CA while the revocation committed.
+        let revoked = states
             .iter()
             .filter(|(_, state, ..)| state == CertState::Revoked.as_str())
-            .collect();
-        let query = revocation::Entity::find()
-            .filter(revocation::Column::Serial.is_in(revoked.iter().map(|r| r.0.clone())));
-        let mut entries: HashMap<String, RevocationRecord> = rows(query, &self.db, |m| {
-            Ok((m.serial.clone(), convert::revocation(m)?))
-        })
-        .await?
-        .into_iter()
-        .collect();
-        // A certificate whose CA was revoked (RevokeIssuer) is revoked with the CA's entry, even
-        // one a replica issued from that CA while the revocation committed.
-        let issuers: Vec<String> = states
-            .iter()
-            .filter_map(|r| r.3.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut by_issuer: HashMap<String, RevocationRecord> = HashMap::new();
-        if !issuers.is_empty() {
-            let query = revocation::Entity::find()
-                .filter(revocation::Column::Issuer.eq(true))
-                .filter(revocation::Column::IssuerKeyId.is_in(issuers));
-            by_issuer = rows(query, &self.db, |m| {
-                Ok((m.issuer_key_id.clone(), convert::revocation(m)?))
-            })
-            .await?
-            .into_iter()
-            .collect();
+            .map(|r| r.0.clone());
+        let issuers: BTreeSet<String> = states.iter().filter_map(|r| r.3.clone()).collect();
+        let query = revocation::Entity::find().filter(
+            Condition::any()
+                .add(revocation::Column::Serial.is_in(revoked))
+                .add(
+                    Condition::all()
+                        .add(revocation::Column::Issuer.eq(true))
+                        .add(revocation::Column::IssuerKeyId.is_in(issuers)),
+                ),
+        );
+        let (mut entries, mut by_issuer) = (HashMap::new(), HashMap::new());
+        for entry in rows(query, &self.db, |m| Ok((m.issuer, convert::revocation(m)?))).await? {
+            match entry {
+                (true, r) => by_issuer.insert(r.issuer_key_id.clone(), r),
+                (false, r) => entries.insert(r.serial.to_hex(), r),
+            };
         }
         states
             .into_iter()

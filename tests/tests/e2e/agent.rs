@@ -16,6 +16,28 @@ use crate::sdk::JumpingClock;
 
 const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
 
+/// An agent of the dev node for `WEB`, writing into `out_dir`, with nothing else configured.
+pub(crate) fn web_agent(server: &TestServer, out_dir: std::path::PathBuf) -> AgentConfig {
+    AgentConfig {
+        endpoint: Endpoint {
+            url: server.url(),
+            server_name: "localhost".into(),
+        },
+        ca_pem: server.pki.ca.cert_pem.clone(),
+        node_cert_pem: server.pki.node.cert_pem.clone(),
+        node_key_pem: server.pki.node.key_pem.clone(),
+        spiffe_id: WEB.into(),
+        join_token: None,
+        out_dir,
+        policy: RenewalPolicy::default(),
+        hook: None,
+        signal_pid: None,
+        health_addr: None,
+        max_staleness: Duration::from_secs(60),
+        workload_api: None,
+    }
+}
+
 /// Waits (bounded) until `ready` holds; the agent works in the background.
 pub(crate) async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -185,24 +207,7 @@ async fn agent_and_rotation(backend: Backend) {
     let server = TestServer::spawn_with(custodians(backend)).await;
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("certs");
-    let config = AgentConfig {
-        endpoint: Endpoint {
-            url: server.url(),
-            server_name: "localhost".into(),
-        },
-        ca_pem: server.pki.ca.cert_pem.clone(),
-        node_cert_pem: server.pki.node.cert_pem.clone(),
-        node_key_pem: server.pki.node.key_pem.clone(),
-        spiffe_id: WEB.into(),
-        join_token: None,
-        out_dir: dir.clone(),
-        policy: RenewalPolicy::default(),
-        hook: None,
-        signal_pid: None,
-        health_addr: None,
-        max_staleness: Duration::from_secs(60),
-        workload_api: None,
-    };
+    let config = web_agent(&server, dir.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // No renewal comes due: time stands still.
     let clock = Arc::new(JumpingClock {
@@ -312,29 +317,16 @@ async fn workload_api(backend: Backend) {
     // This test's own uid gets the identity over the socket.
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     let config = AgentConfig {
-        endpoint: Endpoint {
-            url: server.url(),
-            server_name: "localhost".into(),
-        },
-        ca_pem: server.pki.ca.cert_pem.clone(),
-        node_cert_pem: server.pki.node.cert_pem.clone(),
-        node_key_pem: server.pki.node.key_pem.clone(),
-        spiffe_id: WEB.into(),
-        join_token: None,
-        out_dir: out.path().join("certs"),
         policy: RenewalPolicy {
             ttl: Some(Duration::from_secs(600)),
             ..RenewalPolicy::default()
         },
-        hook: None,
-        signal_pid: None,
-        health_addr: None,
-        max_staleness: Duration::from_secs(60),
         workload_api: Some(AgentWorkloadApi {
             socket: socket.clone(),
             selectors: vec![Selector::Uid(uid)],
             entries: Vec::new(),
         }),
+        ..web_agent(&server, out.path().join("certs"))
     };
     // No renewal until the test moves the clock.
     let clock = Arc::new(JumpingClock {

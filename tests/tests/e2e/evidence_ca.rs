@@ -11,7 +11,7 @@ use mintgate_tests::{Backend, Options, TestServer, both_backends};
 
 use crate::evidence::{copy_dir, rehash};
 use crate::governance::approve;
-use crate::rotation::{key_id_of, prepare, successor};
+use crate::rotation::{key_id_of, prepare, propose, step, successor};
 
 both_backends!(
     the_evidence_holds_each_ca_state_change_and_its_approval,
@@ -31,20 +31,13 @@ async fn ca_history(backend: Backend) {
         key_id_of(&next.cert_pem),
     );
     prepare(&server, &next, &key).await;
-    let mut alice = server.admin_as("alice").await;
     let mut bob = server.admin_as("bob").await;
-    let activate = alice
-        .propose_ca(v1::ProposeCaRequest {
-            request_id: "activate".into(),
-            action: v1::CaAction::Activate.into(),
-            key_id: next_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .proposal
-        .unwrap();
+    let activate = propose(
+        &server,
+        "alice",
+        step("activate", v1::CaAction::Activate, &next_id),
+    )
+    .await;
     approve(&mut bob, &activate.id).await.unwrap();
     let revoke = server
         .revocation_as(&server.pki.alice.cert_pem, &server.pki.alice.key_pem)

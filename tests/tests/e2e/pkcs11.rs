@@ -100,20 +100,12 @@ async fn issue_revoke_and_check(hsm: &SoftHsm, backend: Backend) {
         .clock
         .advance(mintgate_domain::authority::DEFAULT_PUBLISH);
     let next_id = crate::rotation::key_id_of(&next.cert_pem);
-    let activate = server
-        .admin_as("alice")
-        .await
-        .propose_ca(v1::ProposeCaRequest {
-            request_id: "hsm-activate".into(),
-            action: v1::CaAction::Activate.into(),
-            key_id: next_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .proposal
-        .unwrap();
+    let activate = crate::rotation::propose(
+        &server,
+        "alice",
+        crate::rotation::step("hsm-activate", v1::CaAction::Activate, &next_id),
+    )
+    .await;
     crate::governance::approve(&mut server.admin_as("bob").await, &activate.id)
         .await
         .unwrap();

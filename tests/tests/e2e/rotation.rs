@@ -71,7 +71,11 @@ pub(crate) fn key_id_of(cert_pem: &str) -> String {
         .unwrap()
 }
 
-async fn propose(server: &TestServer, who: &str, request: v1::ProposeCaRequest) -> v1::Proposal {
+pub(crate) async fn propose(
+    server: &TestServer,
+    who: &str,
+    request: v1::ProposeCaRequest,
+) -> v1::Proposal {
     server
         .admin_as(who)
         .await

@@ -13,10 +13,9 @@ use mintgate_sdk::agent::{AgentConfig, run};
 use mintgate_sdk::workload_api::{
     AgentWorkloadApi, RegistrationEntry, SECURITY_HEADER, Selector, connect,
 };
-use mintgate_sdk::{Endpoint, RenewalPolicy};
 use mintgate_tests::{Backend, TestServer, both_backends};
 
-use crate::agent::eventually;
+use crate::agent::{eventually, web_agent};
 use crate::sdk::JumpingClock;
 
 const WEB: &str = "spiffe://dev.mintgate.local/workload/web";
@@ -73,21 +72,6 @@ async fn two_uids(backend: Backend) {
 
     let out = tempfile::tempdir().unwrap();
     let config = AgentConfig {
-        endpoint: Endpoint {
-            url: server.url(),
-            server_name: "localhost".into(),
-        },
-        ca_pem: server.pki.ca.cert_pem.clone(),
-        node_cert_pem: server.pki.node.cert_pem.clone(),
-        node_key_pem: server.pki.node.key_pem.clone(),
-        spiffe_id: WEB.into(),
-        join_token: None,
-        out_dir: out.path().join("certs"),
-        policy: RenewalPolicy::default(),
-        hook: None,
-        signal_pid: None,
-        health_addr: None,
-        max_staleness: Duration::from_secs(60),
         workload_api: Some(AgentWorkloadApi {
             socket: socket.clone(),
             selectors: vec![Selector::Uid(0)],
@@ -96,6 +80,7 @@ async fn two_uids(backend: Backend) {
                 selectors: vec![Selector::Uid(OTHER_UID)],
             }],
         }),
+        ..web_agent(&server, out.path().join("certs"))
     };
     let clock = Arc::new(JumpingClock {
         clock: server.clock.clone(),
@@ -170,21 +155,6 @@ async fn rotation_and_revocation(backend: Backend) {
         std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m));
     // This process matches both: the agent's own identity by uid, the other entry by uid too.
     let config = AgentConfig {
-        endpoint: Endpoint {
-            url: server.url(),
-            server_name: "localhost".into(),
-        },
-        ca_pem: server.pki.ca.cert_pem.clone(),
-        node_cert_pem: server.pki.node.cert_pem.clone(),
-        node_key_pem: server.pki.node.key_pem.clone(),
-        spiffe_id: WEB.into(),
-        join_token: None,
-        out_dir: out.path().join("certs"),
-        policy: RenewalPolicy::default(),
-        hook: None,
-        signal_pid: None,
-        health_addr: None,
-        max_staleness: Duration::from_secs(60),
         workload_api: Some(AgentWorkloadApi {
             socket: socket.clone(),
             selectors: vec![Selector::Uid(uid)],
@@ -193,6 +163,7 @@ async fn rotation_and_revocation(backend: Backend) {
                 selectors: vec![Selector::Uid(uid)],
             }],
         }),
+        ..web_agent(&server, out.path().join("certs"))
     };
     let release = Arc::new(tokio::sync::Notify::new());
     let clock = Arc::new(ReleasedClock {

@@ -477,16 +477,9 @@ impl<S: CertificateStore> Mintgate<S> {
 
 /// The hex authority key identifier of the certificate `der`, if it has one.
 fn authority_key_id(der: &[u8]) -> Option<String> {
-    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                aki.key_identifier.as_ref().map(|id| hex::encode(id.0))
-            }
-            _ => None,
-        })
+    crate::key_ids::authority_key_id(&cert)
 }
 
 #[cfg(test)]
@@ -494,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_certificate_names_its_issuer_key_when_the_store_does_not() {
-        use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+        use x509_parser::prelude::{FromDer, X509Certificate};
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::default();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -507,13 +500,7 @@ mod tests {
         leaf.use_authority_key_identifier_extension = false;
         let unnamed = leaf.signed_by(&leaf_key, &issuer).unwrap();
         let (_, parsed) = X509Certificate::from_der(ca_cert.der()).unwrap();
-        let ski = parsed
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(id) => Some(hex::encode(id.0)),
-                _ => None,
-            });
+        let ski = crate::key_ids::subject_key_id(&parsed);
         assert!(ski.is_some());
         assert_eq!(super::authority_key_id(named.der()), ski);
         assert_eq!(super::authority_key_id(unnamed.der()), None);
