@@ -94,12 +94,6 @@ async fn agent(backend: Backend) {
             url: format!("https://{down},{}", server.url()),
             server_name: "localhost".into(),
         },
-        ca_pem: server.pki.ca.cert_pem.clone(),
-        node_cert_pem: server.pki.node.cert_pem.clone(),
-        node_key_pem: server.pki.node.key_pem.clone(),
-        spiffe_id: WEB.into(),
-        join_token: None,
-        out_dir: out.path().join("certs"),
         policy: RenewalPolicy {
             ttl: Some(Duration::from_secs(600)),
             ..RenewalPolicy::default()
@@ -109,10 +103,8 @@ async fn agent(backend: Backend) {
             "-c".into(),
             format!("echo rotated >> {}", hook_log.display()),
         ]),
-        signal_pid: None,
         health_addr: Some(health_addr),
-        max_staleness: Duration::from_secs(60),
-        workload_api: None,
+        ..web_agent(&server, out.path().join("certs"))
     };
     // One jump of the clock: the first renewal happens at once, then time stands still.
     let clock = Arc::new(JumpingClock {
