@@ -200,10 +200,15 @@ async fn readyz_answers_while_a_flood_meets_the_open_file_limit() {
     // Eight sources, each under the per-source limit (64), together well over the open-file
     // limit: without a reserve, every descriptor goes to a half-open handshake and the HTTP
     // port cannot accept until they time out (10 s).
-    let mut flood = Vec::new();
-    for source in 2..10 {
-        flood.extend(half_open(loopback(source), grpc, 60).await);
-    }
+    // All at once, so the flood is in place well within the pressure timeout even on a busy
+    // machine (opened one source after another, the first connections could time out and
+    // free their slots before the last ones arrived).
+    let sources = (2..10).map(|source| half_open(loopback(source), grpc, 60));
+    let flood: Vec<_> = futures_util::future::join_all(sources)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let (status, body) = timeout(
         Duration::from_secs(5),
         mintgate_tests::http_get(http, "/readyz"),
