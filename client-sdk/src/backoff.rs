@@ -38,6 +38,19 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(rand::random::<f64>())
     }
+
+    /// The next delay after a failure that may say how long to wait (the server's
+    /// [`crate::Error::retry_after`], which already spreads the callers it turned away): at
+    /// least that, plus up to a tenth more in jitter; else [`Backoff::next_delay`].
+    pub fn next_delay_after(&mut self, hint: Option<Duration>) -> Duration {
+        match hint {
+            Some(hint) => {
+                self.attempt = self.attempt.saturating_add(1);
+                hint + hint.mul_f64(rand::random::<f64>() / 10.0)
+            }
+            None => self.next_delay(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -61,5 +74,15 @@ mod tests {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
         let draws: std::collections::HashSet<_> = (0..200).map(|_| b.next_delay()).collect();
         assert!(draws.len() > 100);
+    }
+
+    #[test]
+    fn a_server_hint_is_waited_at_least_and_at_most_a_tenth_more() {
+        let mut b = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        let hint = Duration::from_millis(300);
+        let draws: Vec<_> = (0..200).map(|_| b.next_delay_after(Some(hint))).collect();
+        assert!(draws.iter().all(|d| (hint..=hint * 11 / 10).contains(d)));
+        assert!(draws.iter().collect::<std::collections::HashSet<_>>().len() > 100);
+        assert!(b.next_delay_after(None) <= Duration::from_millis(2));
     }
 }

@@ -50,6 +50,9 @@ pub struct Error {
     /// The rest of `ErrorInfo.metadata`: what the reason is about, e.g. `policy_version` and
     /// `determining_policies` for `POLICY_DENIED`, `limit_bytes` for `MESSAGE_TOO_LARGE`.
     pub metadata: BTreeMap<String, String>,
+    /// How long the server asks the caller to wait before trying again
+    /// (`google.rpc.RetryInfo`), e.g. when it sheds an issuance (`SERVER_BUSY`, `CALLER_BUSY`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Error {
@@ -105,6 +108,7 @@ impl Error {
             ),
             fault: Some("user".to_owned()),
             metadata: BTreeMap::new(),
+            retry_after: None,
         }
     }
 
@@ -115,6 +119,7 @@ impl Error {
             message: message.into(),
             fault: Some("user".to_owned()),
             metadata: BTreeMap::new(),
+            retry_after: None,
         }
     }
 }
@@ -138,12 +143,16 @@ impl From<tonic::Status> for Error {
             ),
         };
         let fault = metadata.remove("fault");
+        let retry_after = status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay);
         Self {
             code: status.code(),
             reason,
             message: status.message().to_owned(),
             fault,
             metadata,
+            retry_after,
         }
     }
 }
@@ -159,6 +168,7 @@ impl From<tonic::transport::Error> for Error {
             message: e.to_string(),
             fault: None,
             metadata: BTreeMap::new(),
+            retry_after: None,
         }
     }
 }
@@ -174,6 +184,7 @@ mod tests {
             message: String::new(),
             fault: None,
             metadata: BTreeMap::new(),
+            retry_after: None,
         }
     }
 

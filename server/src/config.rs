@@ -156,6 +156,10 @@ pub struct GrpcFile {
     pub max_handshakes: Option<usize>,
     /// Connections open in all (default: the open-file limit minus `descriptor_reserve`).
     pub max_connections: Option<usize>,
+    /// Enroll and Renew calls in progress in all, beyond which they are shed (512).
+    pub max_issuances_in_flight: Option<usize>,
+    /// ... and per caller (128).
+    pub max_issuances_per_caller: Option<usize>,
     /// File descriptors kept back from the gRPC port for the HTTP port, the database and
     /// the rest of the process (128).
     pub descriptor_reserve: Option<u64>,
@@ -196,6 +200,16 @@ impl GrpcFile {
                 self.max_connections,
                 "grpc.max_connections",
                 d.max_connections,
+            )?,
+            max_issuances_in_flight: count(
+                self.max_issuances_in_flight,
+                "grpc.max_issuances_in_flight",
+                d.max_issuances_in_flight,
+            )?,
+            max_issuances_per_caller: count(
+                self.max_issuances_per_caller,
+                "grpc.max_issuances_per_caller",
+                d.max_issuances_per_caller,
             )?,
         };
         if config.pressure_handshake_timeout > config.handshake_timeout {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -135,20 +136,23 @@ async fn crl(
 }
 
 /// Signs each CA's CRL from the registry and keeps the latest: re-signed when the hub has
-/// applied a new revocation or the cached one is half-way to its nextUpdate.
+/// applied a new revocation or the cached one is half-way to its nextUpdate. One CRL is signed
+/// at a time, on a blocking thread (a million entries take seconds): requests that arrive
+/// meanwhile wait for it and are answered with it, and every answer shares the cached bytes.
 pub(crate) struct CrlPublisher {
     authorities: Arc<Authorities>,
     hub: Arc<RevocationHub>,
     clock: Arc<dyn Clock>,
     /// By CA key id.
     cached: Mutex<HashMap<String, CachedCrl>>,
+    signing: tokio::sync::Mutex<()>,
 }
 
 struct CachedCrl {
     applied: i64,
     number: u64,
     this_update: OffsetDateTime,
-    der: Vec<u8>,
+    der: Bytes,
 }
 
 impl CrlPublisher {
@@ -162,6 +166,19 @@ impl CrlPublisher {
             hub,
             clock,
             cached: Mutex::default(),
+            signing: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The cached CRL of `key_id` if it is still current, else its CRL number.
+    fn cached(&self, key_id: &str, now: OffsetDateTime, applied: i64) -> Result<Bytes, u64> {
+        let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        match cached.get(key_id) {
+            Some(c) if c.applied == applied && now - c.this_update < CRL_VALIDITY / 2 => {
+                Ok(c.der.clone())
+            }
+            Some(c) => Err(c.number),
+            None => Err(0),
         }
     }
 
@@ -170,21 +187,19 @@ impl CrlPublisher {
         &self,
         store: &SqlStore,
         key_id: &str,
-    ) -> anyhow::Result<Option<Vec<u8>>> {
+    ) -> anyhow::Result<Option<Bytes>> {
         if self.authorities.current().find(key_id).is_none() {
             return Ok(None);
         }
-        let now = self.clock.now();
-        let applied = self.hub.applied();
-        let previous = {
-            let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(c) = cached.get(key_id)
-                && c.applied == applied
-                && now - c.this_update < CRL_VALIDITY / 2
-            {
-                return Ok(Some(c.der.clone()));
-            }
-            cached.get(key_id).map_or(0, |c| c.number)
+        if let Ok(der) = self.cached(key_id, self.clock.now(), self.hub.applied()) {
+            return Ok(Some(der));
+        }
+        let _signing = self.signing.lock().await;
+        // Signed by the request this one waited for, if nothing was applied since.
+        let (now, applied) = (self.clock.now(), self.hub.applied());
+        let previous = match self.cached(key_id, now, applied) {
+            Ok(der) => return Ok(Some(der)),
+            Err(number) => number,
         };
         // Exactly the revoked, unexpired certificates, as of at least `applied`: like the live
         // set and WatchRevocations snapshots, an entry stays EXPIRY_SKEW past its notAfter for
@@ -196,13 +211,18 @@ impl CrlPublisher {
         let number = previous
             .saturating_add(1)
             .max(u64::try_from(now.unix_timestamp()).unwrap_or_default());
-        let der = self.authorities.sign_crl(&CrlSpec {
-            this_update: now,
-            next_update: now + CRL_VALIDITY,
-            number,
-            issuer_key_id: key_id,
-            entries: &entries,
-        })?;
+        let (authorities, key) = (self.authorities.clone(), key_id.to_owned());
+        let der = tokio::task::spawn_blocking(move || {
+            authorities.sign_crl(&CrlSpec {
+                this_update: now,
+                next_update: now + CRL_VALIDITY,
+                number,
+                issuer_key_id: &key,
+                entries: &entries,
+            })
+        })
+        .await??;
+        let der = Bytes::from(der);
         let cached = CachedCrl {
             applied,
             number,

@@ -23,6 +23,25 @@ pub fn csr_with_key(key: &KeyPair, spiffe_id: &str, dns: &[&str]) -> String {
     params.serialize_request(key).unwrap().pem().unwrap()
 }
 
+/// A node (client-auth) certificate for `spiffe_id` from `bootstrap_ca` (certificate and key
+/// PEM), valid for a day either side of `now`: another node of the platform.
+pub fn node_certificate(
+    bootstrap_ca: &mintgate_ca::CertAndKey,
+    spiffe_id: &str,
+    now: time::OffsetDateTime,
+) -> (String, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(1);
+    let ca_key = KeyPair::from_pem(&bootstrap_ca.key_pem).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&bootstrap_ca.cert_pem, ca_key).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 /// What the caller asked for and the policy granted: the names an issued certificate must carry
 /// (exactly these, in this order, as the server normalises them) and whether serverAuth was granted.
 #[derive(Debug, Clone, Copy)]

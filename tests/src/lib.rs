@@ -465,6 +465,13 @@ impl TestServer {
             .unwrap()
     }
 
+    /// A client holding a certificate of another node, `/node/<name>`, from the bootstrap CA.
+    pub async fn node_named(&self, name: &str) -> Client {
+        let id = format!("spiffe://{TRUST_DOMAIN}/node/{name}");
+        let (cert, key) = csr::node_certificate(&self.pki.bootstrap_ca, &id, self.clock.now_odt());
+        self.client_with(&cert, &key).await.unwrap()
+    }
+
     /// An mTLS channel holding `cert_pem`/`key_pem`, connected.
     pub async fn channel(
         &self,

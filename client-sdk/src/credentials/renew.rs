@@ -15,8 +15,9 @@ use crate::{Backoff, Client, CredentialState, Error, Issuance, new_request_id};
 
 /// Asks for the first certificate until it is issued. A held request is asked about again after
 /// its `retry_after` with the same request (id, CSR, join token); once held, a transient failure
-/// is retried with backoff rather than losing the request. Any other refusal (including
-/// `HOLD_DENIED` and `HOLD_EXPIRED`) is final.
+/// is retried with backoff rather than losing the request, and so is a request a busy server
+/// shed (waiting as long as it said). Any other refusal (including `HOLD_DENIED` and
+/// `HOLD_EXPIRED`) is final.
 pub(super) async fn enroll_until_issued(
     bootstrap: &Client,
     request: v1::EnrollRequest,
@@ -49,7 +50,12 @@ pub(super) async fn enroll_until_issued(
             },
             Err(e) if held && e.is_retryable() => {
                 tracing::warn!(error = %e, request_id = %request.request_id, "asking about the held enrollment failed; backing off");
-                backoff.next_delay()
+                backoff.next_delay_after(e.retry_after)
+            }
+            // Shed by a busy server, which says when to come back: nothing was recorded.
+            Err(e) if e.retry_after.is_some() && e.is_retryable() => {
+                tracing::info!(error = %e, request_id = %request.request_id, "the server is busy; asking again when it said");
+                backoff.next_delay_after(e.retry_after)
             }
             Err(e) => return Err(e),
         };
@@ -177,7 +183,7 @@ async fn renew_once(
             Err(e) if e.is_retryable() => {
                 breaker.failure(clock.now());
                 tracing::warn!(error = %e, "renewal failed; backing off");
-                backoff.next_delay()
+                backoff.next_delay_after(e.retry_after)
             }
             Err(e) if e.reason == HOLD_EXPIRED => {
                 tracing::warn!(error = %e, request_id = %attempt.request.request_id, "the renewal's hold expired undecided; asking anew");

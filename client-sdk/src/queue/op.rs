@@ -194,6 +194,7 @@ mod tests {
                 message: String::new(),
                 fault: fault.map(str::to_owned),
                 metadata: Default::default(),
+                retry_after: None,
             };
             assert_eq!(revoke("0a").verdict(&error), want, "{error:?}");
         }

@@ -48,7 +48,7 @@ impl Enroller {
                         Ok(manager) => break manager,
                         Err(e) if e.is_retryable() => {
                             tracing::warn!(%spiffe_id, error = %e, "enrolling a Workload API identity failed; retrying");
-                            this.clock.sleep(backoff.next_delay()).await;
+                            this.clock.sleep(backoff.next_delay_after(e.retry_after)).await;
                         }
                         Err(e) => {
                             tracing::error!(%spiffe_id, error = %e, "a Workload API identity was refused; it is not served");

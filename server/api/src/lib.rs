@@ -22,6 +22,7 @@ pub mod registry;
 mod revocation;
 mod rpc_metrics;
 mod server;
+mod shedding;
 mod status;
 pub mod tls;
 

@@ -10,10 +10,13 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::server::caller;
+use crate::shedding::IssuanceGate;
 use crate::status::to_status;
 
 pub(crate) struct ProvisioningService<S> {
     pub(crate) app: Arc<Mintgate<S>>,
+    /// Sheds issuances over the server's and the caller's limits.
+    pub(crate) gate: Arc<IssuanceGate>,
 }
 
 #[tonic::async_trait]
@@ -24,6 +27,7 @@ impl<S: CertificateStore> v1::provisioning_server::Provisioning for Provisioning
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::IssueResponse>, Status> {
         let (caller, body) = open_request(request)?;
+        let _pass = self.gate.enter(caller.id.as_str(), "Enroll")?;
         let rid = body.request_id.clone();
         self.app
             .enroll(&caller, convert::enroll_input(body))
@@ -38,6 +42,7 @@ impl<S: CertificateStore> v1::provisioning_server::Provisioning for Provisioning
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::IssueResponse>, Status> {
         let (caller, body) = open_request(request)?;
+        let _pass = self.gate.enter(caller.id.as_str(), "Renew")?;
         let rid = body.request_id.clone();
         self.app
             .renew(&caller, convert::renew_input(body))

@@ -33,6 +33,7 @@ use crate::refusals::RefusalLayer;
 use crate::registry::RevocationHub;
 use crate::revocation::RevocationService;
 use crate::rpc_metrics::RpcMetricsLayer;
+use crate::shedding::IssuanceGate;
 use crate::status::unauthenticated;
 
 /// How the gRPC port bounds its connections and calls (`[grpc]` in the server's config).
@@ -54,6 +55,10 @@ pub struct GrpcConfig {
     /// Connections open in all, handshaking or authenticated. The server crate lowers it to
     /// what the open-file limit leaves after its descriptor reserve.
     pub max_connections: usize,
+    /// Enroll and Renew calls in progress in all; more are shed (see the `shedding` module).
+    pub max_issuances_in_flight: usize,
+    /// ... and per caller.
+    pub max_issuances_per_caller: usize,
 }
 
 impl Default for GrpcConfig {
@@ -66,6 +71,8 @@ impl Default for GrpcConfig {
             max_handshakes_per_source: 64,
             max_handshakes: 1024,
             max_connections: usize::MAX,
+            max_issuances_in_flight: 512,
+            max_issuances_per_caller: 128,
         }
     }
 }
@@ -175,6 +182,10 @@ where
         .add_service(
             ProvisioningServer::new(ProvisioningService {
                 app: server.app.clone(),
+                gate: IssuanceGate::new(
+                    server.config.max_issuances_in_flight,
+                    server.config.max_issuances_per_caller,
+                ),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -54,7 +54,7 @@ impl EvidenceExporter for ServerExporter {
         let now = self.clock.now();
         tokio::spawn(async move {
             let crl = match crl.current(&store, &active).await {
-                Ok(der) => der,
+                Ok(der) => der.map(Vec::from),
                 Err(e) => {
                     let _ = tx.send(Err(Error::Internal(e.into()))).await;
                     return;

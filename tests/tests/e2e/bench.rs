@@ -7,6 +7,8 @@ use serde_json::Value;
 const SUBSCRIBERS: u64 = 5;
 const ROUNDS: u64 = 2;
 const ISSUANCES: u64 = 20;
+const STORM: u64 = 40;
+const REVOKED: u64 = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_benchmark_runs_at_tiny_sizes() {
@@ -19,6 +21,18 @@ async fn every_benchmark_runs_at_tiny_sizes() {
         .args(["--issuances", &ISSUANCES.to_string()])
         .args(["--subscribers", &SUBSCRIBERS.to_string()])
         .args(["--rounds", &ROUNDS.to_string()])
+        .args([
+            "--storm-workloads",
+            &STORM.to_string(),
+            "--storm-nodes",
+            "4",
+        ])
+        .args([
+            "--revoked-entries",
+            &REVOKED.to_string(),
+            "--revoked-rounds",
+            "3",
+        ])
         .arg("--mintgate")
         .arg(mintgate_tests::mintgate_bin())
         .arg("--json")
@@ -39,6 +53,9 @@ async fn every_benchmark_runs_at_tiny_sizes() {
         "3 revocation",
         "4 memory",
         "5 peer",
+        "6 server CPU",
+        "P6 revoked set",
+        "P7 storm",
     ] {
         assert!(
             stdout.contains(benchmark),
@@ -68,6 +85,19 @@ async fn every_benchmark_runs_at_tiny_sizes() {
     if postgres {
         assert_eq!(issuance[1]["database"], "PostgreSQL, synchronous_commit=on");
     }
+
+    for run in report["server_cpu"].as_array().unwrap() {
+        assert_eq!(run["issuances"], ISSUANCES);
+        assert!(run["us_per_issuance"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let revoked = &report["revoked"];
+    assert_eq!(revoked["entries"], REVOKED);
+    assert_eq!(revoked["large"]["revoke"]["samples"], 3);
+    // Every seeded entry is on the CRL: at least 30 bytes each.
+    assert!(revoked["large"]["crl_bytes"].as_u64().unwrap() > 30 * REVOKED);
+    let storm = &report["storm"];
+    assert_eq!(storm["workloads"], STORM);
+    assert!(storm["calls"].as_u64().unwrap() >= STORM);
 
     let fanout = &report["fanout"];
     assert_eq!(fanout["ours"]["samples"], SUBSCRIBERS * ROUNDS);

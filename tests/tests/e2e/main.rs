@@ -41,5 +41,6 @@ mod rotation_refusals;
 mod rotation_tools;
 mod sdk;
 mod sdk_holds;
+mod shedding;
 mod tools;
 mod workload_api;

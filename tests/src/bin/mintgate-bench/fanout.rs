@@ -8,11 +8,11 @@
 //!   event arrived. Latency runs from the Revoke answer (the commit) to arrival. Then the same
 //!   `n` connections and rounds against the floor ([`crate::floor`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use indicatif::ProgressBar;
 use mintgate_ca::CertificateAuthority;
 use mintgate_domain::ports::IssueSpec;
@@ -24,12 +24,12 @@ use prost::Message as _;
 use rcgen::PublicKeyData as _;
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::child::{Mintgate, read};
 use crate::floor;
-use crate::support::{Latency, progress, rss_kib, spawn, wait_for};
+use crate::support::{Latency, progress, rss_kib};
 
 /// Connections being set up at once (the server's accept backlog is larger).
 const CONNECT_AT_ONCE: usize = 64;
@@ -73,7 +73,7 @@ pub struct Memory {
 /// Runs both benchmarks with `n` subscribers and `rounds` revocations.
 pub async fn run(mintgate: &Path, n: usize, rounds: usize) -> anyhow::Result<(Fanout, Memory)> {
     let dir = tempfile::tempdir()?;
-    let mut server = Mintgate::start(mintgate, dir.path()).await?;
+    let mut server = Mintgate::start(mintgate, dir.path(), &[]).await?;
     let identities = identities(&server.pki, n)?;
     let targets = server.enroll_targets(rounds).await?;
     tokio::time::sleep(SETTLE).await;
@@ -300,79 +300,4 @@ pub fn identities_of(ca_pem: &str, ca_key_pem: &str, n: usize) -> anyhow::Result
             })
         })
         .collect()
-}
-
-fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
-    let path = dir.join(name);
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// `mintgate serve --dev` in a directory of its own (its dev PKI and SQLite database land
-/// there), with an operator and a node client connected.
-struct Mintgate {
-    child: Child,
-    pid: u32,
-    url: String,
-    pki: PathBuf,
-    admin: Client,
-    node: Client,
-}
-
-impl Mintgate {
-    async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let grpc = format!("127.0.0.1:{}", crate::support::free_port()?);
-        let http = format!("127.0.0.1:{}", crate::support::free_port()?);
-        let args = ["serve", "--dev", "--grpc-addr", &grpc, "--http-addr", &http];
-        let mut child = spawn(bin, &args, dir, "mintgate.log")?;
-        let pid = child.id().context("the server has no pid")?;
-        let url = format!("https://{grpc}");
-        let pki = dir.join("certs-dev");
-        let connect = |who: &'static str| {
-            let (url, pki) = (url.clone(), pki.clone());
-            move || {
-                let (url, pki) = (url.clone(), pki.clone());
-                async move {
-                    let tls = TlsMaterial {
-                        ca_pem: read(&pki, "ca.pem")?,
-                        cert_pem: read(&pki, &format!("{who}.pem"))?,
-                        key_pem: read(&pki, &format!("{who}.key"))?,
-                    };
-                    Ok(Client::connect(&url, "localhost", &tls).await?)
-                }
-            }
-        };
-        let admin = wait_for(&mut child, Duration::from_secs(60), connect("admin")).await?;
-        let node = wait_for(&mut child, Duration::from_secs(10), connect("node")).await?;
-        Ok(Self {
-            child,
-            pid,
-            url,
-            pki,
-            admin,
-            node,
-        })
-    }
-
-    /// One certificate per round for the operator to revoke.
-    async fn enroll_targets(&self, rounds: usize) -> anyhow::Result<Vec<String>> {
-        let mut serials = Vec::with_capacity(rounds);
-        for r in 0..rounds {
-            let id = format!("spiffe://{TRUST_DOMAIN}/workload/fanout-target-{r}");
-            let (csr, _) = mintgate_tests::csr::csr(&id, &[]);
-            let issued = self
-                .node
-                .enroll(v1::EnrollRequest {
-                    csr: csr.into_bytes(),
-                    ..Default::default()
-                })
-                .await?;
-            anyhow::ensure!(
-                issued.state == v1::RequestState::Issued as i32,
-                "target {r} was held for approval: {:?}",
-                issued.hold
-            );
-            serials.push(issued.serial);
-        }
-        Ok(serials)
-    }
 }

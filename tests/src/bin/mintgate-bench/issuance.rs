@@ -66,8 +66,10 @@ pub async fn run_with(
     let server = TestServer::spawn_with(options).await;
     let database = durability(&server).await?;
     let mut connections = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        connections.push(server.node().await);
+    // One node each, as agents on as many hosts (and each within its own limit of issuances
+    // in progress).
+    for i in 0..clients {
+        connections.push(server.node_named(&format!("bench-{i}")).await);
     }
     let bar = progress(csrs.len(), &format!("issuance {}", label(backend)))?;
     let next = Arc::new(AtomicUsize::new(0));

@@ -5,7 +5,10 @@
 //!    `--postgres`), and durable issuances per database commit;
 //! 3. revocation fan-out to N mTLS subscribers against a bare tokio-rustls floor;
 //! 4. server memory per idle subscriber;
-//! 5. cfssl's sign endpoint with the same CSRs, when `cfssl` is installed.
+//! 5. cfssl's sign endpoint with the same CSRs, when `cfssl` is installed;
+//! 6. server CPU per issuance (a child `mintgate serve`) ÷ crypto CPU per issuance;
+//! - P6: Revoke, CheckStatus, the CRL and memory with a million revoked entries;
+//! - P7: a renewal storm against the server's load shedding.
 //!
 //! `mintgate-bench ca-backends` compares the CA key in a PKCS#11 token with a key file.
 //!
@@ -14,6 +17,8 @@
 //! The table goes to stdout, progress bars to stderr, the figures to `--json`.
 
 mod ca_backends;
+mod child;
+mod cpu;
 mod crypto;
 mod fanout;
 mod floor;
@@ -21,6 +26,8 @@ mod issuance;
 mod peer;
 mod replicas;
 mod report;
+mod revoked;
+mod storm;
 mod support;
 
 use std::path::PathBuf;
@@ -89,6 +96,18 @@ struct Options {
     /// The `mintgate` server binary [default: next to this one].
     #[arg(long)]
     mintgate: Option<PathBuf>,
+    /// Workloads asking at once in the renewal storm (P7).
+    #[arg(long, default_value_t = 100_000)]
+    storm_workloads: usize,
+    /// Nodes (agents, each its own connection) they ask through.
+    #[arg(long, default_value_t = 1000)]
+    storm_nodes: usize,
+    /// Revoked, unexpired entries in the log for P6.
+    #[arg(long, default_value_t = 1_000_000)]
+    revoked_entries: u64,
+    /// Revocations measured in each phase of P6.
+    #[arg(long, default_value_t = 200)]
+    revoked_rounds: usize,
     /// The cfssl binary; benchmark 5 is skipped when it does not run.
     #[arg(long, default_value = "cfssl")]
     cfssl: PathBuf,
@@ -149,6 +168,47 @@ fn main() -> anyhow::Result<()> {
                 postgres_skipped = Some("skipped (PostgreSQL unreachable)".to_owned());
             }
         }
+        let mut server_cpu = vec![
+            cpu::run(
+                &mintgate,
+                Backend::Sqlite,
+                None,
+                csrs.clone(),
+                options.clients,
+                crypto.per_core,
+            )
+            .await
+            .context("server CPU, SQLite")?,
+        ];
+        if options.postgres && postgres_skipped.is_none() {
+            let db = mintgate_tests::db::TestDatabase::create(Backend::Postgres).await;
+            server_cpu.push(
+                cpu::run(
+                    &mintgate,
+                    Backend::Postgres,
+                    Some(&db.url),
+                    csrs.clone(),
+                    options.clients,
+                    crypto.per_core,
+                )
+                .await
+                .context("server CPU, PostgreSQL")?,
+            );
+            db.drop_database().await;
+        }
+        let revoked = revoked::run(&mintgate, options.revoked_entries, options.revoked_rounds)
+            .await
+            .context("P6, the revoked set")?;
+        let storm_csrs: Arc<[String]> = support::csrs_for("storm", options.storm_workloads).into();
+        let storm = storm::run(
+            &mintgate,
+            csrs.clone(),
+            storm_csrs,
+            options.clients,
+            options.storm_nodes,
+        )
+        .await
+        .context("P7, the renewal storm")?;
         let (fanout, memory) = fanout::run(&mintgate, options.subscribers, options.rounds)
             .await
             .context("fan-out and memory")?;
@@ -184,6 +244,9 @@ fn main() -> anyhow::Result<()> {
             memory,
             replicas,
             peer,
+            server_cpu,
+            revoked,
+            storm,
         })
     })?;
     print!("{}", report.table());

@@ -3,11 +3,14 @@
 
 use serde::Serialize;
 
+use crate::cpu::ServerCpu;
 use crate::crypto::Crypto;
 use crate::fanout::{Fanout, Memory};
 use crate::issuance::Issuance;
 use crate::peer::Peer;
 use crate::replicas::CrossReplica;
+use crate::revoked::RevokedScale;
+use crate::storm::Storm;
 use crate::support::Latency;
 
 #[derive(Debug, Serialize)]
@@ -23,6 +26,10 @@ pub struct Report {
     /// Two replicas on PostgreSQL (with `--postgres`).
     pub replicas: Option<CrossReplica>,
     pub peer: Peer,
+    /// Server CPU per issuance, SQLite (and PostgreSQL with `--postgres`).
+    pub server_cpu: Vec<ServerCpu>,
+    pub revoked: RevokedScale,
+    pub storm: Storm,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,6 +180,115 @@ impl Report {
                 );
             }
         }
+        for c in &self.server_cpu {
+            row(
+                format!("6 server CPU per issuance, {}", c.database),
+                format!(
+                    "{:.0} µs ({:.1} s user + {:.1} s kernel over {} at {}); crypto {:.0} µs",
+                    c.us_per_issuance,
+                    c.user_seconds,
+                    c.system_seconds,
+                    c.issuances,
+                    rate(c.per_second),
+                    c.crypto_us_per_issuance
+                ),
+                String::new(),
+            );
+            row(
+                "  ÷ crypto CPU per issuance".into(),
+                format!("{:.2}", c.ratio),
+                target(c.ratio <= 2.0, "≤ 2.0"),
+            );
+            for (kind, (user, kernel)) in &c.threads {
+                row(
+                    format!("  thread {kind}"),
+                    format!("{:.0} µs user + {kernel:.0} µs kernel", user),
+                    String::new(),
+                );
+            }
+        }
+        let r = &self.revoked;
+        row(
+            format!("P6 revoked set: {} entries more", r.entries),
+            format!(
+                "Revoke p99 {:.1} → {:.1} ms, CheckStatus p99 {:.2} → {:.2} ms",
+                r.small.revoke.p99_ms,
+                r.large.revoke.p99_ms,
+                r.small.check_status.p99_ms,
+                r.large.check_status.p99_ms
+            ),
+            String::new(),
+        );
+        row(
+            "  Revoke p99 ratio".into(),
+            format!("{:.2}", r.revoke_p99_ratio),
+            target(r.revoke_p99_ratio <= 1.2, "≤ 1.2"),
+        );
+        row(
+            "  CheckStatus p99 ratio".into(),
+            format!("{:.2}", r.check_status_p99_ratio),
+            target(r.check_status_p99_ratio <= 1.2, "≤ 1.2"),
+        );
+        let l = &r.large;
+        row(
+            format!("  CRL of {} entries", l.revoked),
+            format!(
+                "{:.1} MiB: first {:.0} ms, cached {:.0} ms, after a Revoke {:.0} ms",
+                l.crl_bytes as f64 / 1048576.0,
+                l.crl_first_ms,
+                l.crl_cached_ms,
+                l.crl_after_revoke_ms
+            ),
+            String::new(),
+        );
+        row(
+            "  server RSS per live entry".into(),
+            format!(
+                "{:.0} B ({} → {} MiB; seeded in {:.1} s, restart {:.1} s)",
+                r.bytes_per_entry,
+                r.rss_kib_small / 1024,
+                r.rss_kib_large / 1024,
+                r.seed_seconds,
+                r.start_seconds
+            ),
+            String::new(),
+        );
+        let s = &self.storm;
+        row(
+            format!("P7 storm: {} workloads, {} nodes", s.workloads, s.nodes),
+            format!(
+                "drained in {:.1} s; steady {} over {}",
+                s.drain_seconds,
+                rate(s.steady_per_second),
+                s.steady_issuances
+            ),
+            String::new(),
+        );
+        row(
+            "  drain ÷ (N ÷ steady rate)".into(),
+            format!("{:.2}", s.drain_ratio),
+            target(s.drain_ratio <= 1.5, "≤ 1.5"),
+        );
+        row(
+            "  peak RSS ÷ steady peak".into(),
+            format!(
+                "{:.2} ({} / {} MiB)",
+                s.rss_ratio,
+                s.peak_rss_kib / 1024,
+                s.steady_peak_rss_kib / 1024
+            ),
+            target(s.rss_ratio <= 2.0, "≤ 2"),
+        );
+        let refused: Vec<String> = s.refusals.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        row(
+            format!("  refused on the way, all retried ({} calls)", s.calls),
+            if refused.is_empty() {
+                "none".into()
+            } else {
+                refused.join(", ")
+            },
+            "retryable only (met)".into(),
+        );
         let width = |col: usize| {
             rows.iter()
                 .map(|r| r[col].chars().count())

@@ -14,12 +14,32 @@ use tokio::process::{Child, Command};
 /// `n` PEM CSRs (fresh P-256 keys), one workload identity each. Every benchmark that signs uses
 /// these same requests.
 pub fn csrs(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let id = format!("spiffe://{TRUST_DOMAIN}/workload/bench-{i}");
-            mintgate_tests::csr::csr(&id, &[]).0
-        })
-        .collect()
+    csrs_for("bench", n)
+}
+
+/// `n` PEM CSRs for the identities `/workload/<prefix>-<i>`, made on every core.
+pub fn csrs_for(prefix: &str, n: usize) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let chunk = n.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|from| {
+                scope.spawn(move || {
+                    (from..(from + chunk).min(n))
+                        .map(|i| {
+                            let id = format!("spiffe://{TRUST_DOMAIN}/workload/{prefix}-{i}");
+                            mintgate_tests::csr::csr(&id, &[]).0
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("a CSR thread panicked"))
+            .collect()
+    })
 }
 
 /// Latency percentiles, in milliseconds.

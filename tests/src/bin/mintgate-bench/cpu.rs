@@ -1,0 +1,188 @@
+//! Benchmark 6, server CPU per issuance: `mintgate serve --dev` as a child process on SQLite or
+//! PostgreSQL, driven by `clients` nodes (each its own identity and mTLS connection, one Enroll
+//! in flight), and the CPU time the kernel charged to that process over the run (`utime` +
+//! `stime` in `/proc/<pid>/stat`; the clients are another process) ÷ issuances, against the
+//! crypto benchmark's CPU per CSR check + signature on one thread.
+//!
+//! The breakdown is by thread, from `/proc/<pid>/task/*/stat`: tokio's workers (TLS, HTTP/2,
+//! gRPC, the domain, the CSR check and the signature), sqlx's SQLite threads (the SQLite engine and
+//! its file I/O, one thread per pooled connection), and the rest; each split into user and
+//! kernel time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use mintgate_sdk::{Client, v1};
+use mintgate_tests::Backend;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::child::Mintgate;
+use crate::support::{Latency, progress};
+
+/// `/proc` reports CPU time in clock ticks of `USER_HZ`, 100 on every Linux architecture Rust
+/// builds for with a stable ABI.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+#[derive(Debug, Serialize)]
+pub struct ServerCpu {
+    pub database: &'static str,
+    pub issuances: usize,
+    pub per_second: f64,
+    pub latency: Latency,
+    /// CPU seconds of the server process over the run, user and kernel.
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    pub us_per_issuance: f64,
+    /// One CSR check + signature on one thread (benchmark 1's per-core rate).
+    pub crypto_us_per_issuance: f64,
+    /// `us_per_issuance` ÷ `crypto_us_per_issuance`.
+    pub ratio: f64,
+    /// By kind of thread: (user, kernel) µs per issuance.
+    pub threads: BTreeMap<String, (f64, f64)>,
+}
+
+/// Runs `csrs` through a child server on `backend` (`database_url` for PostgreSQL).
+pub async fn run(
+    bin: &Path,
+    backend: Backend,
+    database_url: Option<&str>,
+    csrs: Arc<[String]>,
+    clients: usize,
+    crypto_per_core: f64,
+) -> anyhow::Result<ServerCpu> {
+    let dir = tempfile::tempdir()?;
+    let policy = crate::child::policy_without_holds(dir.path())?;
+    let mut args = vec!["--policy-dir", policy.as_str()];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    let server = Mintgate::start(bin, dir.path(), &args).await?;
+    let nodes = server.nodes(clients, "cpu").await?;
+    let what = format!("server CPU {}", crate::issuance::label(backend));
+    let bar = progress(csrs.len(), &what)?;
+    let before = ThreadTimes::read(server.pid)?;
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for node in nodes {
+        let (csrs, next, bar) = (csrs.clone(), next.clone(), bar.clone());
+        workers.spawn(enroll_all(node, csrs, next, bar));
+    }
+    let mut latencies = Vec::with_capacity(csrs.len());
+    while let Some(done) = workers.join_next().await {
+        latencies.extend(done??);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let after = ThreadTimes::read(server.pid)?;
+    bar.finish_and_clear();
+    drop(server);
+
+    let n = csrs.len() as f64;
+    let per_issuance = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / n;
+    let mut threads: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let (mut user, mut system) = (0, 0);
+    for (tid, (kind, u, s)) in &after.0 {
+        let (u0, s0) = before.0.get(tid).map_or((0, 0), |(_, u, s)| (*u, *s));
+        let (du, ds) = (u - u0, s - s0);
+        (user, system) = (user + du, system + ds);
+        let entry = threads.entry(kind.clone()).or_default();
+        entry.0 += per_issuance(du);
+        entry.1 += per_issuance(ds);
+    }
+    threads.retain(|_, (u, s)| *u + *s > 0.0);
+    let us_per_issuance = per_issuance(user + system);
+    let crypto_us_per_issuance = 1e6 / crypto_per_core;
+    Ok(ServerCpu {
+        database: crate::issuance::label(backend),
+        issuances: csrs.len(),
+        per_second: n / seconds,
+        latency: Latency::of(latencies),
+        user_seconds: user as f64 / TICKS_PER_SECOND,
+        system_seconds: system as f64 / TICKS_PER_SECOND,
+        us_per_issuance,
+        crypto_us_per_issuance,
+        ratio: us_per_issuance / crypto_us_per_issuance,
+        threads,
+    })
+}
+
+/// One node's loop: the next CSR until there are none.
+pub async fn enroll_all(
+    node: Client,
+    csrs: Arc<[String]>,
+    next: Arc<AtomicUsize>,
+    bar: indicatif::ProgressBar,
+) -> anyhow::Result<Vec<std::time::Duration>> {
+    let mut latencies = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(csr) = csrs.get(i) else {
+            return Ok(latencies);
+        };
+        let sent = Instant::now();
+        let issued = node
+            .enroll(v1::EnrollRequest {
+                csr: csr.clone().into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("enrolling CSR {i}"))?;
+        anyhow::ensure!(
+            issued.state == v1::RequestState::Issued as i32,
+            "CSR {i} was held"
+        );
+        latencies.push(sent.elapsed());
+        bar.inc(1);
+    }
+}
+
+/// Each thread's kind (its name without a trailing number), user and kernel ticks, by thread id.
+struct ThreadTimes(BTreeMap<u32, (String, u64, u64)>);
+
+impl ThreadTimes {
+    fn read(pid: u32) -> anyhow::Result<Self> {
+        let mut times = BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = task?;
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended since the directory was read
+            };
+            let tid = task.file_name().to_string_lossy().parse()?;
+            times.insert(tid, parse_stat(&stat)?);
+        }
+        Ok(Self(times))
+    }
+}
+
+/// `comm`, `utime` and `stime` of a `/proc/…/stat` line; `comm` is in parentheses and may hold
+/// spaces, so the fields are counted from its closing one.
+fn parse_stat(stat: &str) -> anyhow::Result<(String, u64, u64)> {
+    let open = stat.find('(').context("no comm")?;
+    let close = stat.rfind(')').context("no comm")?;
+    let comm = &stat[open + 1..close];
+    let kind = comm
+        .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+        .trim_end();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // After comm: state (3), ... utime (14), stime (15), numbered from 1 in proc(5).
+    let utime = fields.get(11).context("no utime")?.parse()?;
+    let stime = fields.get(12).context("no stime")?.parse()?;
+    Ok((kind.to_owned(), utime, stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_thread_kind_and_times() {
+        let line = "4242 (tokio-rt worker 3) S 1 2 3 4 5 6 7 8 9 10 250 31 0 0 20 0 9 0 1";
+        let (kind, u, s) = parse_stat(line).unwrap();
+        assert_eq!((kind.as_str(), u, s), ("tokio-rt worker", 250, 31));
+    }
+}
