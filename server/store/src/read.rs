@@ -7,6 +7,7 @@ use mintgate_domain::Serial;
 use mintgate_domain::lifecycle::CertState;
 use mintgate_domain::model::{BlockRecord, CertificateRecord, RevocationRecord, StoredStatus};
 use mintgate_domain::store::{LogBounds, StoreError};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Select,
@@ -97,22 +98,34 @@ impl SqlStore {
         // One read for the log entries: those of the revoked certificates, and those of their
         // CAs (RevokeIssuer), under which a certificate counts as revoked even if a replica
         // issued it from that CA while the revocation committed.
-        let revoked = states
+        let revoked: Vec<String> = states
             .iter()
             .filter(|(_, state, ..)| state == CertState::Revoked.as_str())
-            .map(|r| r.0.clone());
+            .map(|r| r.0.clone())
+            .collect();
         let issuers: BTreeSet<String> = states.iter().filter_map(|r| r.3.clone()).collect();
-        let query = revocation::Entity::find().filter(
-            Condition::any()
-                .add(revocation::Column::Serial.is_in(revoked))
-                .add(
-                    Condition::all()
-                        .add(revocation::Column::Issuer.eq(true))
-                        .add(revocation::Column::IssuerKeyId.is_in(issuers)),
-                ),
-        );
+        // Each term only when it names something, and the CA term in the words of the partial
+        // index on issuer entries (`WHERE issuer`): then each is an index search (SQLite's
+        // multi-index OR), where an empty `IN ()` or `issuer = TRUE` makes it scan the log.
+        let mut wanted = Condition::any();
+        if !revoked.is_empty() {
+            wanted = wanted.add(revocation::Column::Serial.is_in(revoked));
+        }
+        if !issuers.is_empty() {
+            wanted = wanted.add(
+                Condition::all()
+                    .add(Expr::col(revocation::Column::Issuer))
+                    .add(revocation::Column::IssuerKeyId.is_in(issuers)),
+            );
+        }
+        let found = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let query = revocation::Entity::find().filter(wanted);
+            rows(query, &self.db, |m| Ok((m.issuer, convert::revocation(m)?))).await?
+        };
         let (mut entries, mut by_issuer) = (HashMap::new(), HashMap::new());
-        for entry in rows(query, &self.db, |m| Ok((m.issuer, convert::revocation(m)?))).await? {
+        for entry in found {
             match entry {
                 (true, r) => by_issuer.insert(r.issuer_key_id.clone(), r),
                 (false, r) => entries.insert(r.serial.to_hex(), r),

@@ -54,7 +54,9 @@ pub struct Phase {
 
 pub async fn run(bin: &Path, entries: u64, rounds: usize) -> anyhow::Result<RevokedScale> {
     let dir = tempfile::tempdir()?;
-    let server = Mintgate::start(bin, dir.path(), &[]).await?;
+    let policy = crate::child::policy_without_holds(dir.path())?;
+    let args = ["--policy-dir", policy.as_str()];
+    let server = Mintgate::start(bin, dir.path(), &args).await?;
     // Targets for both phases, plus one each to revoke between two CRLs.
     let targets = server.enroll_targets(2 * rounds + 2).await?;
     let (first, second) = targets.split_at(rounds + 1);
@@ -72,7 +74,7 @@ pub async fn run(bin: &Path, entries: u64, rounds: usize) -> anyhow::Result<Revo
     let seed_seconds = began.elapsed().as_secs_f64();
 
     let began = Instant::now();
-    let server = Mintgate::start(bin, dir.path(), &[]).await?;
+    let server = Mintgate::start(bin, dir.path(), &args).await?;
     let start_seconds = began.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     let rss_kib_large = rss_kib(server.pid)?;
