@@ -65,6 +65,9 @@ pub struct RevocationHub {
     live: RwLock<HashMap<Serial, OffsetDateTime>>,
     /// Revoked CA (hex SKI) → its notAfter: every certificate it signed is revoked.
     issuers: RwLock<HashMap<String, OffsetDateTime>>,
+    /// When the first entry of either set leaves it (its notAfter plus the skew allowance), so
+    /// that expiring looks at a million entries only when one of them is due.
+    next_expiry: Mutex<Option<OffsetDateTime>>,
     /// Open connections by their certificate's serial: id, cut token, issuing CA (hex AKI).
     connections: Mutex<HashMap<Serial, Vec<Connection>>>,
     /// Connections whose cut waits for their own answer (see [`RevocationHub::defer_cut`]).
@@ -92,6 +95,7 @@ impl RevocationHub {
             config,
             live: RwLock::default(),
             issuers: RwLock::default(),
+            next_expiry: Mutex::default(),
             connections: Mutex::default(),
             deferred: Mutex::default(),
             next_connection: AtomicU64::new(0),
@@ -252,6 +256,13 @@ impl RevocationHub {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(entry.serial.clone(), entry.not_after);
         }
+        let due = entry.not_after + EXPIRY_SKEW;
+        let mut next = self
+            .next_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *next = Some(next.map_or(due, |n| n.min(due)));
+        drop(next);
         // Out on the feed before any cut, so a watcher on a connection about to be closed has
         // the best chance to hear why. Encoded once here; every subscriber sends these bytes.
         let seq = entry.seq;
@@ -298,14 +309,31 @@ impl RevocationHub {
 
     /// Drops entries whose certificate expired (with the skew allowance) before `now`.
     fn expire(&self, now: OffsetDateTime) {
+        let mut next = self
+            .next_expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if next.is_none_or(|due| due > now) {
+            return;
+        }
+        let mut earliest: Option<OffsetDateTime> = None;
+        let mut keep = |not_after: &OffsetDateTime| {
+            let due = *not_after + EXPIRY_SKEW;
+            let kept = due > now;
+            if kept {
+                earliest = Some(earliest.map_or(due, |e| e.min(due)));
+            }
+            kept
+        };
         self.live
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, not_after| *not_after + EXPIRY_SKEW > now);
+            .retain(|_, not_after| keep(not_after));
         self.issuers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, not_after| *not_after + EXPIRY_SKEW > now);
+            .retain(|_, not_after| keep(not_after));
+        *next = earliest;
     }
 }
 

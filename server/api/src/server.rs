@@ -173,6 +173,8 @@ where
     // the answer the client was sent.
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_CALLS_PER_CONNECTION)
+        // ... and as many HTTP/2 streams open, so a client queues the rest on its side.
+        .max_concurrent_streams(MAX_CONCURRENT_CALLS_PER_CONNECTION as u32)
         .layer(RpcMetricsLayer::new(server.metrics.clone()))
         .layer(RefusalLayer::new(MAX_MESSAGE_BYTES))
         .layer(DeadlineLayer::new(server.config.call_timeout))

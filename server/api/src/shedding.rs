@@ -12,12 +12,10 @@
 //! server's limit is given the next free *retry slot*: slots are one completion time apart and
 //! start no earlier than now, so the callers a storm turned away come back spread over the time
 //! the server needs to drain them, at the rate it completes issuances, instead of all together
-//! (where each round would be refused again and cost the server more than it serves). Slots are
-//! handed out at most `HORIZON` ahead, from the faster of the last two measurements (a caller
-//! back too early costs one more refusal; one back too late leaves the server idle): a caller
-//! past the horizon is told a random time in its second half and gets its slot when it returns,
-//! from the rate measured then. A call shed for its caller's limit is told how long the
-//! issuances in progress take.
+//! (where each round would be refused again and cost the server more than it serves). The rate
+//! is the faster of the last two measurements: a caller back too early costs one more refusal,
+//! one back too late leaves the server idle. A call shed for its caller's limit is told how long
+//! the issuances in progress take.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,7 +27,7 @@ use crate::status::ERROR_DOMAIN;
 
 /// The shortest and the longest wait a refusal suggests.
 const MIN_RETRY: Duration = Duration::from_millis(50);
-const HORIZON: Duration = Duration::from_secs(20);
+const MAX_RETRY: Duration = Duration::from_secs(300);
 /// How long the completion rate is measured over before it is used.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// The completion time assumed before the first window closes.
@@ -140,20 +138,17 @@ impl State {
         let interval = self.interval(now);
         interval
             .saturating_mul(u32::try_from(self.in_flight).unwrap_or(u32::MAX))
-            .clamp(MIN_RETRY, HORIZON)
+            .clamp(MIN_RETRY, MAX_RETRY)
     }
 
     /// Hands out the next retry slot: one completion after the last, and not before
-    /// `now + MIN_RETRY`; past the horizon, a random time in its second half and no slot.
+    /// `now + MIN_RETRY`.
     fn next_slot(&mut self, now: Instant) -> Duration {
         let interval = self.interval(now);
         let earliest = now + MIN_RETRY;
         let slot = self.next_slot.map_or(earliest, |s| s.max(earliest));
-        if slot - now > HORIZON {
-            return HORIZON.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-        }
         self.next_slot = Some(slot + interval);
-        slot - now
+        (slot - now).min(MAX_RETRY)
     }
 
     /// Closes the rate window once it is `RATE_WINDOW` old.
@@ -213,7 +208,7 @@ mod tests {
         assert_eq!(refused.code(), Code::ResourceExhausted);
         let (reason, retry) = reason_and_retry(&refused);
         assert_eq!(reason, "CALLER_BUSY");
-        assert!((MIN_RETRY..=HORIZON).contains(&retry));
+        assert!((MIN_RETRY..=MAX_RETRY).contains(&retry));
         let _b = gate.enter("b", "Renew").unwrap();
         let refused = gate.enter("c", "Renew").unwrap_err();
         assert_eq!(reason_and_retry(&refused).0, "SERVER_BUSY");
@@ -239,11 +234,6 @@ mod tests {
         assert_eq!(slots, [MIN_RETRY, MIN_RETRY + ms(2), MIN_RETRY + ms(4)]);
         // Slots already past are not handed out again.
         assert_eq!(state.next_slot(now + Duration::from_secs(1)), MIN_RETRY);
-        // Past the horizon: a time in its second half, and the slots stay where they were.
-        state.next_slot = Some(now + HORIZON * 2);
-        let far = state.next_slot(now);
-        assert!((HORIZON / 2..=HORIZON).contains(&far), "{far:?}");
-        assert_eq!(state.next_slot, Some(now + HORIZON * 2));
         // A slower window does not slow the slots down: the faster of the last two counts.
         state.completed = 100;
         state.next_slot = None;
