@@ -50,7 +50,14 @@ pub async fn run(
     let dir = tempfile::tempdir()?;
     let td = TrustDomain::parse(TRUST_DOMAIN)?;
     let ca = mintgate_ca::generate_pki(&td, OffsetDateTime::now_utc())?.ca;
-    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem)?;
+    // The issuing CA alone: `cert_pem` is its chain (then the root), which cfssl takes for a
+    // certificate it cannot pair with the key, leaving its sign endpoint out.
+    const END: &str = "-----END CERTIFICATE-----";
+    let first = ca
+        .cert_pem
+        .find(END)
+        .map_or(ca.cert_pem.len(), |i| i + END.len());
+    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem[..first])?;
     std::fs::write(dir.path().join("ca.key"), &ca.key_pem)?;
     std::fs::write(
         dir.path().join("config.json"),
@@ -156,7 +163,12 @@ async fn sign(connection: &mut BufReader<TcpStream>, csr: &str) -> anyhow::Resul
     }
     let mut answer = vec![0; length.context("cfssl answered without Content-Length")?];
     connection.read_exact(&mut answer).await?;
-    let answer: serde_json::Value = serde_json::from_slice(&answer)?;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).with_context(|| {
+        format!(
+            "cfssl answered HTTP {status}: {}",
+            String::from_utf8_lossy(&answer)
+        )
+    })?;
     if status != "200" || answer["success"] != true {
         bail!("cfssl did not sign: HTTP {status}: {answer}");
     }
