@@ -37,7 +37,7 @@ pub fn csrs_for(prefix: &str, n: usize) -> Vec<String> {
             .collect();
         parts
             .into_iter()
-            .flat_map(|p| p.join().expect("a CSR thread panicked"))
+            .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     })
 }
