@@ -13,8 +13,9 @@
 //! start no earlier than now, so the callers a storm turned away come back spread over the time
 //! the server needs to drain them, at the rate it completes issuances, instead of all together
 //! (where each round would be refused again and cost the server more than it serves). The rate
-//! is the faster of the last two measurements: a caller back too early costs one more refusal,
-//! one back too late leaves the server idle. A call shed for its caller's limit is told how long
+//! is the fastest measured over the last minute: a caller back too early costs one more
+//! refusal, one back too late leaves the server idle (and a slower rate measured while it idles
+//! would space the slots further still). A call shed for its caller's limit is told how long
 //! the issuances in progress take.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,6 +31,8 @@ const MIN_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 /// How long the completion rate is measured over before it is used.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How many windows the rate is remembered over: the fastest of them counts.
+const RATE_WINDOWS: usize = 60;
 /// The completion time assumed before the first window closes.
 const FIRST_GUESS: Duration = Duration::from_millis(1);
 
@@ -47,10 +50,9 @@ struct State {
     /// Issuances finished since `window_start`.
     completed: u64,
     window_start: Option<Instant>,
-    /// Time per completion over the last two full windows in which anything completed; none
-    /// before the first.
-    interval: Option<Duration>,
-    previous_interval: Option<Duration>,
+    /// Time per completion in each of the last `RATE_WINDOWS` full windows in which anything
+    /// completed, newest last.
+    intervals: std::collections::VecDeque<Duration>,
     /// The next retry slot not handed out yet.
     next_slot: Option<Instant>,
 }
@@ -123,14 +125,12 @@ impl IssuanceGate {
 }
 
 impl State {
-    /// The time one completion takes: the shorter of the last two measurements.
+    /// The time one completion takes: the shortest measured in the last minute. Completions
+    /// measure capacity only while callers wait in the server; while refused callers wait out
+    /// their slots, fewer complete, and trusting that would space the slots further still.
     fn interval(&mut self, now: Instant) -> Duration {
         self.roll(now);
-        match (self.interval, self.previous_interval) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) => a,
-            _ => FIRST_GUESS,
-        }
+        self.intervals.iter().min().copied().unwrap_or(FIRST_GUESS)
     }
 
     /// How long the issuances in progress take to complete.
@@ -157,8 +157,11 @@ impl State {
         let elapsed = now.duration_since(start);
         if elapsed >= RATE_WINDOW {
             if self.completed > 0 {
-                self.previous_interval = self.interval;
-                self.interval = Some(elapsed / u32::try_from(self.completed).unwrap_or(u32::MAX));
+                if self.intervals.len() == RATE_WINDOWS {
+                    self.intervals.pop_front();
+                }
+                let per = elapsed / u32::try_from(self.completed).unwrap_or(u32::MAX);
+                self.intervals.push_back(per);
             }
             self.completed = 0;
             self.window_start = Some(now);
@@ -234,7 +237,7 @@ mod tests {
         assert_eq!(slots, [MIN_RETRY, MIN_RETRY + ms(2), MIN_RETRY + ms(4)]);
         // Slots already past are not handed out again.
         assert_eq!(state.next_slot(now + Duration::from_secs(1)), MIN_RETRY);
-        // A slower window does not slow the slots down: the faster of the last two counts.
+        // A slower window does not slow the slots down: the fastest of the last minute counts.
         state.completed = 100;
         state.next_slot = None;
         let later = now + Duration::from_secs(2);
