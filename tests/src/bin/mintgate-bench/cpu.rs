@@ -12,17 +12,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use mintgate_sdk::{Client, v1};
 use mintgate_tests::Backend;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::child::Mintgate;
-use crate::support::{Latency, progress};
+use crate::support::{Latency, enroll_all, progress};
 
 /// `/proc` reports CPU time in clock ticks of `USER_HZ`, 100 on every Linux architecture Rust
 /// builds for with a stable ABI.
@@ -109,36 +108,6 @@ pub async fn run(
         ratio: us_per_issuance / crypto_us_per_issuance,
         threads,
     })
-}
-
-/// One node's loop: the next CSR until there are none.
-pub async fn enroll_all(
-    node: Client,
-    csrs: Arc<[String]>,
-    next: Arc<AtomicUsize>,
-    bar: indicatif::ProgressBar,
-) -> anyhow::Result<Vec<std::time::Duration>> {
-    let mut latencies = Vec::new();
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(csr) = csrs.get(i) else {
-            return Ok(latencies);
-        };
-        let sent = Instant::now();
-        let issued = node
-            .enroll(v1::EnrollRequest {
-                csr: csr.clone().into_bytes(),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("enrolling CSR {i}"))?;
-        anyhow::ensure!(
-            issued.state == v1::RequestState::Issued as i32,
-            "CSR {i} was held"
-        );
-        latencies.push(sent.elapsed());
-        bar.inc(1);
-    }
 }
 
 /// Each thread's kind (its name without a trailing number), user and kernel ticks, by thread id.

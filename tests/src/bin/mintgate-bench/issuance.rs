@@ -8,20 +8,19 @@
 //! transactions ([`mintgate_store::SqlStore::write_commits`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use mintgate_domain::hold::{HoldStore, RiskQuery};
 use mintgate_domain::policy::PolicySource;
 use mintgate_domain::risk::RiskConfig;
-use mintgate_sdk::v1;
 use mintgate_tests::{Backend, NODE_ID, Options, TRUST_DOMAIN, TestServer};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::support::{Latency, progress};
+use crate::support::{Latency, enroll_all, progress};
 
 #[derive(Debug, Serialize)]
 pub struct Issuance {
@@ -77,26 +76,7 @@ pub async fn run_with(
     let start = Instant::now();
     let mut workers = JoinSet::new();
     for client in connections {
-        let (csrs, next, bar) = (csrs.clone(), next.clone(), bar.clone());
-        workers.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(csr) = csrs.get(i) else {
-                    return anyhow::Ok(latencies);
-                };
-                let sent = Instant::now();
-                client
-                    .enroll(v1::EnrollRequest {
-                        csr: csr.clone().into_bytes(),
-                        ..Default::default()
-                    })
-                    .await
-                    .with_context(|| format!("enrolling CSR {i}"))?;
-                latencies.push(sent.elapsed());
-                bar.inc(1);
-            }
-        });
+        workers.spawn(enroll_all(client, csrs.clone(), next.clone(), bar.clone()));
     }
     let mut latencies = Vec::with_capacity(csrs.len());
     while let Some(done) = workers.join_next().await {

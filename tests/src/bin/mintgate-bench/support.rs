@@ -3,10 +3,13 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use mintgate_sdk::{Client, v1};
 use mintgate_tests::TRUST_DOMAIN;
 use serde::Serialize;
 use tokio::process::{Child, Command};
@@ -40,6 +43,36 @@ pub fn csrs_for(prefix: &str, n: usize) -> Vec<String> {
             .flat_map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     })
+}
+
+/// One node's loop: the next CSR until there are none.
+pub async fn enroll_all(
+    node: Client,
+    csrs: Arc<[String]>,
+    next: Arc<AtomicUsize>,
+    bar: ProgressBar,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(csr) = csrs.get(i) else {
+            return Ok(latencies);
+        };
+        let sent = Instant::now();
+        let issued = node
+            .enroll(v1::EnrollRequest {
+                csr: csr.clone().into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("enrolling CSR {i}"))?;
+        anyhow::ensure!(
+            issued.state == v1::RequestState::Issued as i32,
+            "CSR {i} was held"
+        );
+        latencies.push(sent.elapsed());
+        bar.inc(1);
+    }
 }
 
 /// Latency percentiles, in milliseconds.
