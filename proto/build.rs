@@ -24,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("mintgate_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Every call's codec starts with small buffers (see `LeanCodec` in `src/lib.rs`).
+    tonic_prost_build::configure()
+        .codec_path("crate::LeanCodec")
+        .compile_fds(fds)?;
 
     let method = |name: &str, route: &str, input: &str, output: &str| {
         Method::builder()
@@ -32,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .route_name(route)
             .input_type(format!("crate::v1::{input}"))
             .output_type(output)
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path("crate::LeanCodec")
     };
     let revocation = Service::builder()
         .name("Revocation")
@@ -62,7 +65,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "WatchRevocationsRequest",
                 "crate::fanout::WatchRevocationsFrame",
             )
-            .codec_path("crate::fanout::FrameCodec")
             .server_streaming()
             .build(),
         )

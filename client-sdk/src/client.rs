@@ -46,6 +46,7 @@ fn request_id(given: String) -> String {
 /// the same request again: Mintgate answers the same.
 #[derive(Clone, Debug)]
 pub struct Client {
+    channel: Channel,
     provisioning: v1::provisioning_client::ProvisioningClient<Channel>,
     revocation: v1::revocation_client::RevocationClient<Channel>,
     admin: v1::admin_client::AdminClient<Channel>,
@@ -71,8 +72,15 @@ impl Client {
         Self {
             provisioning: v1::provisioning_client::ProvisioningClient::new(channel.clone()),
             revocation: v1::revocation_client::RevocationClient::new(channel.clone()),
-            admin: v1::admin_client::AdminClient::new(channel),
+            admin: v1::admin_client::AdminClient::new(channel.clone()),
+            channel,
         }
+    }
+
+    /// The mutual-TLS channel itself, for services this client does not wrap (e.g.
+    /// `grpc.health.v1.Health`, which Mintgate serves on the same port).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// Provisioning/Enroll: a first certificate, attested by the node certificate this client

@@ -29,44 +29,6 @@ pub mod fanout {
         pub message: Option<frame::Message>,
     }
 
-    /// `ProstCodec` with a small encode buffer. tonic gives every response stream an encode
-    /// buffer of its own (8 KiB by default) for as long as the stream lives; a feed sends frames
-    /// of a few hundred bytes and mostly sits idle, so its buffer starts at 512 bytes (it grows
-    /// for a snapshot like any `BytesMut`). With thousands of subscribers that is 7.5 KiB each.
-    #[derive(Debug, Clone)]
-    pub struct FrameCodec<T, U>(tonic_prost::ProstCodec<T, U>);
-
-    impl<T, U> Default for FrameCodec<T, U> {
-        fn default() -> Self {
-            Self(tonic_prost::ProstCodec::new())
-        }
-    }
-
-    /// Initial encode buffer of a feed.
-    const FRAME_BUFFER: usize = 512;
-    /// tonic's default: encoded bytes gathered before they are handed to HTTP/2.
-    const YIELD_THRESHOLD: usize = 32 * 1024;
-
-    impl<T, U> tonic::codec::Codec for FrameCodec<T, U>
-    where
-        T: prost::Message + Send + 'static,
-        U: prost::Message + Default + Send + 'static,
-    {
-        type Encode = T;
-        type Decode = U;
-        type Encoder = tonic_prost::ProstEncoder<T>;
-        type Decoder = tonic_prost::ProstDecoder<U>;
-
-        fn encoder(&mut self) -> Self::Encoder {
-            let settings = tonic::codec::BufferSettings::new(FRAME_BUFFER, YIELD_THRESHOLD);
-            tonic_prost::ProstEncoder::new(settings)
-        }
-
-        fn decoder(&mut self) -> Self::Decoder {
-            self.0.decoder()
-        }
-    }
-
     pub mod frame {
         #[derive(Clone, PartialEq, prost::Oneof)]
         pub enum Message {
@@ -78,6 +40,51 @@ pub mod fanout {
             #[prost(message, tag = "3")]
             Snapshot(crate::v1::Snapshot),
         }
+    }
+}
+
+/// `ProstCodec` with small buffers, for every service here (server and client). tonic gives
+/// each call an encode and a decode buffer of 8 KiB by default, and a response stream keeps its
+/// encode buffer for as long as it lives. Mintgate's messages are a few hundred bytes to a few
+/// KiB: a revocation feed's frames are small and mostly it sits idle (with thousands of
+/// subscribers, 7.5 KiB each), and in a renewal storm tens of thousands of calls are open at
+/// once. The buffers start at 512 bytes and grow as any `BytesMut` does for what is larger.
+#[derive(Debug, Clone)]
+pub struct LeanCodec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        Self(tonic_prost::ProstCodec::new())
+    }
+}
+
+/// Initial size of a call's encode and decode buffers.
+const CALL_BUFFER: usize = 512;
+/// tonic's default: encoded bytes gathered before they are handed to HTTP/2.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+impl<T, U> tonic::codec::Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(Self::settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(Self::settings())
+    }
+}
+
+impl<T, U> LeanCodec<T, U> {
+    fn settings() -> tonic::codec::BufferSettings {
+        tonic::codec::BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD)
     }
 }
 

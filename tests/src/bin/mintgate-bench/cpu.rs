@@ -7,18 +7,22 @@
 //! The breakdown is by thread, from `/proc/<pid>/task/*/stat`: tokio's workers (TLS, HTTP/2,
 //! gRPC, the domain, the CSR check and the signature), sqlx's SQLite threads (the SQLite engine and
 //! its file I/O, one thread per pooled connection), and the rest; each split into user and
-//! kernel time.
+//! kernel time. Then as many empty calls (`grpc.health.v1.Health/Check`) on the same
+//! connections give the floor: what an mTLS gRPC call costs the server with no work in it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
+use mintgate_sdk::Client;
 use mintgate_tests::Backend;
 use serde::Serialize;
 use tokio::task::JoinSet;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::child::Mintgate;
 use crate::support::{Latency, enroll_all, progress};
@@ -43,6 +47,9 @@ pub struct ServerCpu {
     pub ratio: f64,
     /// By kind of thread: (user, kernel) µs per issuance.
     pub threads: BTreeMap<String, (f64, f64)>,
+    /// The same number of empty calls (`grpc.health.v1.Health/Check`) on the same connections,
+    /// as many in flight: server CPU per call, the cost of an mTLS gRPC call with no work in it.
+    pub empty_call_us: f64,
 }
 
 /// Runs `csrs` through a child server on `backend` (`database_url` for PostgreSQL).
@@ -68,8 +75,8 @@ pub async fn run(
     let start = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
-    for node in nodes {
-        let (csrs, next, bar) = (csrs.clone(), next.clone(), bar.clone());
+    for node in &nodes {
+        let (node, csrs, next, bar) = (node.clone(), csrs.clone(), next.clone(), bar.clone());
         workers.spawn(enroll_all(node, csrs, next, bar));
     }
     let mut latencies = Vec::with_capacity(csrs.len());
@@ -79,6 +86,7 @@ pub async fn run(
     let seconds = start.elapsed().as_secs_f64();
     let after = ThreadTimes::read(server.pid)?;
     bar.finish_and_clear();
+    let empty_call_us = empty_calls(&server, &nodes, csrs.len()).await?;
     drop(server);
 
     let n = csrs.len() as f64;
@@ -107,7 +115,36 @@ pub async fn run(
         crypto_us_per_issuance,
         ratio: us_per_issuance / crypto_us_per_issuance,
         threads,
+        empty_call_us,
     })
+}
+
+/// Server CPU µs per empty call: `calls` health checks spread over `nodes`, one in flight each.
+async fn empty_calls(server: &Mintgate, nodes: &[Client], calls: usize) -> anyhow::Result<f64> {
+    let before = cpu_ticks(server.pid)?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for node in nodes {
+        let mut health = HealthClient::new(node.channel());
+        let next = next.clone();
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < calls {
+                health.check(HealthCheckRequest::default()).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    let ticks = cpu_ticks(server.pid)? - before;
+    Ok(ticks as f64 / TICKS_PER_SECOND * 1e6 / calls as f64)
+}
+
+/// `utime` + `stime` of the whole process.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let (_, user, system) = parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    Ok(user + system)
 }
 
 /// Each thread's kind (its name without a trailing number), user and kernel ticks, by thread id.

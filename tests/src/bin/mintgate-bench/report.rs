@@ -199,6 +199,15 @@ impl Report {
                 format!("{:.2}", c.ratio),
                 target(c.ratio <= 2.0, "≤ 2.0"),
             );
+            row(
+                "  an empty call (health check), same connections".into(),
+                format!(
+                    "{:.0} µs, {:.2} × crypto",
+                    c.empty_call_us,
+                    c.empty_call_us / c.crypto_us_per_issuance
+                ),
+                String::new(),
+            );
             for (kind, (user, kernel)) in &c.threads {
                 row(
                     format!("  thread {kind}"),

@@ -1,7 +1,8 @@
 //! Benchmark P7, a renewal storm: `mintgate serve --dev` as a child process with its default
-//! limits, first at steady load (`clients` nodes, one Enroll in flight each: the throughput and
-//! the memory the server needs to keep up), then `workloads` Enrolls at once from `nodes` nodes,
-//! as every agent of a fleet asks again after its CA was revoked and replaced (DESIGN §14).
+//! limits and a fleet of `nodes` nodes connected, first at steady load (`clients` of them, one
+//! Enroll in flight each: the throughput and the memory the server needs to keep up), then
+//! `workloads` Enrolls at once from all `nodes`, as every agent of a fleet asks again after its
+//! CA was revoked and replaced (DESIGN §14).
 //!
 //! Every call the server sheds is asked again with the same request id after the RetryInfo it
 //! carried (plus the SDK's jitter); any other failure that is retryable is retried with backoff
@@ -12,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -39,6 +40,9 @@ pub struct Storm {
     pub refusals: BTreeMap<String, u64>,
     /// Calls made in all (first attempts and retries).
     pub calls: u64,
+    /// The storm second by second: issued, refused, and the server's RSS in KiB at the end of
+    /// each second.
+    pub timeline: Vec<[u64; 3]>,
 }
 
 /// Runs the steady phase with `steady` (each CSR once) and then the storm with `storm`.
@@ -53,15 +57,19 @@ pub async fn run(
     let policy = crate::child::policy_without_holds(dir.path())?;
     let server = Mintgate::start(bin, dir.path(), &["--policy-dir", policy.as_str()]).await?;
 
-    let steady_nodes = server.nodes(clients, "steady").await?;
+    // The whole fleet is connected in both phases (agents hold their connections to follow the
+    // revocation feed): what the storm adds is its calls.
+    let fleet = server.nodes(nodes.max(clients), "storm").await?;
+    let steady_nodes = fleet[..clients].to_vec();
     let (steady_seconds, steady_peak_rss_kib, _) =
         phase(&server, steady_nodes, &steady, false).await?;
     let steady_per_second = steady.len() as f64 / steady_seconds;
 
-    let storm_nodes = server.nodes(nodes, "storm").await?;
-    let (drain_seconds, peak_rss_kib, outcome) = phase(&server, storm_nodes, &storm, true).await?;
+    let (drain_seconds, peak_rss_kib, outcome) =
+        phase(&server, fleet[..nodes].to_vec(), &storm, true).await?;
     drop(server);
     let refusals = outcome.refusals.into_inner().unwrap_or_default();
+    let timeline = outcome.timeline.into_inner().unwrap_or_default();
     Ok(Storm {
         workloads: storm.len(),
         nodes,
@@ -74,6 +82,7 @@ pub async fn run(
         rss_ratio: peak_rss_kib as f64 / steady_peak_rss_kib as f64,
         refusals,
         calls: outcome.calls.load(Ordering::Relaxed),
+        timeline,
     })
 }
 
@@ -81,6 +90,29 @@ pub async fn run(
 struct Outcome {
     refusals: Mutex<BTreeMap<String, u64>>,
     calls: AtomicU64,
+    timeline: Mutex<Vec<[u64; 3]>>,
+    start: Option<Instant>,
+}
+
+impl Outcome {
+    /// Counts one call's answer (0 issued, 1 refused) in the second it came.
+    fn count(&self, what: usize) {
+        self.this_second(|s| s[what] += 1);
+    }
+
+    fn rss(&self, kib: u64) {
+        self.this_second(|s| s[2] = s[2].max(kib));
+    }
+
+    fn this_second(&self, f: impl FnOnce(&mut [u64; 3])) {
+        let Some(start) = self.start else { return };
+        let second = start.elapsed().as_secs() as usize;
+        let mut timeline = self.timeline.lock().unwrap_or_else(PoisonError::into_inner);
+        if timeline.len() <= second {
+            timeline.resize(second + 1, [0; 3]);
+        }
+        f(&mut timeline[second]);
+    }
 }
 
 /// Every CSR of `csrs` until each is issued, spread over `nodes`: all at once (`storm`: each
@@ -94,21 +126,25 @@ async fn phase(
 ) -> anyhow::Result<(f64, u64, Outcome)> {
     let what = if storm { "storm" } else { "steady" };
     let bar = progress(csrs.len(), &format!("{what}, {} nodes", nodes.len()))?;
-    let outcome = Arc::new(Outcome::default());
+    let start = Instant::now();
+    let outcome = Arc::new(Outcome {
+        start: storm.then_some(start),
+        ..Outcome::default()
+    });
     let peak = Arc::new(AtomicU64::new(rss_kib(server.pid)?));
     let sampler = {
-        let (peak, pid) = (peak.clone(), server.pid);
+        let (peak, pid, outcome) = (peak.clone(), server.pid, outcome.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
                 if let Ok(kib) = rss_kib(pid) {
                     peak.fetch_max(kib, Ordering::Relaxed);
+                    outcome.rss(kib);
                 }
             }
         })
     };
-    let start = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut calls = JoinSet::new();
     // In a storm every request is a task of its own; at steady load each node has one.
@@ -141,6 +177,7 @@ async fn phase(
     }
     let seconds = start.elapsed().as_secs_f64();
     sampler.abort();
+    let _ = sampler.await;
     bar.finish_and_clear();
     let outcome = Arc::into_inner(outcome).unwrap_or_default();
     Ok((seconds, peak.load(Ordering::Relaxed), outcome))
@@ -157,17 +194,21 @@ async fn until_issued(node: &Client, csr: &str, outcome: &Outcome) -> anyhow::Re
     loop {
         outcome.calls.fetch_add(1, Ordering::Relaxed);
         let error = match node.enroll(request.clone()).await {
-            Ok(issued) if issued.state == v1::RequestState::Issued as i32 => return Ok(()),
+            Ok(issued) if issued.state == v1::RequestState::Issued as i32 => {
+                outcome.count(0);
+                return Ok(());
+            }
             Ok(issued) => bail!("a storm request was held: {:?}", issued.hold),
             Err(e) => e,
         };
         if !error.is_retryable() {
             bail!("a storm request failed and may not be retried: {error}");
         }
+        outcome.count(1);
         *outcome
             .refusals
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(format!("{:?} {}", error.code, error.reason))
             .or_default() += 1;
         tokio::time::sleep(backoff.next_delay_after(error.retry_after)).await;
