@@ -23,7 +23,6 @@ use mintgate_ca::Authorities;
 use mintgate_domain::lifetime::CaWindow;
 use mintgate_domain::ports::{Clock, CrlSpec, Signer};
 use mintgate_domain::service::EXPIRY_SKEW;
-use mintgate_domain::store::CertificateStore;
 use mintgate_store::SqlStore;
 use time::OffsetDateTime;
 
@@ -204,9 +203,7 @@ impl CrlPublisher {
         // Exactly the revoked, unexpired certificates, as of at least `applied`: like the live
         // set and WatchRevocations snapshots, an entry stays EXPIRY_SKEW past its notAfter for
         // relying parties whose clocks run behind.
-        let mut entries = store.live_revocations(now - EXPIRY_SKEW).await?;
-        // What this CA signed; a whole CA's revocation is its issuer's business, not its own.
-        entries.retain(|e| !e.issuer && e.issuer_key_id == key_id);
+        let entries = store.crl_entries(key_id, now - EXPIRY_SKEW).await?;
         // Monotonic across restarts (seconds since the epoch) and across re-signings.
         let number = previous
             .saturating_add(1)

@@ -60,7 +60,15 @@ pub struct CrlSpec<'a> {
     pub number: u64,
     /// The CA that signs it (hex SKI); `entries` are what it signed.
     pub issuer_key_id: &'a str,
-    pub entries: &'a [crate::model::RevocationRecord],
+    pub entries: &'a [CrlEntry],
+}
+
+/// One revoked certificate as a CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    pub serial: crate::Serial,
+    pub revoked_at: OffsetDateTime,
+    pub reason: crate::model::RevocationReason,
 }
 
 /// What an OCSP response (RFC 6960) says, and when it was produced.

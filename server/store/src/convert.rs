@@ -8,6 +8,7 @@ use mintgate_domain::model::{
     RequestRecord, RevocationReason, RevocationRecord,
 };
 use mintgate_domain::policy::PolicyDecision;
+use mintgate_domain::ports::CrlEntry;
 use mintgate_domain::risk::{RiskAssessment, RiskTier};
 use mintgate_domain::store::StoreError;
 use time::OffsetDateTime;
@@ -93,6 +94,18 @@ pub(crate) fn revocation(m: revocation::Model) -> Result<RevocationRecord, Store
         issuer_key_id: m.issuer_key_id,
         revoked_by: m.revoked_by,
         issuer: m.issuer,
+    })
+}
+
+pub(crate) fn crl_entry(
+    serial_hex: &str,
+    reason: &str,
+    revoked_at: i64,
+) -> Result<CrlEntry, StoreError> {
+    Ok(CrlEntry {
+        serial: serial(serial_hex)?,
+        reason: RevocationReason::parse(reason).ok_or_else(|| corrupt("revocation reason"))?,
+        revoked_at: ts(revoked_at)?,
     })
 }
 

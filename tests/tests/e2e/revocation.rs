@@ -276,6 +276,17 @@ async fn revoke_and_watch(backend: Backend) {
         (err.code(), reason(&err).as_str()),
         (Code::OutOfRange, "CURSOR_OUT_OF_RANGE")
     );
+
+    // Once both are past their notAfter (and the skew allowed for clocks behind), the next
+    // CRL leaves them out.
+    server
+        .clock
+        .advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    let (code, der) = server.http_get("/crl").await;
+    assert_eq!(code, 200);
+    let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+    crl.verify_signature(ca.public_key()).unwrap();
+    assert_eq!(crl.iter_revoked_certificates().count(), 0);
     server.shutdown().await;
 }
 

@@ -209,6 +209,10 @@ async fn revoke_issuer(backend: Backend) {
         ),
         (ISSUER, "0f01".to_owned(), RevocationReason::CaCompromise)
     );
+    // A whole CA's revocation is its issuer's business: neither CA's own CRL lists it.
+    for key_id in [ISSUER, NEXT] {
+        assert_eq!(h.store.crl_entries(key_id, at(13)).await.unwrap(), []);
+    }
     let statuses = h
         .store
         .certificate_statuses(&[serial(1), serial(2), serial(3)])
