@@ -121,7 +121,7 @@ pub async fn run(
 
 /// Server CPU µs per empty call: `calls` health checks spread over `nodes`, one in flight each.
 async fn empty_calls(server: &Mintgate, nodes: &[Client], calls: usize) -> anyhow::Result<f64> {
-    let before = cpu_ticks(server.pid)?;
+    let mut cpu = CpuMeter::start(server.pid)?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
     for node in nodes {
@@ -137,14 +137,40 @@ async fn empty_calls(server: &Mintgate, nodes: &[Client], calls: usize) -> anyho
     while let Some(done) = workers.join_next().await {
         done??;
     }
-    let ticks = cpu_ticks(server.pid)? - before;
-    Ok(ticks as f64 / TICKS_PER_SECOND * 1e6 / calls as f64)
+    let (server_seconds, _) = cpu.lap()?;
+    Ok(server_seconds * 1e6 / calls as f64)
 }
 
 /// `utime` + `stime` of the whole process.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let (_, user, system) = parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
     Ok(user + system)
+}
+
+/// CPU seconds the server (`pid`) and this process (the clients) used since the last call.
+pub struct CpuMeter {
+    pid: u32,
+    last: (u64, u64),
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            pid,
+            last: (cpu_ticks(pid)?, cpu_ticks(std::process::id())?),
+        })
+    }
+
+    /// (server, clients) CPU seconds since `start` or the last `lap`.
+    pub fn lap(&mut self) -> anyhow::Result<(f64, f64)> {
+        let now = (cpu_ticks(self.pid)?, cpu_ticks(std::process::id())?);
+        let (server, clients) = (now.0 - self.last.0, now.1 - self.last.1);
+        self.last = now;
+        Ok((
+            server as f64 / TICKS_PER_SECOND,
+            clients as f64 / TICKS_PER_SECOND,
+        ))
+    }
 }
 
 /// Each thread's kind (its name without a trailing number), user and kernel ticks, by thread id.

@@ -288,6 +288,14 @@ impl Report {
             ),
             target(s.rss_ratio <= 2.0, "≤ 2"),
         );
+        row(
+            "  CPU per issuance: server, clients (this process)".into(),
+            format!(
+                "steady {:.0} + {:.0} µs; storm {:.0} + {:.0} µs",
+                s.steady_cpu_us.0, s.steady_cpu_us.1, s.storm_cpu_us.0, s.storm_cpu_us.1
+            ),
+            String::new(),
+        );
         let refused: Vec<String> = s.refusals.iter().map(|(r, n)| format!("{r} {n}")).collect();
         row(
             format!("  refused on the way, all retried ({} calls)", s.calls),

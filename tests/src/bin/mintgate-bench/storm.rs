@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::child::Mintgate;
+use crate::cpu::CpuMeter;
 use crate::support::{progress, rss_kib};
 
 #[derive(Debug, Serialize)]
@@ -40,6 +41,10 @@ pub struct Storm {
     pub refusals: BTreeMap<String, u64>,
     /// Calls made in all (first attempts and retries).
     pub calls: u64,
+    /// CPU µs per issuance, (server, clients), at steady load and in the storm: the clients are
+    /// this process, on the same cores.
+    pub steady_cpu_us: (f64, f64),
+    pub storm_cpu_us: (f64, f64),
     /// The storm second by second: issued, refused, and the server's RSS in KiB at the end of
     /// each second.
     pub timeline: Vec<[u64; 3]>,
@@ -61,12 +66,15 @@ pub async fn run(
     // revocation feed): what the storm adds is its calls.
     let fleet = server.nodes(nodes.max(clients), "storm").await?;
     let steady_nodes = fleet[..clients].to_vec();
+    let mut cpu = CpuMeter::start(server.pid)?;
     let (steady_seconds, steady_peak_rss_kib, _) =
         phase(&server, steady_nodes, &steady, false).await?;
     let steady_per_second = steady.len() as f64 / steady_seconds;
+    let steady_cpu_us = per_issuance(cpu.lap()?, steady.len());
 
     let (drain_seconds, peak_rss_kib, outcome) =
         phase(&server, fleet[..nodes].to_vec(), &storm, true).await?;
+    let storm_cpu_us = per_issuance(cpu.lap()?, storm.len());
     drop(server);
     let refusals = outcome.refusals.into_inner().unwrap_or_default();
     let timeline = outcome.timeline.into_inner().unwrap_or_default();
@@ -82,8 +90,15 @@ pub async fn run(
         rss_ratio: peak_rss_kib as f64 / steady_peak_rss_kib as f64,
         refusals,
         calls: outcome.calls.load(Ordering::Relaxed),
+        steady_cpu_us,
+        storm_cpu_us,
         timeline,
     })
+}
+
+fn per_issuance((server, clients): (f64, f64), n: usize) -> (f64, f64) {
+    let n = n.max(1) as f64;
+    (server * 1e6 / n, clients * 1e6 / n)
 }
 
 #[derive(Default)]
