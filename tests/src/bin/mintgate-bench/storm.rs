@@ -45,8 +45,8 @@ pub struct Storm {
     /// this process, on the same cores.
     pub steady_cpu_us: (f64, f64),
     pub storm_cpu_us: (f64, f64),
-    /// The storm second by second: issued, refused, and the server's RSS in KiB at the end of
-    /// each second.
+    /// The storm second by second: issued, refused, and the server's highest RSS sampled in
+    /// that second, in KiB (0 when the sampler did not run in it).
     pub timeline: Vec<[u64; 3]>,
 }
 
