@@ -39,6 +39,9 @@ pub struct RiskQuery<'a> {
     /// The node's distinct identities are counted up to this many (the threshold of
     /// [`crate::risk::Signal::ManyIdentities`]): past it the count changes nothing.
     pub identities_cap: u64,
+    /// Also read whether the caller's request with this id is recorded (an issuance's replay
+    /// check, in the same read).
+    pub request_id: Option<&'a str>,
 }
 
 /// Which holds ListPending shows. Empty fields match everything.
@@ -81,7 +84,8 @@ pub enum VoteOutcome {
 /// The store side of risk and holds.
 pub trait HoldStore: Send + Sync + 'static {
     /// What risk assessment counts about the caller and the identity (none of it counts the
-    /// request being assessed, which is not recorded yet).
+    /// request being assessed, which is not recorded yet), and whether the identity is
+    /// blocked: everything an issuance reads before it is decided, in one round trip.
     fn risk_facts(
         &self,
         query: RiskQuery<'_>,

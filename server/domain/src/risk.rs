@@ -200,6 +200,12 @@ pub struct RiskFacts {
     pub identity_key_types: Vec<String>,
     /// The longest lifetime among the same certificates.
     pub identity_longest_lifetime: Option<Duration>,
+    /// An operator blocked the identity. Not a risk: it refuses the request outright, and is
+    /// read here so that one read answers everything decided before signing.
+    pub identity_blocked: bool,
+    /// The request asked about ([`crate::hold::RiskQuery::request_id`]) is recorded already:
+    /// this one is a retry of it.
+    pub request_recorded: bool,
 }
 
 /// How far back [`RiskFacts::identity_key_types`] and the longest lifetime look, and how long

@@ -15,14 +15,15 @@ use mintgate_domain::risk::{
 };
 use mintgate_domain::store::StoreError;
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, OnConflict, Query, SubQueryStatement};
+use sea_orm::sea_query::{
+    Expr, OnConflict, Order, Query, SelectStatement, SubQueryStatement, UnionType,
+};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait,
 };
 use time::OffsetDateTime;
 
-use crate::entity::{certificate, node_identity, risk_count};
+use crate::entity::{certificate, identity_block, node_identity, request, risk_count};
 use crate::write::WriteTx;
 use crate::{SqlStore, unavailable};
 
@@ -179,157 +180,209 @@ fn chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
     })
 }
 
+/// The tags of the rows [`SqlStore::read_risk_facts`] reads, one kind of fact each.
+const RATE: i32 = 0;
+const PROFILE: i32 = 1;
+const EVER_ISSUED: i32 = 2;
+const NODE: i32 = 3;
+const BLOCKED: i32 = 4;
+const RECORDED: i32 = 5;
+
 impl SqlStore {
-    /// Three statements at once (the rates of the identity and the node, the identity's newest
-    /// certificates, the node's identities), and a fourth only for an identity with no recent
-    /// certificate (was it ever issued?).
+    /// One statement, so one round trip before signing: the rows of each fact are tagged and
+    /// brought to the same five columns (tag, text, three integers) with `UNION ALL`. The
+    /// rates' rows come first because PostgreSQL types a union's columns pairwise, left to
+    /// right, and they alone fill every column.
     pub(crate) async fn read_risk_facts(
         &self,
         query: RiskQuery<'_>,
     ) -> Result<RiskFacts, StoreError> {
         let now = query.now.unix_timestamp();
         let caller = query.node.then_some(query.caller);
-        let profile = certificate::Entity::find()
-            .select_only()
-            .column(certificate::Column::KeyType)
-            .column(certificate::Column::IssuedAt)
-            .column(certificate::Column::NotAfter)
-            .filter(certificate::Column::SpiffeId.eq(query.spiffe_id))
-            .filter(certificate::Column::IssuedAt.gte(now - HISTORY.as_secs() as i64))
-            .order_by_desc(certificate::Column::IssuedAt)
-            .limit(PROFILE_CERTIFICATES)
-            .into_tuple::<(String, i64, i64)>()
-            .all(&self.db);
-        let node = async {
-            match caller {
-                Some(caller) => self.node_identities(&query, caller, now).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let (rates, profile, node) = tokio::try_join!(
-            self.rates(query.spiffe_id, caller, now),
-            async { profile.await.map_err(unavailable) },
-            node
-        )?;
-        let issued_before = !profile.is_empty()
-            || certificate::Entity::find()
-                .select_only()
-                .column(certificate::Column::Serial)
-                .filter(certificate::Column::SpiffeId.eq(query.spiffe_id))
-                .into_tuple::<String>()
-                .one(&self.db)
-                .await
-                .map_err(unavailable)?
-                .is_some();
-        let mut key_types: Vec<String> = Vec::new();
-        for (key_type, _, _) in &profile {
-            if !key_types.contains(key_type) {
-                key_types.push(key_type.clone());
-            }
+        let mut facts = rates(query.spiffe_id, caller);
+        facts
+            .union(UnionType::All, profile(query.spiffe_id, now))
+            .union(UnionType::All, ever_issued(query.spiffe_id))
+            .union(UnionType::All, blocked(query.spiffe_id));
+        if let Some(caller) = caller {
+            facts.union(UnionType::All, node_identities(&query, caller, now));
         }
-        let (identity, node_rates) = rates;
-        let (others, allowed) = node.unwrap_or_default();
-        Ok(RiskFacts {
-            node: node_rates,
-            identity,
-            node_identities_last_hour: others + 1,
-            identity_issued_before: issued_before,
-            node_issued_identity_before: allowed,
-            identity_key_types: key_types,
-            identity_longest_lifetime: profile
-                .iter()
-                .map(|(_, issued_at, not_after)| not_after - issued_at)
-                .max()
-                .map(|secs| Duration::from_secs(u64::try_from(secs).unwrap_or(0))),
-        })
-    }
-
-    /// The other identities `caller` asked for in the last hour (each row is a distinct one, so
-    /// the count reads at most the cap's rows), and whether policy allowed it this one before.
-    async fn node_identities(
-        &self,
-        query: &RiskQuery<'_>,
-        caller: &str,
-        now: i64,
-    ) -> Result<(u64, bool), StoreError> {
-        use node_identity::Column as C;
-        let recent = node_identity::Entity::find()
-            .select_only()
-            .expr(Expr::val(1))
-            .filter(C::Caller.eq(caller))
-            .filter(C::LastAskedAt.gte(now - HOUR_SPAN))
-            .filter(C::SpiffeId.ne(query.spiffe_id))
-            .limit(query.identities_cap.min(i64::MAX as u64))
-            .into_query();
-        let count = Query::select()
-            .expr(Expr::cust("COUNT(*)"))
-            .from_subquery(recent, "recent")
-            .to_owned();
-        let allowed = Query::select()
-            .column(C::Allowed)
-            .from(node_identity::Entity)
-            .and_where(C::Caller.eq(caller))
-            .and_where(C::SpiffeId.eq(query.spiffe_id))
-            .to_owned();
-        let both = Query::select()
-            .expr(Expr::SubQuery(
-                None,
-                Box::new(SubQueryStatement::SelectStatement(count)),
-            ))
-            .expr(Expr::SubQuery(
-                None,
-                Box::new(SubQueryStatement::SelectStatement(allowed)),
-            ))
-            .to_owned();
-        let row = self.db.query_one(&both).await.map_err(unavailable)?;
-        let Some(row) = row else {
-            return Ok((0, false));
-        };
-        let others: i64 = row.try_get_by_index(0).map_err(unavailable)?;
-        let allowed: Option<bool> = row.try_get_by_index(1).map_err(unavailable)?;
-        Ok((u64::try_from(others).unwrap_or(0), allowed.unwrap_or(false)))
-    }
-
-    /// The request rates of `spiffe_id` (and of `caller`, when asked), from their minute and
-    /// hour buckets, in one statement.
-    async fn rates(
-        &self,
-        spiffe_id: &str,
-        caller: Option<&str>,
-        now: i64,
-    ) -> Result<(Rates, Option<Rates>), StoreError> {
-        use risk_count::Column as C;
-        // Each subject's rows are a key prefix, and pruning keeps them few (minutes of the last
-        // two hours, hours of the last two days): the windows are cut in memory, which keeps
-        // the statement to two index seeks on SQLite as on PostgreSQL.
-        let subject = |scope: &str, subject: &str| {
-            Condition::all()
-                .add(C::Scope.eq(scope))
-                .add(C::Subject.eq(subject))
-        };
-        let rows = risk_count::Entity::find()
-            .select_only()
-            .columns([C::Scope, C::Span, C::Bucket, C::Requests])
-            .filter(
-                Condition::any()
-                    .add(subject(IDENTITY, spiffe_id))
-                    .add_option(caller.map(|caller| subject(CALLER, caller))),
-            )
-            .into_tuple::<(String, i32, i64, i64)>()
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?;
+        if let Some(request_id) = query.request_id {
+            facts.union(UnionType::All, recorded(query.caller, request_id));
+        }
+        let rows = self.db.query_all(&facts).await.map_err(unavailable)?;
         let mut buckets: [[Vec<Bucket>; 2]; 2] = Default::default();
-        for (scope, span, bucket, requests) in rows {
-            let who = usize::from(scope == CALLER);
-            let width = usize::from(i64::from(span) == HOUR_SPAN);
-            buckets[who][width].push((bucket, u64::try_from(requests).unwrap_or(0)));
+        let mut read = RiskFacts {
+            node_identities_last_hour: 1,
+            ..RiskFacts::default()
+        };
+        let mut newest = Vec::new();
+        for row in rows {
+            let tag: i32 = row.try_get_by_index(0).map_err(unavailable)?;
+            let text: Option<String> = row.try_get_by_index(1).map_err(unavailable)?;
+            let mut ints = [0i64; 3];
+            for (i, int) in ints.iter_mut().enumerate() {
+                let value: Option<i64> = row.try_get_by_index(i + 2).map_err(unavailable)?;
+                *int = value.unwrap_or(0);
+            }
+            match (tag, ints) {
+                (RATE, [span, bucket, requests]) => {
+                    let who = usize::from(text.as_deref() == Some(CALLER));
+                    let width = usize::from(span == HOUR_SPAN);
+                    buckets[who][width].push((bucket, u64::try_from(requests).unwrap_or(0)));
+                }
+                (PROFILE, [longest, issued_at, _]) => {
+                    read.identity_issued_before = true;
+                    let longest = Duration::from_secs(u64::try_from(longest).unwrap_or(0));
+                    read.identity_longest_lifetime =
+                        read.identity_longest_lifetime.max(Some(longest));
+                    newest.push((issued_at, text.unwrap_or_default()));
+                }
+                (EVER_ISSUED, _) => read.identity_issued_before = true,
+                (NODE, [others, allowed, _]) => {
+                    read.node_identities_last_hour = u64::try_from(others).unwrap_or(0) + 1;
+                    read.node_issued_identity_before = allowed != 0;
+                }
+                (BLOCKED, _) => read.identity_blocked = true,
+                (RECORDED, _) => read.request_recorded = true,
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        format!("risk fact tagged {tag}").into(),
+                    ));
+                }
+            }
         }
+        newest.sort_unstable_by(|a, b| b.cmp(a));
+        read.identity_key_types = newest.into_iter().map(|(_, key_type)| key_type).collect();
         let [[minutes, hours], [caller_minutes, caller_hours]] = &buckets;
-        let identity = Rates::from_buckets(now, minutes, hours);
-        let node = caller.map(|_| Rates::from_buckets(now, caller_minutes, caller_hours));
-        Ok((identity, node))
+        read.identity = Rates::from_buckets(now, minutes, hours);
+        read.node = caller.map(|_| Rates::from_buckets(now, caller_minutes, caller_hours));
+        Ok(read)
     }
+}
+
+/// `NULL` in a column a fact does not use.
+fn null() -> Expr {
+    Expr::cust("NULL")
+}
+
+fn tagged(tag: i32) -> SelectStatement {
+    Query::select().expr(Expr::cust(tag.to_string())).to_owned()
+}
+
+/// The minute and hour buckets of `spiffe_id` (and of `caller`, when asked). Each subject's
+/// rows are a key prefix, and pruning keeps them few (minutes of the last two hours, hours of
+/// the last two days): the windows are cut in memory, which keeps this to two index seeks on
+/// SQLite as on PostgreSQL.
+fn rates(spiffe_id: &str, caller: Option<&str>) -> SelectStatement {
+    use risk_count::Column as C;
+    let subject = |scope: &str, subject: &str| {
+        Condition::all()
+            .add(C::Scope.eq(scope))
+            .add(C::Subject.eq(subject))
+    };
+    tagged(RATE)
+        .columns([C::Scope, C::Span, C::Bucket, C::Requests])
+        .from(risk_count::Entity)
+        .cond_where(
+            Condition::any()
+                .add(subject(IDENTITY, spiffe_id))
+                .add_option(caller.map(|caller| subject(CALLER, caller))),
+        )
+        .to_owned()
+}
+
+/// The identity's newest certificates of [`HISTORY`], one row per key type: the longest
+/// lifetime and the newest issuance.
+fn profile(spiffe_id: &str, now: i64) -> SelectStatement {
+    use certificate::Column as C;
+    use sea_orm::sea_query::ExprTrait;
+    let newest = Query::select()
+        .columns([C::KeyType, C::IssuedAt, C::NotAfter])
+        .from(certificate::Entity)
+        .and_where(C::SpiffeId.eq(spiffe_id))
+        .and_where(C::IssuedAt.gte(now - HISTORY.as_secs() as i64))
+        .order_by(C::IssuedAt, Order::Desc)
+        .limit(PROFILE_CERTIFICATES)
+        .to_owned();
+    tagged(PROFILE)
+        .column(C::KeyType)
+        .expr(Expr::col(C::NotAfter).sub(Expr::col(C::IssuedAt)).max())
+        .expr(Expr::col(C::IssuedAt).max())
+        .expr(null())
+        .from_subquery(newest, "newest")
+        .group_by_col(C::KeyType)
+        .to_owned()
+}
+
+/// One row if a certificate was ever issued for the identity.
+fn ever_issued(spiffe_id: &str) -> SelectStatement {
+    let any = Query::select()
+        .expr(Expr::val(1))
+        .from(certificate::Entity)
+        .and_where(certificate::Column::SpiffeId.eq(spiffe_id))
+        .limit(1)
+        .to_owned();
+    tagged(EVER_ISSUED)
+        .exprs([null(), null(), null(), null()])
+        .from_subquery(any, "issued")
+        .to_owned()
+}
+
+/// One row if an operator blocked the identity.
+fn blocked(spiffe_id: &str) -> SelectStatement {
+    tagged(BLOCKED)
+        .exprs([null(), null(), null(), null()])
+        .from(identity_block::Entity)
+        .and_where(identity_block::Column::SpiffeId.eq(spiffe_id))
+        .to_owned()
+}
+
+/// One row if `caller`'s request `request_id` is recorded.
+fn recorded(caller: &str, request_id: &str) -> SelectStatement {
+    tagged(RECORDED)
+        .exprs([null(), null(), null(), null()])
+        .from(request::Entity)
+        .and_where(request::Column::Caller.eq(caller))
+        .and_where(request::Column::RequestId.eq(request_id))
+        .to_owned()
+}
+
+/// One row: how many other identities `caller` asked for in the last hour (each row is a
+/// distinct one, so the count reads at most the cap's rows), and whether policy allowed it
+/// this one before (1 or 0).
+fn node_identities(query: &RiskQuery<'_>, caller: &str, now: i64) -> SelectStatement {
+    use node_identity::Column as C;
+    let recent = Query::select()
+        .expr(Expr::val(1))
+        .from(node_identity::Entity)
+        .and_where(C::Caller.eq(caller))
+        .and_where(C::LastAskedAt.gte(now - HOUR_SPAN))
+        .and_where(C::SpiffeId.ne(query.spiffe_id))
+        .limit(query.identities_cap.min(i64::MAX as u64))
+        .to_owned();
+    let count = Query::select()
+        .expr(Expr::cust("COUNT(*)"))
+        .from_subquery(recent, "recent")
+        .to_owned();
+    let allowed = Query::select()
+        .expr(Expr::case(C::Allowed.eq(true), Expr::cust("1")).finally(Expr::cust("0")))
+        .from(node_identity::Entity)
+        .and_where(C::Caller.eq(caller))
+        .and_where(C::SpiffeId.eq(query.spiffe_id))
+        .to_owned();
+    tagged(NODE)
+        .expr(null())
+        .expr(Expr::SubQuery(
+            None,
+            Box::new(SubQueryStatement::SelectStatement(count)),
+        ))
+        .expr(Expr::SubQuery(
+            None,
+            Box::new(SubQueryStatement::SelectStatement(allowed)),
+        ))
+        .expr(null())
+        .to_owned()
 }
 
 impl WriteTx<'_> {

@@ -38,6 +38,7 @@ async fn facts(h: &Harness, spiffe_id: &str, secs: i64, cap: u64) -> RiskFacts {
         spiffe_id,
         now: at(secs),
         identities_cap: cap,
+        request_id: Some("r-1"),
     };
     h.store.risk_facts(query).await.unwrap()
 }
@@ -160,6 +161,7 @@ both_backends!(the_identity_profile_comes_from_its_certificates, profile);
 async fn profile(backend: Backend) {
     let h = Harness::open(backend).await;
     let before = facts(&h, WORKLOAD, 0, 50).await;
+    assert!(!before.request_recorded);
     assert!(!before.identity_issued_before);
     assert!(before.identity_key_types.is_empty());
     assert_eq!(before.identity_longest_lifetime, None);
@@ -170,11 +172,32 @@ async fn profile(backend: Backend) {
         .await
         .unwrap();
     let after = facts(&h, WORKLOAD, 10, 50).await;
+    assert!(after.request_recorded, "the node's request r-1");
     assert!(after.identity_issued_before);
     assert_eq!(after.identity_key_types, vec!["P-256".to_owned()]);
     // issued at +1, not after +3600.
     let lifetime = Duration::from_secs(3599);
     assert_eq!(after.identity_longest_lifetime, Some(lifetime));
+    // Past the history, the profile is empty but the identity was still issued before.
+    let later = facts(&h, WORKLOAD, 31 * 24 * 3600, 50).await;
+    assert!(later.identity_issued_before);
+    assert!(later.identity_key_types.is_empty());
+    assert_eq!(later.identity_longest_lifetime, None);
+    h.finish().await;
+}
+
+both_backends!(a_blocked_identity_is_read_with_its_facts, blocked);
+async fn blocked(backend: Backend) {
+    let h = Harness::open(backend).await;
+    assert!(!facts(&h, WORKLOAD, 0, 50).await.identity_blocked);
+    h.execute(&format!(
+        "INSERT INTO identity_blocks (spiffe_id, reason, blocked_by, blocked_at) \
+         VALUES ('{WORKLOAD}', 'KEY_COMPROMISE', '{OPERATOR}', 0)"
+    ))
+    .await
+    .unwrap();
+    assert!(facts(&h, WORKLOAD, 0, 50).await.identity_blocked);
+    assert!(!facts(&h, OTHER, 0, 50).await.identity_blocked);
     h.finish().await;
 }
 

@@ -24,6 +24,8 @@ fn steady() -> RiskFacts {
         node_issued_identity_before: true,
         identity_key_types: vec!["P-256".to_owned()],
         identity_longest_lifetime: Some(Duration::from_secs(3600)),
+        identity_blocked: false,
+        request_recorded: false,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::lifetime::{Clamp, renew_after};
 use crate::model::{Caller, CallerKind, NewRequest, RequestKind, RequestRecord};
 use crate::policy::{DecisionInput, Grant, Principal};
 use crate::ports::IssueSpec;
-use crate::risk::{self, RiskAssessment, RiskInput};
+use crate::risk::{self, RiskAssessment, RiskFacts, RiskInput};
 use crate::store::{CertificateStore, Inserted, NewCertificate, StoreError, TokenUse};
 use crate::{Error, RequestId, Serial, Ttl};
 
@@ -168,15 +168,35 @@ impl<S: CertificateStore> Mintgate<S> {
             fields.push(token.as_bytes());
         }
         let hash = payload_hash(&fields);
-        if let Some(existing) = self
-            .store
-            .find_request(caller.id.as_str(), request_id.as_str())
-            .await?
+        let now = self.clock.now();
+        // One read answers whether the request is recorded, whether its identity is blocked
+        // and the risk facts. A CSR that cannot be read names no identity: the request is then
+        // looked up on its own, as a retry of a recorded refusal is answered from the record.
+        let read = match validate_csr(&input.csr, &self.trust_domain) {
+            Ok(csr) => {
+                let query = self.risk_query(caller, kind, &csr, now, Some(&request_id));
+                let facts = self.store.risk_facts(query).await?;
+                Ok((csr, facts))
+            }
+            Err(e) => Err(e),
+        };
+        let recorded = read.as_ref().map_or(true, |(_, f)| f.request_recorded);
+        if recorded
+            && let Some(existing) = self
+                .store
+                .find_request(caller.id.as_str(), request_id.as_str())
+                .await?
         {
             return self.replay(caller, kind, &input, existing, &hash).await;
         }
-        let now = self.clock.now();
-        let approval = match self.decide(caller, kind, &input, now, None).await {
+        let decided = match read {
+            Ok((csr, facts)) => {
+                self.decide_read(caller, kind, &input, csr, facts, now, None)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        let approval = match decided {
             Ok(a) => a,
             Err(e) => {
                 return self
@@ -223,17 +243,59 @@ impl<S: CertificateStore> Mintgate<S> {
         consumed_by_this_request: Option<&str>,
     ) -> Result<Approval, Error> {
         let csr = validate_csr(&input.csr, &self.trust_domain)?;
+        let query = self.risk_query(caller, kind, &csr, now, None);
+        let facts = self.store.risk_facts(query).await?;
+        self.decide_read(
+            caller,
+            kind,
+            input,
+            csr,
+            facts,
+            now,
+            consumed_by_this_request,
+        )
+        .await
+    }
+
+    /// What is read before deciding, for `caller` asking for the CSR's identity; with
+    /// `request_id`, also whether that request is recorded.
+    fn risk_query<'a>(
+        &self,
+        caller: &'a Caller,
+        kind: RequestKind,
+        csr: &'a ValidatedCsr,
+        now: OffsetDateTime,
+        request_id: Option<&'a RequestId>,
+    ) -> RiskQuery<'a> {
+        RiskQuery {
+            caller: caller.id.as_str(),
+            // Only an enrolling node is a node principal; any other pairing is refused.
+            node: kind == RequestKind::Enroll && caller.kind == CallerKind::Node,
+            spiffe_id: csr.spiffe_id.as_str(),
+            now,
+            identities_cap: self.risk.many_identities_per_hour,
+            request_id: request_id.map(RequestId::as_str),
+        }
+    }
+
+    /// [`Self::decide`] once the CSR is valid and the facts are read.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_read(
+        &self,
+        caller: &Caller,
+        kind: RequestKind,
+        input: &IssueInput,
+        csr: ValidatedCsr,
+        facts: RiskFacts,
+        now: OffsetDateTime,
+        consumed_by_this_request: Option<&str>,
+    ) -> Result<Approval, Error> {
         // Any valid lifetime; the policy's maximum cuts it once policy has decided.
         let requested = input
             .ttl
             .map(|(s, n)| Ttl::from_parts(s, n, Duration::MAX))
             .transpose()?;
-        if self
-            .store
-            .identity_block(csr.spiffe_id.as_str())
-            .await?
-            .is_some()
-        {
+        if facts.identity_blocked {
             return Err(Error::IdentityBlocked);
         }
         let mut attested = Attested::default();
@@ -280,16 +342,6 @@ impl<S: CertificateStore> Mintgate<S> {
             (_, other) => return Err(AttestationError::WrongCallerKind(other.as_str()).into()),
         };
         let node = matches!(principal, Principal::Node(_));
-        let facts = self
-            .store
-            .risk_facts(RiskQuery {
-                caller: caller.id.as_str(),
-                node,
-                spiffe_id: csr.spiffe_id.as_str(),
-                now,
-                identities_cap: self.risk.many_identities_per_hour,
-            })
-            .await?;
         let risk = risk::assess(
             &self.risk,
             &RiskInput {

@@ -116,19 +116,22 @@ pub fn assessed_not_held(backend: Backend) -> Options {
     }
 }
 
-/// The mean time to read an Enroll's risk facts (the node's and the identity's rates, the
-/// node's distinct identities, the identity's history) against the run's database.
+/// The mean time of an Enroll's one read before it is decided (the node's and the identity's
+/// rates, the node's distinct identities, the identity's history and block, the replay check)
+/// against the run's database.
 async fn risk_facts_cost(server: &TestServer) -> anyhow::Result<f64> {
     let now = server.clock.now_odt();
     let start = Instant::now();
     for i in 0..FACT_READS {
         let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/workload/bench-{i}");
+        let request_id = format!("bench-facts-{i}");
         let query = RiskQuery {
             caller: NODE_ID,
             node: true,
             spiffe_id: &spiffe_id,
             now,
             identities_cap: RiskConfig::default().many_identities_per_hour,
+            request_id: Some(&request_id),
         };
         server.store().risk_facts(query).await?;
     }

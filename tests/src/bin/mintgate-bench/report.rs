@@ -95,7 +95,7 @@ impl Report {
                 target(i.issuances_per_commit >= 50.0, "≥ 50"),
             );
             row(
-                "  risk facts per Enroll (sequential)".into(),
+                "  the read before deciding an Enroll (sequential)".into(),
                 format!(
                     "{:.0} µs, {:.1}% of the median Enroll",
                     i.risk_facts_us,
