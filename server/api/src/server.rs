@@ -95,7 +95,7 @@ pub struct GrpcServer<S> {
     pub config: GrpcConfig,
 }
 
-const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 16;
+const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 8;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The authenticated peer of a connection, available to every handler on it.
