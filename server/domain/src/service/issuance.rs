@@ -504,32 +504,6 @@ impl<S: CertificateStore> Mintgate<S> {
         }
     }
 
-    /// Best effort APPROVED → FAILED; if it does not stick, the approval lease expires instead.
-    pub(super) async fn fail(
-        &self,
-        caller: &Caller,
-        pk: i64,
-        request_id: &RequestId,
-        serial: &Serial,
-        reason: &str,
-    ) {
-        let now = self.clock.now();
-        let mut event = self.audit(
-            now,
-            caller.id.as_str(),
-            "request.failed",
-            request_subject(caller, request_id),
-        );
-        event.request_id = Some(request_id.to_string());
-        event.detail = Some(format!("APPROVED->FAILED {reason}"));
-        let from = (RequestState::Approved, Some(serial.clone()));
-        let to = (RequestState::Failed, Some(serial.clone()));
-        let _ = self
-            .store
-            .move_request(pk, from, to, now, vec![event])
-            .await;
-    }
-
     /// The audit event of a decided request: who asked for what, with which key and names.
     pub(super) fn decided_event(
         &self,

@@ -1,6 +1,6 @@
 //! Enroll and Renew requests that are not signed at once: refused by attestation, the CSR
-//! profile or policy (recorded DENIED or REJECTED), or held by policy for approvers (recorded
-//! PENDING_APPROVAL with its terms and reported).
+//! profile or policy (recorded DENIED or REJECTED), held by policy for approvers (recorded
+//! PENDING_APPROVAL with its terms and reported), or approved and then not signed (FAILED).
 
 use time::OffsetDateTime;
 
@@ -13,7 +13,7 @@ use crate::lifecycle::{RequestEvent, RequestState, transition_request};
 use crate::model::{Caller, HoldTerms, NewRequest, RequestKind};
 use crate::policy::{Hold, PolicyDecision};
 use crate::store::{CertificateStore, Inserted, StoreError};
-use crate::{Error, ErrorClass, RequestId};
+use crate::{Error, ErrorClass, RequestId, Serial};
 
 impl<S: CertificateStore> Mintgate<S> {
     /// A refusal the caller caused is recorded with its reason, as a DENIED (attestation, policy,
@@ -166,5 +166,31 @@ impl<S: CertificateStore> Mintgate<S> {
             Err(StoreError::Conflict(_)) => Err(AttestationError::JoinTokenUsed.into()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Best effort APPROVED → FAILED; if it does not stick, the approval lease expires instead.
+    pub(super) async fn fail(
+        &self,
+        caller: &Caller,
+        pk: i64,
+        request_id: &RequestId,
+        serial: &Serial,
+        reason: &str,
+    ) {
+        let now = self.clock.now();
+        let mut event = self.audit(
+            now,
+            caller.id.as_str(),
+            "request.failed",
+            request_subject(caller, request_id),
+        );
+        event.request_id = Some(request_id.to_string());
+        event.detail = Some(format!("APPROVED->FAILED {reason}"));
+        let from = (RequestState::Approved, Some(serial.clone()));
+        let to = (RequestState::Failed, Some(serial.clone()));
+        let _ = self
+            .store
+            .move_request(pk, from, to, now, vec![event])
+            .await;
     }
 }
