@@ -231,8 +231,8 @@ impl SqlStore {
                     let width = usize::from(span == HOUR_SPAN);
                     buckets[who][width].push((bucket, u64::try_from(requests).unwrap_or(0)));
                 }
+                // Any row here has an EVER_ISSUED row too.
                 (PROFILE, [longest, issued_at, _]) => {
-                    read.identity_issued_before = true;
                     let longest = Duration::from_secs(u64::try_from(longest).unwrap_or(0));
                     read.identity_longest_lifetime =
                         read.identity_longest_lifetime.max(Some(longest));
