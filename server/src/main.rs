@@ -206,6 +206,11 @@ enum EvidenceCommand {
     AccessReview(DbArgs),
 }
 
+/// jemalloc for the whole process: Rust's allocations and, through its unprefixed `malloc` and
+/// `free`, SQLite's (README, design notes).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -113,6 +113,11 @@ struct Options {
     cfssl: PathBuf,
 }
 
+/// The `mintgate` binary's allocator, so that the server this process runs (benchmark 2) runs
+/// as it does there.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
