@@ -1,11 +1,13 @@
 //! [`Client`]: typed calls over one mutual-TLS channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mintgate_proto::v1;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::pacing::Pacing;
 use crate::{Error, transport};
 
 /// PEM material for a mutual-TLS connection.
@@ -44,9 +46,15 @@ fn request_id(given: String) -> String {
 /// Every mutating call takes a request id; an empty one is replaced by a fresh random id (then
 /// a retry is a new request). To retry safely after an unknown outcome, set your own id and send
 /// the same request again: Mintgate answers the same.
+///
+/// Enroll and Renew are paced (the client and its clones together): at most
+/// [`ISSUANCES_ON_THE_WIRE`](crate::ISSUANCES_ON_THE_WIRE) are sent at once, and once the
+/// server sheds one (`RESOURCE_EXHAUSTED` with a `RetryInfo`) none is sent until the time it
+/// asked for has passed.
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
+    pacing: Arc<Pacing>,
     provisioning: v1::provisioning_client::ProvisioningClient<Channel>,
     revocation: v1::revocation_client::RevocationClient<Channel>,
     admin: v1::admin_client::AdminClient<Channel>,
@@ -74,6 +82,7 @@ impl Client {
             revocation: v1::revocation_client::RevocationClient::new(channel.clone()),
             admin: v1::admin_client::AdminClient::new(channel.clone()),
             channel,
+            pacing: Arc::new(Pacing::new()),
         }
     }
 
@@ -88,14 +97,16 @@ impl Client {
     pub async fn enroll(&self, mut request: v1::EnrollRequest) -> Result<v1::IssueResponse, Error> {
         request.request_id = request_id(request.request_id);
         let mut client = self.provisioning.clone();
-        Ok(with_deadline(client.enroll(request)).await?.into_inner())
+        let call = async { Ok(with_deadline(client.enroll(request)).await?.into_inner()) };
+        self.pacing.send(call).await
     }
 
     /// Provisioning/Renew: a new certificate for the identity this client connected with.
     pub async fn renew(&self, mut request: v1::RenewRequest) -> Result<v1::IssueResponse, Error> {
         request.request_id = request_id(request.request_id);
         let mut client = self.provisioning.clone();
-        Ok(with_deadline(client.renew(request)).await?.into_inner())
+        let call = async { Ok(with_deadline(client.renew(request)).await?.into_inner()) };
+        self.pacing.send(call).await
     }
 
     /// Provisioning/GetRequest.

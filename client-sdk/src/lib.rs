@@ -2,7 +2,8 @@
 //!
 //! - [`Client`]: typed calls over one mutual-TLS channel; every mutating call carries a request
 //!   id (yours, or a fresh one), and every failure is an [`Error`] whose [`ErrorKind`] says what
-//!   to do and whether retrying can help.
+//!   to do and whether retrying can help. Enroll and Renew are paced: at most
+//!   [`ISSUANCES_ON_THE_WIRE`] at once, and none while the server has asked the client to wait.
 //! - [`CredentialManager`]: a certificate and in-process key kept fresh inside a jittered
 //!   renewal window, with backoff and a [`CircuitBreaker`]; new credentials on a watch channel.
 //!   A request held for approvers is an [`Issuance::Held`], not an error: the manager waits
@@ -31,6 +32,7 @@ mod credentials;
 mod error;
 mod fs;
 mod hold;
+mod pacing;
 mod queue;
 #[cfg(test)]
 mod test_pki;
@@ -50,6 +52,7 @@ pub use error::{Error, ErrorKind};
 pub use fs::atomic_write;
 pub use hold::{CredentialState, HOLD_DENIED, HOLD_EXPIRED, Held, Issuance};
 pub use mintgate_proto::v1;
+pub use pacing::ISSUANCES_ON_THE_WIRE;
 pub use queue::{
     DurableQueue, OpAction, OpAnswer, QueueError, QueuedOp, ReplayOutcome, ReplayReport,
     ReplayStop, ReplayedOp,

@@ -95,6 +95,8 @@ pub struct GrpcServer<S> {
     pub config: GrpcConfig,
 }
 
+/// Calls and HTTP/2 streams per connection (docs/limits.md). The SDK paces its issuances to
+/// the same figure (`mintgate_sdk::ISSUANCES_ON_THE_WIRE`).
 const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 8;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
