@@ -102,6 +102,7 @@ async fn every_benchmark_runs_at_tiny_sizes() {
     let fanout = &report["fanout"];
     assert_eq!(fanout["ours"]["samples"], SUBSCRIBERS * ROUNDS);
     assert_eq!(fanout["floor"]["samples"], SUBSCRIBERS * ROUNDS);
+    assert_eq!(fanout["http2_floor"]["samples"], SUBSCRIBERS * ROUNDS);
     assert!(fanout["event_bytes"].as_u64().unwrap() > 5);
     assert!(report["memory"]["rss_kib_idle"].as_u64().unwrap() > 0);
     if postgres {

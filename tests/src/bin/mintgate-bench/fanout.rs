@@ -6,7 +6,8 @@
 //!   before they connected, divided by `n`.
 //! - Fan-out (3): per round, an operator revokes a certificate; each subscriber notes when the
 //!   event arrived. Latency runs from the Revoke answer (the commit) to arrival. Then the same
-//!   `n` connections and rounds against the floor ([`crate::floor`]).
+//!   `n` connections and rounds against the two floors ([`crate::floor`]): bare tokio-rustls,
+//!   and hyper's HTTP/2 server with nothing of tonic's or ours.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::child::{Mintgate, read};
-use crate::floor;
+use crate::floor::{self, Floor};
 use crate::support::{Latency, progress, rss_kib};
 
 /// Connections being set up at once (the server's accept backlog is larger).
@@ -56,6 +57,12 @@ pub struct Fanout {
     /// Trigger → bytes received, bare tokio-rustls.
     pub floor: Latency,
     pub p99_ratio: f64,
+    /// Trigger → event received by the SDK's subscriber, hyper's HTTP/2 server alone.
+    pub http2_floor: Latency,
+    /// The HTTP/2 floor's p99 ÷ the bare floor's: what HTTP/2 (h2 and hyper) costs by itself.
+    pub http2_floor_p99_ratio: f64,
+    /// Ours ÷ the HTTP/2 floor: what tonic and Mintgate add to it.
+    pub p99_ratio_to_http2: f64,
     pub connect_seconds: f64,
     pub floor_connect_seconds: f64,
 }
@@ -68,6 +75,8 @@ pub struct Memory {
     pub kib_per_subscriber: f64,
     /// The same measure for the floor's bare rustls connections.
     pub floor_kib_per_connection: f64,
+    /// And for the HTTP/2 floor's, each with its one call.
+    pub http2_floor_kib_per_connection: f64,
 }
 
 /// Runs both benchmarks with `n` subscribers and `rounds` revocations.
@@ -113,27 +122,33 @@ pub async fn run(mintgate: &Path, n: usize, rounds: usize) -> anyhow::Result<(Fa
     let message = v1::WatchRevocationsResponse {
         message: event.map(Message::Event),
     };
-    let payload = grpc_frame(&message.encode_to_vec());
-    let floor = floor::run(dir.path(), &server.pki, &identities, &payload, rounds).await?;
-    let (ours, floor_latency) = (Latency::of(ours), Latency::of(floor.latencies));
+    let floor = |kind| floor::run(kind, dir.path(), &server.pki, &identities, &message, rounds);
+    let tls = floor(Floor::Tls).await?;
+    let http2 = floor(Floor::Http2).await?;
+    let ours = Latency::of(ours);
+    let (floor_latency, http2_latency) = (Latency::of(tls.latencies), Latency::of(http2.latencies));
     let fanout = Fanout {
         subscribers: n,
         rounds,
-        event_bytes: payload.len(),
+        event_bytes: grpc_frame(&message.encode_to_vec()).len(),
         ours,
         ours_from_request: Latency::of(from_request),
         revoke: Latency::of(revoke),
         floor: floor_latency,
         p99_ratio: ours.p99_ms / floor_latency.p99_ms,
+        http2_floor: http2_latency,
+        http2_floor_p99_ratio: http2_latency.p99_ms / floor_latency.p99_ms,
+        p99_ratio_to_http2: ours.p99_ms / http2_latency.p99_ms,
         connect_seconds: subscribed.connect_seconds,
-        floor_connect_seconds: floor.connect_seconds,
+        floor_connect_seconds: tls.connect_seconds,
     };
     let memory = Memory {
         subscribers: n,
         rss_kib_before,
         rss_kib_idle,
         kib_per_subscriber: (rss_kib_idle as f64 - rss_kib_before as f64) / n as f64,
-        floor_kib_per_connection: floor.kib_per_connection,
+        floor_kib_per_connection: tls.kib_per_connection,
+        http2_floor_kib_per_connection: http2.kib_per_connection,
     };
     Ok((fanout, memory))
 }
@@ -260,7 +275,7 @@ pub async fn watch(url: String, tls: TlsMaterial, mut reporter: Reporter) -> any
 }
 
 /// A gRPC length-prefixed message: uncompressed flag, big-endian length, the bytes.
-fn grpc_frame(message: &[u8]) -> Vec<u8> {
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = vec![0];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(message);

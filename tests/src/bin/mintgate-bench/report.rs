@@ -128,6 +128,19 @@ impl Report {
             format!("{:.2}", f.p99_ratio),
             target(f.p99_ratio <= 1.15, "≤ 1.15"),
         );
+        row(
+            "  floor: hyper's HTTP/2 alone".into(),
+            latency(&f.http2_floor),
+            String::new(),
+        );
+        row(
+            "  HTTP/2 floor ÷ bare floor, p99".into(),
+            format!(
+                "{:.2} (ours ÷ HTTP/2 floor {:.2})",
+                f.http2_floor_p99_ratio, f.p99_ratio_to_http2
+            ),
+            String::new(),
+        );
         if let Some(r) = &self.replicas {
             row(
                 format!("3 fan-out, two replicas (N={})", r.subscribers),
@@ -149,8 +162,8 @@ impl Report {
         row(
             format!("4 memory per idle subscriber (N={})", m.subscribers),
             format!(
-                "{:.1} KiB (floor {:.1} KiB)",
-                m.kib_per_subscriber, m.floor_kib_per_connection
+                "{:.1} KiB (floors: bare {:.1} KiB, HTTP/2 {:.1} KiB)",
+                m.kib_per_subscriber, m.floor_kib_per_connection, m.http2_floor_kib_per_connection
             ),
             target(m.kib_per_subscriber <= 24.0, "≤ 24 KiB"),
         );
