@@ -28,6 +28,7 @@ mod read;
 mod replication;
 mod risk;
 mod solo;
+mod sqlite_reads;
 mod write;
 
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct SqlStore {
     /// Whether this replica leads the jobs that run once (see [`SqlStore::lead`]).
     leader: Arc<tokio::sync::watch::Sender<bool>>,
     instance: Arc<Instance>,
+    /// On SQLite, the read before deciding an issuance bypasses sqlx (see its module).
+    sqlite_reads: Option<Arc<sqlite_reads::SqliteReads>>,
 }
 
 /// What every write goes through: the writer lock, its connection, and where commits are
@@ -165,6 +168,7 @@ impl SqlStore {
             group,
             instance,
             leader: Arc::new(tokio::sync::watch::Sender::new(false)),
+            sqlite_reads: sqlite_reads::SqliteReads::for_url(url),
         })
     }
 
@@ -230,6 +234,9 @@ impl SqlStore {
     /// Closes the connections; the instance is gone from then on, and other replicas may take
     /// over its leases.
     pub async fn close(self) {
+        if let Some(reads) = &self.sqlite_reads {
+            reads.close();
+        }
         let _ = self.db.close().await;
         let write = std::mem::replace(&mut *self.writer.conn.lock().await, WriteConn::Closed);
         if let WriteConn::Open(write) = write {

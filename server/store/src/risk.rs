@@ -20,10 +20,12 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryResult,
 };
 use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, node_identity, request, risk_count};
+use crate::sqlite_reads::FactRow;
 use crate::write::WriteTx;
 use crate::{SqlStore, unavailable};
 
@@ -210,21 +212,23 @@ impl SqlStore {
         if let Some(request_id) = query.request_id {
             facts.union(UnionType::All, recorded(query.caller, request_id));
         }
-        let rows = self.db.query_all(&facts).await.map_err(unavailable)?;
+        let rows = match &self.sqlite_reads {
+            Some(reads) => reads.fact_rows(&facts).await?,
+            None => self
+                .db
+                .query_all(&facts)
+                .await
+                .and_then(|rows| rows.iter().map(fact_row).collect())
+                .map_err(unavailable)?,
+        };
         let mut buckets: [[Vec<Bucket>; 2]; 2] = Default::default();
         let mut read = RiskFacts {
             node_identities_last_hour: 1,
             ..RiskFacts::default()
         };
         let mut newest = Vec::new();
-        for row in rows {
-            let tag: i32 = row.try_get_by_index(0).map_err(unavailable)?;
-            let text: Option<String> = row.try_get_by_index(1).map_err(unavailable)?;
-            let mut ints = [0i64; 3];
-            for (i, int) in ints.iter_mut().enumerate() {
-                let value: Option<i64> = row.try_get_by_index(i + 2).map_err(unavailable)?;
-                *int = value.unwrap_or(0);
-            }
+        for (tag, text, ints) in rows {
+            let ints = ints.map(|i| i.unwrap_or(0));
             match (tag, ints) {
                 (RATE, [span, bucket, requests]) => {
                     let who = usize::from(text.as_deref() == Some(CALLER));
@@ -259,6 +263,19 @@ impl SqlStore {
         read.node = caller.map(|_| Rates::from_buckets(now, caller_minutes, caller_hours));
         Ok(read)
     }
+}
+
+/// A row of the risk facts' union, read through sqlx.
+fn fact_row(row: &QueryResult) -> Result<FactRow, DbErr> {
+    Ok((
+        row.try_get_by_index(0)?,
+        row.try_get_by_index(1)?,
+        [
+            row.try_get_by_index(2)?,
+            row.try_get_by_index(3)?,
+            row.try_get_by_index(4)?,
+        ],
+    ))
 }
 
 /// `NULL` in a column a fact does not use.

@@ -1,0 +1,177 @@
+//! The read before deciding an issuance, on SQLite, without sqlx's worker threads.
+//!
+//! sqlx runs each SQLite connection on a thread of its own: a statement is sent to that thread
+//! and its rows are sent back, each a wake-up, and every value is copied into an owned row on
+//! the way. The read before deciding (`SqlStore::read_risk_facts`) runs once per Enroll and
+//! Renew, so it runs here instead: on tokio's blocking pool, with rusqlite, through a few
+//! connections of its own to the same database file. rusqlite links the same SQLite as sqlx (one
+//! `libsqlite3-sys`, built with `.cargo/config.toml`'s flags). Read only: every write still goes
+//! through the store's one writer, and a reader in WAL mode sees what was committed before its
+//! statement began, as sqlx's readers do.
+
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mintgate_domain::store::StoreError;
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OpenFlags};
+use sea_orm::sea_query::{SelectStatement, SqliteQueryBuilder, Value};
+use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+
+/// Connections kept open between reads (more are opened while more reads run at once).
+const IDLE: usize = 8;
+
+/// One row of a tagged union: a tag, a text and three integers (see `read_risk_facts`).
+pub(crate) type FactRow = (i32, Option<String>, [Option<i64>; 3]);
+
+/// Read-only connections to one SQLite database file.
+pub(crate) struct SqliteReads {
+    path: PathBuf,
+    /// `None` once the store is closed.
+    idle: Mutex<Option<Vec<Connection>>>,
+}
+
+impl SqliteReads {
+    /// For a `sqlite:` URL naming a file; `None` for anything else (an in-memory database has
+    /// nothing another connection could open).
+    pub(crate) fn for_url(url: &str) -> Option<Arc<Self>> {
+        if !url.starts_with("sqlite:") {
+            return None;
+        }
+        let options = SqliteConnectOptions::from_str(url).ok()?;
+        let path = options.get_filename();
+        // sqlx names an in-memory database `file:sqlx-in-memory-…`.
+        let name = path.to_string_lossy();
+        if name.is_empty() || name == ":memory:" || name.starts_with("file:") {
+            return None;
+        }
+        Some(Arc::new(Self {
+            path: path.to_owned(),
+            idle: Mutex::new(Some(Vec::new())),
+        }))
+    }
+
+    /// The rows of `statement`, each brought to a [`FactRow`].
+    pub(crate) async fn fact_rows(
+        self: &Arc<Self>,
+        statement: &SelectStatement,
+    ) -> Result<Vec<FactRow>, StoreError> {
+        let (sql, values) = statement.build(SqliteQueryBuilder);
+        let values = values
+            .iter()
+            .map(sql_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let reads = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reads.connection()?;
+            let rows = read_rows(&conn, &sql, values);
+            // A connection whose read failed is dropped, not kept.
+            if rows.is_ok()
+                && let Some(idle) = reads.idle().as_mut()
+                && idle.len() < IDLE
+            {
+                idle.push(conn);
+            }
+            rows.map_err(|e| StoreError::Unavailable(Box::new(e)))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))?
+    }
+
+    /// Closes every idle connection; reads fail from now on, as the store's other reads do.
+    pub(crate) fn close(&self) {
+        self.idle().take();
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Option<Vec<Connection>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connection(&self) -> Result<Connection, StoreError> {
+        let idle = match self.idle().as_mut() {
+            None => return Err(StoreError::Unavailable("the store is closed".into())),
+            Some(idle) => idle.pop(),
+        };
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self
+                .open()
+                .map_err(|e| StoreError::Unavailable(Box::new(e))),
+        }
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(conn)
+    }
+}
+
+fn read_rows(conn: &Connection, sql: &str, values: Vec<Sql>) -> rusqlite::Result<Vec<FactRow>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            [row.get(2)?, row.get(3)?, row.get(4)?],
+        ))
+    })?;
+    rows.collect()
+}
+
+/// A bound value of a statement this module runs: integers (a `LIMIT` is a `u64`), text,
+/// booleans and NULLs, which is all the risk facts' statement binds. Anything else is a bug in
+/// the statement's builder.
+fn sql_value(value: &Value) -> Result<Sql, StoreError> {
+    let integer = |i: Option<i64>| i.map_or(Sql::Null, Sql::Integer);
+    Ok(match value {
+        Value::Bool(b) => integer(b.map(i64::from)),
+        Value::TinyInt(i) => integer(i.map(i64::from)),
+        Value::SmallInt(i) => integer(i.map(i64::from)),
+        Value::Int(i) => integer(i.map(i64::from)),
+        Value::BigInt(i) => integer(*i),
+        Value::TinyUnsigned(i) => integer(i.map(i64::from)),
+        Value::SmallUnsigned(i) => integer(i.map(i64::from)),
+        Value::Unsigned(i) => integer(i.map(i64::from)),
+        Value::BigUnsigned(i) => match i.map(i64::try_from).transpose() {
+            Ok(i) => integer(i),
+            Err(e) => return Err(StoreError::Corrupt(Box::new(e))),
+        },
+        Value::String(s) => s.clone().map_or(Sql::Null, Sql::Text),
+        other => {
+            return Err(StoreError::Corrupt(
+                format!("a statement binds a value SQLite reads cannot take: {other:?}").into(),
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_database_file_is_read_here() {
+        let file = SqliteReads::for_url("sqlite:///var/lib/mintgate/mintgate.db?mode=rwc");
+        assert_eq!(
+            file.map(|r| r.path.clone()),
+            Some(PathBuf::from("/var/lib/mintgate/mintgate.db"))
+        );
+        assert!(SqliteReads::for_url("sqlite::memory:").is_none());
+        assert!(SqliteReads::for_url("postgres://postgres@127.0.0.1:5432/test").is_none());
+    }
+
+    #[test]
+    fn a_value_the_statement_cannot_bind_is_refused() {
+        assert_eq!(
+            sql_value(&Value::BigUnsigned(Some(64))).ok(),
+            Some(Sql::Integer(64))
+        );
+        assert!(sql_value(&Value::BigUnsigned(Some(u64::MAX))).is_err());
+        assert!(sql_value(&Value::Double(Some(1.5))).is_err());
+    }
+}
