@@ -98,6 +98,10 @@ pub async fn run(bin: &Path, entries: u64, rounds: usize) -> anyhow::Result<Revo
 /// but the last, and the CRL after revoking the last.
 async fn phase(server: &Mintgate, targets: &[String], revoked: u64) -> anyhow::Result<Phase> {
     let (last, targets) = targets.split_last().context("no targets")?;
+    // Every Revoke waits for an `fsync`: the writes made before the phase (the seeding's
+    // million rows, an earlier benchmark's databases) go to the disk first, not during it.
+    let synced = tokio::process::Command::new("sync").status().await?;
+    anyhow::ensure!(synced.success(), "sync failed: {synced}");
     let (crl_first_ms, crl_bytes) = crl(server).await?;
     let (crl_cached_ms, _) = crl(server).await?;
     let mut checks = Vec::with_capacity(CHECKS);
