@@ -8,8 +8,9 @@
 //! TLS, HTTP/2, gRPC, the domain, the CSR check and the signature; its blocking pool, which has
 //! the same name, runs the SQLite read before deciding), sqlx's SQLite threads (the SQLite engine
 //! for the writes and the other reads, and its file I/O, one thread per pooled connection), and
-//! the rest; each split into user and kernel time. Then as many empty calls (`grpc.health.v1.Health/Check`) on the same
-//! connections give the floor: what an mTLS gRPC call costs the server with no work in it.
+//! the rest; each split into user and kernel time. Then as many empty calls
+//! (`grpc.health.v1.Health/Check`) on the same connections give the floor: what an mTLS gRPC
+//! call costs the server with no work in it.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -39,9 +39,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::fanout::{Reporter, connect_all, grpc_frame, watch};
 use crate::support::{rss_kib, spawn};
 
-/// HTTP/2 streams a connection may open at once: the Mintgate server's setting.
-const MAX_CONCURRENT_STREAMS: u32 = 8;
-
 /// Which floor.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Floor {
@@ -203,6 +200,8 @@ pub async fn serve(args: FloorArgs) -> anyhow::Result<()> {
     println!("{}", listener.local_addr()?);
     let (send, _) = broadcast::channel::<Bytes>(16);
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    // The bare floor's subscribers count events themselves: it sends the same bytes each time.
+    let unnumbered: Bytes = grpc_frame(&event.encode_to_vec()).into();
     let mut seq = 0;
     loop {
         tokio::select! {
@@ -210,7 +209,7 @@ pub async fn serve(args: FloorArgs) -> anyhow::Result<()> {
                 Some(_) => {
                     seq += 1;
                     let bytes = match args.floor {
-                        Floor::Tls => grpc_frame(&event.encode_to_vec()).into(),
+                        Floor::Tls => unnumbered.clone(),
                         Floor::Http2 => numbered(&event, seq),
                     };
                     drop(send.send(bytes));
@@ -273,7 +272,8 @@ async fn http2_connection(
         async move { Ok::<_, Infallible>(response) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // The Mintgate server's streams per connection, which the SDK paces its calls to.
+        .max_concurrent_streams(mintgate_sdk::ISSUANCES_ON_THE_WIRE as u32)
         .serve_connection(TokioIo::new(stream), service)
         .await?;
     Ok(())
