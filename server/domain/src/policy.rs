@@ -261,7 +261,7 @@ impl Policy {
     /// Decides a request. Granted only if a permit applies and no forbid does; a forbid that
     /// fails to evaluate counts as applying (Cedar would skip it).
     pub fn decide(&self, input: &DecisionInput<'_>) -> Result<Grant, DecideError> {
-        let outcome = self.engine.decide(input, &self.environment)?;
+        let (outcome, held) = self.engine.decide(input, &self.environment)?;
         let decision = self.verdict(outcome).map_err(|mut denied| {
             if self.engine.sees_risk && !input.risk.signals.is_empty() {
                 denied.risk = Some(input.risk.clone());
@@ -284,7 +284,7 @@ impl Policy {
             .filter_map(|id| Some((id.as_str(), self.limits.get(id)?)))
             .filter(|(_, l)| l.hold.is_some())
             .collect();
-        let held_by = match self.engine.hold(input, &self.environment)? {
+        let held_by = match held {
             Some(outcome) if outcome.allowed && outcome.errored_forbids.is_empty() => {
                 outcome.determining
             }

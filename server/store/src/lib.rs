@@ -29,6 +29,7 @@ mod replication;
 mod risk;
 mod solo;
 mod sqlite_reads;
+mod template;
 mod write;
 
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct SqlStore {
     instance: Arc<Instance>,
     /// On SQLite, the read before deciding an issuance bypasses sqlx (see its module).
     sqlite_reads: Option<Arc<sqlite_reads::SqliteReads>>,
+    /// The read before deciding, built once.
+    facts: Arc<risk::FactsTemplates>,
 }
 
 /// What every write goes through: the writer lock, its connection, and where commits are
@@ -106,13 +109,22 @@ impl std::fmt::Debug for SqlStore {
 /// Pooled connections for reads; writes use one more.
 const READERS: u32 = 8;
 
+/// How long a pooled connection may sit idle before it is checked before use.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
 fn connect_options(url: &str, connections: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(connections)
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10));
+        .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out (and again when it takes one back): on
+        // PostgreSQL a round trip per statement, on SQLite a hop to the connection's thread.
+        // A connection used within the last half minute is handed out as it is. If it died
+        // since (the database restarted), its statement fails as the store being unavailable,
+        // a system fault the caller may retry, and sqlx drops it when it comes back.
+        .test_before_acquire_if_idle_for(STALE_AFTER);
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the writer; FULL makes each commit durable before it
         // returns (it is a per-connection setting).
@@ -163,12 +175,13 @@ impl SqlStore {
         let group = batch::GroupCommit::start(writer.clone());
         tokio::spawn(health::probe(Arc::downgrade(&writer)));
         Ok(Self {
-            db,
             writer,
             group,
             instance,
             leader: Arc::new(tokio::sync::watch::Sender::new(false)),
             sqlite_reads: sqlite_reads::SqliteReads::for_url(url),
+            facts: Arc::new(risk::FactsTemplates::new(db.get_database_backend())),
+            db,
         })
     }
 

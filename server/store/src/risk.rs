@@ -16,16 +16,17 @@ use mintgate_domain::risk::{
 use mintgate_domain::store::StoreError;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{
-    Expr, OnConflict, Order, Query, SelectStatement, SubQueryStatement, UnionType,
+    Expr, OnConflict, Order, Query, SelectStatement, SubQueryStatement, UnionType, Value,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryResult,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryResult, Statement,
 };
 use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, node_identity, request, risk_count};
 use crate::sqlite_reads::FactRow;
+use crate::template::{Template, count_marker, int_marker, text_marker};
 use crate::write::WriteTx;
 use crate::{SqlStore, unavailable};
 
@@ -190,33 +191,107 @@ const NODE: i32 = 3;
 const BLOCKED: i32 = 4;
 const RECORDED: i32 = 5;
 
-impl SqlStore {
+/// What the read before deciding binds: the values of a [`RiskQuery`], and the markers its
+/// templates are built with.
+struct Asked<'a> {
+    spiffe_id: &'a str,
+    /// Its node's facts are read only when the caller is a node enrolling.
+    caller: &'a str,
+    node: bool,
+    /// Certificates issued since then make the identity's profile.
+    history_since: i64,
+    /// A node's identities asked for since then are counted.
+    hour_since: i64,
+    identities_cap: u64,
+    request_id: Option<&'a str>,
+}
+
+impl Asked<'_> {
+    /// The values in the order [`FactsTemplates`] takes them.
+    fn values(&self) -> [Value; 6] {
+        [
+            self.spiffe_id.into(),
+            self.caller.into(),
+            self.history_since.into(),
+            self.hour_since.into(),
+            self.identities_cap.into(),
+            self.request_id.unwrap_or_default().into(),
+        ]
+    }
+
     /// One statement, so one round trip before signing: the rows of each fact are tagged and
     /// brought to the same five columns (tag, text, three integers) with `UNION ALL`. The
     /// rates' rows come first because PostgreSQL types a union's columns pairwise, left to
     /// right, and they alone fill every column.
+    fn statement(&self) -> SelectStatement {
+        let caller = self.node.then_some(self.caller);
+        let mut facts = rates(self.spiffe_id, caller);
+        facts
+            .union(UnionType::All, profile(self.spiffe_id, self.history_since))
+            .union(UnionType::All, ever_issued(self.spiffe_id))
+            .union(UnionType::All, blocked(self.spiffe_id));
+        if let Some(caller) = caller {
+            facts.union(UnionType::All, node_identities(self, caller));
+        }
+        if let Some(request_id) = self.request_id {
+            facts.union(UnionType::All, recorded(self.caller, request_id));
+        }
+        facts
+    }
+}
+
+/// The read before deciding, built once for each of its four shapes (whether node facts are
+/// read, whether a request is looked up): building it per request cost more CPU than running it.
+pub(crate) struct FactsTemplates([Template; 4]);
+
+impl FactsTemplates {
+    pub(crate) fn new(backend: DbBackend) -> Self {
+        let texts = [text_marker(0), text_marker(1), text_marker(5)];
+        Self(
+            [(false, false), (false, true), (true, false), (true, true)].map(|(node, recorded)| {
+                let markers = Asked {
+                    spiffe_id: &texts[0],
+                    caller: &texts[1],
+                    node,
+                    history_since: int_marker(2),
+                    hour_since: int_marker(3),
+                    identities_cap: count_marker(4),
+                    request_id: recorded.then_some(texts[2].as_str()),
+                };
+                Template::new(backend, &markers.statement(), &markers.values())
+            }),
+        )
+    }
+
+    fn statement(&self, asked: &Asked<'_>) -> Statement {
+        let shape = 2 * usize::from(asked.node) + usize::from(asked.request_id.is_some());
+        self.0[shape].statement(&asked.values())
+    }
+}
+
+impl SqlStore {
+    /// The facts of [`Asked::statement`], in one read.
     pub(crate) async fn read_risk_facts(
         &self,
         query: RiskQuery<'_>,
     ) -> Result<RiskFacts, StoreError> {
         let now = query.now.unix_timestamp();
+        let asked = Asked {
+            spiffe_id: query.spiffe_id,
+            caller: query.caller,
+            node: query.node,
+            history_since: now - HISTORY.as_secs() as i64,
+            hour_since: now - HOUR_SPAN,
+            identities_cap: query.identities_cap.min(i64::MAX as u64),
+            request_id: query.request_id,
+        };
         let caller = query.node.then_some(query.caller);
-        let mut facts = rates(query.spiffe_id, caller);
-        facts
-            .union(UnionType::All, profile(query.spiffe_id, now))
-            .union(UnionType::All, ever_issued(query.spiffe_id))
-            .union(UnionType::All, blocked(query.spiffe_id));
-        if let Some(caller) = caller {
-            facts.union(UnionType::All, node_identities(&query, caller, now));
-        }
-        if let Some(request_id) = query.request_id {
-            facts.union(UnionType::All, recorded(query.caller, request_id));
-        }
+        let statement = self.facts.statement(&asked);
         let rows = match &self.sqlite_reads {
-            Some(reads) => reads.fact_rows(&facts).await?,
+            Some(reads) => reads.fact_rows(statement).await?,
             None => self
                 .db
-                .query_all(&facts)
+                .query_all_raw(statement)
                 .await
                 .and_then(|rows| rows.iter().map(fact_row).collect())
                 .map_err(unavailable)?,
@@ -311,14 +386,14 @@ fn rates(spiffe_id: &str, caller: Option<&str>) -> SelectStatement {
 
 /// The identity's newest certificates of [`HISTORY`], one row per key type: the longest
 /// lifetime and the newest issuance.
-fn profile(spiffe_id: &str, now: i64) -> SelectStatement {
+fn profile(spiffe_id: &str, since: i64) -> SelectStatement {
     use certificate::Column as C;
     use sea_orm::sea_query::ExprTrait;
     let newest = Query::select()
         .columns([C::KeyType, C::IssuedAt, C::NotAfter])
         .from(certificate::Entity)
         .and_where(C::SpiffeId.eq(spiffe_id))
-        .and_where(C::IssuedAt.gte(now - HISTORY.as_secs() as i64))
+        .and_where(C::IssuedAt.gte(since))
         .order_by(C::IssuedAt, Order::Desc)
         .limit(PROFILE_CERTIFICATES)
         .to_owned();
@@ -368,15 +443,15 @@ fn recorded(caller: &str, request_id: &str) -> SelectStatement {
 /// One row: how many other identities `caller` asked for in the last hour (each row is a
 /// distinct one, so the count reads at most the cap's rows), and whether policy allowed it
 /// this one before (1 or 0).
-fn node_identities(query: &RiskQuery<'_>, caller: &str, now: i64) -> SelectStatement {
+fn node_identities(asked: &Asked<'_>, caller: &str) -> SelectStatement {
     use node_identity::Column as C;
     let recent = Query::select()
         .expr(Expr::val(1))
         .from(node_identity::Entity)
         .and_where(C::Caller.eq(caller))
-        .and_where(C::LastAskedAt.gte(now - HOUR_SPAN))
-        .and_where(C::SpiffeId.ne(query.spiffe_id))
-        .limit(query.identities_cap.min(i64::MAX as u64))
+        .and_where(C::LastAskedAt.gte(asked.hour_since))
+        .and_where(C::SpiffeId.ne(asked.spiffe_id))
+        .limit(asked.identities_cap)
         .to_owned();
     let count = Query::select()
         .expr(Expr::cust("COUNT(*)"))
@@ -386,7 +461,7 @@ fn node_identities(query: &RiskQuery<'_>, caller: &str, now: i64) -> SelectState
         .expr(Expr::case(C::Allowed.eq(true), Expr::cust("1")).finally(Expr::cust("0")))
         .from(node_identity::Entity)
         .and_where(C::Caller.eq(caller))
-        .and_where(C::SpiffeId.eq(query.spiffe_id))
+        .and_where(C::SpiffeId.eq(asked.spiffe_id))
         .to_owned();
     tagged(NODE)
         .expr(null())
@@ -431,5 +506,38 @@ impl WriteTx<'_> {
             .await
             .map_err(unavailable)?;
         Ok(counts.rows_affected + pairs.rows_affected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_template_binds_what_building_the_read_binds() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let templates = FactsTemplates::new(backend);
+            for (node, request_id) in [
+                (false, None),
+                (false, Some("r-1")),
+                (true, None),
+                (true, Some("r-2")),
+            ] {
+                let asked = Asked {
+                    spiffe_id: "spiffe://example.org/ns/a/sa/b",
+                    caller: "spiffe://example.org/node/n-1",
+                    node,
+                    history_since: 1_700_000_000,
+                    hour_since: 1_700_003_000,
+                    identities_cap: 20,
+                    request_id,
+                };
+                assert_eq!(
+                    templates.statement(&asked),
+                    backend.build(&asked.statement()),
+                    "{backend:?}, node {node}, request {request_id:?}"
+                );
+            }
+        }
     }
 }

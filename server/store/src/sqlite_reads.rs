@@ -17,7 +17,8 @@ use std::time::Duration;
 use mintgate_domain::store::StoreError;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
-use sea_orm::sea_query::{SelectStatement, SqliteQueryBuilder, Value};
+use sea_orm::Statement;
+use sea_orm::sea_query::Value;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 
 /// Connections kept open between reads (more are opened while more reads run at once).
@@ -53,14 +54,15 @@ impl SqliteReads {
         }))
     }
 
-    /// The rows of `statement`, each brought to a [`FactRow`].
+    /// The rows of `statement` (built for SQLite), each brought to a [`FactRow`].
     pub(crate) async fn fact_rows(
         self: &Arc<Self>,
-        statement: &SelectStatement,
+        statement: Statement,
     ) -> Result<Vec<FactRow>, StoreError> {
-        let (sql, values) = statement.build(SqliteQueryBuilder);
+        let Statement { sql, values, .. } = statement;
         let values = values
             .iter()
+            .flat_map(|v| v.iter())
             .map(sql_value)
             .collect::<Result<Vec<_>, _>>()?;
         let reads = self.clone();

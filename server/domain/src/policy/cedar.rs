@@ -1,7 +1,8 @@
 //! The Cedar side of a decision: the validated policy set, and the request and entities built
 //! from a [`DecisionInput`] or an [`OperationInput`]. Everything that does not depend on the
 //! request (type names, action entities, the `Role` entities, the authorizer) is built once per
-//! policy version; a decision builds two entities (principal and resource) and a context.
+//! policy version; a decision builds two entities (principal and resource) and a context, once
+//! for an issuance's two questions (its own action, then `Action::"Hold"`).
 //!
 //! Cedar evaluates every policy of the set it is given, and a request's entities are copied and
 //! their hierarchy recomputed for each decision, so each action is asked with only what it can
@@ -51,12 +52,24 @@ pub(super) struct Engine {
 /// A request, its entities and the policies to ask about it.
 pub(super) type Asked<'a> = (Request, Entities, &'a PolicySet);
 
+/// An issuance as Cedar sees it, for the questions asked about it.
+struct Issuance<'a> {
+    principal: EntityUid,
+    /// `Action::"Issue"` for a node, `Action::"Renew"` for a workload.
+    action: &'a EntityUid,
+    resource: EntityUid,
+    context: Context,
+    /// The principal, the resource and the issuance actions.
+    entities: Entities,
+}
+
 /// What a request for one action is asked with.
 struct ForAction {
     /// The policies of the set whose action scope can match it.
     policies: PolicySet,
-    /// Its action entity and those of the groups it is in, so `action in [...]` sees groups;
-    /// for an operation, a `Role` entity for each of [`ROLES`] too.
+    /// Its action entity and those of the groups it is in, so `action in [...]` sees groups
+    /// (for an issuance action, those of all three); for an operation, a `Role` entity for
+    /// each of [`ROLES`] too.
     entities: Entities,
 }
 
@@ -111,6 +124,23 @@ impl Engine {
             .filter(|a| has_hold || *a != &names.hold)
             .map(|a| (a, false));
         let operations = names.operations.iter().map(|a| (a, true));
+        // An action's entity and those of the groups it is in.
+        let own = |action: &EntityUid| {
+            std::iter::once(action.clone())
+                .chain(actions.ancestors(action).into_iter().flatten().cloned())
+        };
+        let entities = |uids: HashSet<EntityUid>, roles: Vec<Entity>| {
+            let own = uids
+                .into_iter()
+                .filter_map(|uid| actions.get(&uid).cloned());
+            Entities::from_entities(own.chain(roles), None).map_err(Cause::from)
+        };
+        // The issuance actions share one set, so an issuance's entities serve both its questions.
+        let issuance: Vec<_> = issuance.collect();
+        let issuance_entities = entities(
+            issuance.iter().flat_map(|(a, _)| own(a)).collect(),
+            Vec::new(),
+        )?;
         for (action, operation) in issuance.into_iter().chain(operations) {
             let mut policies = PolicySet::new();
             for policy in set.policies() {
@@ -118,15 +148,12 @@ impl Engine {
                     policies.add(policy.clone())?;
                 }
             }
-            let own = std::iter::once(action)
-                .chain(actions.ancestors(action).into_iter().flatten())
-                .filter_map(|uid| actions.get(uid).cloned());
-            let roles: Vec<Entity> = if operation {
-                ROLES.iter().map(|r| names.role_entity(r)).collect()
+            let entities = if operation {
+                let roles = ROLES.iter().map(|r| names.role_entity(r)).collect();
+                entities(own(action).collect(), roles)?
             } else {
-                Vec::new()
+                issuance_entities.clone()
             };
-            let entities = Entities::from_entities(own.chain(roles), None)?;
             by_action.insert(action.clone(), ForAction { policies, entities });
         }
         Ok(Self {
@@ -144,32 +171,29 @@ impl Engine {
         self.set.num_of_policies()
     }
 
-    /// Asks Cedar.
+    /// Asks Cedar about an issuance and, when it is allowed and the schema declares
+    /// `Action::"Hold"`, whether it is held. Both questions are asked with one context and one
+    /// set of entities, built once.
     pub(super) fn decide(
         &self,
         input: &DecisionInput<'_>,
         environment: &str,
-    ) -> Result<Outcome, DecideError> {
-        let (request, entities, policies) = self
-            .request(input, environment, None, false)
+    ) -> Result<(Outcome, Option<Outcome>), DecideError> {
+        let issuance = self
+            .issuance(input, environment, None)
             .map_err(DecideError::Engine)?;
-        Ok(self.ask(&request, &entities, policies))
-    }
-
-    /// Asks Cedar whether a granted request is held (`Action::"Hold"`); `None` when the schema
-    /// declares no such action.
-    pub(super) fn hold(
-        &self,
-        input: &DecisionInput<'_>,
-        environment: &str,
-    ) -> Result<Option<Outcome>, DecideError> {
-        if !self.has_hold {
-            return Ok(None);
-        }
-        let (request, entities, policies) = self
-            .request(input, environment, None, true)
-            .map_err(DecideError::Engine)?;
-        Ok(Some(self.ask(&request, &entities, policies)))
+        let ask = |action| {
+            let (request, policies) = self
+                .question(&issuance, action, None)
+                .map_err(DecideError::Engine)?;
+            Ok::<_, DecideError>(self.ask(&request, &issuance.entities, policies))
+        };
+        let outcome = ask(issuance.action)?;
+        let held = match outcome.allowed && self.has_hold {
+            true => Some(ask(&self.names.hold)?),
+            false => None,
+        };
+        Ok((outcome, held))
     }
 
     pub(super) fn has_hold(&self) -> bool {
@@ -238,29 +262,61 @@ impl Engine {
         schema: Option<&Schema>,
         hold: bool,
     ) -> Result<Asked<'_>, Cause> {
+        let issuance = self.issuance(input, environment, schema)?;
+        let action = if hold {
+            &self.names.hold
+        } else {
+            issuance.action
+        };
+        let (request, policies) = self.question(&issuance, action, schema)?;
+        Ok((request, issuance.entities, policies))
+    }
+
+    /// What every question about `input` is asked with.
+    fn issuance(
+        &self,
+        input: &DecisionInput<'_>,
+        environment: &str,
+        schema: Option<&Schema>,
+    ) -> Result<Issuance<'_>, Cause> {
         let n = &self.names;
         let (principal_type, principal_id, action) = match input.principal {
             Principal::Node(id) => (&n.node, id, &n.issue),
             Principal::Workload(id) => (&n.workload, id, &n.renew),
         };
-        let action = if hold { &n.hold } else { action };
         let principal = n.identity(principal_type, principal_id, [])?;
         let resource = n.identity(&n.spiffe_id, input.spiffe_id, [])?;
         let kubernetes = input.kubernetes.filter(|_| self.sees_kubernetes);
         let context = Context::from_pairs(context(input, environment, self.sees_risk, kubernetes))?;
-        let request = Request::new(
-            principal.uid(),
-            action.clone(),
-            resource.uid(),
+        Ok(Issuance {
+            principal: principal.uid(),
+            action,
+            resource: resource.uid(),
             context,
+            entities: self
+                .index(action)?
+                .entities
+                .clone()
+                .add_entities([principal, resource], schema)?,
+        })
+    }
+
+    /// The request of `issuance` for `action` (its own, or `Action::"Hold"`), and the policies
+    /// to ask.
+    fn question(
+        &self,
+        issuance: &Issuance<'_>,
+        action: &EntityUid,
+        schema: Option<&Schema>,
+    ) -> Result<(Request, &PolicySet), Cause> {
+        let request = Request::new(
+            issuance.principal.clone(),
+            action.clone(),
+            issuance.resource.clone(),
+            issuance.context.clone(),
             schema,
         )?;
-        let index = self.index(action)?;
-        let entities = index
-            .entities
-            .clone()
-            .add_entities([principal, resource], schema)?;
-        Ok((request, entities, &index.policies))
+        Ok((request, &self.index(action)?.policies))
     }
 
     /// The same for an operation. An operator is `in` a `Role` for each role it holds; with a
