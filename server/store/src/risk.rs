@@ -195,8 +195,9 @@ const RECORDED: i32 = 5;
 /// templates are built with.
 struct Asked<'a> {
     spiffe_id: &'a str,
-    /// Its node's facts are read only when the caller is a node enrolling.
+    /// A node enrolling, or the identity itself renewing.
     caller: &'a str,
+    /// The caller is a node enrolling: only then are its facts read.
     node: bool,
     /// Certificates issued since then make the identity's profile.
     history_since: i64,
