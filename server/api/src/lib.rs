@@ -32,5 +32,5 @@ mod test_support;
 pub use bundle::BundleFeed;
 pub use metrics::Metrics;
 pub use registry::{HubConfig, RevocationHub, run_tailer};
-pub use server::{GrpcConfig, GrpcServer, serve};
+pub use server::{GrpcConfig, GrpcServer, MAX_CONCURRENT_CALLS_PER_CONNECTION, serve};
 pub use status::to_status;

@@ -96,8 +96,8 @@ pub struct GrpcServer<S> {
 }
 
 /// Calls and HTTP/2 streams per connection (docs/limits.md). The SDK paces its issuances to
-/// the same figure (`mintgate_sdk::ISSUANCES_ON_THE_WIRE`).
-const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 8;
+/// the same figure (`mintgate_sdk::ISSUANCES_ON_THE_WIRE`; a test holds them equal).
+pub const MAX_CONCURRENT_CALLS_PER_CONNECTION: usize = 8;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The authenticated peer of a connection, available to every handler on it.

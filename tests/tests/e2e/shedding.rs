@@ -119,3 +119,14 @@ async fn shed(backend: Backend) {
     }
     server.shutdown().await;
 }
+
+/// The SDK sends at most as many issuances at once as the server serves calls on one
+/// connection: with more, the rest would wait in HTTP/2 behind the server's stream limit, paced
+/// by nothing.
+#[test]
+fn the_sdk_paces_to_the_servers_calls_per_connection() {
+    assert_eq!(
+        mintgate_sdk::ISSUANCES_ON_THE_WIRE,
+        mintgate_api::MAX_CONCURRENT_CALLS_PER_CONNECTION
+    );
+}
