@@ -272,8 +272,7 @@ async fn http2_connection(
         async move { Ok::<_, Infallible>(response) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        // The Mintgate server's streams per connection, which the SDK paces its calls to.
-        .max_concurrent_streams(mintgate_sdk::ISSUANCES_ON_THE_WIRE as u32)
+        .max_concurrent_streams(mintgate_api::MAX_CONCURRENT_CALLS_PER_CONNECTION as u32)
         .serve_connection(TokioIo::new(stream), service)
         .await?;
     Ok(())
