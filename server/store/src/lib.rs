@@ -24,6 +24,7 @@ mod holds;
 mod instance;
 mod issuance;
 pub mod metrics;
+mod pg_reads;
 mod read;
 mod replication;
 mod risk;
@@ -56,6 +57,7 @@ pub use crate::health::{ProbeSettings, Unready};
 use crate::instance::Instance;
 pub use crate::metrics::StoreMetrics;
 pub use crate::replication::REVOCATIONS_CHANNEL;
+use crate::risk::FactReads;
 
 /// A database-backed store. Cheap to clone; clones share the pool and the writer.
 #[derive(Clone)]
@@ -66,8 +68,8 @@ pub struct SqlStore {
     /// Whether this replica leads the jobs that run once (see [`SqlStore::lead`]).
     leader: Arc<tokio::sync::watch::Sender<bool>>,
     instance: Arc<Instance>,
-    /// On SQLite, the read before deciding an issuance bypasses sqlx (see its module).
-    sqlite_reads: Option<Arc<sqlite_reads::SqliteReads>>,
+    /// Where the read before deciding an issuance runs.
+    fact_reads: FactReads,
     /// The read before deciding, built once.
     facts: Arc<risk::FactsTemplates>,
 }
@@ -110,7 +112,7 @@ impl std::fmt::Debug for SqlStore {
 const READERS: u32 = 8;
 
 /// How long a pooled connection may sit idle before it is checked before use.
-const STALE_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(30);
 
 fn connect_options(url: &str, connections: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url);
@@ -179,7 +181,7 @@ impl SqlStore {
             group,
             instance,
             leader: Arc::new(tokio::sync::watch::Sender::new(false)),
-            sqlite_reads: sqlite_reads::SqliteReads::for_url(url),
+            fact_reads: FactReads::for_url(url),
             facts: Arc::new(risk::FactsTemplates::new(db.get_database_backend())),
             db,
         })
@@ -247,9 +249,7 @@ impl SqlStore {
     /// Closes the connections; the instance is gone from then on, and other replicas may take
     /// over its leases.
     pub async fn close(self) {
-        if let Some(reads) = &self.sqlite_reads {
-            reads.close();
-        }
+        self.fact_reads.close();
         let _ = self.db.close().await;
         let write = std::mem::replace(&mut *self.writer.conn.lock().await, WriteConn::Closed);
         if let WriteConn::Open(write) = write {

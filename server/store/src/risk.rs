@@ -5,6 +5,7 @@
 //! caller's history.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mintgate_domain::hold::RiskQuery;
@@ -25,7 +26,8 @@ use sea_orm::{
 use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, node_identity, request, risk_count};
-use crate::sqlite_reads::FactRow;
+use crate::pg_reads::PgReads;
+use crate::sqlite_reads::{FactRow, SqliteReads};
 use crate::template::{Template, count_marker, int_marker, text_marker};
 use crate::write::WriteTx;
 use crate::{SqlStore, unavailable};
@@ -270,6 +272,36 @@ impl FactsTemplates {
     }
 }
 
+/// Where the read before deciding runs: past sqlx's worker threads on an SQLite file, past its
+/// pool on PostgreSQL (see each module), through the pool on an in-memory SQLite database.
+#[derive(Clone)]
+pub(crate) enum FactReads {
+    Sqlite(Arc<SqliteReads>),
+    Postgres(Arc<PgReads>),
+    Pool,
+}
+
+impl FactReads {
+    pub(crate) fn for_url(url: &str) -> Self {
+        if let Some(reads) = SqliteReads::for_url(url) {
+            Self::Sqlite(reads)
+        } else if let Some(reads) = PgReads::for_url(url) {
+            Self::Postgres(reads)
+        } else {
+            Self::Pool
+        }
+    }
+
+    /// Closes their connections, with the store's.
+    pub(crate) fn close(&self) {
+        match self {
+            Self::Sqlite(reads) => reads.close(),
+            Self::Postgres(reads) => reads.close(),
+            Self::Pool => {}
+        }
+    }
+}
+
 impl SqlStore {
     /// The facts of [`Asked::statement`], in one read.
     pub(crate) async fn read_risk_facts(
@@ -288,9 +320,10 @@ impl SqlStore {
         };
         let caller = query.node.then_some(query.caller);
         let statement = self.facts.statement(&asked);
-        let rows = match &self.sqlite_reads {
-            Some(reads) => reads.fact_rows(statement).await?,
-            None => self
+        let rows = match &self.fact_reads {
+            FactReads::Sqlite(reads) => reads.fact_rows(statement).await?,
+            FactReads::Postgres(reads) => reads.fact_rows(statement).await?,
+            FactReads::Pool => self
                 .db
                 .query_all_raw(statement)
                 .await

@@ -227,3 +227,24 @@ async fn prune(backend: Backend) {
     assert_eq!(h.count("node_identities").await, 0);
     h.finish().await;
 }
+
+/// The read before deciding keeps connections of its own between reads. One that the database
+/// ended since (a restart, an administrator) costs no refusal: the read runs again on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_before_deciding_outlives_its_connection() {
+    if !mintgate_tests::db::postgres_available().await {
+        return;
+    }
+    let h = Harness::open(Backend::Postgres).await;
+    assert!(!facts(&h, WORKLOAD, 0, 50).await.identity_blocked);
+    let ended: i64 = h
+        .scalar(
+            "SELECT COUNT(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND query LIKE '%risk_counts%'",
+        )
+        .await;
+    assert_eq!(ended, 1, "one connection ran the read");
+    assert!(!facts(&h, WORKLOAD, 0, 50).await.identity_blocked);
+    h.finish().await;
+}

@@ -42,6 +42,9 @@ pub(super) struct Engine {
     names: Names,
     /// The schema declares `Action::"Hold"`: risk can be mapped to a hold.
     has_hold: bool,
+    /// A policy of the set can match `Action::"Hold"`: only then is it asked (a set with none
+    /// would deny it, which holds nothing).
+    asks_hold: bool,
     /// The schema's `Issuance` context has `risk` (a policy written before holds has not).
     pub(super) sees_risk: bool,
     /// The schema's `Issuance` context has `kubernetes` (a policy written before the `jwt`
@@ -156,12 +159,16 @@ impl Engine {
             };
             by_action.insert(action.clone(), ForAction { policies, entities });
         }
+        let asks_hold = by_action
+            .get(&names.hold)
+            .is_some_and(|hold| hold.policies.num_of_policies() > 0);
         Ok(Self {
             set,
             by_action,
             authorizer: Authorizer::new(),
             names,
             has_hold,
+            asks_hold,
             sees_risk: true,
             sees_kubernetes: true,
         })
@@ -171,7 +178,7 @@ impl Engine {
         self.set.num_of_policies()
     }
 
-    /// Asks Cedar about an issuance and, when it is allowed and the schema declares
+    /// Asks Cedar about an issuance and, when it is allowed and a policy can match
     /// `Action::"Hold"`, whether it is held. Both questions are asked with one context and one
     /// set of entities, built once.
     pub(super) fn decide(
@@ -189,7 +196,7 @@ impl Engine {
             Ok::<_, DecideError>(self.ask(&request, &issuance.entities, policies))
         };
         let outcome = ask(issuance.action)?;
-        let held = match outcome.allowed && self.has_hold {
+        let held = match outcome.allowed && self.asks_hold {
             true => Some(ask(&self.names.hold)?),
             false => None,
         };

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use mintgate_domain::policy::PolicySource;
 use mintgate_sdk::{Client, TlsMaterial, v1};
 use mintgate_tests::TRUST_DOMAIN;
 use tokio::process::Child;
@@ -16,12 +17,19 @@ use crate::support::{spawn, wait_for};
 pub fn policy_without_holds(dir: &Path) -> anyhow::Result<String> {
     let policy = dir.join("policy");
     std::fs::create_dir_all(&policy)?;
-    let source = mintgate_domain::policy::PolicySource::dev();
+    let source = source_without_holds();
     std::fs::write(policy.join("schema.cedarschema"), &source.schema)?;
-    for file in source.files.iter().filter(|f| f.name != "holds.cedar") {
+    for file in &source.files {
         std::fs::write(policy.join(&file.name), &file.text)?;
     }
     Ok(policy.display().to_string())
+}
+
+/// The dev policy without its hold rules, as text.
+pub fn source_without_holds() -> PolicySource {
+    let mut source = PolicySource::dev();
+    source.files.retain(|f| f.name != "holds.cedar");
+    source
 }
 
 pub fn read(dir: &Path, name: &str) -> anyhow::Result<String> {

@@ -52,6 +52,16 @@ pub struct ServerCpu {
     /// The same number of empty calls (`grpc.health.v1.Health/Check`) on the same connections,
     /// as many in flight: server CPU per call, the cost of an mTLS gRPC call with no work in it.
     pub empty_call_us: f64,
+    /// One issuance's policy decision alone, on one thread (`decide.rs`).
+    pub decision_us: f64,
+}
+
+impl ServerCpu {
+    /// What no issuance can cost less than with this stack: the crypto, an mTLS gRPC call and
+    /// the policy decision, each measured alone, in µs.
+    pub fn floor_us(&self) -> f64 {
+        self.crypto_us_per_issuance + self.empty_call_us + self.decision_us
+    }
 }
 
 /// Runs `csrs` through a child server on `backend` (`database_url` for PostgreSQL).
@@ -61,7 +71,7 @@ pub async fn run(
     database_url: Option<&str>,
     csrs: Arc<[String]>,
     clients: usize,
-    crypto_per_core: f64,
+    (crypto_per_core, decision_us): (f64, f64),
 ) -> anyhow::Result<ServerCpu> {
     let dir = tempfile::tempdir()?;
     let policy = crate::child::policy_without_holds(dir.path())?;
@@ -118,6 +128,7 @@ pub async fn run(
         ratio: us_per_issuance / crypto_us_per_issuance,
         threads,
         empty_call_us,
+        decision_us,
     })
 }
 

@@ -20,6 +20,7 @@ mod ca_backends;
 mod child;
 mod cpu;
 mod crypto;
+mod decide;
 mod fanout;
 mod floor;
 mod issuance;
@@ -153,6 +154,7 @@ fn main() -> anyhow::Result<()> {
     let csrs: Arc<[String]> = support::csrs(options.issuances.max(1)).into();
     let threads = options.threads.unwrap_or(machine.cores).max(1);
     let crypto = crypto::run(&csrs, threads, options.crypto_ops)?;
+    let decision_us = decide::run(options.crypto_ops)?;
 
     let report = runtime.block_on(async {
         let mut issuance = vec![
@@ -181,7 +183,7 @@ fn main() -> anyhow::Result<()> {
                 None,
                 csrs.clone(),
                 options.clients,
-                crypto.per_core,
+                (crypto.per_core, decision_us),
             )
             .await
             .context("server CPU, SQLite")?,
@@ -195,7 +197,7 @@ fn main() -> anyhow::Result<()> {
                     Some(&db.url),
                     csrs.clone(),
                     options.clients,
-                    crypto.per_core,
+                    (crypto.per_core, decision_us),
                 )
                 .await
                 .context("server CPU, PostgreSQL")?,

@@ -221,6 +221,20 @@ impl Report {
                 ),
                 String::new(),
             );
+            let floor = c.floor_us();
+            row(
+                format!(
+                    "  floor: crypto + empty call + policy decision ({:.0} µs alone)",
+                    c.decision_us
+                ),
+                format!(
+                    "{floor:.0} µs, {:.2} × crypto; at 2.0 the store, audit and domain get {:.0} µs, ours take {:.0}",
+                    floor / c.crypto_us_per_issuance,
+                    2.0 * c.crypto_us_per_issuance - floor,
+                    c.us_per_issuance - floor
+                ),
+                String::new(),
+            );
             for (kind, (user, kernel)) in &c.threads {
                 row(
                     format!("  thread {kind}"),
