@@ -11,8 +11,11 @@ use mintgate_domain::lifecycle::{CertState, RequestState};
 use mintgate_domain::model::NewRequest;
 use mintgate_domain::store::{Inserted, NewCertificate, StoreError, TokenUse};
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, TryInsertResult};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryResult, QueryTrait, StatementBuilder,
+};
 use time::OffsetDateTime;
 
 use crate::entity::{certificate, identity_block, join_token, request};
@@ -52,15 +55,18 @@ impl WriteTx<'_> {
         }
         let mut inserted = HashMap::new();
         if !rows.is_empty() {
-            let key = [request::Column::Caller, request::Column::RequestId];
-            let result = request::Entity::insert_many(rows)
-                .on_conflict_do_nothing_on(key)
-                .exec_with_returning_many(&self.txn)
-                .await
-                .map_err(unavailable)?;
-            if let TryInsertResult::Inserted(rows) = result {
-                inserted.extend(rows.into_iter().map(|r| ((r.caller, r.request_id), r.pk)));
-            }
+            use request::Column::{Caller, Pk, RequestId};
+            // Only what maps a request to its pk comes back, not the rows just sent.
+            let mut insert = request::Entity::insert_many(rows)
+                .on_conflict_do_nothing_on([Caller, RequestId])
+                .into_query();
+            insert.returning(Query::returning().columns([Caller, RequestId, Pk]));
+            let key_and_pk = |row: QueryResult| -> Result<_, DbErr> {
+                let key = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+                Ok((key, row.try_get_by_index(2)?))
+            };
+            let returned = self.returned(&insert).await?.into_iter().map(key_and_pk);
+            inserted = returned.collect::<Result<_, _>>().map_err(unavailable)?;
         }
         let mut answers = Vec::with_capacity(keys.len());
         for (tag, key, state, audit, counted) in keys {
@@ -122,7 +128,7 @@ impl WriteTx<'_> {
                             .add(request::Column::Serial.eq(serial.as_str())),
                     )
                 });
-                let rows = request::Entity::update_many()
+                let mut update = request::Entity::update_many()
                     .col_expr(
                         request::Column::State,
                         Expr::value(RequestState::Issued.as_str()),
@@ -130,10 +136,11 @@ impl WriteTx<'_> {
                     .col_expr(request::Column::UpdatedAt, Expr::value(now))
                     .filter(request::Column::State.eq(RequestState::Approved.as_str()))
                     .filter(reserved)
-                    .exec_with_returning(&self.txn)
-                    .await
-                    .map_err(unavailable)?;
-                moved.extend(rows.into_iter().map(|r| r.pk));
+                    .into_query();
+                update.returning_col(request::Column::Pk);
+                for row in self.returned(&update).await? {
+                    moved.insert(row.try_get_by_index::<i64>(0).map_err(unavailable)?);
+                }
             }
         }
         for c in eligible {
@@ -166,6 +173,15 @@ impl WriteTx<'_> {
 
     /// Whether `serial` is ACTIVE. Under the writer lock, a later update in this transaction
     /// finds what this finds.
+    /// The rows `statement`'s `RETURNING` gives back.
+    async fn returned(
+        &self,
+        statement: &impl StatementBuilder,
+    ) -> Result<Vec<QueryResult>, StoreError> {
+        let statement = self.txn.get_database_backend().build(statement);
+        self.txn.query_all_raw(statement).await.map_err(unavailable)
+    }
+
     async fn is_active(&self, serial: &Serial) -> Result<bool, StoreError> {
         let active = certificate::Entity::find()
             .filter(certificate::Column::Serial.eq(serial.to_hex()))
