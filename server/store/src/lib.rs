@@ -144,6 +144,11 @@ pub(crate) fn unavailable(e: DbErr) -> StoreError {
     StoreError::Unavailable(Box::new(e))
 }
 
+/// What a read or write of a closed store fails with.
+pub(crate) fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
+}
+
 impl SqlStore {
     /// Opens `sqlite://path?mode=rwc` or `postgres://…`. SQLite runs in WAL mode with
     /// `synchronous = FULL`: a commit is durable before it is acknowledged. Records nothing in

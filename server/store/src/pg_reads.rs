@@ -22,8 +22,8 @@ use sea_orm::sqlx::{
 };
 use tokio::sync::Semaphore;
 
-use crate::STALE_AFTER;
 use crate::sqlite_reads::FactRow;
+use crate::{STALE_AFTER, closed};
 
 /// Connections this holds at most, so reads wait for one rather than open more.
 const CONNECTIONS: usize = 8;
@@ -160,8 +160,4 @@ fn fact_row(row: &PgRow) -> Result<FactRow, StoreError> {
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(Box::new(e))
-}
-
-fn closed() -> StoreError {
-    StoreError::Unavailable("the store is closed".into())
 }

@@ -3,8 +3,8 @@
 //! sqlx runs each SQLite connection on a thread of its own: a statement is sent to that thread
 //! and its rows are sent back, each a wake-up, and every value is copied into an owned row on
 //! the way. The read before deciding (`SqlStore::read_risk_facts`) runs once per Enroll and
-//! Renew, so it runs here instead: on tokio's blocking pool, with rusqlite, through a few
-//! connections of its own to the same database file. rusqlite links the same SQLite as sqlx (one
+//! Renew, so it runs here instead: on tokio's blocking pool, with rusqlite, through up to
+//! [`CONNECTIONS`] connections of its own to the same database file, kept open. rusqlite links the same SQLite as sqlx (one
 //! `libsqlite3-sys`, built with `.cargo/config.toml`'s flags). Read only: every write still goes
 //! through the store's one writer, and a reader in WAL mode sees what was committed before its
 //! statement began, as sqlx's readers do.
@@ -17,12 +17,16 @@ use std::time::Duration;
 use mintgate_domain::store::StoreError;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+use crate::closed;
 use sea_orm::Statement;
 use sea_orm::sea_query::Value;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 
-/// Connections kept open between reads (more are opened while more reads run at once).
-const IDLE: usize = 8;
+/// Connections this holds at most, so reads wait for one rather than open more: a new
+/// connection reads the schema and prepares its statement again.
+const CONNECTIONS: usize = 8;
 
 /// One row of a tagged union: a tag, a text and three integers (see `read_risk_facts`).
 pub(crate) type FactRow = (i32, Option<String>, [Option<i64>; 3]);
@@ -30,6 +34,8 @@ pub(crate) type FactRow = (i32, Option<String>, [Option<i64>; 3]);
 /// Read-only connections to one SQLite database file.
 pub(crate) struct SqliteReads {
     path: PathBuf,
+    /// One permit per connection; closed with the store.
+    permits: Arc<Semaphore>,
     /// `None` once the store is closed.
     idle: Mutex<Option<Vec<Connection>>>,
 }
@@ -50,6 +56,7 @@ impl SqliteReads {
         }
         Some(Arc::new(Self {
             path: path.to_owned(),
+            permits: Arc::new(Semaphore::new(CONNECTIONS)),
             idle: Mutex::new(Some(Vec::new())),
         }))
     }
@@ -65,14 +72,16 @@ impl SqliteReads {
             .flat_map(|v| v.iter())
             .map(sql_value)
             .collect::<Result<Vec<_>, _>>()?;
+        let permit = self.permits.clone().acquire_owned().await;
+        let permit = permit.map_err(|_| closed())?;
         let reads = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = reads.connection()?;
             let rows = read_rows(&conn, &sql, values);
             // A connection whose read failed is dropped, not kept.
             if rows.is_ok()
                 && let Some(idle) = reads.idle().as_mut()
-                && idle.len() < IDLE
             {
                 idle.push(conn);
             }
@@ -84,6 +93,7 @@ impl SqliteReads {
 
     /// Closes every idle connection; reads fail from now on, as the store's other reads do.
     pub(crate) fn close(&self) {
+        self.permits.close();
         self.idle().take();
     }
 
@@ -93,7 +103,7 @@ impl SqliteReads {
 
     fn connection(&self) -> Result<Connection, StoreError> {
         let idle = match self.idle().as_mut() {
-            None => return Err(StoreError::Unavailable("the store is closed".into())),
+            None => return Err(closed()),
             Some(idle) => idle.pop(),
         };
         match idle {

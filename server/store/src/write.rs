@@ -112,7 +112,7 @@ impl Writer {
                 db
             }
             WriteConn::Closed => {
-                return Err(StoreError::Unavailable("the store is closed".into()));
+                return Err(crate::closed());
             }
         };
         let lease = Lease { conn, ended: false };
