@@ -8,14 +8,16 @@
 //! their hierarchy recomputed for each decision, so each action is asked with only what it can
 //! use (an index built at load): the policies whose action scope can match it (one whose scope
 //! does not match a request neither applies nor fails, so the answer is the same), and its own
-//! action entity with the groups it is in. Issuance does not pay for the operator policies or
-//! the other way round.
+//! action entity with the groups it is in. For an issuance action, a policy whose principal
+//! scope names a `Role` is left out too. Issuance does not pay for the operator policies or
+//! the other way round, and `Action::"Hold"` is not asked when no policy is left for it.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
     ActionConstraint, AuthorizationError, Authorizer, Context, Decision, Effect, Entities, Entity,
-    EntityId, EntityTypeName, EntityUid, Policy, PolicySet, Request, RestrictedExpression, Schema,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request,
+    RestrictedExpression, Schema,
 };
 
 use super::operation::{Actor, Operation, OperationInput, ROLES, Target};
@@ -147,7 +149,9 @@ impl Engine {
         for (action, operation) in issuance.into_iter().chain(operations) {
             let mut policies = PolicySet::new();
             for policy in set.policies() {
-                if scope_admits(policy, action, &actions) {
+                if scope_admits(policy, action, &actions)
+                    && (operation || !in_a_role(policy, &names.role))
+                {
                     policies.add(policy.clone())?;
                 }
             }
@@ -474,6 +478,18 @@ fn scope_admits(policy: &Policy, action: &EntityUid, actions: &Entities) -> bool
                     .ancestors(action)
                     .is_some_and(|mut ancestors| ancestors.any(|a| a == group))
         }),
+    }
+}
+
+/// Whether `policy`'s principal scope names a `Role`: an issuance's principal (a node or a
+/// workload, whose only parent is its trust domain) is never one nor in one, so such a policy
+/// never applies to an issuance.
+fn in_a_role(policy: &Policy, role: &EntityTypeName) -> bool {
+    match policy.principal_constraint() {
+        PrincipalConstraint::In(uid)
+        | PrincipalConstraint::Eq(uid)
+        | PrincipalConstraint::IsIn(_, uid) => uid.type_name() == role,
+        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => false,
     }
 }
 
