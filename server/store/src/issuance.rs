@@ -171,8 +171,6 @@ impl WriteTx<'_> {
         Ok(answers)
     }
 
-    /// Whether `serial` is ACTIVE. Under the writer lock, a later update in this transaction
-    /// finds what this finds.
     /// The rows `statement`'s `RETURNING` gives back.
     async fn returned(
         &self,
@@ -182,6 +180,8 @@ impl WriteTx<'_> {
         self.txn.query_all_raw(statement).await.map_err(unavailable)
     }
 
+    /// Whether `serial` is ACTIVE. Under the writer lock, a later update in this transaction
+    /// finds what this finds.
     async fn is_active(&self, serial: &Serial) -> Result<bool, StoreError> {
         let active = certificate::Entity::find()
             .filter(certificate::Column::Serial.eq(serial.to_hex()))

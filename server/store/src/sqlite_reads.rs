@@ -4,10 +4,10 @@
 //! and its rows are sent back, each a wake-up, and every value is copied into an owned row on
 //! the way. The read before deciding (`SqlStore::read_risk_facts`) runs once per Enroll and
 //! Renew, so it runs here instead: on tokio's blocking pool, with rusqlite, through up to
-//! [`CONNECTIONS`] connections of its own to the same database file, kept open. rusqlite links the same SQLite as sqlx (one
-//! `libsqlite3-sys`, built with `.cargo/config.toml`'s flags). Read only: every write still goes
-//! through the store's one writer, and a reader in WAL mode sees what was committed before its
-//! statement began, as sqlx's readers do.
+//! [`CONNECTIONS`] connections of its own to the same database file, kept open. rusqlite links
+//! the same SQLite as sqlx (one `libsqlite3-sys`, built with `.cargo/config.toml`'s flags). Read
+//! only: every write still goes through the store's one writer, and a reader in WAL mode sees
+//! what was committed before its statement began, as sqlx's readers do.
 
 use std::path::PathBuf;
 use std::str::FromStr as _;
@@ -17,12 +17,12 @@ use std::time::Duration;
 use mintgate_domain::store::StoreError;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::Semaphore;
-
-use crate::closed;
 use sea_orm::Statement;
 use sea_orm::sea_query::Value;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::Semaphore;
+
+use crate::closed;
 
 /// Connections this holds at most, so reads wait for one rather than open more: a new
 /// connection reads the schema and prepares its statement again.
