@@ -32,6 +32,10 @@ const MAX_BATCH: usize = 512;
 const LINGER_FROM: usize = 64;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(8);
 
+/// Most rows in one multi-row INSERT: a power of two, well under SQLite's and PostgreSQL's
+/// bound-parameter limits (8,192 parameters at 16 columns).
+pub(crate) const INSERT_ROWS: usize = 512;
+
 /// A write of the issuance path, as a caller submits it.
 pub(crate) enum Op {
     InsertRequest {
@@ -243,4 +247,40 @@ async fn apply_and_commit(
     // Back in submission order, one answer per op.
     applied.sort_unstable_by_key(|(i, _)| *i);
     Ok(applied.into_iter().map(|(_, answer)| answer).collect())
+}
+
+/// `rows` for statements of power-of-two sizes up to `max`, largest first (200 rows: 128, 64,
+/// 8). The connection then meets a few statement texts per table, each prepared once and kept
+/// in its cache, not a new one for each batch size: preparing a statement of hundreds of rows
+/// costs more than running it.
+pub(crate) fn statement_chunks<T>(mut rows: Vec<T>, max: usize) -> impl Iterator<Item = Vec<T>> {
+    std::iter::from_fn(move || {
+        let size = (1usize << rows.len().checked_ilog2()?).min(max);
+        let rest = rows.split_off(size);
+        Some(std::mem::replace(&mut rows, rest))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_chunks;
+
+    #[test]
+    fn rows_go_in_statements_of_a_few_sizes() {
+        let sizes = |n: usize, max| {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<Vec<usize>> = statement_chunks(rows, max).collect();
+            assert_eq!(
+                chunks.concat(),
+                (0..n).collect::<Vec<_>>(),
+                "every row, in order"
+            );
+            chunks.iter().map(Vec::len).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(0, 512), Vec::<usize>::new());
+        assert_eq!(sizes(1, 512), [1]);
+        assert_eq!(sizes(200, 512), [128, 64, 8]);
+        assert_eq!(sizes(1537, 512), [512, 512, 512, 1]);
+        assert_eq!(sizes(300, 128), [128, 128, 32, 8, 4]);
+    }
 }

@@ -18,11 +18,16 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
+use crate::batch::{INSERT_ROWS, statement_chunks};
 use crate::entity::{certificate, identity_block, join_token, request};
 use crate::metrics::Done;
 use crate::risk::Counted;
 use crate::unavailable;
 use crate::write::{WriteTx, request_model, serial_hex};
+
+/// Most requests one UPDATE moves to ISSUED: its OR chain stays well inside SQLite's expression
+/// depth limit (1,000).
+const MOVED_ROWS: usize = 128;
 
 impl WriteTx<'_> {
     /// Reads which of `identities` are blocked, for the completions of this batch to check
@@ -54,10 +59,10 @@ impl WriteTx<'_> {
             rows.push(request_model(request, self.instance()));
         }
         let mut inserted = HashMap::new();
-        if !rows.is_empty() {
+        for chunk in statement_chunks(rows, INSERT_ROWS) {
             use request::Column::{Caller, Pk, RequestId};
             // Only what maps a request to its pk comes back, not the rows just sent.
-            let mut insert = request::Entity::insert_many(rows)
+            let mut insert = request::Entity::insert_many(chunk)
                 .on_conflict_do_nothing_on([Caller, RequestId])
                 .into_query();
             insert.returning(Query::returning().columns([Caller, RequestId, Pk]));
@@ -66,7 +71,10 @@ impl WriteTx<'_> {
                 Ok((key, row.try_get_by_index(2)?))
             };
             let returned = self.returned(&insert).await?.into_iter().map(key_and_pk);
-            inserted = returned.collect::<Result<_, _>>().map_err(unavailable)?;
+            for pair in returned {
+                let (key, pk) = pair.map_err(unavailable)?;
+                inserted.insert(key, pk);
+            }
         }
         let mut answers = Vec::with_capacity(keys.len());
         for (tag, key, state, audit, counted) in keys {
@@ -119,8 +127,7 @@ impl WriteTx<'_> {
         }
         let mut moved = HashSet::new();
         for (now, requests) in by_second {
-            // Chunks keep the OR chain well inside SQLite's expression depth limit.
-            for chunk in requests.chunks(200) {
+            for chunk in statement_chunks(requests, MOVED_ROWS) {
                 let reserved = chunk.iter().fold(Condition::any(), |any, (pk, serial)| {
                     any.add(
                         Condition::all()

@@ -25,6 +25,7 @@ use sea_orm::{
 };
 use time::OffsetDateTime;
 
+use crate::batch::{INSERT_ROWS, statement_chunks};
 use crate::entity::{certificate, identity_block, node_identity, request, risk_count};
 use crate::pg_reads::PgReads;
 use crate::sqlite_reads::{FactRow, SqliteReads};
@@ -35,9 +36,6 @@ use crate::{SqlStore, unavailable};
 /// The subjects counted: who asked, and what was asked for.
 const CALLER: &str = "caller";
 const IDENTITY: &str = "identity";
-
-/// Rows per multi-row upsert (5 parameters each, well under both databases' limits).
-const UPSERT_CHUNK: usize = 1000;
 
 /// What one write transaction adds to the counts, written just before it commits (one
 /// statement per table, each row once however many requests of the batch it counts).
@@ -123,7 +121,7 @@ impl RiskTally {
                 },
             )
             .collect();
-        for chunk in chunks(counts) {
+        for chunk in statement_chunks(counts, INSERT_ROWS) {
             use risk_count::Column as C;
             risk_count::Entity::insert_many(chunk)
                 .on_conflict(
@@ -149,7 +147,7 @@ impl RiskTally {
                 },
             )
             .collect();
-        for chunk in chunks(pairs) {
+        for chunk in statement_chunks(pairs, INSERT_ROWS) {
             use node_identity::Column as C;
             node_identity::Entity::insert_many(chunk)
                 .on_conflict(
@@ -173,16 +171,6 @@ impl RiskTally {
         }
         Ok(())
     }
-}
-
-fn chunks<T>(mut rows: Vec<T>) -> impl Iterator<Item = Vec<T>> {
-    std::iter::from_fn(move || {
-        if rows.is_empty() {
-            return None;
-        }
-        let rest = rows.split_off(rows.len().min(UPSERT_CHUNK));
-        Some(std::mem::replace(&mut rows, rest))
-    })
 }
 
 /// The tags of the rows [`SqlStore::read_risk_facts`] reads, one kind of fact each.

@@ -27,7 +27,7 @@ use sea_orm::{
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
-use crate::batch::{Op, Outcome};
+use crate::batch::{INSERT_ROWS, Op, Outcome, statement_chunks};
 use crate::entity::{audit_event, certificate, request, store_probe};
 use crate::health::Unready;
 use crate::metrics::{Done, StoreMetrics};
@@ -37,9 +37,6 @@ use crate::{SqlStore, WriteConn, Writer, connect_options, convert, unavailable};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
 const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
-
-/// Rows per multi-row INSERT: well under SQLite's and PostgreSQL's bound-parameter limits.
-const INSERT_CHUNK: usize = 1000;
 
 pub(crate) struct WriteTx<'a> {
     // Dropped before the lease, so its rollback is queued before the lock is released.
@@ -386,17 +383,15 @@ pub(crate) fn request_model(r: NewRequest, holder: InstanceId) -> request::Activ
     }
 }
 
-/// Inserts `rows` in multi-row statements of at most [`INSERT_CHUNK`] rows.
-async fn insert_all<A>(txn: &DatabaseTransaction, mut rows: Vec<A>) -> Result<(), DbErr>
+/// Inserts `rows` in multi-row statements (see [`statement_chunks`]).
+async fn insert_all<A>(txn: &DatabaseTransaction, rows: Vec<A>) -> Result<(), DbErr>
 where
     A: ActiveModelTrait + Send,
 {
-    while !rows.is_empty() {
-        let rest = rows.split_off(rows.len().min(INSERT_CHUNK));
-        A::Entity::insert_many(rows)
+    for chunk in statement_chunks(rows, INSERT_ROWS) {
+        A::Entity::insert_many(chunk)
             .exec_without_returning(txn)
             .await?;
-        rows = rest;
     }
     Ok(())
 }
