@@ -23,6 +23,7 @@ mod health;
 mod holds;
 mod instance;
 mod issuance;
+mod kept;
 pub mod metrics;
 mod pg_reads;
 mod read;

@@ -9,9 +9,12 @@
 //! kept idle is tried once more on a new one: the database may have restarted since.
 
 use std::str::FromStr as _;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::STALE_AFTER;
+use crate::kept::Kept;
+use crate::sqlite_reads::FactRow;
 use mintgate_domain::store::StoreError;
 use sea_orm::Statement;
 use sea_orm::sea_query::Value;
@@ -20,10 +23,6 @@ use sea_orm::sqlx::query::Query;
 use sea_orm::sqlx::{
     self, AssertSqlSafe, ConnectOptions as _, Connection as _, Postgres, Row as _,
 };
-use tokio::sync::Semaphore;
-
-use crate::sqlite_reads::FactRow;
-use crate::{STALE_AFTER, closed};
 
 /// Connections this holds at most, so reads wait for one rather than open more.
 const CONNECTIONS: usize = 8;
@@ -35,10 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct PgReads {
     /// Holds credentials: never logged.
     options: PgConnectOptions,
-    /// One permit per connection; closed with the store.
-    permits: Semaphore,
-    /// Idle connections and when each was last used; `None` once the store is closed.
-    idle: Mutex<Option<Vec<(PgConnection, Instant)>>>,
+    kept: Kept<PgConnection>,
 }
 
 impl PgReads {
@@ -49,8 +45,7 @@ impl PgReads {
         }
         Some(Arc::new(Self {
             options: PgConnectOptions::from_str(url).ok()?,
-            permits: Semaphore::new(CONNECTIONS),
-            idle: Mutex::new(Some(Vec::new())),
+            kept: Kept::new(CONNECTIONS),
         }))
     }
 
@@ -62,7 +57,7 @@ impl PgReads {
             let query = sqlx::query(AssertSqlSafe(sql.clone()));
             values.iter().flat_map(|v| v.iter()).try_fold(query, bind)
         };
-        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
+        let _permit = self.kept.permit().await?;
         let (mut conn, reused) = match self.idle_connection().await? {
             Some(conn) => (conn, true),
             None => (self.open().await?, false),
@@ -78,30 +73,19 @@ impl PgReads {
             Err(e) => return Err(unavailable(e)),
         };
         let rows = rows.iter().map(fact_row).collect::<Result<_, _>>()?;
-        if let Some(idle) = self.idle().as_mut() {
-            idle.push((conn, Instant::now()));
-        }
+        self.kept.put(conn);
         Ok(rows)
     }
 
     /// Closes every idle connection; reads fail from now on, as the store's other reads do.
     pub(crate) fn close(&self) {
-        self.permits.close();
-        self.idle().take();
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Option<Vec<(PgConnection, Instant)>>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        self.kept.close();
     }
 
     /// An idle connection, pinged first if it sat for [`STALE_AFTER`]; `None` when none is.
     async fn idle_connection(&self) -> Result<Option<PgConnection>, StoreError> {
         loop {
-            let idle = match self.idle().as_mut() {
-                None => return Err(closed()),
-                Some(idle) => idle.pop(),
-            };
-            match idle {
+            match self.kept.take()? {
                 None => return Ok(None),
                 Some((conn, used)) if used.elapsed() < STALE_AFTER => return Ok(Some(conn)),
                 // One that does not answer its ping is dropped, and the next one tried.

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mintgate_domain::store::StoreError;
@@ -20,9 +20,8 @@ use rusqlite::{Connection, OpenFlags};
 use sea_orm::Statement;
 use sea_orm::sea_query::Value;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
-use tokio::sync::Semaphore;
 
-use crate::closed;
+use crate::kept::Kept;
 
 /// Connections this holds at most, so reads wait for one rather than open more: a new
 /// connection reads the schema and prepares its statement again.
@@ -34,10 +33,7 @@ pub(crate) type FactRow = (i32, Option<String>, [Option<i64>; 3]);
 /// Read-only connections to one SQLite database file.
 pub(crate) struct SqliteReads {
     path: PathBuf,
-    /// One permit per connection; closed with the store.
-    permits: Arc<Semaphore>,
-    /// `None` once the store is closed.
-    idle: Mutex<Option<Vec<Connection>>>,
+    kept: Kept<Connection>,
 }
 
 impl SqliteReads {
@@ -56,8 +52,7 @@ impl SqliteReads {
         }
         Some(Arc::new(Self {
             path: path.to_owned(),
-            permits: Arc::new(Semaphore::new(CONNECTIONS)),
-            idle: Mutex::new(Some(Vec::new())),
+            kept: Kept::new(CONNECTIONS),
         }))
     }
 
@@ -72,18 +67,15 @@ impl SqliteReads {
             .flat_map(|v| v.iter())
             .map(sql_value)
             .collect::<Result<Vec<_>, _>>()?;
-        let permit = self.permits.clone().acquire_owned().await;
-        let permit = permit.map_err(|_| closed())?;
+        let permit = self.kept.permit().await?;
         let reads = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = reads.connection()?;
             let rows = read_rows(&conn, &sql, values);
             // A connection whose read failed is dropped, not kept.
-            if rows.is_ok()
-                && let Some(idle) = reads.idle().as_mut()
-            {
-                idle.push(conn);
+            if rows.is_ok() {
+                reads.kept.put(conn);
             }
             rows.map_err(|e| StoreError::Unavailable(Box::new(e)))
         })
@@ -93,21 +85,12 @@ impl SqliteReads {
 
     /// Closes every idle connection; reads fail from now on, as the store's other reads do.
     pub(crate) fn close(&self) {
-        self.permits.close();
-        self.idle().take();
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Option<Vec<Connection>>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        self.kept.close();
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
-        let idle = match self.idle().as_mut() {
-            None => return Err(closed()),
-            Some(idle) => idle.pop(),
-        };
-        match idle {
-            Some(conn) => Ok(conn),
+        match self.kept.take()? {
+            Some((conn, _)) => Ok(conn),
             None => self
                 .open()
                 .map_err(|e| StoreError::Unavailable(Box::new(e))),

@@ -7,6 +7,7 @@
 
 use sea_orm::sea_query::{Value, Values};
 use sea_orm::{DbBackend, Statement, StatementBuilder};
+
 /// The SQL of a statement and where each of its bound values comes from.
 #[derive(Debug)]
 pub(crate) struct Template {
