@@ -130,12 +130,16 @@ fn connect_options(url: &str, connections: u32) -> ConnectOptions {
         .test_before_acquire_if_idle_for(STALE_AFTER);
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the writer; FULL makes each commit durable before it
-        // returns (it is a per-connection setting).
+        // returns (it is a per-connection setting). A statement's journal, which undoes that
+        // statement alone when it fails inside a batch's transaction, stays in memory: past
+        // 64 KiB SQLite would spill it to a temporary file, and a batch's multi-row statements
+        // pass that, written to disk for nothing.
         options.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
+                .pragma("temp_store", "memory")
         });
     }
     options

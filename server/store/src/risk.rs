@@ -193,7 +193,8 @@ struct Asked<'a> {
     history_since: i64,
     /// A node's identities asked for since then are counted.
     hour_since: i64,
-    identities_cap: u64,
+    /// The node's recent identities are counted up to this many.
+    identities_read: u64,
     request_id: Option<&'a str>,
 }
 
@@ -205,7 +206,7 @@ impl Asked<'_> {
             self.caller.into(),
             self.history_since.into(),
             self.hour_since.into(),
-            self.identities_cap.into(),
+            self.identities_read.into(),
             self.request_id.unwrap_or_default().into(),
         ]
     }
@@ -246,7 +247,7 @@ impl FactsTemplates {
                     node,
                     history_since: int_marker(2),
                     hour_since: int_marker(3),
-                    identities_cap: count_marker(4),
+                    identities_read: count_marker(4),
                     request_id: recorded.then_some(texts[2].as_str()),
                 };
                 Template::new(backend, &markers.statement(), &markers.values())
@@ -303,7 +304,8 @@ impl SqlStore {
             node: query.node,
             history_since: now - HISTORY.as_secs() as i64,
             hour_since: now - HOUR_SPAN,
-            identities_cap: query.identities_cap.min(i64::MAX as u64),
+            // The cap's worth of others, and the one asked for.
+            identities_read: query.identities_cap.saturating_add(1).min(i64::MAX as u64),
             request_id: query.request_id,
         };
         let caller = query.node.then_some(query.caller);
@@ -340,8 +342,10 @@ impl SqlStore {
                     newest.push((issued_at, text.unwrap_or_default()));
                 }
                 (EVER_ISSUED, _) => read.identity_issued_before = true,
-                (NODE, [others, allowed, _]) => {
-                    read.node_identities_last_hour = u64::try_from(others).unwrap_or(0) + 1;
+                (NODE, [recent, allowed, this_one]) => {
+                    // Up to the cap, without the identity asked for; then with it.
+                    let others = u64::try_from(recent - this_one).unwrap_or(0);
+                    read.node_identities_last_hour = others.min(query.identities_cap) + 1;
                     read.node_issued_identity_before = allowed != 0;
                 }
                 (BLOCKED, _) => read.identity_blocked = true,
@@ -462,9 +466,10 @@ fn recorded(caller: &str, request_id: &str) -> SelectStatement {
         .to_owned()
 }
 
-/// One row: how many other identities `caller` asked for in the last hour (each row is a
-/// distinct one, so the count reads at most the cap's rows), and whether policy allowed it
-/// this one before (1 or 0).
+/// One row: how many identities `caller` asked for in the last hour, counted up to
+/// [`Asked::identities_read`] on the `(caller, last_asked_at)` index alone (a row's
+/// `spiffe_id` would cost a table lookup each); whether policy allowed it this one before (1
+/// or 0); and whether this one is among those counted (1 or 0), so the caller can take it out.
 fn node_identities(asked: &Asked<'_>, caller: &str) -> SelectStatement {
     use node_identity::Column as C;
     let recent = Query::select()
@@ -472,30 +477,28 @@ fn node_identities(asked: &Asked<'_>, caller: &str) -> SelectStatement {
         .from(node_identity::Entity)
         .and_where(C::Caller.eq(caller))
         .and_where(C::LastAskedAt.gte(asked.hour_since))
-        .and_where(C::SpiffeId.ne(asked.spiffe_id))
-        .limit(asked.identities_cap)
+        .limit(asked.identities_read)
         .to_owned();
     let count = Query::select()
         .expr(Expr::cust("COUNT(*)"))
         .from_subquery(recent, "recent")
         .to_owned();
-    let allowed = Query::select()
-        .expr(Expr::case(C::Allowed.eq(true), Expr::cust("1")).finally(Expr::cust("0")))
-        .from(node_identity::Entity)
-        .and_where(C::Caller.eq(caller))
-        .and_where(C::SpiffeId.eq(asked.spiffe_id))
-        .to_owned();
+    let this_one = |column: Expr| {
+        Query::select()
+            .expr(Expr::case(column, Expr::cust("1")).finally(Expr::cust("0")))
+            .from(node_identity::Entity)
+            .and_where(C::Caller.eq(caller))
+            .and_where(C::SpiffeId.eq(asked.spiffe_id))
+            .to_owned()
+    };
+    let subquery = |select: SelectStatement| {
+        Expr::SubQuery(None, Box::new(SubQueryStatement::SelectStatement(select)))
+    };
     tagged(NODE)
         .expr(null())
-        .expr(Expr::SubQuery(
-            None,
-            Box::new(SubQueryStatement::SelectStatement(count)),
-        ))
-        .expr(Expr::SubQuery(
-            None,
-            Box::new(SubQueryStatement::SelectStatement(allowed)),
-        ))
-        .expr(null())
+        .expr(subquery(count))
+        .expr(subquery(this_one(C::Allowed.eq(true))))
+        .expr(subquery(this_one(C::LastAskedAt.gte(asked.hour_since))))
         .to_owned()
 }
 
@@ -551,7 +554,7 @@ mod tests {
                     node,
                     history_since: 1_700_000_000,
                     hour_since: 1_700_003_000,
-                    identities_cap: 20,
+                    identities_read: 21,
                     request_id,
                 };
                 assert_eq!(

@@ -154,6 +154,12 @@ async fn distinct_identities(backend: Backend) {
     let svc_1 = "spiffe://dev.mintgate.local/team/svc-1";
     assert_eq!(facts(&h, svc_1, 0, 50).await.node_identities_last_hour, 5);
     assert_eq!(facts(&h, WORKLOAD, 0, 3).await.node_identities_last_hour, 4);
+    // The one asked for among the recent ones, past the cap: the cap's worth of others.
+    assert_eq!(facts(&h, svc_1, 0, 3).await.node_identities_last_hour, 4);
+    assert_eq!(facts(&h, svc_1, 0, 1).await.node_identities_last_hour, 2);
+    // svc-0 is not recent: all five others count.
+    let svc_0 = "spiffe://dev.mintgate.local/team/svc-0";
+    assert_eq!(facts(&h, svc_0, 0, 50).await.node_identities_last_hour, 6);
     h.finish().await;
 }
 
