@@ -89,10 +89,18 @@ async fn every_benchmark_runs_at_tiny_sizes() {
     for run in report["server_cpu"].as_array().unwrap() {
         assert_eq!(run["issuances"], ISSUANCES);
         assert!(run["us_per_issuance"].as_f64().unwrap() > 0.0, "{run}");
+        // The floor has a database round trip on PostgreSQL only.
+        let on_postgres = run["database"] == "postgres";
+        assert_eq!(run["round_trip_us"].is_f64(), on_postgres, "{run}");
     }
     let revoked = &report["revoked"];
     assert_eq!(revoked["entries"], REVOKED);
-    assert_eq!(revoked["large"]["revoke"]["samples"], 3);
+    for (registry, revoked_before) in [("small", 0), ("large", REVOKED + 1)] {
+        let phase = &revoked[registry];
+        assert_eq!(phase["revoke"]["samples"], 3, "{registry}");
+        assert_eq!(phase["check_status"]["samples"], 2000, "{registry}");
+        assert_eq!(phase["revoked"], revoked_before + 4, "{registry}");
+    }
     // Every seeded entry is on the CRL: at least 30 bytes each.
     assert!(revoked["large"]["crl_bytes"].as_u64().unwrap() > 30 * REVOKED);
     let storm = &report["storm"];

@@ -4,13 +4,15 @@
 //! `stime` in `/proc/<pid>/stat`; the clients are another process) ÷ issuances, against the
 //! crypto benchmark's CPU per CSR check + signature on one thread.
 //!
-//! The breakdown is by thread, from `/proc/<pid>/task/*/stat`: tokio's threads (its workers run
-//! TLS, HTTP/2, gRPC, the domain, the CSR check and the signature; its blocking pool, which has
-//! the same name, runs the SQLite read before deciding), sqlx's SQLite threads (the SQLite engine
-//! for the writes and the other reads, and its file I/O, one thread per pooled connection), and
-//! the rest; each split into user and kernel time. Then as many empty calls
-//! (`grpc.health.v1.Health/Check`) on the same connections give the floor: what an mTLS gRPC
-//! call costs the server with no work in it.
+//! The breakdown is by thread, from `/proc/<pid>/task/*/stat`: tokio's workers (TLS, HTTP/2,
+//! gRPC, the domain, the CSR check and the signature, the SQLite read before deciding, and
+//! sqlx's PostgreSQL connections), sqlx's SQLite threads (the SQLite engine for the writes and
+//! the other reads, and its file I/O, one thread per pooled connection), and the rest; each
+//! split into user and kernel time. Then as many empty calls (`grpc.health.v1.Health/Check`) on
+//! the same connections give the floor: what an mTLS gRPC call costs the server with no work in
+//! it. On PostgreSQL the floor has one round trip to the database too, measured in this
+//! process: an issuance reads its request id and risk facts from the database every replica
+//! shares before it decides.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,13 +56,20 @@ pub struct ServerCpu {
     pub empty_call_us: f64,
     /// One issuance's policy decision alone, on one thread (`decide.rs`).
     pub decision_us: f64,
+    /// On PostgreSQL, CPU µs of one round trip (`SELECT 1` on a kept connection, one in
+    /// flight) in this process, which talks to it through the same driver.
+    pub round_trip_us: Option<f64>,
 }
 
 impl ServerCpu {
-    /// What no issuance can cost less than with this stack: the crypto, an mTLS gRPC call and
-    /// the policy decision, each measured alone, in µs.
+    /// What no issuance can cost less than with this stack: the crypto, an mTLS gRPC call, the
+    /// policy decision and (on PostgreSQL) the read before deciding's round trip, each measured
+    /// alone, in µs.
     pub fn floor_us(&self) -> f64 {
-        self.crypto_us_per_issuance + self.empty_call_us + self.decision_us
+        self.crypto_us_per_issuance
+            + self.empty_call_us
+            + self.decision_us
+            + self.round_trip_us.unwrap_or(0.0)
     }
 }
 
@@ -100,6 +109,10 @@ pub async fn run(
     bar.finish_and_clear();
     let empty_call_us = empty_calls(&server, &nodes, csrs.len()).await?;
     drop(server);
+    let round_trip_us = match database_url {
+        Some(url) => Some(round_trips(url, csrs.len()).await?),
+        None => None,
+    };
 
     let n = csrs.len() as f64;
     let per_issuance = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / n;
@@ -129,6 +142,7 @@ pub async fn run(
         threads,
         empty_call_us,
         decision_us,
+        round_trip_us,
     })
 }
 
@@ -152,6 +166,21 @@ async fn empty_calls(server: &Mintgate, nodes: &[Client], calls: usize) -> anyho
     }
     let (server_seconds, _) = cpu.lap()?;
     Ok(server_seconds * 1e6 / calls as f64)
+}
+
+/// CPU µs of this process per round trip to PostgreSQL (`url`): `calls` of `SELECT 1`, one
+/// after the other on one connection.
+async fn round_trips(url: &str, calls: usize) -> anyhow::Result<f64> {
+    use sea_orm::sqlx::Connection as _;
+    use sea_orm::sqlx::postgres::PgConnection;
+    let mut conn = PgConnection::connect(url).await?;
+    let before = cpu_ticks(std::process::id())?;
+    for _ in 0..calls {
+        sea_orm::sqlx::query("SELECT 1").execute(&mut conn).await?;
+    }
+    let ticks = cpu_ticks(std::process::id())? - before;
+    conn.close().await?;
+    Ok(ticks as f64 / TICKS_PER_SECOND * 1e6 / calls.max(1) as f64)
 }
 
 /// `utime` + `stime` of the whole process.

@@ -222,9 +222,12 @@ impl Report {
                 String::new(),
             );
             let floor = c.floor_us();
+            let round_trip = c.round_trip_us.map_or(String::new(), |us| {
+                format!(" + database round trip ({us:.0} µs alone)")
+            });
             row(
                 format!(
-                    "  floor: crypto + empty call + policy decision ({:.0} µs alone)",
+                    "  floor: crypto + empty call + policy decision ({:.0} µs alone){round_trip}",
                     c.decision_us
                 ),
                 format!(

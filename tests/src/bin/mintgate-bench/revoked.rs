@@ -1,10 +1,12 @@
-//! Benchmark P6, the scale of the revoked set: `mintgate serve --dev` (SQLite) as a child
-//! process, measured with the `rounds` revocations it made itself, then stopped, given
-//! `entries` more revoked, unexpired entries in its revocation log (rows like its own, written
-//! in one statement), started again and measured the same way:
+//! Benchmark P6, the scale of the revoked set: two `mintgate serve --dev` (SQLite) child
+//! processes side by side. One has only the revocations it makes itself. The other was stopped
+//! after its first revocation, given `entries` more revoked, unexpired entries in its
+//! revocation log (rows like its own, written in one statement) and started again. Both are
+//! measured call for call, alternately, so that a slow moment of the machine (a slow `fsync`,
+//! another process) falls on both rather than on one phase:
 //!
 //! - Revoke p99 (an operator revoking one certificate, commit included) and CheckStatus p99 (one
-//!   serial per call, revoked and not), each ÷ its figure without the entries;
+//!   serial per call, revoked and not), the large registry's ÷ the small one's;
 //! - the CRL: the first `/crl` after the start (signed from the whole set), the next one (the
 //!   cached CRL), and the first after one more revocation; its size;
 //! - the server's RSS with the entries in its live set, per entry.
@@ -53,81 +55,113 @@ pub struct Phase {
 }
 
 pub async fn run(bin: &Path, entries: u64, rounds: usize) -> anyhow::Result<RevokedScale> {
-    let dir = tempfile::tempdir()?;
-    let policy = crate::child::policy_without_holds(dir.path())?;
+    let (small_dir, large_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let policy = crate::child::policy_without_holds(small_dir.path())?;
     let args = ["--policy-dir", policy.as_str()];
-    let server = Mintgate::start(bin, dir.path(), &args).await?;
-    // Targets for both phases, plus one each to revoke between two CRLs.
-    let targets = server.enroll_targets(2 * rounds + 2).await?;
-    let (first, second) = targets.split_at(rounds + 1);
-    tokio::time::sleep(SETTLE).await;
-    let rss_kib_small = rss_kib(server.pid)?;
-    let small = phase(&server, first, rounds as u64).await?;
-    server.stop().await?;
 
+    // Targets for the phase, plus one to revoke between two CRLs; the large registry's server
+    // revokes one more first, the entry its seeded ones copy.
+    let server = Mintgate::start(bin, large_dir.path(), &args).await?;
+    let mut large_targets = server.enroll_targets(rounds + 2).await?;
+    let first = large_targets.pop().context("no targets")?;
+    revoke(&server.admin, &first).await?;
+    server.stop().await?;
     let url = format!(
         "sqlite://{}?mode=rw",
-        dir.path().join("mintgate.db").display()
+        large_dir.path().join("mintgate.db").display()
     );
     let began = Instant::now();
     seed(&url, entries).await?;
     let seed_seconds = began.elapsed().as_secs_f64();
-
     let began = Instant::now();
-    let server = Mintgate::start(bin, dir.path(), &args).await?;
+    let large = Mintgate::start(bin, large_dir.path(), &args).await?;
     let start_seconds = began.elapsed().as_secs_f64();
+
+    let small = Mintgate::start(bin, small_dir.path(), &args).await?;
+    let small_targets = small.enroll_targets(rounds + 1).await?;
     tokio::time::sleep(SETTLE).await;
-    let rss_kib_large = rss_kib(server.pid)?;
-    let large = phase(&server, second, entries + small.revoked).await?;
-    server.stop().await?;
+    let rss_kib_small = rss_kib(small.pid)?;
+    let rss_kib_large = rss_kib(large.pid)?;
+    let [small_phase, large_phase] =
+        phases([(&small, &small_targets[..]), (&large, &large_targets[..])]).await?;
+    small.stop().await?;
+    large.stop().await?;
+    let large_phase = Phase {
+        revoked: large_phase.revoked + 1 + entries,
+        ..large_phase
+    };
     Ok(RevokedScale {
         entries,
         seed_seconds,
         start_seconds,
-        revoke_p99_ratio: large.revoke.p99_ms / small.revoke.p99_ms,
-        check_status_p99_ratio: large.check_status.p99_ms / small.check_status.p99_ms,
+        revoke_p99_ratio: large_phase.revoke.p99_ms / small_phase.revoke.p99_ms,
+        check_status_p99_ratio: large_phase.check_status.p99_ms / small_phase.check_status.p99_ms,
         bytes_per_entry: (rss_kib_large as f64 - rss_kib_small as f64) * 1024.0 / entries as f64,
-        small,
-        large,
+        small: small_phase,
+        large: large_phase,
         rss_kib_small,
         rss_kib_large,
     })
 }
 
-/// CheckStatus over `targets` (not revoked yet, then revoked), the CRL, Revoke of each target
-/// but the last, and the CRL after revoking the last.
-async fn phase(server: &Mintgate, targets: &[String], revoked: u64) -> anyhow::Result<Phase> {
-    let (last, targets) = targets.split_last().context("no targets")?;
+/// On both servers, alternately, step by step: the CRL twice, CheckStatus over its targets
+/// (not revoked yet, then revoked), Revoke of each target but the last, and the CRL after
+/// revoking the last. A phase's `revoked` counts what it revoked.
+async fn phases(servers: [(&Mintgate, &[String]); 2]) -> anyhow::Result<[Phase; 2]> {
     // Every Revoke waits for an `fsync`: the writes made before the phase (the seeding's
     // million rows, an earlier benchmark's databases) go to the disk first, not during it.
     let synced = tokio::process::Command::new("sync").status().await?;
     anyhow::ensure!(synced.success(), "sync failed: {synced}");
-    let (crl_first_ms, crl_bytes) = crl(server).await?;
-    let (crl_cached_ms, _) = crl(server).await?;
-    let mut checks = Vec::with_capacity(CHECKS);
-    for i in 0..CHECKS / 2 {
-        checks.push(check(&server.node, &targets[i % targets.len()]).await?);
+    let rounds = servers.iter().map(|(_, t)| t.len()).min().unwrap_or(0);
+    let rounds = rounds
+        .checked_sub(1)
+        .filter(|r| *r > 0)
+        .context("no targets")?;
+    let (mut first, mut cached, mut after) = ([(0.0, 0); 2], [0.0; 2], [0.0; 2]);
+    for (i, (server, _)) in servers.iter().enumerate() {
+        first[i] = crl(server).await?;
     }
-    let mut revokes = Vec::with_capacity(targets.len());
-    for serial in targets {
-        let sent = Instant::now();
-        revoke(&server.admin, serial).await?;
-        revokes.push(sent.elapsed());
+    for (i, (server, _)) in servers.iter().enumerate() {
+        cached[i] = crl(server).await?.0;
     }
-    for i in 0..CHECKS / 2 {
-        checks.push(check(&server.node, &targets[i % targets.len()]).await?);
+    let mut checks: [Vec<Duration>; 2] = Default::default();
+    check_each(&servers, rounds, &mut checks).await?;
+    let mut revokes: [Vec<Duration>; 2] = Default::default();
+    for round in 0..rounds {
+        for (i, (server, targets)) in servers.iter().enumerate() {
+            let sent = Instant::now();
+            revoke(&server.admin, &targets[round]).await?;
+            revokes[i].push(sent.elapsed());
+        }
     }
-    revoke(&server.admin, last).await?;
-    let (crl_after_revoke_ms, _) = crl(server).await?;
-    Ok(Phase {
-        revoked: revoked + targets.len() as u64 + 1,
-        revoke: Latency::of(revokes),
-        check_status: Latency::of(checks),
-        crl_first_ms,
-        crl_cached_ms,
-        crl_after_revoke_ms,
-        crl_bytes,
-    })
+    check_each(&servers, rounds, &mut checks).await?;
+    for (i, (server, targets)) in servers.iter().enumerate() {
+        revoke(&server.admin, &targets[rounds]).await?;
+        after[i] = crl(server).await?.0;
+    }
+    Ok(std::array::from_fn(|i| Phase {
+        revoked: rounds as u64 + 1,
+        revoke: Latency::of(std::mem::take(&mut revokes[i])),
+        check_status: Latency::of(std::mem::take(&mut checks[i])),
+        crl_first_ms: first[i].0,
+        crl_cached_ms: cached[i],
+        crl_after_revoke_ms: after[i],
+        crl_bytes: first[i].1,
+    }))
+}
+
+/// Half of each server's CheckStatus calls, alternately, over its first `rounds` targets.
+async fn check_each(
+    servers: &[(&Mintgate, &[String]); 2],
+    rounds: usize,
+    checks: &mut [Vec<Duration>; 2],
+) -> anyhow::Result<()> {
+    for call in 0..CHECKS / 2 {
+        for (i, (server, targets)) in servers.iter().enumerate() {
+            checks[i].push(check(&server.node, &targets[call % rounds]).await?);
+        }
+    }
+    Ok(())
 }
 
 async fn check(client: &Client, serial: &str) -> anyhow::Result<Duration> {
