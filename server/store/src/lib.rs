@@ -136,7 +136,7 @@ fn connect_options(url: &str, connections: u32) -> ConnectOptions {
         // pass that, written to disk for nothing. The WAL is copied back into the database
         // every 10,000 pages (40 MiB at 4 KiB pages) rather than SQLite's 1,000: a page that
         // several commits changed (the end of each node's index range) is copied once per
-        // checkpoint, so checkpoints cost half as much CPU per issuance.
+        // checkpoint, and checkpoints cost less than half the CPU they did.
         options.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)

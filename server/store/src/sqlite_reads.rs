@@ -5,10 +5,10 @@
 //! the way. The read before deciding (`SqlStore::read_risk_facts`) runs once per Enroll and
 //! Renew, so it runs here instead: on the calling task's thread (see
 //! [`SqliteReads::fact_rows`]), with rusqlite, through up to [`CONNECTIONS`] connections of its
-//! own to the same database file, kept open. rusqlite links
-//! the same SQLite as sqlx (one `libsqlite3-sys`, built with `.cargo/config.toml`'s flags). Read
-//! only: every write still goes through the store's one writer, and a reader in WAL mode sees
-//! what was committed before its statement began, as sqlx's readers do.
+//! own to the same database file, kept open. rusqlite links the same SQLite as sqlx (one
+//! `libsqlite3-sys`, built with `.cargo/config.toml`'s flags). Read only: every write still goes
+//! through the store's one writer, and a reader in WAL mode sees what was committed before its
+//! statement began, as sqlx's readers do.
 
 use std::path::PathBuf;
 use std::str::FromStr as _;
