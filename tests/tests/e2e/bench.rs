@@ -92,6 +92,9 @@ async fn every_benchmark_runs_at_tiny_sizes() {
         // The floor has a database round trip on PostgreSQL only.
         let on_postgres = run["database"] == "postgres";
         assert_eq!(run["round_trip_us"].is_f64(), on_postgres, "{run}");
+        // Every issuance is durable: on SQLite the server itself wrote it to disk.
+        let written = run["disk_kib_per_issuance"].as_f64().unwrap();
+        assert!(on_postgres || written > 0.0, "{run}");
     }
     let revoked = &report["revoked"];
     assert_eq!(revoked["entries"], REVOKED);

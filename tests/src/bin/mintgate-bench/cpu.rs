@@ -51,6 +51,10 @@ pub struct ServerCpu {
     pub ratio: f64,
     /// By kind of thread: (user, kernel) µs per issuance.
     pub threads: BTreeMap<String, (f64, f64)>,
+    /// KiB per issuance the server process sent to be written to disk (`write_bytes` of
+    /// `/proc/<pid>/io`): on SQLite its WAL and checkpoints; PostgreSQL writes in its own
+    /// processes.
+    pub disk_kib_per_issuance: f64,
     /// The same number of empty calls (`grpc.health.v1.Health/Check`) on the same connections,
     /// as many in flight: server CPU per call, the cost of an mTLS gRPC call with no work in it.
     pub empty_call_us: f64,
@@ -93,6 +97,7 @@ pub async fn run(
     let what = format!("server CPU {}", crate::issuance::label(backend));
     let bar = progress(csrs.len(), &what)?;
     let before = ThreadTimes::read(server.pid)?;
+    let written_before = disk_write_bytes(server.pid)?;
     let start = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = JoinSet::new();
@@ -106,6 +111,7 @@ pub async fn run(
     }
     let seconds = start.elapsed().as_secs_f64();
     let after = ThreadTimes::read(server.pid)?;
+    let written = disk_write_bytes(server.pid)? - written_before;
     bar.finish_and_clear();
     let empty_call_us = empty_calls(&server, &nodes, csrs.len()).await?;
     drop(server);
@@ -140,6 +146,7 @@ pub async fn run(
         crypto_us_per_issuance,
         ratio: us_per_issuance / crypto_us_per_issuance,
         threads,
+        disk_kib_per_issuance: written as f64 / 1024.0 / n,
         empty_call_us,
         decision_us,
         round_trip_us,
@@ -181,6 +188,16 @@ async fn round_trips(url: &str, calls: usize) -> anyhow::Result<f64> {
     let ticks = cpu_ticks(std::process::id())? - before;
     conn.close().await?;
     Ok(ticks as f64 / TICKS_PER_SECOND * 1e6 / calls.max(1) as f64)
+}
+
+/// Bytes the process `pid` caused to be written to disk (`write_bytes` in `/proc/<pid>/io`).
+fn disk_write_bytes(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let line = io.lines().find_map(|l| l.strip_prefix("write_bytes:"));
+    Ok(line
+        .context("no write_bytes in /proc/<pid>/io")?
+        .trim()
+        .parse()?)
 }
 
 /// `utime` + `stime` of the whole process.

@@ -238,6 +238,11 @@ impl Report {
                 ),
                 String::new(),
             );
+            row(
+                "  written to disk per issuance (the server process)".into(),
+                format!("{:.1} KiB", c.disk_kib_per_issuance),
+                String::new(),
+            );
             for (kind, (user, kernel)) in &c.threads {
                 row(
                     format!("  thread {kind}"),
