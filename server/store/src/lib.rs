@@ -43,6 +43,7 @@ use mintgate_domain::audit::ChainedEvent;
 use mintgate_domain::model::{CertificateRecord, InstanceId, JoinTokenRecord, RequestRecord};
 use mintgate_domain::store::StoreError;
 use mintgate_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
@@ -129,19 +130,35 @@ fn connect_options(url: &str, connections: u32) -> ConnectOptions {
         // a system fault the caller may retry, and sqlx drops it when it comes back.
         .test_before_acquire_if_idle_for(STALE_AFTER);
     if url.starts_with("sqlite:") {
-        // WAL lets readers run beside the writer; FULL makes each commit durable before it
-        // returns (it is a per-connection setting). A statement's journal, which undoes that
-        // statement alone when it fails inside a batch's transaction, stays in memory: past
-        // 64 KiB SQLite would spill it to a temporary file, and a batch's multi-row statements
-        // pass that, written to disk for nothing. The WAL is copied back into the database
-        // every 10,000 pages (40 MiB at 4 KiB pages) rather than SQLite's 1,000: a page that
-        // several commits changed (the end of each node's index range) is copied once per
-        // checkpoint, and checkpoints cost less than half the CPU they did.
+        options.map_sqlx_sqlite_opts(sqlite_options);
+    }
+    options
+}
+
+/// WAL lets readers run beside the writer; FULL makes each commit durable before it returns
+/// (it is a per-connection setting).
+fn sqlite_options(options: SqliteConnectOptions) -> SqliteConnectOptions {
+    options
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true)
+}
+
+/// The writer's connection: as [`connect_options`] gives, and on SQLite two settings of its
+/// own. A statement's journal, which undoes that statement alone when it fails inside a
+/// batch's transaction, stays in memory: past 64 KiB SQLite would spill it to a temporary
+/// file, and a batch's multi-row statements pass that, written to disk for nothing (the
+/// readers keep SQLite's default, so a large sort of theirs still spills to disk). And the
+/// WAL is copied back into the database every 10,000 pages (40 MiB at 4 KiB pages) rather
+/// than SQLite's 1,000: a page that several commits changed (the end of each node's index
+/// range) is copied once per checkpoint, and checkpoints cost less than half the CPU they did.
+/// Only the committing connection checkpoints.
+fn write_options(url: &str) -> ConnectOptions {
+    let mut options = connect_options(url, 1);
+    if url.starts_with("sqlite:") {
         options.map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
+            sqlite_options(o)
                 .pragma("temp_store", "memory")
                 .pragma("wal_autocheckpoint", "10000")
         });
@@ -317,5 +334,35 @@ impl SqlStore {
             .into_iter()
             .map(convert::chained_event)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+
+    use super::{connect_options, write_options};
+
+    /// The writer keeps a statement's journal in memory and checkpoints every 10,000 pages; a
+    /// reader keeps SQLite's defaults (a sort too large for memory goes to a temporary file).
+    #[tokio::test]
+    async fn only_the_writer_keeps_its_journal_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let pragma = async |options, name: &str| {
+            let db = Database::connect(options).await.unwrap();
+            let sql = format!("PRAGMA {name}");
+            let row = db
+                .query_one_raw(Statement::from_string(DbBackend::Sqlite, sql))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        };
+        // temp_store: 0 is the build's default, 2 is MEMORY.
+        assert_eq!(pragma(write_options(&url), "temp_store").await, 2);
+        assert_eq!(pragma(write_options(&url), "wal_autocheckpoint").await, 10_000);
+        assert_eq!(pragma(connect_options(&url, 1), "temp_store").await, 0);
+        assert_eq!(pragma(connect_options(&url, 1), "wal_autocheckpoint").await, 1000);
     }
 }

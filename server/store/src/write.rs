@@ -33,7 +33,7 @@ use crate::health::Unready;
 use crate::metrics::{Done, StoreMetrics};
 use crate::read::bounds;
 use crate::risk::{Counted, RiskTally};
-use crate::{SqlStore, WriteConn, Writer, connect_options, convert, unavailable};
+use crate::{SqlStore, WriteConn, Writer, convert, unavailable, write_options};
 
 /// Key of the PostgreSQL advisory lock that serialises writers across replicas.
 const WRITER_LOCK_KEY: i64 = 0x6d69_6e74_6761_7465; // "mintgate"
@@ -83,7 +83,7 @@ impl Writer {
     pub(crate) async fn open(url: &str) -> Result<DatabaseConnection, StoreError> {
         // Writes have a connection of their own, so a batch never queues for one behind the
         // readers (the writer lock lets one write transaction run at a time anyway).
-        Database::connect(connect_options(url, 1))
+        Database::connect(write_options(url))
             .await
             .map_err(unavailable)
     }
