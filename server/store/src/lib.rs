@@ -361,8 +361,14 @@ mod tests {
         };
         // temp_store: 0 is the build's default, 2 is MEMORY.
         assert_eq!(pragma(write_options(&url), "temp_store").await, 2);
-        assert_eq!(pragma(write_options(&url), "wal_autocheckpoint").await, 10_000);
+        assert_eq!(
+            pragma(write_options(&url), "wal_autocheckpoint").await,
+            10_000
+        );
         assert_eq!(pragma(connect_options(&url, 1), "temp_store").await, 0);
-        assert_eq!(pragma(connect_options(&url, 1), "wal_autocheckpoint").await, 1000);
+        assert_eq!(
+            pragma(connect_options(&url, 1), "wal_autocheckpoint").await,
+            1000
+        );
     }
 }
