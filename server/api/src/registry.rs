@@ -169,20 +169,26 @@ impl RevocationHub {
     /// Registers a connection authenticated by `serial`, signed by the CA `issuer` (hex AKI);
     /// the token is cancelled when that serial or that CA is revoked. The registration ends
     /// when the returned guard drops.
+    ///
+    /// The live sets are read under the connections' lock: a revocation enters its live set
+    /// before it takes that lock to cut the serial's connections, so either this sees it or
+    /// it finds this connection listed.
     pub fn register_connection(
         self: &Arc<Self>,
         serial: Serial,
         issuer: Option<String>,
     ) -> ConnectionGuard {
         let token = CancellationToken::new();
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.is_revoked(&serial) || issuer.as_deref().is_some_and(|i| self.is_issuer_revoked(i))
         {
             token.cancel();
         }
-        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        connections
             .entry(serial.clone())
             .or_default()
             .push(Connection {
@@ -190,6 +196,7 @@ impl RevocationHub {
                 cut: token.clone(),
                 issuer,
             });
+        drop(connections);
         ConnectionGuard {
             hub: self.clone(),
             serial,
@@ -466,5 +473,41 @@ pub async fn catch_up<S: CertificateStore>(
         if !full {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serial(n: u64) -> Serial {
+        let mut bytes = [1; 17];
+        bytes[1..9].copy_from_slice(&n.to_be_bytes());
+        Serial::from_random(bytes)
+    }
+
+    /// A connection whose certificate is revoked between the handshake and its registration is
+    /// cut: the revocation enters the live set while the registration waits for the
+    /// connections' lock (so before it is listed, and before the revocation would look for it).
+    #[test]
+    fn a_connection_revoked_while_it_registers_is_cut() {
+        let hub = RevocationHub::new(HubConfig::default());
+        let listed = hub.connections.lock().unwrap();
+        let registering = std::thread::spawn({
+            let hub = hub.clone();
+            move || hub.register_connection(serial(7), None)
+        });
+        // Its id is taken just before it waits for the lock.
+        while hub.next_connection.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        let not_after = OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+        hub.live.write().unwrap().insert(serial(7), not_after);
+        drop(listed);
+        let guard = registering.join().unwrap();
+        assert!(
+            guard.token().is_cancelled(),
+            "a revoked certificate's connection stayed open"
+        );
     }
 }
