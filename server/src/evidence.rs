@@ -12,6 +12,7 @@ mod controls;
 pub mod export;
 mod server;
 pub mod sink;
+mod unapproved;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};

@@ -133,7 +133,9 @@ pub(super) fn render(facts: &Facts) -> String {
          - `authorities.json`: every issuing CA with its state history: when each was prepared \
          (in the trust bundle before it signed anything), activated, set retiring, retired or \
          revoked, by which proposal, approved by whom, and the seq of that approval in \
-         `audit-events.jsonl` (`evidence verify` checks each such seq is that approval).\n\
+         `audit-events.jsonl` (`evidence verify` checks each such seq is that approval, and \
+         that every state change names its proposal, except the first CA's start and a CA \
+         adopted from `[ca]` after the active one ran out, which a `ca.adopted` event records).\n\
          - Not evidenced: where each CA's private key is held (file or PKCS#11 is configuration, \
          not recorded) and the audit key's custody.\n\
          \n\

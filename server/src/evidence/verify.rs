@@ -23,6 +23,7 @@ use mintgate_domain::policy::{LoadError, Policy};
 use rustls::pki_types::pem::PemObject as _;
 use serde::Deserialize;
 
+use super::unapproved::{Adoptions, unapproved};
 use super::{
     ACTIVATIONS, AUDIT_KEYS, AUTHORITIES, AuthorityLine, CA_CERT, CHECKPOINTS, CRL, CheckpointLine,
     EVENTS, MANIFEST, Manifest, POLICY_DIR, SeqRange,
@@ -223,6 +224,7 @@ struct Chain {
     hashes: HashMap<i64, [u8; 32]>,
     /// The action and subject of the events at the CA approvals' seqs.
     approvals: HashMap<i64, (String, String)>,
+    adoptions: Adoptions,
 }
 
 /// Reads the events file a line at a time, checking every link.
@@ -240,6 +242,10 @@ fn read_chain(
     let mut links = ChainVerifier::new();
     let (mut found, mut hashes) = (None::<SeqRange>, HashMap::new());
     let mut approvals = HashMap::new();
+    let mut adoptions = Adoptions {
+        adopted: HashSet::new(),
+        chain_ends: None,
+    };
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
@@ -260,6 +266,12 @@ fn read_chain(
         if wanted.contains(&seq) {
             hashes.insert(seq, event.hash);
         }
+        adoptions.chain_ends = adoptions.chain_ends.max(Some(event.event.at));
+        if event.event.action == "ca.adopted"
+            && let Some(key_id) = event.event.subject.strip_prefix("ca:")
+        {
+            adoptions.adopted.insert(key_id.to_owned());
+        }
         if approval_seqs.contains(&seq) {
             approvals.insert(seq, (event.event.action, event.event.subject));
         }
@@ -276,6 +288,7 @@ fn read_chain(
         found,
         hashes,
         approvals,
+        adoptions,
     })
 }
 
@@ -287,8 +300,9 @@ fn authorities(dir: &Path, manifest: &Manifest) -> Result<Vec<AuthorityLine>, Fa
     serde_json::from_slice(&read(&dir.join(AUTHORITIES))?).map_err(Failure::Authorities)
 }
 
-/// Each CA's chain starts with a certificate that has the key id it is listed under, and each
-/// state change's approval is, at the seq it names, that proposal's `proposal.approved` event.
+/// Each CA's chain starts with a certificate that has the key id it is listed under, each
+/// state change's approval is, at the seq it names, that proposal's `proposal.approved` event,
+/// and a state change names no proposal only where [`unapproved`] allows it.
 fn check_authorities(authorities: &[AuthorityLine], chain: &Chain) -> Result<(), Failure> {
     for ca in authorities {
         let problem = |problem: String| Failure::Authority {
@@ -327,7 +341,10 @@ fn check_authorities(authorities: &[AuthorityLine], chain: &Chain) -> Result<(),
             }
         }
     }
-    Ok(())
+    match unapproved(authorities, &chain.adoptions) {
+        Some((key_id, problem)) => Err(Failure::Authority { key_id, problem }),
+        None => Ok(()),
+    }
 }
 
 /// The CRL, if there is one, is signed by the CA certificate beside it.

@@ -9,6 +9,7 @@ use mintgate_domain::audit::verify_chain;
 use mintgate_domain::lifetime::DEFAULT_MIN_LIFETIME;
 use mintgate_domain::store::CertificateStore;
 use mintgate_sdk::v1;
+use mintgate_server::evidence::{ExportRequest, Trust, export_to_dir, verify};
 use mintgate_tests::csr::{check_issued, csr};
 use mintgate_tests::{Backend, Options, TestServer, both_backends};
 use tonic::Code;
@@ -180,6 +181,21 @@ async fn ca_end(backend: Backend) {
     assert_eq!(status.state(), v1::RequestState::Issued);
     let chain = server.store().audit_chain().await.unwrap();
     assert!(verify_chain(chain).is_ok());
+
+    // The adoption and the CA it replaced name no proposal, and the evidence still verifies:
+    // the audit chain holds the `ca.adopted` event.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("evidence");
+    let now = server.clock.now_odt();
+    let request = ExportRequest {
+        since: now - time::Duration::hours(2),
+        until: now + time::Duration::hours(1),
+        ca_cert: None,
+        crl: None,
+        now,
+    };
+    export_to_dir(server.store(), &request, &dir).await.unwrap();
+    assert_eq!(verify(&dir, Trust::Exported).unwrap().authorities, 2);
     server.shutdown().await;
 }
 

@@ -30,6 +30,8 @@ async fn ca_history(backend: Backend) {
         key_id_of(&server.pki.ca.cert_pem),
         key_id_of(&next.cert_pem),
     );
+    // A minute after the first CA's start, as any rotation comes.
+    server.clock.advance(Duration::from_secs(60));
     prepare(&server, &next, &key).await;
     let mut bob = server.admin_as("bob").await;
     let activate = propose(
@@ -161,6 +163,34 @@ async fn ca_history(backend: Backend) {
         lines[1].chain_pem = chain;
     });
     assert!(swapped.contains("its certificate's key id is"), "{swapped}");
+    // A state change that names no proposal is one no operator approved: named too.
+    let unproposed = tampered(&|lines| {
+        let step = &mut lines
+            .iter_mut()
+            .find(|a| a.key_id == old_id)
+            .unwrap()
+            .history[3];
+        (step.proposal, step.approved_by, step.approval_seq) = (None, None, None);
+    });
+    assert!(
+        unproposed.contains(&format!("CA {old_id}: REVOKED at ")),
+        "{unproposed}"
+    );
+    assert!(unproposed.contains("names no proposal"), "{unproposed}");
+    // Nor does a CA pass for adopted (PREPARED and ACTIVE at once, by no proposal) without the
+    // `ca.adopted` event that says so.
+    let unadopted = tampered(&|lines| {
+        let next = lines.iter_mut().find(|a| a.key_id == next_id).unwrap();
+        let prepared_at = next.history[0].at.clone();
+        for step in &mut next.history {
+            (step.proposal, step.approved_by, step.approval_seq) = (None, None, None);
+        }
+        next.history[1].at = prepared_at;
+    });
+    assert!(
+        unadopted.contains(&format!("CA {next_id}: it is PREPARED and ACTIVE at once")),
+        "{unadopted}"
+    );
     server.shutdown().await;
 }
 
