@@ -186,3 +186,25 @@ async fn sqlite_keeps_its_prepared_statements_across_runs() {
     assert_eq!(qpsg, 1, "SQLite was built without SQLITE_ENABLE_QPSG");
     h.finish().await;
 }
+
+/// SQLite keeps no allocation statistics and gives each connection a page cache of its own
+/// (`.cargo/config.toml`): with either, every allocation or page fetch of the readers and the
+/// writer took one process-wide mutex, and they waited on each other for it.
+#[tokio::test]
+async fn sqlite_connections_share_no_mutex_for_memory() {
+    let h = Harness::open(Backend::Sqlite).await;
+    for (option, built_in, why) in [
+        ("DEFAULT_MEMSTATUS=0", 1, "memory statistics are on"),
+        (
+            "ENABLE_MEMORY_MANAGEMENT",
+            0,
+            "the connections share one page cache",
+        ),
+    ] {
+        let sql = format!(
+            "SELECT COUNT(*) FROM pragma_compile_options WHERE compile_options = '{option}'"
+        );
+        assert_eq!(h.scalar::<i64>(&sql).await, built_in, "{why}");
+    }
+    h.finish().await;
+}
