@@ -55,12 +55,15 @@ pub(super) fn unapproved(
         .collect();
     // The one a server first started with: PREPARED before any other CA.
     let first = times.iter().filter_map(|t| t.first()).min();
-    let started = at_once.iter().find(|(_, when)| Some(when) == first);
+    let started = at_once
+        .iter()
+        .find(|(_, when)| Some(when) == first)
+        .map(|(key, _)| *key);
     for (ca, times) in authorities.iter().zip(&times) {
         let problem = |p: String| Some((ca.key_id.clone(), p));
         let own = at_once.iter().find(|(key, _)| *key == ca.key_id);
         if let Some((key, when)) = own
-            && started.is_none_or(|(first, _)| first != key)
+            && started != Some(*key)
             && chain
                 .chain_ends
                 .is_some_and(|end| when.unix_timestamp() <= end)
