@@ -146,11 +146,7 @@ async fn ca_history(backend: Backend) {
         verify(&copy, Trust::Exported).unwrap_err().to_string()
     };
     let moved = tampered(&|lines| {
-        let step = &mut lines
-            .iter_mut()
-            .find(|a| a.key_id == old_id)
-            .unwrap()
-            .history[3];
+        let step = &mut listed(lines, &old_id).history[3];
         *step.approval_seq.as_mut().unwrap() -= 1;
     });
     assert!(
@@ -165,11 +161,7 @@ async fn ca_history(backend: Backend) {
     assert!(swapped.contains("its certificate's key id is"), "{swapped}");
     // A state change that names no proposal is one no operator approved: named too.
     let unproposed = tampered(&|lines| {
-        let step = &mut lines
-            .iter_mut()
-            .find(|a| a.key_id == old_id)
-            .unwrap()
-            .history[3];
+        let step = &mut listed(lines, &old_id).history[3];
         (step.proposal, step.approved_by, step.approval_seq) = (None, None, None);
     });
     assert!(
@@ -180,7 +172,7 @@ async fn ca_history(backend: Backend) {
     // Nor does a CA pass for adopted (PREPARED and ACTIVE at once, by no proposal) without the
     // `ca.adopted` event that says so.
     let unadopted = tampered(&|lines| {
-        let next = lines.iter_mut().find(|a| a.key_id == next_id).unwrap();
+        let next = listed(lines, &next_id);
         let prepared_at = next.history[0].at.clone();
         for step in &mut next.history {
             (step.proposal, step.approved_by, step.approval_seq) = (None, None, None);
@@ -192,6 +184,11 @@ async fn ca_history(backend: Backend) {
         "{unadopted}"
     );
     server.shutdown().await;
+}
+
+/// The CA `key_id` in `authorities.json`'s lines.
+fn listed<'a>(lines: &'a mut [AuthorityLine], key_id: &str) -> &'a mut AuthorityLine {
+    lines.iter_mut().find(|a| a.key_id == key_id).unwrap()
 }
 
 fn rand_suffix() -> String {
