@@ -127,7 +127,9 @@ impl RawGrpc {
             .send
             .send_request(request.body(()).unwrap(), false)
             .unwrap();
-        stream.send_data(body, true).unwrap();
+        // A refusal made from the headers alone (an unknown method, say) may have closed the
+        // stream before the body goes out; the answer then says what happened.
+        let _ = stream.send_data(body, true);
         let response = response.await.unwrap();
         let (parts, mut received) = response.into_parts();
         let mut body = Vec::new();
