@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mintgate_sdk::{Client, CredentialManager, Endpoint, RenewalPolicy, SystemClock, TlsMaterial};
+use mintgate_sdk::{
+    Attestation, Client, CredentialManager, Endpoint, RenewalPolicy, SystemClock, TlsMaterial,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &node,
         endpoint,
         &spiffe_id,
-        None,
+        Attestation::default(),
         RenewalPolicy {
             ttl,
             ..RenewalPolicy::default()

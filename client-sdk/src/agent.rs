@@ -18,6 +18,11 @@
 //! from the successor CA. If that enrollment is refused (a one-time join token is not sent
 //! again, so an identity that needs one cannot come back this way) it stops as
 //! [`AgentExit::IssuerRevoked`].
+//!
+//! Where policy asks for the workload's Kubernetes service-account token, the agent reads it
+//! from [`AgentConfig::service_account_token_file`] (a projected volume) for each enrollment,
+//! the first and any after its issuer's revocation: the kubelet replaces the token before it
+//! expires, so a token read once would be stale by then.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,9 +38,9 @@ use tokio::sync::watch;
 
 use crate::cert_ids::CertificateIds;
 use crate::{
-    BundleFile, Client, Clock, Connect, Credential, CredentialManager, CredentialState, Endpoint,
-    Error, RenewalPolicy, RevocationSet, RevocationWatcher, TlsMaterial, TrustBundleConfig,
-    TrustBundleWatcher, WatcherConfig, atomic_write,
+    Attestation, BundleFile, Client, Clock, Connect, Credential, CredentialManager,
+    CredentialState, Endpoint, Error, RenewalPolicy, RevocationSet, RevocationWatcher, TlsMaterial,
+    TrustBundleConfig, TrustBundleWatcher, WatcherConfig, atomic_write,
 };
 
 /// Everything the agent needs.
@@ -53,6 +58,9 @@ pub struct AgentConfig {
     pub spiffe_id: String,
     /// A one-time join token, where policy asks for one.
     pub join_token: Option<String>,
+    /// A file holding the workload's Kubernetes projected service-account token, where policy
+    /// asks for one; read again for each enrollment.
+    pub service_account_token_file: Option<PathBuf>,
     /// Where `cert.pem`, `key.pem` and `bundle.pem` are written.
     pub out_dir: PathBuf,
     /// Lifetime and renewal window.
@@ -108,6 +116,32 @@ pub enum AgentError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+/// What an enrollment shows: `join_token` (the first enrollment's only: it is spent then), and
+/// the service-account token as its file holds it now.
+fn attestation(
+    config: &AgentConfig,
+    join_token: Option<String>,
+) -> Result<Attestation, AgentError> {
+    let service_account_token = match &config.service_account_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(io(path))?;
+            let token = token.trim();
+            if token.is_empty() {
+                return Err(io(path)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "holds no service-account token",
+                )));
+            }
+            Some(token.to_owned())
+        }
+        None => None,
+    };
+    Ok(Attestation {
+        join_token,
+        service_account_token,
+    })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -192,7 +226,7 @@ pub async fn run(
         &bootstrap,
         config.endpoint.clone(),
         &config.spiffe_id,
-        config.join_token.clone(),
+        attestation(&config, config.join_token.clone())?,
         config.policy.clone(),
         clock.clone(),
         state.clone(),
@@ -257,11 +291,21 @@ pub async fn run(
                 "the CA that signed this agent's certificate was revoked: key material removed; enrolling again through the node certificate"
             );
             // A one-time join token was spent on the first enrollment: never replay it.
+            let attestation = match attestation(&config, None) {
+                Ok(attestation) => attestation,
+                Err(e) => {
+                    tracing::error!(serial = %current.serial, %issuer_key_id, error = %e, "cannot enroll again after the issuer's revocation; stopping");
+                    return Ok(AgentExit::IssuerRevoked {
+                        serial: current.serial,
+                        issuer_key_id,
+                    });
+                }
+            };
             let enroll = CredentialManager::enroll_reporting(
                 &bootstrap,
                 config.endpoint.clone(),
                 &config.spiffe_id,
-                None,
+                attestation,
                 config.policy.clone(),
                 clock.clone(),
                 state.clone(),
@@ -483,6 +527,7 @@ mod tests {
             node_key_pem: String::new(),
             spiffe_id: "spiffe://example/web".to_owned(),
             join_token: None,
+            service_account_token_file: None,
             out_dir: out_dir.to_owned(),
             policy: RenewalPolicy::default(),
             hook: Some(vec![

@@ -42,6 +42,29 @@ pub struct Credential {
     pub renew_after: Option<OffsetDateTime>,
 }
 
+/// What an enrollment shows besides the node certificate, where policy asks for it. Both are
+/// secrets: `Debug` says only which are there.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Attestation {
+    /// A one-time join token from `Admin/CreateJoinToken`.
+    pub join_token: Option<String>,
+    /// The workload's Kubernetes projected service-account token (a JWT), for the server's
+    /// `jwt` attestor.
+    pub service_account_token: Option<String>,
+}
+
+impl fmt::Debug for Attestation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attestation")
+            .field("join_token", &self.join_token.is_some())
+            .field(
+                "service_account_token",
+                &self.service_account_token.is_some(),
+            )
+            .finish()
+    }
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
@@ -237,7 +260,7 @@ pub struct CredentialManager {
 
 impl CredentialManager {
     /// Enrolls `spiffe_id` through `bootstrap` (a client holding the node certificate; with
-    /// `join_token` where policy asks), then renews in the background.
+    /// the `attestation` policy asks for), then renews in the background.
     ///
     /// If policy holds the request for approvers, this waits through the hold: it sleeps the
     /// server's `retry_after` on `clock` and asks again with the same request id and CSR (one
@@ -248,13 +271,19 @@ impl CredentialManager {
         bootstrap: &Client,
         endpoint: Endpoint,
         spiffe_id: &str,
-        join_token: Option<String>,
+        attestation: Attestation,
         policy: RenewalPolicy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
         let (state, _) = watch::channel(CredentialState::Enrolling);
         Self::enroll_reporting(
-            bootstrap, endpoint, spiffe_id, join_token, policy, clock, state,
+            bootstrap,
+            endpoint,
+            spiffe_id,
+            attestation,
+            policy,
+            clock,
+            state,
         )
         .await
     }
@@ -266,7 +295,7 @@ impl CredentialManager {
         bootstrap: &Client,
         endpoint: Endpoint,
         spiffe_id: &str,
-        join_token: Option<String>,
+        attestation: Attestation,
         policy: RenewalPolicy,
         clock: Arc<dyn Clock>,
         state: watch::Sender<CredentialState>,
@@ -276,8 +305,8 @@ impl CredentialManager {
             request_id: new_request_id(),
             csr: csr.into_bytes(),
             ttl: policy.ttl.map(proto_duration),
-            join_token: join_token.unwrap_or_default(),
-            service_account_token: String::new(),
+            join_token: attestation.join_token.unwrap_or_default(),
+            service_account_token: attestation.service_account_token.unwrap_or_default(),
         };
         state.send_replace(CredentialState::Enrolling);
         let enrolled = renew::enroll_until_issued(

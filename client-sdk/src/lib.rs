@@ -45,8 +45,8 @@ pub use backoff::Backoff;
 pub use bundle::{BundleFile, TrustBundleConfig, TrustBundleWatcher};
 pub use client::{Client, TlsMaterial, new_request_id};
 pub use credentials::{
-    CircuitBreaker, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy, SystemClock,
-    key_and_csr, renewal_time,
+    Attestation, CircuitBreaker, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy,
+    SystemClock, key_and_csr, renewal_time,
 };
 pub use error::{Error, ErrorKind};
 pub use fs::atomic_write;

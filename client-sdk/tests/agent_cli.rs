@@ -16,7 +16,9 @@ fn agent(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
 #[test]
 fn help_works_and_bad_configuration_exits_64_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(agent(&["--help"], dir.path()).status.success());
+    let help = agent(&["--help"], dir.path());
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--service-account-token-file"));
 
     let out = agent(&["--server", "127.0.0.1:1"], dir.path());
     assert_eq!(out.status.code(), Some(64));

@@ -52,6 +52,10 @@ struct Args {
     /// A one-time join token, where policy asks for one.
     #[arg(long, env = "MINTGATE_AGENT_JOIN_TOKEN")]
     join_token: Option<String>,
+    /// A file holding the workload's Kubernetes projected service-account token, where policy
+    /// asks for one; read again for each enrollment.
+    #[arg(long, env = "MINTGATE_AGENT_SERVICE_ACCOUNT_TOKEN_FILE")]
+    service_account_token_file: Option<PathBuf>,
     /// Where cert.pem, key.pem and bundle.pem are written.
     #[arg(long, env = "MINTGATE_AGENT_OUT")]
     out: Option<PathBuf>,
@@ -94,6 +98,7 @@ struct FileOptions {
     node_key: Option<PathBuf>,
     spiffe_id: Option<String>,
     join_token: Option<String>,
+    service_account_token_file: Option<PathBuf>,
     out: Option<PathBuf>,
     ttl_seconds: Option<u64>,
     hook: Option<String>,
@@ -193,6 +198,9 @@ fn config(args: Args) -> Result<AgentConfig, String> {
             .or(file.spiffe_id)
             .ok_or("--spiffe-id is required")?,
         join_token: args.join_token.or(file.join_token),
+        service_account_token_file: args
+            .service_account_token_file
+            .or(file.service_account_token_file),
         out_dir: required(args.out.or(file.out), "out")?,
         policy: RenewalPolicy {
             ttl: args

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use super::Svid;
 use crate::{
-    Backoff, Client, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy, RevocationSet,
+    Attestation, Backoff, Client, Clock, Credential, CredentialManager, Endpoint, RenewalPolicy,
+    RevocationSet,
 };
 
 /// What enrolling and following an identity needs.
@@ -38,7 +39,7 @@ impl Enroller {
                     &this.bootstrap,
                     this.endpoint.clone(),
                     &spiffe_id,
-                    None,
+                    Attestation::default(),
                     this.policy.clone(),
                     this.clock.clone(),
                 );

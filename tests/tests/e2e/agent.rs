@@ -28,6 +28,7 @@ pub(crate) fn web_agent(server: &TestServer, out_dir: std::path::PathBuf) -> Age
         node_key_pem: server.pki.node.key_pem.clone(),
         spiffe_id: WEB.into(),
         join_token: None,
+        service_account_token_file: None,
         out_dir,
         policy: RenewalPolicy::default(),
         hook: None,
@@ -195,7 +196,7 @@ both_backends!(
     agent_and_rotation
 );
 async fn agent_and_rotation(backend: Backend) {
-    use crate::rotation::{custodians, key_id_of, prepare, successor};
+    use crate::rotation::{custodians, key_id_of, prepare, revoke_issuer, successor};
     let server = TestServer::spawn_with(custodians(backend)).await;
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("certs");
@@ -231,22 +232,7 @@ async fn agent_and_rotation(backend: Backend) {
 
     // The old CA is revoked: the agent enrolls again, under the successor, and the old CA
     // leaves its bundle.
-    let revocation = server.revocation_as(&server.pki.alice.cert_pem, &server.pki.alice.key_pem);
-    let proposal = revocation
-        .await
-        .revoke_issuer(v1::RevokeIssuerRequest {
-            request_id: "drill".into(),
-            key_id: old_id.clone(),
-            reason: v1::RevocationReason::CaCompromise.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .proposal
-        .unwrap();
-    crate::governance::approve(&mut server.admin_as("bob").await, &proposal.id)
-        .await
-        .unwrap();
+    revoke_issuer(&server, &old_id).await;
     eventually("a certificate from the successor", || {
         let cert = read("cert.pem");
         !cert.is_empty() && issuer_of(&cert) == next_id
@@ -277,7 +263,7 @@ async fn agent_and_rotation(backend: Backend) {
 }
 
 /// The hex authority key identifier of a PEM certificate: its issuer's key id.
-fn issuer_of(cert_pem: &str) -> String {
+pub(crate) fn issuer_of(cert_pem: &str) -> String {
     let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .unwrap()
         .1

@@ -11,7 +11,7 @@ use mintgate_tests::{Backend, Options, TestServer, both_backends};
 
 use crate::evidence::{copy_dir, rehash};
 use crate::governance::approve;
-use crate::rotation::{key_id_of, prepare, propose, step, successor};
+use crate::rotation::{key_id_of, prepare, propose, revoke_issuer, step, successor};
 
 both_backends!(
     the_evidence_holds_each_ca_state_change_and_its_approval,
@@ -41,20 +41,7 @@ async fn ca_history(backend: Backend) {
     )
     .await;
     approve(&mut bob, &activate.id).await.unwrap();
-    let revoke = server
-        .revocation_as(&server.pki.alice.cert_pem, &server.pki.alice.key_pem)
-        .await
-        .revoke_issuer(v1::RevokeIssuerRequest {
-            request_id: "compromise".into(),
-            key_id: old_id.clone(),
-            reason: v1::RevocationReason::CaCompromise.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .proposal
-        .unwrap();
-    approve(&mut bob, &revoke.id).await.unwrap();
+    let revoke = revoke_issuer(&server, &old_id).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("evidence");

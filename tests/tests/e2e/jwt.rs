@@ -3,6 +3,7 @@
 //! here), gets exactly the identity the token maps to, and every bad token is refused with its
 //! own reason; the Cedar policy sees the namespace.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -11,6 +12,7 @@ use mintgate_domain::TrustDomain;
 use mintgate_domain::jwt::{DEFAULT_SPIFFE_ID_TEMPLATE, IdentityTemplate, JwtRules};
 use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_domain::store::CertificateStore;
+use mintgate_sdk::agent::{AgentConfig, AgentError, run};
 use mintgate_sdk::v1;
 use mintgate_server::config::{JwksSource, JwtSettings};
 use mintgate_tests::csr::{Expected, check_issued_as, csr};
@@ -23,6 +25,7 @@ use tonic_types::StatusExt;
 
 use crate::governance::reason;
 use crate::issuance::enroll_request;
+use crate::sdk::JumpingClock;
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const AUDIENCE: &str = "mintgate";
@@ -340,4 +343,88 @@ async fn a_server_without_the_jwt_attestor_refuses_tokens() {
     let token = cluster.sign(&header(), &claims(now, "web", "api"));
     let status = enroll(&server, "off-1", WEB_API, &token).await.unwrap_err();
     assert_eq!(reason(&status), "JWT_NOT_CONFIGURED");
+}
+
+both_backends!(
+    the_agent_reads_its_service_account_token_from_its_file_for_each_enrollment,
+    agent_token_file
+);
+async fn agent_token_file(backend: Backend) {
+    use crate::agent::{eventually, issuer_of, web_agent};
+    use crate::rotation::{custodians, key_id_of, prepare, revoke_issuer, successor};
+    let cluster = Cluster::new();
+    let server = TestServer::spawn_with(Options {
+        jwt: cluster.options(backend, Duration::from_secs(30)).jwt,
+        ..custodians(backend)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token_file, out) = (dir.path().join("token"), dir.path().join("certs"));
+    let config = AgentConfig {
+        spiffe_id: WEB_API.into(),
+        service_account_token_file: Some(token_file.clone()),
+        ..web_agent(&server, out.clone())
+    };
+    // No renewal comes due: the agent's time stands still.
+    let clock = Arc::new(JumpingClock {
+        clock: server.clock.clone(),
+        jumps: 0.into(),
+    });
+
+    // Without the file, the agent names it and enrolls nothing.
+    let err = run(config.clone(), clock.clone(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Io { path, .. } if *path == token_file),
+        "{err}"
+    );
+
+    // The kubelet's token; its trailing newline is no part of it.
+    let now = server.clock.now_odt().unix_timestamp();
+    let token = cluster.sign(&header(), &claims(now, "web", "api"));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, clock, async {
+        let _ = stopped.await;
+    }));
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    eventually("the first certificate", || !read("cert.pem").is_empty()).await;
+    let expected = Expected::with_dns(WEB_API, &[]);
+    check_issued_as(&read("cert.pem"), &server.pki.ca.cert_pem, &expected, now);
+
+    // A quarter of an hour on, that token has expired and the kubelet has put a new one in the
+    // file. The CA is revoked: the agent enrolls again, with the new token.
+    server.clock.advance(Duration::from_secs(900));
+    let now = server.clock.now_odt().unix_timestamp();
+    let status = enroll(&server, "stale", WEB_API, &token).await.unwrap_err();
+    assert_eq!(reason(&status), "JWT_EXPIRED");
+    std::fs::write(
+        &token_file,
+        cluster.sign(&header(), &claims(now, "web", "api")),
+    )
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (next, key) = successor(&server, keys.path());
+    prepare(&server, &next, &key).await;
+    let next_ca = next
+        .cert_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next();
+    eventually("the prepared CA in bundle.pem", || {
+        read("bundle.pem").contains(next_ca.unwrap())
+    })
+    .await;
+    revoke_issuer(&server, &key_id_of(&server.pki.ca.cert_pem)).await;
+    let next_id = key_id_of(&next.cert_pem);
+    eventually("a certificate from the successor", || {
+        let cert = read("cert.pem");
+        !cert.is_empty() && issuer_of(&cert) == next_id
+    })
+    .await;
+    check_issued_as(&read("cert.pem"), &next.cert_pem, &expected, now);
+    assert!(!task.is_finished(), "the agent goes on");
+    drop(stop);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    server.shutdown().await;
 }

@@ -117,6 +117,27 @@ pub(crate) async fn prepare(server: &TestServer, ca: &CertAndKey, key: &str) {
         .unwrap();
 }
 
+/// Revokes the CA `key_id` for compromise (alice proposes, bob approves); the proposal.
+pub(crate) async fn revoke_issuer(server: &TestServer, key_id: &str) -> v1::Proposal {
+    let proposal = server
+        .revocation_as(&server.pki.alice.cert_pem, &server.pki.alice.key_pem)
+        .await
+        .revoke_issuer(v1::RevokeIssuerRequest {
+            request_id: "drill".into(),
+            key_id: key_id.to_owned(),
+            reason: v1::RevocationReason::CaCompromise.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .proposal
+        .unwrap();
+    approve(&mut server.admin_as("bob").await, &proposal.id)
+        .await
+        .unwrap();
+    proposal
+}
+
 async fn next_bundle(stream: &mut tonic::Streaming<v1::TrustBundle>) -> v1::TrustBundle {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mintgate_sdk::{
-    Client, RevocationAwareClientVerifier, RevocationCheck, RevocationWatcher, WatcherConfig,
-    WhenStale, v1,
+    Attestation, Client, RevocationAwareClientVerifier, RevocationCheck, RevocationWatcher,
+    WatcherConfig, WhenStale, v1,
 };
 use mintgate_tests::{Backend, TestServer, both_backends};
 use rustls::pki_types::pem::PemObject;
@@ -215,7 +215,7 @@ async fn credential_manager(backend: Backend) {
             server_name: "localhost".into(),
         },
         WEB,
-        None,
+        Attestation::default(),
         policy,
         Arc::new(JumpingClock {
             clock: server.clock.clone(),
@@ -317,7 +317,7 @@ async fn renewal_outage(backend: Backend) {
             server_name: "localhost".into(),
         },
         WEB,
-        None,
+        Attestation::default(),
         policy,
         Arc::new(GatedClock {
             clock: server.clock.clone(),

@@ -9,7 +9,8 @@ use std::time::Duration;
 use mintgate_domain::policy::{PolicyFile, PolicySource};
 use mintgate_sdk::agent::{AgentConfig, AgentExit, run};
 use mintgate_sdk::{
-    CredentialManager, CredentialState, Endpoint, Error, HOLD_DENIED, Held, RenewalPolicy, v1,
+    Attestation, CredentialManager, CredentialState, Endpoint, Error, HOLD_DENIED, Held,
+    RenewalPolicy, v1,
 };
 use mintgate_tests::csr::check_issued;
 use mintgate_tests::{Backend, NODE_ID, Options, TestServer, both_backends};
@@ -83,6 +84,32 @@ fn policy() -> RenewalPolicy {
     }
 }
 
+/// `WEB` enrolling through the dev node on `clock`, in the background, and the state it
+/// reports.
+async fn enroll_in_background(
+    server: &TestServer,
+    clock: Arc<GatedClock>,
+) -> (
+    tokio::task::JoinHandle<Result<CredentialManager, mintgate_sdk::Error>>,
+    watch::Receiver<CredentialState>,
+) {
+    let (state_tx, state) = watch::channel(CredentialState::Enrolling);
+    let (node, endpoint) = (server.node().await, endpoint(server));
+    let enroll = tokio::spawn(async move {
+        CredentialManager::enroll_reporting(
+            &node,
+            endpoint,
+            WEB,
+            Attestation::default(),
+            policy(),
+            clock,
+            state_tx,
+        )
+        .await
+    });
+    (enroll, state)
+}
+
 fn held(state: &watch::Receiver<CredentialState>) -> Held {
     state.borrow().held().cloned().expect("the state is held")
 }
@@ -141,12 +168,7 @@ both_backends!(
 async fn manager_waits(backend: Backend) {
     let server = spawn_holding(backend, "principal", "test hold").await;
     let (clock, gate, mut sleeps) = gated(&server);
-    let (state_tx, state) = watch::channel(CredentialState::Enrolling);
-    let (node, endpoint) = (server.node().await, endpoint(&server));
-    let enroll = tokio::spawn(async move {
-        CredentialManager::enroll_reporting(&node, endpoint, WEB, None, policy(), clock, state_tx)
-            .await
-    });
+    let (enroll, state) = enroll_in_background(&server, clock).await;
 
     // Held: the manager waits the server's retry_after on the injected clock, and says why.
     assert_eq!(next_sleep(&mut sleeps).await, RETRY_AFTER);
@@ -210,12 +232,7 @@ both_backends!(
 async fn manager_denied(backend: Backend) {
     let server = spawn_holding(backend, "principal", "test hold").await;
     let (clock, gate, mut sleeps) = gated(&server);
-    let (state_tx, state) = watch::channel(CredentialState::Enrolling);
-    let (node, endpoint) = (server.node().await, endpoint(&server));
-    let enroll = tokio::spawn(async move {
-        CredentialManager::enroll_reporting(&node, endpoint, WEB, None, policy(), clock, state_tx)
-            .await
-    });
+    let (enroll, state) = enroll_in_background(&server, clock).await;
     assert_eq!(next_sleep(&mut sleeps).await, RETRY_AFTER);
     let hold = held(&state);
     server
@@ -271,6 +288,7 @@ async fn agent_held(backend: Backend) {
         node_key_pem: server.pki.node.key_pem.clone(),
         spiffe_id: WEB.into(),
         join_token: None,
+        service_account_token_file: None,
         out_dir: dir.clone(),
         policy: policy(),
         hook: None,
@@ -358,7 +376,7 @@ async fn held_renewal(backend: Backend, release: bool) {
         &server.node().await,
         endpoint(&server),
         WEB,
-        None,
+        Attestation::default(),
         policy(),
         clock,
     )
