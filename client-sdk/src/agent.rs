@@ -43,8 +43,8 @@ use crate::{
     TrustBundleConfig, TrustBundleWatcher, WatcherConfig, atomic_write,
 };
 
-/// Everything the agent needs.
-#[derive(Debug, Clone)]
+/// Everything the agent needs. `Debug` leaves out the node key and the join token.
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Where Mintgate is.
     pub endpoint: Endpoint,
@@ -75,6 +75,22 @@ pub struct AgentConfig {
     pub max_staleness: Duration,
     /// Serve the SPIFFE Workload API on a Unix socket (see [`crate::workload_api`]).
     pub workload_api: Option<crate::workload_api::AgentWorkloadApi>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("endpoint", &self.endpoint)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("join_token", &self.join_token.is_some())
+            .field(
+                "service_account_token_file",
+                &self.service_account_token_file,
+            )
+            .field("out_dir", &self.out_dir)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the agent stopped.
@@ -561,6 +577,19 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn debug_shows_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            node_key_pem: "-----BEGIN PRIVATE KEY-----secret".to_owned(),
+            join_token: Some("jt-secret".to_owned()),
+            ..config(dir.path(), &dir.path().join("hook.log"))
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("spiffe://example/web"), "{shown}");
+    }
+
     #[test]
     fn bundle_pem_follows_the_server_and_the_hook_runs_only_on_a_change() {
         let dir = tempfile::tempdir().unwrap();
