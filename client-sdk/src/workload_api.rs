@@ -48,7 +48,9 @@ pub enum Selector {
     Uid(u32),
     /// `unix:gid:<n>`
     Gid(u32),
-    /// `unix:path:<absolute path>`: the process's executable.
+    /// `unix:path:<absolute path>`: the process's executable, when it calls. A process that
+    /// connects, hands the socket to a child and then execs this path passes it: pair it with
+    /// the [`Selector::Uid`] of a user only this workload runs as.
     Path(PathBuf),
 }
 
