@@ -239,6 +239,11 @@ impl Report {
                 String::new(),
             );
             row(
+                "  ours ÷ floor".into(),
+                format!("{:.2}", c.us_per_issuance / floor),
+                String::new(),
+            );
+            row(
                 "  written to disk per issuance (the server process)".into(),
                 format!("{:.1} KiB", c.disk_kib_per_issuance),
                 String::new(),
