@@ -112,7 +112,9 @@ async fn one_source_gets_a_few_handshakes_the_rest_are_closed_and_others_still_c
 async fn many_handshakes_in_progress_get_the_short_timeout_the_first_ones_too() {
     let server = TestServer::spawn_with(limits(GrpcConfig {
         handshake_timeout: Duration::from_secs(60),
-        pressure_handshake_timeout: Duration::from_millis(300),
+        // Long enough that all 8 are admitted before the first 4 time out and end the
+        // pressure, even on a loaded machine (the later ones would get the minute).
+        pressure_handshake_timeout: Duration::from_secs(1),
         pressure_handshakes: 4,
         ..GrpcConfig::default()
     }))
